@@ -1,0 +1,54 @@
+# recpilot: `make run` (the whole platform with the shopper simulator) and `make test`.
+# Both run `setup` first, which is idempotent: a second run downloads nothing.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+RECPILOT := $(VENV)/bin/recpilot
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test test-unit test-integration proto proto-check lock down status clean
+
+setup: $(STAMP)
+	@$(RECPILOT) setup
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+run: setup
+	$(RECPILOT) up
+	@echo "platform up; driving it with the shopper simulator (Ctrl-C stops the simulator, 'make down' the platform)"
+	$(RECPILOT) simulate
+
+test: setup
+	$(PY) -m recpilot.codegen --check
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q tests/integration
+
+proto: setup
+	$(PY) -m recpilot.codegen
+
+proto-check: setup
+	$(PY) -m recpilot.codegen --check
+
+lock: setup
+	$(PIP) freeze --exclude-editable | grep -v '^recpilot' > constraints.new && mv constraints.new constraints.txt
+
+down:
+	$(RECPILOT) down
+
+status:
+	$(RECPILOT) status
+
+clean:
+	-$(RECPILOT) down
+	rm -rf .recpilot-test

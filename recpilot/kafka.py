@@ -1,0 +1,194 @@
+"""Kafka plumbing shared by every confluent-kafka service.
+
+* :func:`producer` — an idempotent producer (acks=all) with sane batching.
+* :class:`ConsumeLoop` — auto-commit off; the handler performs its side effect for a batch
+  (produce + wait for delivery, or a Redis write) and only then are the batch's offsets
+  committed. A crash between the side effect and the commit replays the batch: at-least-once,
+  which idempotent handlers turn into exactly-once effects.
+* :func:`ensure_topics` — create the catalogue idempotently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from recpilot.settings import PlatformSettings
+from recpilot.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def producer(settings: PlatformSettings, **overrides) -> Producer:
+    conf = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "compression.type": "lz4",
+        "client.id": overrides.pop("client.id", "recpilot"),
+    }
+    conf.update(overrides)
+    return Producer(conf)
+
+
+def consumer(settings: PlatformSettings, group_id: str, **overrides) -> Consumer:
+    conf = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    conf.update(overrides)
+    return Consumer(conf)
+
+
+def admin(settings: PlatformSettings, **overrides) -> AdminClient:
+    conf = {"bootstrap.servers": settings.kafka_bootstrap}
+    conf.update(overrides)
+    return AdminClient(conf)
+
+
+def ensure_topics(adm: AdminClient, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    existing = set(adm.list_topics(timeout=timeout).topics)
+    todo = [s for s in specs if s.name not in existing]
+    if not todo:
+        return []
+    futures = adm.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.config)) for s in todo],
+        request_timeout=timeout,
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise
+    return created
+
+
+def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    """The offsets to commit after ``messages`` were handled: last offset + 1 per partition."""
+    last: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic(), m.partition())
+        if m.offset() >= last.get(key, -1):
+            last[key] = m.offset()
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+class DeliveryError(RuntimeError):
+    pass
+
+
+def flush_or_raise(prod: Producer, timeout: float = 30.0) -> None:
+    """Wait until every queued message is acknowledged by the broker (or fail loudly)."""
+    remaining = prod.flush(timeout)
+    if remaining:
+        raise DeliveryError(f"{remaining} messages not delivered within {timeout}s")
+
+
+class ConsumeLoop:
+    """Poll batches, hand each to ``handler``, commit only after the handler returned.
+
+    ``handler(messages)`` must finish its side effect before returning (for a producer:
+    produce then :func:`flush_or_raise`). If it raises, nothing is committed and the loop
+    stops with the error (the service exits non-zero; the batch is replayed on restart).
+    """
+
+    def __init__(
+        self,
+        kafka_consumer: Consumer,
+        topics: Sequence[str],
+        handler: Callable[[list[Message]], None],
+        *,
+        batch_size: int = 500,
+        poll_timeout: float = 0.2,
+        on_error: Callable[[KafkaError], None] | None = None,
+        name: str = "consume-loop",
+    ) -> None:
+        self.consumer = kafka_consumer
+        self.topics = list(topics)
+        self.handler = handler
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.on_error = on_error
+        self.name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.batches = 0
+        self.messages = 0
+        self.last_poll = 0.0
+        self.assigned = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run_guarded, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking new batches, let the current one finish and commit, close the consumer."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run_guarded(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # recorded for the service to exit non-zero
+            self.error = exc
+            log.exception("consume loop failed", extra={"loop": self.name})
+
+    def _on_assign(self, _consumer, partitions) -> None:
+        self.assigned = True
+        log.info("partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
+
+    def _on_revoke(self, _consumer, partitions) -> None:
+        log.info("partitions revoked", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
+
+    def run(self) -> None:
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        try:
+            while not self._stop.is_set():
+                msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
+                self.last_poll = time.monotonic()
+                if not msgs:
+                    continue
+                good = []
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        good.append(m)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    elif self.on_error is not None:
+                        self.on_error(err)
+                    elif err.fatal():
+                        raise KafkaException(err)
+                    else:
+                        log.warning("consumer error", extra={"error": str(err)})
+                if not good:
+                    continue
+                self.handler(good)
+                self.consumer.commit(offsets=commit_offsets(good), asynchronous=False)
+                self.batches += 1
+                self.messages += len(good)
+        finally:
+            self.consumer.close()

@@ -1,0 +1,59 @@
+"""Ordered graceful shutdown.
+
+Components are registered in start order and stopped in reverse: a service that starts the
+metrics server first, then its producer, then its consume loop stops the loop (stop taking
+work, finish the batch, commit), then flushes the producer, then stops metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self._stops: list[tuple[str, Callable[[], object]]] = []
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._done = False
+
+    def add(self, name: str, stop: Callable[[], object]) -> None:
+        self._stops.append((name, stop))
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT set :attr:`stopping` (call from the main thread)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        log.info("signal received, shutting down", extra={"signal": signal.Signals(signum).name})
+        self.stopping.set()
+
+    def wait(self, poll: float = 0.5, check: Callable[[], bool] | None = None) -> None:
+        """Block until a signal arrives or ``check()`` returns False (a component died)."""
+        while not self.stopping.wait(poll):
+            if check is not None and not check():
+                log.error("a component stopped unexpectedly; shutting down")
+                self.stopping.set()
+
+    def shutdown(self) -> list[str]:
+        """Run every stop callback in reverse order; errors are logged, not raised. Idempotent."""
+        with self._lock:
+            if self._done:
+                return []
+            self._done = True
+        self.stopping.set()
+        order = []
+        for name, stop in reversed(self._stops):
+            try:
+                stop()
+                order.append(name)
+                log.info("stopped", extra={"component": name})
+            except Exception:
+                log.exception("error while stopping", extra={"component": name})
+        return order

@@ -1,0 +1,150 @@
+"""`recpilot up / down / status`: infrastructure first, then the services, each waited for."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from recpilot.kafka import admin, ensure_topics
+from recpilot.settings import PlatformSettings, load
+from recpilot.stack.kafka import KafkaBroker, StackError
+from recpilot.stack.process import ProcessTable, tail
+from recpilot.stack.redis import RedisServer
+from recpilot.topics import catalogue
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service `recpilot up` runs as ``python -m <module>``; readiness from its /readyz."""
+
+    name: str
+    module: str
+    settings: str  # "package.module:Class" with an ``http_port`` field (light to import)
+    ready_timeout_s: float = 120.0
+
+    def http_port(self) -> int:
+        mod, cls = self.settings.split(":")
+        return load(getattr(importlib.import_module(mod), cls)).http_port
+
+
+# Services in start order. A service joins this list when it has a runnable __main__.
+SERVICES: list[ServiceSpec] = []
+
+
+class Stack:
+    def __init__(self, settings: PlatformSettings | None = None) -> None:
+        self.s = settings or load(PlatformSettings)
+        self.table = ProcessTable(self.s.home / "run")
+        self.kafka = KafkaBroker(self.s, self.table)
+        self.redis = RedisServer(self.s, self.table)
+
+    # -- infrastructure ----------------------------------------------------------------
+    def up_infra(self, echo=print) -> dict[str, float]:
+        took = {}
+        t0 = time.monotonic()
+        self.redis.start()
+        self.kafka.start()
+        took["redis"] = self.redis.wait_ready()
+        took["kafka"] = self.kafka.wait_ready()
+        created = ensure_topics(admin(self.s), catalogue(self.s))
+        if created:
+            echo(f"created topics: {', '.join(sorted(created))}")
+        took["total"] = time.monotonic() - t0
+        return took
+
+    # -- services ----------------------------------------------------------------------
+    def _service_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env["RECPILOT_HOME"] = str(self.s.home)
+        return env
+
+    def up_services(self, names: list[str] | None = None, echo=print) -> None:
+        specs = [s for s in SERVICES if names is None or s.name in names]
+        for spec in specs:
+            if self.table.running(spec.name):
+                continue
+            port = spec.http_port()
+            self.table.spawn(
+                spec.name,
+                [sys.executable, "-m", spec.module],
+                self.s.home / "logs" / f"{spec.name}.log",
+                f"127.0.0.1:{port}",
+                env=self._service_env(),
+            )
+        for spec in specs:
+            self.wait_service(spec)
+            echo(f"{spec.name} ready")
+
+    def wait_service(self, spec: ServiceSpec) -> None:
+        rec = self.table.get(spec.name)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < spec.ready_timeout_s:
+            if rec is None or not rec.alive():
+                log = rec.log if rec else ""
+                raise StackError(f"{spec.name} exited during start-up; last lines of {log}:\n{tail(log)}")
+            if _http_ok(f"http://{rec.address}/readyz"):
+                return
+            time.sleep(0.5)
+        raise StackError(f"{spec.name} not ready after {spec.ready_timeout_s:.0f}s; last lines of {rec.log}:\n{tail(rec.log)}")
+
+    # -- whole stack -------------------------------------------------------------------
+    def up(self, services: bool = True, echo=print) -> None:
+        took = self.up_infra(echo)
+        echo(f"redis ready at {self.redis.address} ({took['redis']:.1f}s), kafka ready at {self.kafka.address} ({took['kafka']:.1f}s)")
+        if services:
+            self.up_services(echo=echo)
+
+    def down(self, echo=print) -> dict[str, str]:
+        """Stop what `up` started (by pid record), services first; data stays."""
+        result = {}
+        for spec in reversed(SERVICES):
+            if self.table.get(spec.name):
+                result[spec.name] = self.table.stop(spec.name, timeout=30)
+        for name in ("redis", "kafka"):
+            if self.table.get(name):
+                result[name] = self.table.stop(name, timeout=60)
+        for name, outcome in result.items():
+            echo(f"{name}: {outcome}")
+        return result
+
+    def status(self) -> dict:
+        comps = []
+        for name, ready, addr in (
+            ("kafka", self.kafka.ready, self.kafka.address),
+            ("redis", self.redis.ready, self.redis.address),
+        ):
+            rec = self.table.running(name)
+            comps.append({"name": name, "running": rec is not None, "ready": bool(rec) and ready(),
+                          "pid": rec.pid if rec else None, "address": addr, "log": rec.log if rec else None})
+        for spec in SERVICES:
+            rec = self.table.running(spec.name)
+            addr = rec.address if rec else None
+            comps.append({"name": spec.name, "running": rec is not None,
+                          "ready": bool(rec) and _http_ok(f"http://{addr}/readyz"),
+                          "pid": rec.pid if rec else None, "address": addr, "log": rec.log if rec else None})
+        return {"home": str(self.s.home), "components": comps}
+
+
+def _http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+def format_status(st: dict) -> str:
+    rows = [f"{'component':<12} {'running':<8} {'ready':<6} {'pid':<8} address"]
+    for c in st["components"]:
+        rows.append(f"{c['name']:<12} {str(c['running']).lower():<8} {str(c['ready']).lower():<6} {str(c['pid'] or '-'):<8} {c['address'] or '-'}")
+    return "\n".join(rows)
+
+
+def dumps(st: dict) -> str:
+    return json.dumps(st, indent=2)

@@ -1,0 +1,100 @@
+"""A real Redis server (Debian's ``redis-server``) with the append-only file on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+from recpilot.settings import PlatformSettings
+from recpilot.stack.kafka import StackError
+from recpilot.stack.process import PidRecord, ProcessTable, tail
+
+
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server") or (os.path.exists("/usr/bin/redis-server") and "/usr/bin/redis-server") or None
+
+
+def ensure_installed() -> str:
+    """Return the redis-server path, installing Debian's package when missing and root."""
+    found = redis_server_binary()
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise StackError(
+            "redis-server not found. Install it with: sudo apt-get update && sudo apt-get install -y redis-server"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            raise StackError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    found = redis_server_binary()
+    if not found:
+        raise StackError("apt-get installed redis-server but the binary is not on PATH")
+    return found
+
+
+class RedisServer:
+    name = "redis"
+
+    def __init__(self, settings: PlatformSettings, table: ProcessTable) -> None:
+        self.s = settings
+        self.table = table
+        self.dir = settings.home / "redis"
+        self.config = self.dir / "redis.conf"
+        self.log_path = settings.home / "logs" / "redis.log"
+
+    @property
+    def address(self) -> str:
+        return f"{self.s.redis_host}:{self.s.redis_port}"
+
+    def write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            "\n".join(
+                [
+                    f"bind {self.s.redis_host}",
+                    f"port {self.s.redis_port}",
+                    f"dir {self.dir}",
+                    "daemonize no",
+                    'logfile ""',
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    "appenddirname appendonly",
+                    "save 3600 1",
+                    "protected-mode yes",
+                    "maxmemory-policy noeviction",
+                    "",
+                ]
+            )
+        )
+
+    def start(self) -> PidRecord:
+        running = self.table.running(self.name)
+        if running:
+            return running
+        binary = ensure_installed()
+        self.write_config()
+        return self.table.spawn(self.name, [binary, str(self.config)], self.log_path, self.address)
+
+    def ready(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host=self.s.redis_host, port=self.s.redis_port, socket_timeout=1).ping())
+        except Exception:
+            return False
+
+    def wait_ready(self, timeout: float | None = None) -> float:
+        timeout = timeout or self.s.redis_ready_timeout_s
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            rec = self.table.get(self.name)
+            if rec is not None and not rec.alive():
+                raise StackError(f"redis exited during start-up; last lines of {self.log_path}:\n{tail(self.log_path)}")
+            if self.ready():
+                return time.monotonic() - t0
+            time.sleep(0.1)
+        raise StackError(f"redis not ready after {timeout:.0f}s; last lines of {self.log_path}:\n{tail(self.log_path)}")

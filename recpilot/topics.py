@@ -1,0 +1,46 @@
+"""The topic catalogue of DESIGN.md, with partition counts from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recpilot.settings import PlatformSettings
+
+EVENTS_RAW = "events.raw"
+EVENTS_CLEAN = "events.clean"
+EVENTS_DLQ = "events.dlq"
+IMPRESSIONS = "impressions"
+REWARDS = "rewards"
+CONTROL_DEPLOYMENTS = "control.deployments"
+ALERTS = "alerts"
+METRICS_SERVICES = ("ingest", "features", "inference", "rl_feedback", "monitor")
+
+
+def metrics_topic(service: str) -> str:
+    return f"metrics.{service}"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def catalogue(settings: PlatformSettings) -> list[TopicSpec]:
+    ev = settings.events_partitions
+    imp = settings.impressions_partitions
+    one = settings.default_partitions
+    week_ms = str(7 * 24 * 3600 * 1000)
+    specs = [
+        TopicSpec(EVENTS_RAW, ev),
+        TopicSpec(EVENTS_CLEAN, ev),
+        TopicSpec(EVENTS_DLQ, one, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        TopicSpec(IMPRESSIONS, imp),
+        TopicSpec(REWARDS, imp),
+        # Deployment commands and acks are the audit trail: keep them.
+        TopicSpec(CONTROL_DEPLOYMENTS, 1, {"retention.ms": "-1"}),
+        TopicSpec(ALERTS, one, {"retention.ms": str(90 * 24 * 3600 * 1000)}),
+    ]
+    specs += [TopicSpec(metrics_topic(s), one, {"retention.ms": week_ms}) for s in METRICS_SERVICES]
+    return specs

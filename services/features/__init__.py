@@ -1,0 +1,1 @@
+"""recpilot features service (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""recpilot inference service (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""recpilot ingest service (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""recpilot monitor service (see DESIGN.md)."""

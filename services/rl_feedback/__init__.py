@@ -1,0 +1,1 @@
+"""recpilot rl_feedback service (see DESIGN.md)."""
