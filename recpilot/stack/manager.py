@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -27,13 +28,27 @@ class ServiceSpec:
     settings: str  # "package.module:Class" with an ``http_port`` field (light to import)
     ready_timeout_s: float = 120.0
 
+    def available(self) -> bool:
+        """True once the service has a runnable ``__main__``."""
+        return importlib.util.find_spec(f"{self.module}.__main__") is not None
+
     def http_port(self) -> int:
         mod, cls = self.settings.split(":")
         return load(getattr(importlib.import_module(mod), cls)).http_port
 
 
-# Services in start order. A service joins this list when it has a runnable __main__.
-SERVICES: list[ServiceSpec] = []
+# Services in start order; each is started by `up` once it has a runnable __main__.
+_ALL_SERVICES: list[ServiceSpec] = [
+    ServiceSpec("ingest", "services.ingest", "services.ingest.settings:IngestSettings"),
+    ServiceSpec("features", "services.features", "services.features.settings:FeaturesSettings"),
+    ServiceSpec("inference", "services.inference", "services.inference.settings:InferenceSettings", 300.0),
+    ServiceSpec("rl_feedback", "services.rl_feedback", "services.rl_feedback.settings:RLFeedbackSettings"),
+    ServiceSpec("monitor", "services.monitor", "services.monitor.settings:MonitorSettings"),
+]
+
+
+def services() -> list[ServiceSpec]:
+    return [s for s in _ALL_SERVICES if s.available()]
 
 
 class Stack:
@@ -65,7 +80,7 @@ class Stack:
         return env
 
     def up_services(self, names: list[str] | None = None, echo=print) -> None:
-        specs = [s for s in SERVICES if names is None or s.name in names]
+        specs = [s for s in services() if names is None or s.name in names]
         for spec in specs:
             if self.table.running(spec.name):
                 continue
@@ -103,7 +118,7 @@ class Stack:
     def down(self, echo=print) -> dict[str, str]:
         """Stop what `up` started (by pid record), services first; data stays."""
         result = {}
-        for spec in reversed(SERVICES):
+        for spec in reversed(_ALL_SERVICES):
             if self.table.get(spec.name):
                 result[spec.name] = self.table.stop(spec.name, timeout=30)
         for name in ("redis", "kafka"):
@@ -122,7 +137,7 @@ class Stack:
             rec = self.table.running(name)
             comps.append({"name": name, "running": rec is not None, "ready": bool(rec) and ready(),
                           "pid": rec.pid if rec else None, "address": addr, "log": rec.log if rec else None})
-        for spec in SERVICES:
+        for spec in services():
             rec = self.table.running(spec.name)
             addr = rec.address if rec else None
             comps.append({"name": spec.name, "running": rec is not None,

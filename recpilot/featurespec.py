@@ -1,0 +1,192 @@
+"""One definition of recpilot's features, shared by the online feature service, training and serving.
+
+The online feature service (``services/features``) keeps these values in Redis; its read API returns,
+per user and per item, plain dicts with exactly the keys below. :class:`OfflineFeatureStore` computes
+the same dicts in memory by replaying events (for training from raw events and for tests that compare
+online and offline). :func:`build_batch` turns a user dict and item dicts into the ranker's input
+tensors; serving and training both call it, so there is no training/serving skew.
+
+Definitions
+-----------
+Item (all counts by event time):
+  views, clicks, carts, purchases            all-time counts of VIEW, CLICK, ADD_TO_CART, PURCHASE
+  <count>_1h, <count>_24h                    the same over sliding windows ending at ``now_ms``,
+                                             from per-minute buckets (window resolution: 1 minute)
+  ctr                                        smoothed click-through rate, Beta(CTR_PRIOR_CLICKS,
+                                             CTR_PRIOR_VIEWS - CTR_PRIOR_CLICKS) prior:
+                                             (clicks + 1) / (views + 20), i.e. 5% with no data,
+                                             and ~clicks/views once views >> 20
+  category, price, last_event_ms             last seen (from event context["category"] and price)
+User:
+  recent_views / recent_clicks / recent_purchases   item ids, newest first, at most RECENT_LEN
+  affinity                                   {category: [score, ts_ms]}: a time-decayed sum of
+                                             EVENT_WEIGHTS with half-life AFFINITY_HALF_LIFE_MS;
+                                             the value at time t is score * 2 ** (-(t - ts_ms) / H)
+  last_event_ms, session_id, session_events  the current session's event count
+  events                                     all-time event count
+Global:
+  popularity: items ranked by PURCHASE*5 + ADD_TO_CART*3 + CLICK*2 + VIEW*1 (all-time score)
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import defaultdict
+
+import numpy as np
+
+EVENT_NAMES = {1: "VIEW", 2: "CLICK", 3: "ADD_TO_CART", 4: "PURCHASE", 5: "SEARCH"}
+COUNT_FIELD = {"VIEW": "views", "CLICK": "clicks", "ADD_TO_CART": "carts", "PURCHASE": "purchases"}
+COUNT_FIELDS = ("views", "clicks", "carts", "purchases")
+WINDOWS_S = {"1h": 3600, "24h": 86400}
+BUCKET_MS = 60_000
+CTR_PRIOR_CLICKS = 1.0
+CTR_PRIOR_VIEWS = 20.0
+RECENT_LEN = 20
+AFFINITY_HALF_LIFE_MS = 6 * 3600 * 1000
+EVENT_WEIGHTS = {"VIEW": 1.0, "CLICK": 2.0, "ADD_TO_CART": 3.0, "PURCHASE": 5.0}
+POPULARITY_WEIGHTS = EVENT_WEIGHTS
+
+# The ranker's dense input, in this order.
+DENSE_FEATURES = (
+    "item_log_views", "item_log_clicks", "item_log_carts", "item_log_purchases",
+    "item_log_views_1h", "item_log_clicks_1h", "item_log_views_24h", "item_log_clicks_24h",
+    "item_log_purchases_24h", "item_ctr", "item_log_price",
+    "user_cat_affinity", "user_cat_affinity_share",
+    "user_viewed_item", "user_clicked_item", "user_bought_item", "user_log_session_events",
+)
+# The ranker's categorical input: (name, hash buckets).
+ID_FEATURES = (("user_id", 50_000), ("item_id", 100_000), ("category", 1_000))
+
+
+def stable_hash(value: str, buckets: int) -> int:
+    """A hash that is the same in every process and language (CRC-32), modulo ``buckets``."""
+    return zlib.crc32(value.encode()) % buckets
+
+
+def smoothed_ctr(clicks: float, views: float) -> float:
+    return (clicks + CTR_PRIOR_CLICKS) / (views + CTR_PRIOR_VIEWS)
+
+
+def decayed(score: float, ts_ms: int, now_ms: int) -> float:
+    if now_ms <= ts_ms:
+        return score
+    return score * 2.0 ** (-(now_ms - ts_ms) / AFFINITY_HALF_LIFE_MS)
+
+
+def window_counts(buckets: dict[str, dict[int, int]], now_ms: int) -> dict[str, int]:
+    """``buckets[count_field][minute_index] = n`` -> ``{"views_1h": ..., "clicks_24h": ...}``."""
+    now_bucket = now_ms // BUCKET_MS
+    out = {}
+    for field in COUNT_FIELDS:
+        per = buckets.get(field, {})
+        for wname, secs in WINDOWS_S.items():
+            start = now_bucket - secs * 1000 // BUCKET_MS
+            out[f"{field}_{wname}"] = int(sum(n for b, n in per.items() if start < int(b) <= now_bucket))
+    return out
+
+
+def empty_item(item_id: str) -> dict:
+    item = {"item_id": item_id, **{f: 0 for f in COUNT_FIELDS}, "ctr": smoothed_ctr(0, 0),
+            "category": "", "price": 0.0, "last_event_ms": 0}
+    for f in COUNT_FIELDS:
+        for w in WINDOWS_S:
+            item[f"{f}_{w}"] = 0
+    return item
+
+
+def empty_user(user_id: str) -> dict:
+    return {"user_id": user_id, "recent_views": [], "recent_clicks": [], "recent_purchases": [],
+            "affinity": {}, "last_event_ms": 0, "session_id": "", "session_events": 0, "events": 0}
+
+
+def build_batch(user: dict, items: list[dict], now_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ranker inputs for one user and N candidate items: dense float32 [N, D], ids int64 [N, K]."""
+    n = len(items)
+    dense = np.zeros((n, len(DENSE_FEATURES)), dtype=np.float32)
+    ids = np.zeros((n, len(ID_FEATURES)), dtype=np.int64)
+    aff = {c: decayed(float(s), int(t), now_ms) for c, (s, t) in (user.get("affinity") or {}).items()}
+    aff_total = sum(aff.values())
+    viewed = set(user.get("recent_views") or ())
+    clicked = set(user.get("recent_clicks") or ())
+    bought = set(user.get("recent_purchases") or ())
+    log_session = math.log1p(float(user.get("session_events") or 0))
+    u_hash = stable_hash(str(user.get("user_id", "")), ID_FEATURES[0][1])
+    for i, it in enumerate(items):
+        cat = it.get("category") or ""
+        a = aff.get(cat, 0.0) if cat else 0.0
+        dense[i] = (
+            math.log1p(it.get("views", 0)), math.log1p(it.get("clicks", 0)),
+            math.log1p(it.get("carts", 0)), math.log1p(it.get("purchases", 0)),
+            math.log1p(it.get("views_1h", 0)), math.log1p(it.get("clicks_1h", 0)),
+            math.log1p(it.get("views_24h", 0)), math.log1p(it.get("clicks_24h", 0)),
+            math.log1p(it.get("purchases_24h", 0)),
+            float(it.get("ctr", smoothed_ctr(it.get("clicks", 0), it.get("views", 0)))),
+            math.log1p(max(float(it.get("price") or 0.0), 0.0)),
+            math.log1p(a), a / (aff_total + 1.0),
+            float(it["item_id"] in viewed), float(it["item_id"] in clicked), float(it["item_id"] in bought),
+            log_session,
+        )
+        ids[i] = (u_hash, stable_hash(str(it["item_id"]), ID_FEATURES[1][1]), stable_hash(cat, ID_FEATURES[2][1]))
+    return dense, ids
+
+
+class OfflineFeatureStore:
+    """The online features, computed in memory by replaying events in order.
+
+    ``apply(event)`` takes a dict with UserEvent field names (event_type as a name or number).
+    ``user(id)``/``item(id, now_ms)`` return the same dicts as the online read API.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict] = {}
+        self.buckets: dict[str, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+        self.users: dict[str, dict] = {}
+        self.popularity: dict[str, float] = defaultdict(float)
+
+    def apply(self, ev: dict) -> None:
+        etype = ev.get("event_type")
+        etype = EVENT_NAMES.get(etype, etype) if isinstance(etype, int) else str(etype)
+        ts = int(ev.get("timestamp_ms") or 0)
+        uid = str(ev.get("user_id") or "")
+        iid = str(ev.get("item_id") or "")
+        ctx = ev.get("context") or {}
+        user = self.users.setdefault(uid, empty_user(uid))
+        user["events"] += 1
+        sid = str(ev.get("session_id") or "")
+        if sid and sid != user["session_id"]:
+            user["session_id"], user["session_events"] = sid, 0
+        user["session_events"] += 1
+        user["last_event_ms"] = max(user["last_event_ms"], ts)
+        if etype not in COUNT_FIELD or not iid:
+            return
+        field = COUNT_FIELD[etype]
+        item = self.items.setdefault(iid, empty_item(iid))
+        item[field] += 1
+        self.buckets[iid][field][ts // BUCKET_MS] += 1
+        if ctx.get("category"):
+            item["category"] = ctx["category"]
+        if float(ev.get("price") or 0) > 0:
+            item["price"] = float(ev["price"])
+        item["last_event_ms"] = max(item["last_event_ms"], ts)
+        self.popularity[iid] += POPULARITY_WEIGHTS[etype]
+        lst = {"VIEW": "recent_views", "CLICK": "recent_clicks", "PURCHASE": "recent_purchases"}.get(etype)
+        if lst:
+            user[lst] = ([iid] + [x for x in user[lst] if x != iid])[:RECENT_LEN]
+        cat = item["category"]
+        if cat:
+            score, t0 = user["affinity"].get(cat, (0.0, ts))
+            user["affinity"][cat] = [decayed(score, t0, ts) + EVENT_WEIGHTS[etype], max(ts, t0)]
+
+    def item(self, item_id: str, now_ms: int) -> dict:
+        base = dict(self.items.get(item_id) or empty_item(item_id))
+        base.update(window_counts(self.buckets.get(item_id, {}), now_ms))
+        base["ctr"] = smoothed_ctr(base["clicks"], base["views"])
+        return base
+
+    def user(self, user_id: str) -> dict:
+        return dict(self.users.get(user_id) or empty_user(user_id))
+
+    def top_popular(self, n: int) -> list[str]:
+        return [i for i, _ in sorted(self.popularity.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
