@@ -19,7 +19,8 @@ COMMAND_MODULES = [
     "recpilot.stack.commands",      # setup, up, down, status, topics
     "services.ingest.commands",     # generate, simulate, bench ingest
     "services.features.commands",   # features user|item, bench features
-    "recpilot.models.commands",     # train, models ..., tune
+    "recpilot.models.train_commands",  # train, tune
+    "recpilot.models.commands",     # models list|deploy|promote|canary|shadow|rollback|status
     "services.inference.commands",  # bench inference, recommend, search
     "services.rl_feedback.commands",
     "services.monitor.commands",

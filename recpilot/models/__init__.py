@@ -1,0 +1,1 @@
+"""Ranking models: training, offline evaluation, the model repository and deployment control."""
