@@ -1,0 +1,56 @@
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from recpilot.httpserver import HealthServer
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode(), r.headers.get("Content-Type")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), e.headers.get("Content-Type")
+
+
+@pytest.fixture
+def server():
+    reg = CollectorRegistry()
+    c = Counter("recpilot_test_things_total", "things", ["kind"], registry=reg)
+    c.labels("a").inc(3)
+    state = {"ready": False}
+    srv = HealthServer(0, ready=lambda: (state["ready"], {"checks": {"redis": state["ready"]}}), registry=reg)
+    srv.start()
+    yield srv, state
+    srv.stop()
+
+
+def test_metrics_health_ready(server):
+    srv, state = server
+    base = f"http://127.0.0.1:{srv.port}"
+    code, body, ctype = _get(base + "/metrics")
+    assert code == 200 and 'recpilot_test_things_total{kind="a"} 3.0' in body
+    assert ctype.startswith("text/plain")
+    assert _get(base + "/healthz")[0] == 200
+    code, body, _ = _get(base + "/readyz")
+    assert code == 503 and json.loads(body) == {"status": "unavailable", "checks": {"redis": False}}
+    state["ready"] = True
+    code, body, _ = _get(base + "/readyz")
+    assert code == 200 and json.loads(body)["status"] == "ok"
+    assert _get(base + "/nope")[0] == 404
+
+
+def test_failing_check_is_not_ready():
+    def broken():
+        raise ConnectionError("redis down")
+
+    srv = HealthServer(0, ready=broken, registry=CollectorRegistry())
+    srv.start()
+    try:
+        code, body, _ = _get(f"http://127.0.0.1:{srv.port}/readyz")
+        assert code == 503 and "redis down" in json.loads(body)["error"]
+    finally:
+        srv.stop()

@@ -1,0 +1,91 @@
+"""The generated package matches proto/, and the OIP contract is wire-compatible with tritonclient."""
+
+import json
+import subprocess
+import sys
+
+from recpilot import codegen
+from recpilot.pb import deployments_pb2, events_pb2, recommend_pb2
+
+
+def test_generated_modules_are_up_to_date():
+    files = codegen.generate()
+    assert codegen.check(files) == [], "run `python -m recpilot.codegen` and commit recpilot/pb"
+    assert {"events_pb2.pyi", "recommend_pb2_grpc.py", "open_inference_grpc_pb2_grpc.py"} <= set(files)
+
+
+def test_check_detects_a_stale_file(tmp_path, monkeypatch):
+    files = codegen.generate()
+    fake = tmp_path / "pb"
+    fake.mkdir()
+    for name, text in files.items():
+        (fake / name).write_text(text)
+    monkeypatch.setattr(codegen, "PB_DIR", fake)
+    assert codegen.check(files) == []
+    (fake / "events_pb2.py").write_text(files["events_pb2.py"] + "\n# edited by hand\n")
+    (fake / "old_pb2.py").write_text("")
+    assert set(codegen.check(files)) == {"events_pb2.py", "old_pb2.py (stale: no proto generates it)"}
+
+
+def test_user_event_roundtrip_and_contract():
+    ev = events_pb2.UserEvent(event_id="e1", user_id="u1", session_id="s1", event_type=events_pb2.ADD_TO_CART,
+                              item_id="i9", price=19.5, timestamp_ms=1_700_000_000_000, request_id="r1",
+                              context={"category": "shoes"})
+    back = events_pb2.UserEvent.FromString(ev.SerializeToString())
+    assert back == ev and back.context["category"] == "shoes"
+    names = {v.name for v in events_pb2.EventType.DESCRIPTOR.values}
+    assert {"VIEW", "CLICK", "ADD_TO_CART", "PURCHASE", "SEARCH"} <= names
+    svc = recommend_pb2.DESCRIPTOR.services_by_name["Recommender"]
+    assert set(svc.methods_by_name) == {"Recommend", "Search"}
+    resp = recommend_pb2.RecommendResponse.DESCRIPTOR.fields_by_name
+    assert {"items", "request_id", "model_version", "policy_version", "fallback"} <= set(resp)
+    item = recommend_pb2.ScoredItem.DESCRIPTOR.fields_by_name
+    assert {"item_id", "score", "position", "propensity"} <= set(item)
+    actions = {v.name for v in deployments_pb2.DeploymentAction.DESCRIPTOR.values}
+    assert {"DEPLOY", "PROMOTE", "CANARY", "SHADOW", "ROLLBACK"} <= actions
+
+
+_DUMP = r"""
+import json, sys, importlib
+mod = importlib.import_module(sys.argv[1])
+fd = mod.DESCRIPTOR
+def msg(d):
+    return {f.name: [f.number, f.type, bool(f.is_repeated if hasattr(f, "is_repeated") else f.label == 3),
+                     f.message_type.full_name if f.message_type else ""] for f in d.fields}
+def walk(d, out):
+    out[d.full_name] = msg(d)
+    for n in d.nested_types:
+        walk(n, out)
+    return out
+messages = {}
+for m in fd.message_types_by_name.values():
+    walk(m, messages)
+out = {"package": fd.package,
+       "messages": messages,
+       "services": {s.full_name: {m.name: [m.input_type.full_name, m.output_type.full_name]
+                                  for m in s.methods} for s in fd.services_by_name.values()}}
+print(json.dumps(out))
+"""
+
+
+def _dump(module: str) -> dict:
+    # Each in its own interpreter: both modules register `inference.*` in the default descriptor pool.
+    res = subprocess.run([sys.executable, "-c", _DUMP, module], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout)
+
+
+def test_open_inference_protocol_matches_tritonclient():
+    ours = _dump("recpilot.pb.open_inference_grpc_pb2")
+    triton = _dump("tritonclient.grpc.service_pb2")
+    assert ours["package"] == triton["package"] == "inference"
+    # Triton's service is a superset (repository, statistics, ...): every OIP message and RPC must match it.
+    assert len(ours["messages"]) >= 20  # nested tensor/parameter messages included
+    for name, fields in ours["messages"].items():
+        assert name in triton["messages"], name
+        for field, desc in fields.items():
+            assert triton["messages"][name].get(field) == desc, f"{name}.{field}"
+    ours_rpcs = ours["services"]["inference.GRPCInferenceService"]
+    triton_rpcs = triton["services"]["inference.GRPCInferenceService"]
+    assert set(ours_rpcs) == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"}
+    for rpc, types in ours_rpcs.items():
+        assert triton_rpcs[rpc] == types, rpc
