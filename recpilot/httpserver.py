@@ -24,11 +24,15 @@ class HealthServer:
     def __init__(
         self,
         port: int,
-        host: str = "127.0.0.1",
+        host: str | None = None,
         ready: ReadyCheck = _always_ready,
         live: ReadyCheck = _always_ready,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
+        if host is None:
+            from recpilot.settings import PlatformSettings, load
+
+            host = load(PlatformSettings).bind_host
         self.host, self.port = host, port
         self.ready, self.live, self.registry = ready, live, registry
         self._server: ThreadingHTTPServer | None = None

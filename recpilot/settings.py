@@ -38,6 +38,7 @@ class PlatformSettings(RecpilotSettings):
 
     home: Path = Field(default=REPO_ROOT / ".recpilot", description="state: data, pids, logs")
     log_level: str = "INFO"
+    bind_host: str = Field(default="127.0.0.1", description="address the services' HTTP/gRPC servers bind (0.0.0.0 in containers)")
 
     kafka_host: str = "127.0.0.1"
     kafka_port: int = Field(default=9092, ge=1, le=65535)
