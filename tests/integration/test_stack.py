@@ -42,7 +42,7 @@ def test_status_reports_both_ready(stack):
     for name in ("kafka", "redis"):
         assert comps[name]["running"] and comps[name]["ready"], comps[name]
         assert isinstance(comps[name]["pid"], int)
-    assert comps["kafka"]["address"] == "127.0.0.1:19092"
+    assert comps["kafka"]["address"] == f"127.0.0.1:{stack.s.kafka_port}"
     md = admin(stack.s).list_topics(timeout=10)
     assert {EVENTS_RAW, EVENTS_CLEAN, "control.deployments", "metrics.ingest"} <= set(md.topics)
     assert len(md.topics[EVENTS_RAW].partitions) == stack.s.events_partitions
