@@ -1,0 +1,195 @@
+"""Dynamic batching across concurrent requests (asyncio side, model execution in a thread).
+
+Each caller submits its own rows (``dense [n, D]``, ``ids [n, K]``) and awaits its own scores.
+One worker task per model version gathers waiting requests: it starts a batch when the first
+request arrives, waits at most ``max_queue_delay_ms`` for more (or until ``max_batch_size`` rows
+are queued), concatenates them, runs ``predict`` once in the compute executor and hands every
+caller exactly its slice back. While an execution runs, new requests queue up and form the next
+batch, so under load batches grow without any added delay. A request larger than
+``max_batch_size`` runs alone. ``max_queue_size`` bounds the waiting requests: beyond it
+:class:`QueueFull` is raised at once (the server answers RESOURCE_EXHAUSTED).
+
+With batching disabled each request is one execution (still on the compute executor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.inference import metrics as m
+from services.inference.settings import BatchingConfig
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class QueueFull(RuntimeError):
+    """The model's queue holds max_queue_size requests already."""
+
+
+class BatcherClosed(RuntimeError):
+    """The model version is being unloaded."""
+
+
+@dataclass
+class _Pending:
+    dense: np.ndarray
+    ids: np.ndarray
+    future: asyncio.Future
+    enqueued: float
+
+
+class DynamicBatcher:
+    def __init__(self, label: str, predict: Predict, config: BatchingConfig, executor: Executor) -> None:
+        self.label = label
+        self.predict = predict
+        self.config = config
+        self.executor = executor
+        self._queue: deque[_Pending] = deque()
+        self._rows = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self.inflight = 0
+        self.executions = 0
+        self.requests = 0
+
+    # -- API -----------------------------------------------------------------------------------
+    async def infer(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise BatcherClosed(f"{self.label} is unloading")
+        n = dense.shape[0]
+        if n == 0:
+            return np.zeros((0,), dtype=np.float32)
+        self.inflight += 1
+        try:
+            if not self.config.enabled:
+                return await self._run_single(dense, ids)
+            if len(self._queue) >= self.config.max_queue_size:
+                m.QUEUE_REJECTED.labels(self.label).inc()
+                raise QueueFull(f"queue of {self.label} is full ({self.config.max_queue_size} requests)")
+            self._ensure_worker()
+            fut = asyncio.get_running_loop().create_future()
+            self._queue.append(_Pending(dense, ids, fut, time.perf_counter()))
+            self._rows += n
+            m.QUEUE_DEPTH.labels(self.label).set(len(self._queue))
+            self._wakeup.set()
+            return await fut
+        finally:
+            self.inflight -= 1
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Refuse new requests, finish the queued and running ones, stop the worker."""
+        self._closed = True
+        t0 = time.monotonic()
+        while (self.inflight or self._queue) and time.monotonic() - t0 < timeout:
+            await asyncio.sleep(0.005)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    # -- internals -----------------------------------------------------------------------------
+    def _ensure_worker(self) -> None:
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.label}")
+
+    def _timed_predict(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.predict(dense, ids)
+        m.COMPUTE.labels(self.label).observe(time.perf_counter() - t0)
+        return out
+
+    async def _run_single(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self.executor, self._timed_predict, dense, ids)
+        self._count(1, dense.shape[0])
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def _count(self, requests: int, rows: int) -> None:
+        self.executions += 1
+        self.requests += requests
+        m.BATCH_SIZE.labels(self.label).observe(requests)
+        m.BATCH_REQUESTS.labels(self.label).inc(requests)
+        m.BATCH_EXECUTIONS.labels(self.label).inc()
+        m.BATCH_ROWS.labels(self.label).inc(rows)
+
+    def _take(self) -> list[_Pending]:
+        """Pop requests up to max_batch_size rows (always at least one); drop cancelled callers."""
+        batch, rows = [], 0
+        while self._queue:
+            p = self._queue[0]
+            if p.future.done():  # the caller gave up (deadline); do not compute for it
+                self._queue.popleft()
+                self._rows -= p.dense.shape[0]
+                continue
+            n = p.dense.shape[0]
+            if batch and rows + n > self.config.max_batch_size:
+                break
+            self._queue.popleft()
+            self._rows -= n
+            batch.append(p)
+            rows += n
+        m.QUEUE_DEPTH.labels(self.label).set(len(self._queue))
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.config.max_queue_delay_ms / 1000.0
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Wait for company: until the batch is full or the oldest request waited `delay`.
+            oldest = self._queue[0].enqueued
+            while self._rows < self.config.max_batch_size:
+                left = oldest + delay - time.perf_counter()
+                if left <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except TimeoutError:
+                    break
+            batch = self._take()
+            if not batch:
+                continue
+            now = time.perf_counter()
+            for p in batch:
+                m.QUEUE.labels(self.label).observe(now - p.enqueued)
+            try:
+                if len(batch) == 1:
+                    dense, ids = batch[0].dense, batch[0].ids
+                else:
+                    dense = np.concatenate([p.dense for p in batch])
+                    ids = np.concatenate([p.ids for p in batch])
+                out = await loop.run_in_executor(self.executor, self._timed_predict, dense, ids)
+                out = np.asarray(out, dtype=np.float32).reshape(-1)
+                if out.shape[0] != dense.shape[0]:
+                    raise RuntimeError(f"{self.label} returned {out.shape[0]} scores for {dense.shape[0]} rows")
+            except Exception as exc:  # every caller of the batch gets the error
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            self._count(len(batch), dense.shape[0])
+            start = 0
+            for p in batch:
+                n = p.dense.shape[0]
+                if not p.future.done():
+                    p.future.set_result(out[start:start + n].copy())
+                start += n

@@ -1,0 +1,67 @@
+"""Prometheus metrics of the inference service (module level, few labels).
+
+Average batch size = ``recpilot_inference_batch_requests_total / recpilot_inference_batch_executions_total``
+(rows: ``..._batch_rows_total``), as Triton counts inference requests and executions separately.
+Process CPU and memory come from prometheus-client's process collector (``process_cpu_seconds_total``,
+``process_resident_memory_bytes``); GPU gauges are filled when CUDA is in use.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LAT = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+REQUESTS = Counter("recpilot_inference_requests_total", "RPCs answered", ["method", "model", "version", "variant"])
+FAILURES = Counter("recpilot_inference_failures_total", "RPCs that failed, by gRPC status", ["method", "code"])
+FALLBACKS = Counter("recpilot_inference_fallbacks_total", "answers from popularity", ["method", "reason"])
+LATENCY = Histogram("recpilot_inference_request_latency_seconds", "RPC latency (total)", ["method"], buckets=_LAT)
+QUEUE = Histogram("recpilot_inference_queue_latency_seconds", "wait in the batch queue", ["model"], buckets=_LAT)
+FEATURE_FETCH = Histogram("recpilot_inference_feature_fetch_seconds", "feature store round trip", buckets=_LAT)
+COMPUTE = Histogram("recpilot_inference_compute_seconds", "model execution", ["model"], buckets=_LAT)
+BATCH_SIZE = Histogram(
+    "recpilot_inference_batch_size_requests", "requests per execution", ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_REQUESTS = Counter("recpilot_inference_batch_requests_total", "requests executed", ["model"])
+BATCH_EXECUTIONS = Counter("recpilot_inference_batch_executions_total", "model executions", ["model"])
+BATCH_ROWS = Counter("recpilot_inference_batch_rows_total", "rows scored", ["model"])
+QUEUE_REJECTED = Counter("recpilot_inference_queue_rejected_total", "requests refused: queue full", ["model"])
+QUEUE_DEPTH = Gauge("recpilot_inference_queue_depth_requests", "requests waiting", ["model"])
+
+MODEL_LOADS = Counter("recpilot_inference_model_loads_total", "model version loads", ["model", "outcome"])
+MODEL_UNLOADS = Counter("recpilot_inference_model_unloads_total", "model version unloads", ["model"])
+MODEL_LOAD_SECONDS = Histogram(
+    "recpilot_inference_model_load_seconds", "load + warm-up time", ["model"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+MODEL_UNLOAD_SECONDS = Histogram(
+    "recpilot_inference_model_unload_seconds", "drain + unload time", ["model"],
+    buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30),
+)
+MODEL_LOADED = Gauge("recpilot_inference_model_loaded_info", "1 for each loaded version and its role", ["model", "version", "role"])
+
+IMPRESSIONS = Counter("recpilot_inference_impressions_total", "impressions by outcome", ["outcome"])
+SHADOW = Counter("recpilot_inference_shadow_scored_total", "requests also scored by the shadow", ["model", "version"])
+GPU_UTIL = Gauge("recpilot_inference_gpu_utilization_ratio", "GPU utilisation (0..1)", ["device"])
+GPU_MEMORY = Gauge("recpilot_inference_gpu_memory_bytes", "GPU memory allocated by this process", ["device"])
+
+
+def sample_gpu() -> None:
+    """Fill the GPU gauges when torch is loaded and CUDA is in use (never imports torch itself)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return
+        for i in range(torch.cuda.device_count()):
+            GPU_MEMORY.labels(f"cuda:{i}").set(torch.cuda.memory_allocated(i))
+            try:
+                GPU_UTIL.labels(f"cuda:{i}").set(torch.cuda.utilization(i) / 100.0)
+            except Exception:  # needs pynvml; memory is still reported
+                pass
+    except Exception:
+        pass

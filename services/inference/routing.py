@@ -1,0 +1,299 @@
+"""Which loaded version answers a request: production, canary (stable hash of the user id) and
+shadow, kept in sync with the durable deployment state (``control.deployments``).
+
+Hot swap: :meth:`ModelManager.reconcile` loads and warms every version the new state needs
+*beside* the ones serving, then replaces the routing table of that model in one assignment (an
+atomic reference swap: a request holds the table it started with), then drains and unloads the
+versions no longer referenced. A version that fails to load leaves its role unchanged (the old
+version keeps serving) and the failure is reported (log, metric, FAILED ack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recpilot.featurespec import stable_hash
+from services.inference import metrics as m
+from services.inference.backends import LoadFailed, ModelVersion, load_version
+from services.inference.settings import BatchingConfig
+
+log = logging.getLogger(__name__)
+
+CANARY_BUCKETS = 10_000
+
+
+def is_canary(user_id: str, percent: float) -> bool:
+    """Contract 5: a user goes to the canary iff stable_hash(user_id, 10_000) < percent * 100."""
+    return stable_hash(user_id, CANARY_BUCKETS) < percent * 100
+
+
+@dataclass(frozen=True)
+class Routes:
+    """The routing table of one model; replaced as a whole, never mutated."""
+
+    production: ModelVersion | None = None
+    canary: ModelVersion | None = None
+    canary_percent: float = 0.0
+    shadow: ModelVersion | None = None
+    policy_version: str = ""
+    revision: int = -1
+
+    def choose(self, user_id: str) -> tuple[ModelVersion | None, str]:
+        if self.canary is not None and self.canary_percent > 0 and is_canary(user_id, self.canary_percent):
+            return self.canary, "canary"
+        return self.production, "production"
+
+    def versions(self) -> dict[str, ModelVersion]:
+        out = {}
+        for mv in (self.production, self.canary, self.shadow):
+            if mv is not None:
+                out[mv.version] = mv
+        return out
+
+
+@dataclass
+class Desired:
+    """What a DeploymentState asks of one model (plain values, so tests need no protobuf)."""
+
+    production: str = ""
+    canary: str = ""
+    canary_percent: float = 0.0
+    shadow: str = ""
+    policy_version: str = ""
+    revision: int = 0
+
+    @classmethod
+    def from_state(cls, state) -> "Desired":
+        return cls(state.production_version, state.canary_version, float(state.canary_percent),
+                   state.shadow_version, state.policy_version, int(state.revision))
+
+
+@dataclass
+class ReconcileResult:
+    model: str
+    loaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    unloaded: list[str] = field(default_factory=list)
+
+
+class ModelManager:
+    """Loaded versions and routing tables of the models this replica serves (thread-safe)."""
+
+    def __init__(
+        self,
+        repo_root: Path,
+        model_names: list[str],
+        *,
+        device: str,
+        batching_for: Callable[[str], BatchingConfig],
+        executor: Executor,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.repo_root = Path(repo_root)
+        self.model_names = list(model_names)
+        self.device = device
+        self.batching_for = batching_for
+        self.executor = executor
+        self.loop = loop
+        self._routes: dict[str, Routes] = {n: Routes() for n in self.model_names}
+        self._lock = threading.Lock()  # one reconcile at a time
+
+    # -- reads (any thread, lock-free) -----------------------------------------------------------
+    def routes(self, model: str) -> Routes:
+        return self._routes[model]
+
+    def serves(self, model: str) -> bool:
+        return model in self._routes
+
+    def any_loaded(self) -> bool:
+        return any(r.production is not None for r in self._routes.values())
+
+    def loaded(self, model: str) -> bool:
+        r = self._routes.get(model)
+        return r is not None and r.production is not None
+
+    def find(self, model: str, version: str = "") -> ModelVersion | None:
+        r = self._routes.get(model)
+        if r is None:
+            return None
+        if not version:
+            return r.production
+        return r.versions().get(version)
+
+    # -- writes ----------------------------------------------------------------------------------
+    def reconcile(self, model: str, want: Desired) -> ReconcileResult:
+        """Make ``model`` serve ``want``: load new versions beside the old, swap, unload the rest."""
+        res = ReconcileResult(model)
+        if model not in self._routes:
+            return res
+        with self._lock:
+            old = self._routes[model]
+            have = old.versions()
+            new: dict[str, ModelVersion | None] = {}
+            for role in ("production", "canary", "shadow"):
+                version = getattr(want, role)
+                if not version:
+                    new[role] = None
+                    continue
+                if version in have:
+                    new[role] = have[version]
+                    continue
+                if version in [mv.version for mv in new.values() if mv is not None]:
+                    new[role] = next(mv for mv in new.values() if mv is not None and mv.version == version)
+                    continue
+                try:
+                    mv = load_version(self.repo_root, model, version, device=self.device,
+                                      batching=self.batching_for(model), executor=self.executor)
+                except LoadFailed as exc:
+                    log.error("model load failed; keeping what serves", extra={
+                        "model": model, "model_version": version, "role": role, "error": str(exc)})
+                    res.failed[version] = str(exc)
+                    new[role] = getattr(old, role)  # the old version of that role keeps serving
+                    continue
+                have[version] = mv
+                res.loaded.append(version)
+                new[role] = mv
+            routes = Routes(
+                production=new["production"], canary=new["canary"],
+                canary_percent=want.canary_percent if new["canary"] is not None else 0.0,
+                shadow=new["shadow"], policy_version=want.policy_version, revision=want.revision,
+            )
+            self._routes[model] = routes  # the atomic switch
+            keep = routes.versions()
+            for role in ("production", "canary", "shadow"):
+                mv = getattr(routes, role)
+                m.MODEL_LOADED.labels(model, mv.version if mv else "", role).set(1 if mv else 0)
+            gone = [mv for v, mv in have.items() if v not in keep]
+            for mv in gone:
+                for role in ("production", "canary", "shadow"):
+                    m.MODEL_LOADED.labels(model, mv.version, role).set(0)
+                self._unload(mv)
+                res.unloaded.append(mv.version)
+            if res.loaded or res.unloaded:
+                log.info("routing updated", extra={
+                    "model": model, "production": routes.production.version if routes.production else None,
+                    "canary": routes.canary.version if routes.canary else None,
+                    "canary_percent": routes.canary_percent,
+                    "shadow": routes.shadow.version if routes.shadow else None,
+                    "revision": want.revision})
+        return res
+
+    def _unload(self, mv: ModelVersion) -> None:
+        """Drain the version's in-flight requests, then drop it (from a non-loop thread: waits)."""
+        t0 = time.perf_counter()
+        if self.loop is not None and self.loop.is_running():
+            fut = asyncio.run_coroutine_threadsafe(mv.batcher.close(), self.loop)
+            try:
+                fut.result(timeout=60)
+            except Exception:
+                log.exception("error draining a model version", extra={"model": mv.name, "model_version": mv.version})
+        m.MODEL_UNLOADS.labels(mv.name).inc()
+        m.MODEL_UNLOAD_SECONDS.labels(mv.name).observe(time.perf_counter() - t0)
+        log.info("model unloaded", extra={"model": mv.name, "model_version": mv.version})
+
+    async def close(self) -> None:
+        for name in list(self._routes):
+            for mv in self._routes[name].versions().values():
+                await mv.batcher.close(timeout=5)
+
+
+class DeploymentSync:
+    """Feeds the deployment state from ``DeploymentFollower`` (contract 5) into the manager.
+
+    The follower calls ``on_change`` from its own thread for every applied command (also while
+    replaying history); we only note which models changed and a reconciler thread brings each
+    to its *latest* state, so a replay of 100 commands loads the final versions once. Commands
+    seen after the follower caught up are acknowledged (APPLIED, or FAILED with the reason).
+    """
+
+    def __init__(self, manager: ModelManager, follower_factory: Callable[[Callable], object]) -> None:
+        self.manager = manager
+        self.follower = follower_factory(self._on_change)
+        self._todo: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deployment-sync", daemon=True)
+        self._initial_done = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        return bool(getattr(self.follower, "ready", False)) and self._initial_done.is_set()
+
+    def start(self) -> None:
+        self.follower.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._todo.put(None)
+        self._thread.join(10)
+        self.follower.stop()
+
+    def _on_change(self, state, command) -> None:
+        live = bool(getattr(self.follower, "ready", False))
+        self._todo.put((state.model_name, command if live else None))
+
+    def _apply(self, model: str, commands: list) -> None:
+        if not self.manager.serves(model):
+            return
+        from recpilot.pb import deployments_pb2 as dpb
+
+        state = self.follower.state(model)
+        res = self.manager.reconcile(model, Desired.from_state(state))
+        for cmd in commands:
+            if cmd.kind == dpb.POLICY:
+                ok, msg = True, f"policy {state.policy_version}"
+            elif cmd.version and cmd.version in res.failed:
+                ok, msg = False, res.failed[cmd.version]
+            else:
+                ok, msg = True, f"serving production={state.production_version} canary={state.canary_version}" \
+                                f"@{state.canary_percent:g}% shadow={state.shadow_version}"
+            try:
+                self.follower.ack(cmd, dpb.APPLIED if ok else dpb.FAILED, msg)
+            except Exception:
+                log.exception("could not publish the deployment ack", extra={"model": model})
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._initial_done.is_set() and getattr(self.follower, "ready", False):
+                for name in self.manager.model_names:  # caught up: serve the replayed state
+                    try:
+                        self._apply(name, [])
+                    except Exception:
+                        log.exception("initial reconcile failed", extra={"model": name})
+                self._initial_done.set()
+            try:
+                item = self._todo.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            batch = [item]
+            while True:  # coalesce whatever else is queued
+                try:
+                    nxt = self._todo.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._stop.set()
+                    break
+                batch.append(nxt)
+            if not self._initial_done.is_set():
+                continue  # still replaying: the initial reconcile takes the final state
+            per_model: dict[str, list] = {}
+            for name, cmd in batch:
+                per_model.setdefault(name, [])
+                if cmd is not None:
+                    per_model[name].append(cmd)
+            for name, cmds in per_model.items():
+                try:
+                    self._apply(name, cmds)
+                except Exception:
+                    log.exception("reconcile failed", extra={"model": name})

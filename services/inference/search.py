@@ -1,0 +1,100 @@
+"""Text retrieval over the item catalogue: an in-memory BM25 (Okapi) inverted index over item
+titles and categories. Search = BM25 top-N, then the same personalised ranking as Recommend.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+_TOKEN = re.compile(r"[\w]+", re.UNICODE)
+
+
+def tokenize(text: str) -> list[str]:
+    return [t for t in _TOKEN.findall(text.lower()) if t]
+
+
+class BM25Index:
+    """Okapi BM25 with the usual k1=1.2, b=0.75. Documents: ``title + " " + category`` per item
+    (the category counted twice in the title field's place would overweight it; it is one field)."""
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
+        self.k1, self.b = k1, b
+        self.postings: dict[str, list[tuple[int, int]]] = defaultdict(list)  # term -> [(doc, tf)]
+        self.doc_ids: list[str] = []
+        self.doc_len: list[int] = []
+        self.meta: dict[str, dict] = {}
+        self.avgdl = 0.0
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    @classmethod
+    def build(cls, items: Iterable[dict]) -> "BM25Index":
+        idx = cls()
+        seen = set()
+        for it in items:
+            iid = str(it["item_id"])
+            if iid in seen:
+                continue
+            seen.add(iid)
+            doc = len(idx.doc_ids)
+            tokens = tokenize(f"{it.get('title', '')} {it.get('category', '')}")
+            idx.doc_ids.append(iid)
+            idx.doc_len.append(len(tokens))
+            idx.meta[iid] = {k: it.get(k) for k in ("title", "category", "price")}
+            tf: dict[str, int] = defaultdict(int)
+            for t in tokens:
+                tf[t] += 1
+            for t, n in tf.items():
+                idx.postings[t].append((doc, n))
+        idx.avgdl = (sum(idx.doc_len) / len(idx.doc_len)) if idx.doc_len else 0.0
+        return idx
+
+    def idf(self, term: str) -> float:
+        n = len(self.postings.get(term, ()))
+        return math.log(1.0 + (len(self.doc_ids) - n + 0.5) / (n + 0.5))
+
+    def search(self, query: str, n: int, restrict: set[str] | None = None) -> list[tuple[str, float]]:
+        """Top ``n`` ``(item_id, bm25)`` for ``query``, best first (ties by item id)."""
+        scores: dict[int, float] = defaultdict(float)
+        k1, b, avgdl = self.k1, self.b, self.avgdl or 1.0
+        for term in set(tokenize(query)):
+            plist = self.postings.get(term)
+            if not plist:
+                continue
+            idf = self.idf(term)
+            for doc, tf in plist:
+                dl = self.doc_len[doc]
+                scores[doc] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))
+        if restrict is not None:
+            scores = {d: s for d, s in scores.items() if self.doc_ids[d] in restrict}
+        best = heapq.nsmallest(n, scores.items(), key=lambda kv: (-kv[1], self.doc_ids[kv[0]]))
+        return [(self.doc_ids[d], s) for d, s in best]
+
+
+def load_catalogue(path: Path | None, seed: int, n_items: int) -> list[dict]:
+    """Items from a JSONL/CSV file (item_id,title,category[,price]), else the simulator's
+    deterministic catalogue when ``n_items`` > 0, else none."""
+    if path is not None:
+        path = Path(path)
+        if path.suffix == ".csv":
+            with path.open(newline="") as fh:
+                return [dict(r) for r in csv.DictReader(fh)]
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if n_items > 0:
+        from recpilot.simulator import catalogue
+
+        out = []
+        for it in catalogue(seed, n_items):
+            d = it if isinstance(it, dict) else vars(it)
+            out.append({"item_id": str(d.get("item_id") or d.get("id")), "title": d.get("title", ""),
+                        "category": d.get("category", ""), "price": d.get("price", 0.0)})
+        return out
+    return []

@@ -1,0 +1,256 @@
+"""Recommend and Search as domain code (no gRPC here): candidates -> one feature fetch ->
+ranker (through the routed version's batcher) -> policy re-rank -> top k -> impression.
+
+Degradation: the caller passes the absolute deadline (``time.monotonic()`` seconds). When the
+feature store or the model fails, or less than ``deadline_margin_ms`` is left before a step, the
+answer comes from the popularity list (refreshed in the background) with ``fallback`` set and a
+reason. Invalid input raises :class:`InvalidArgument`; an unknown model :class:`ModelNotFound`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recpilot.featurespec import DENSE_FEATURES, build_batch
+from services.inference import metrics as m
+from services.inference.batching import BatcherClosed, QueueFull
+from services.inference.impressions import ImpressionRecord
+from services.inference.policy import PolicyRegistry
+from services.inference.routing import ModelManager
+from services.inference.search import BM25Index
+from services.inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+
+class InvalidArgument(ValueError):
+    pass
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+class Unavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class Request:
+    user_id: str
+    k: int
+    candidate_ids: list[str] = field(default_factory=list)
+    context: dict[str, str] = field(default_factory=dict)
+    session_id: str = ""
+    request_id: str = ""
+    model_name: str = ""
+    query: str = ""  # Search only
+
+
+@dataclass
+class Result:
+    items: list[tuple[str, float, int, float]]  # (item_id, score, position, propensity)
+    request_id: str
+    model_name: str
+    model_version: str
+    policy_version: str
+    fallback: bool = False
+    fallback_reason: str = ""
+    variant: str = ""
+
+
+class _DeadlineNear(Exception):
+    pass
+
+
+class RankingService:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        features,  # AsyncFeatureClient (contract 2)
+        models: ModelManager,
+        policies: PolicyRegistry | None = None,
+        impressions=None,  # ImpressionLogger or None
+        index: BM25Index | None = None,
+    ) -> None:
+        self.s = settings
+        self.features = features
+        self.models = models
+        self.policies = policies or PolicyRegistry()
+        self.impressions = impressions
+        self.index = index or BM25Index()
+        self._popular: list[str] = []
+        self._popular_at = 0.0
+        self._popular_task: asyncio.Task | None = None
+
+    # -- popularity fallback -------------------------------------------------------------------
+    async def refresh_popular(self) -> list[str]:
+        try:
+            self._popular = list(await asyncio.wait_for(self.features.popular(self.s.max_k), self.s.redis_timeout_ms / 1000))
+            self._popular_at = time.monotonic()
+        except Exception as exc:
+            log.warning("popularity refresh failed", extra={"error": repr(exc)})
+        return self._popular
+
+    def _maybe_refresh_popular(self) -> None:
+        if time.monotonic() - self._popular_at > self.s.popular_cache_s and (
+                self._popular_task is None or self._popular_task.done()):
+            self._popular_task = asyncio.get_running_loop().create_task(self.refresh_popular())
+
+    def _fallback(self, req: Request, reason: str, surface: str, model_name: str,
+                  candidates: list[str] | None = None) -> Result:
+        m.FALLBACKS.labels(surface, reason).inc()
+        pop = self._popular
+        if candidates:
+            rank = {iid: i for i, iid in enumerate(pop)}
+            chosen = sorted(candidates, key=lambda i: rank.get(i, len(rank)))[: req.k]
+        else:
+            chosen = pop[: req.k]
+        items = [(iid, 0.0, pos, 1.0) for pos, iid in enumerate(chosen, start=1)]
+        res = Result(items, req.request_id, model_name, "", "", True, reason, "fallback")
+        self._log(req, res, surface, {})
+        return res
+
+    # -- validation ------------------------------------------------------------------------------
+    def validate(self, req: Request, search: bool = False) -> str:
+        if not req.user_id:
+            raise InvalidArgument("user_id is required")
+        if req.k <= 0 or req.k > self.s.max_k:
+            raise InvalidArgument(f"k must be in 1..{self.s.max_k}, got {req.k}")
+        if len(req.candidate_ids) > self.s.max_candidate_ids:
+            raise InvalidArgument(f"at most {self.s.max_candidate_ids} candidate_ids, got {len(req.candidate_ids)}")
+        if search and not req.query.strip():
+            raise InvalidArgument("query is required")
+        name = req.model_name or self.s.default_model
+        if not self.models.serves(name):
+            raise ModelNotFound(f"unknown model {name!r}; this server serves {self.models.model_names}")
+        if not req.request_id:
+            req.request_id = uuid.uuid4().hex
+        return name
+
+    # -- the two surfaces ------------------------------------------------------------------------
+    async def recommend(self, req: Request, deadline: float) -> Result:
+        name = self.validate(req)
+        self._maybe_refresh_popular()
+        candidates: list[str] | None = list(dict.fromkeys(req.candidate_ids)) or None
+        if candidates is None:
+            try:
+                self._check(deadline)
+                candidates = await asyncio.wait_for(
+                    self.features.candidates(req.user_id, self.s.num_candidates, int(time.time() * 1000)),
+                    self._budget(deadline))
+            except _DeadlineNear:
+                return self._fallback(req, "deadline", "recommend", name)
+            except Exception as exc:
+                log.warning("candidate generation failed", extra={"request_id": req.request_id, "error": repr(exc)})
+                return self._fallback(req, "features_unavailable", "recommend", name)
+        return await self._rank(req, name, candidates, deadline, "recommend")
+
+    async def search(self, req: Request, deadline: float) -> Result:
+        name = self.validate(req, search=True)
+        self._maybe_refresh_popular()
+        restrict = set(req.candidate_ids) if req.candidate_ids else None
+        hits = self.index.search(req.query, self.s.search_candidates, restrict)
+        candidates = [iid for iid, _ in hits]
+        if not candidates:
+            return Result([], req.request_id, name, "", "", False, "", "")
+        return await self._rank(req, name, candidates, deadline, "search")
+
+    # -- shared ranking --------------------------------------------------------------------------
+    def _budget(self, deadline: float) -> float:
+        left = deadline - time.monotonic() - self.s.deadline_margin_ms / 1000
+        if left <= 0:
+            raise _DeadlineNear()
+        return min(left, self.s.redis_timeout_ms / 1000)
+
+    def _check(self, deadline: float) -> float:
+        left = deadline - time.monotonic() - self.s.deadline_margin_ms / 1000
+        if left <= 0:
+            raise _DeadlineNear()
+        return left
+
+    async def _rank(self, req: Request, name: str, candidates: list[str], deadline: float, surface: str) -> Result:
+        routes = self.models.routes(name)
+        mv, variant = routes.choose(req.user_id)
+        if mv is None:
+            return self._fallback(req, "no_model", surface, name, candidates)
+        try:
+            t0 = time.perf_counter()
+            user, items = await asyncio.wait_for(
+                self.features.fetch(req.user_id, candidates, int(time.time() * 1000)), self._budget(deadline))
+            m.FEATURE_FETCH.observe(time.perf_counter() - t0)
+        except _DeadlineNear:
+            return self._fallback(req, "deadline", surface, name, candidates)
+        except Exception as exc:
+            log.warning("feature fetch failed", extra={"request_id": req.request_id, "error": repr(exc)})
+            return self._fallback(req, "features_unavailable", surface, name, candidates)
+        now_ms = int(time.time() * 1000)
+        dense, ids = build_batch(user, items, now_ms)
+        try:
+            try:
+                scores = await asyncio.wait_for(mv.score(dense, ids), self._check(deadline))
+            except BatcherClosed:  # swapped out between routing and scoring: route again
+                routes = self.models.routes(name)
+                mv, variant = routes.choose(req.user_id)
+                if mv is None:
+                    return self._fallback(req, "no_model", surface, name, candidates)
+                scores = await asyncio.wait_for(mv.score(dense, ids), self._check(deadline))
+        except _DeadlineNear:
+            return self._fallback(req, "deadline", surface, name, candidates)
+        except (TimeoutError, asyncio.TimeoutError):
+            return self._fallback(req, "deadline", surface, name, candidates)
+        except QueueFull:
+            return self._fallback(req, "overloaded", surface, name, candidates)
+        except Exception as exc:
+            log.error("model failed", extra={"request_id": req.request_id, "model": name,
+                                             "model_version": mv.version, "error": repr(exc)})
+            return self._fallback(req, "model_error", surface, name, candidates)
+        if routes.shadow is not None and routes.shadow is not mv:
+            asyncio.get_running_loop().create_task(self._shadow(routes.shadow, req, dense, ids, scores))
+        policy = self.policies.get(routes.policy_version)
+        idx, props = policy.rerank(user, candidates, scores, req.k)
+        out = [(candidates[i], float(scores[i]), pos, float(p)) for pos, (i, p) in enumerate(zip(idx, props), start=1)]
+        res = Result(out, req.request_id, name, mv.version, getattr(policy, "version", routes.policy_version),
+                     False, "", variant)
+        self._log(req, res, surface, self._snapshot(user, dense, idx))
+        return res
+
+    async def _shadow(self, mv, req: Request, dense, ids, served: np.ndarray) -> None:
+        try:
+            s = await mv.score(dense, ids)
+            m.SHADOW.labels(mv.name, mv.version).inc()
+            log.info("shadow scored", extra={
+                "request_id": req.request_id, "model": mv.name, "model_version": mv.version,
+                "shadow_mean": round(float(np.mean(s)), 6), "served_mean": round(float(np.mean(served)), 6),
+                "top1_agree": bool(int(np.argmax(s)) == int(np.argmax(served))),
+                "max_abs_diff": round(float(np.max(np.abs(s - served))), 6)})
+        except Exception as exc:
+            log.warning("shadow scoring failed", extra={"request_id": req.request_id, "error": repr(exc)})
+
+    @staticmethod
+    def _snapshot(user: dict, dense: np.ndarray, idx: list[int]) -> dict[str, float]:
+        """The features the ranker saw for the shown items: ``"<position>:<feature>"`` -> value,
+        plus a few user-level values under ``"user:<name>"``."""
+        snap = {"user:session_events": float(user.get("session_events") or 0),
+                "user:events": float(user.get("events") or 0)}
+        for pos, i in enumerate(idx, start=1):
+            row = dense[i]
+            for j, fname in enumerate(DENSE_FEATURES):
+                snap[f"{pos}:{fname}"] = float(row[j])
+        return snap
+
+    def _log(self, req: Request, res: Result, surface: str, features: dict[str, float]) -> None:
+        if self.impressions is None:
+            return
+        self.impressions.log(ImpressionRecord(
+            request_id=res.request_id, user_id=req.user_id, session_id=req.session_id, surface=surface,
+            query=req.query, model_name=res.model_name, model_version=res.model_version,
+            policy_version=res.policy_version, items=[(i, p, s, q) for i, s, p, q in res.items],
+            features=features, timestamp_ms=int(time.time() * 1000), fallback=res.fallback,
+            variant=res.variant, context=dict(req.context)))

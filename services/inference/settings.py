@@ -1,0 +1,94 @@
+"""Settings of the inference service (environment prefix ``RECPILOT_INFERENCE_``).
+
+Light to import: `recpilot up` reads ``http_port`` from here before starting the service.
+Shared addresses (Kafka, Redis, model repository) come from :class:`recpilot.settings.PlatformSettings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from recpilot.settings import RecpilotSettings
+
+
+class BatchingConfig(BaseModel):
+    """Dynamic batching of one model (Triton's dynamic_batching, in rows of the batch dimension)."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=4096, ge=1, description="rows per execution")
+    max_queue_delay_ms: float = Field(default=2.0, ge=0.0, description="how long the first request waits for company")
+    max_queue_size: int = Field(default=512, ge=1, description="queued requests before RESOURCE_EXHAUSTED")
+
+
+class InferenceSettings(RecpilotSettings):
+    model_config = SettingsConfigDict(env_prefix="RECPILOT_INFERENCE_", extra="forbid", case_sensitive=False)
+
+    # -- transports ------------------------------------------------------------------------
+    http_port: int = Field(default=9103, ge=0, le=65535)
+    http_host: str | None = Field(default=None, description="default: RECPILOT_BIND_HOST")
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="0 picks a free port")
+    grpc_host: str | None = Field(default=None, description="default: RECPILOT_BIND_HOST")
+    grpc_max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="oversized requests are rejected")
+    grace_s: float = Field(default=10.0, ge=0.0, description="drain time for in-flight RPCs on SIGTERM")
+
+    # -- models ----------------------------------------------------------------------------
+    model_names: list[str] = Field(default_factory=lambda: ["ranker"], description="models this replica serves")
+    default_model: str = "ranker"
+    device: str = Field(default="auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
+    intra_op_threads: int = Field(default=1, ge=1)
+    inter_op_threads: int = Field(default=1, ge=1)
+    compute_threads: int = Field(default=1, ge=1, description="threads that run model executions")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    batching_per_model: dict[str, BatchingConfig] = Field(default_factory=dict, description="overrides by model name")
+    deployments_topic: str = "control.deployments"
+    replica_id: str = Field(default="", description="default host:pid")
+    bootstrap: bool = Field(default=True, description="train + deploy a small model when the repository has none")
+    bootstrap_source: str = Field(default="obd", pattern="^(obd|simulated)$")
+
+    # -- features / candidates -------------------------------------------------------------
+    feature_key_prefix: str = "rp:"
+    num_candidates: int = Field(default=200, ge=1, le=5000)
+    max_candidate_ids: int = Field(default=2000, ge=1, description="request candidate_ids above this are rejected")
+    max_k: int = Field(default=1000, ge=1)
+    popular_cache_s: float = Field(default=2.0, ge=0.0, description="fallback popularity list refresh")
+
+    # -- search ----------------------------------------------------------------------------
+    catalogue_path: Path | None = Field(default=None, description="JSONL/CSV of item_id,title,category[,price]")
+    catalogue_seed: int = 7
+    catalogue_items: int = Field(default=0, ge=0, description="simulator catalogue size when no path (0: none)")
+    search_candidates: int = Field(default=200, ge=1)
+
+    # -- degradation -----------------------------------------------------------------------
+    deadline_margin_ms: float = Field(default=5.0, ge=0.0, description="answer from popularity when less is left")
+    default_timeout_ms: float = Field(default=1000.0, gt=0.0, description="budget when the client sets no deadline")
+    redis_timeout_ms: float = Field(default=200.0, gt=0.0)
+
+    # -- impressions / metrics -------------------------------------------------------------
+    impressions_topic: str = "impressions"
+    impressions_queue: int = Field(default=100_000, ge=1, description="pending impressions before dropping")
+    metrics_topic: str = "metrics.inference"
+    metrics_interval_s: float = Field(default=10.0, gt=0.0)
+
+    # -- security --------------------------------------------------------------------------
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = Field(default=None, description="set to require client certificates (mTLS)")
+    auth_token: str | None = Field(default=None, repr=False, description="bearer token required on every RPC")
+
+    @model_validator(mode="after")
+    def _check(self) -> "InferenceSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        if self.default_model not in self.model_names:
+            raise ValueError(f"default_model {self.default_model!r} is not in model_names {self.model_names}")
+        return self
+
+    def batching_for(self, model: str) -> BatchingConfig:
+        return self.batching_per_model.get(model, self.batching)
