@@ -1,0 +1,471 @@
+"""The model repository: ``<root>/<model_name>/<version>/`` (the TF Serving / Triton layout).
+
+Each version directory holds the artifact (``saved_model/`` for TensorFlow, ``model.pt`` for
+TorchScript) and a ``model.json`` describing it (framework, input/output signature, training data
+window, offline metrics, drift reference; see :func:`validate_meta`).
+
+Versions are immutable once written:
+
+* :meth:`ModelRepository.create_version` lets a writer fill a private staging directory, validates
+  the ``model.json`` dict the writer returns, records a SHA-256 manifest of every file, and only
+  then renames the staging directory to ``<root>/<name>/<next version>/`` in one atomic step; on
+  any error the staging directory is removed and the repository is exactly as before.
+* An existing version directory is never overwritten (the rename fails if the target exists; the
+  next number is tried), and the published tree is made read-only (files 0444, directories 0555).
+* :meth:`ModelRepository.verify` re-hashes the files against the manifest, so a version changed
+  behind the repository's back (or damaged on disk) is reported as corrupt.
+
+This module is light to import (standard library only, plus settings for the default root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+MODEL_JSON = "model.json"
+STAGING_DIR = ".staging"
+LOCK_FILE = ".lock"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+
+FRAMEWORK_ARTIFACT = {"tensorflow": "saved_model", "torch": "model.pt"}
+FEATURE_SETS = ("recpilot", "obd")
+METRIC_KEYS = ("auc", "auc_ci", "logloss", "recall@10", "ndcg@10")
+# Metrics the deployment gate compares, with their direction.
+GATED_METRICS = {"auc": "higher", "logloss": "lower"}
+
+
+class ModelRepositoryError(Exception):
+    """A repository operation failed; the message says what and where."""
+
+
+# --------------------------------------------------------------------------------------------
+# model.json validation
+# --------------------------------------------------------------------------------------------
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_tensor(spec: Any, where: str, errors: list[str]) -> None:
+    if not isinstance(spec, dict):
+        errors.append(f"{where}: expected an object with name, datatype, shape")
+        return
+    if not isinstance(spec.get("name"), str) or not spec.get("name"):
+        errors.append(f"{where}.name: expected a non-empty string")
+    if spec.get("datatype") not in ("FP32", "FP64", "INT32", "INT64", "BYTES", "BOOL"):
+        errors.append(f"{where}.datatype: expected an Open Inference Protocol datatype, got {spec.get('datatype')!r}")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not shape or not all(_is_int(d) and (d == -1 or d > 0) for d in shape):
+        errors.append(f"{where}.shape: expected a list of positive ints or -1, got {shape!r}")
+
+
+def _check_metric_block(block: Any, where: str, errors: list[str], required: bool) -> None:
+    if not isinstance(block, dict):
+        errors.append(f"{where}: expected an object with {', '.join(METRIC_KEYS)}")
+        return
+    for key in METRIC_KEYS:
+        if key not in block:
+            if required and key in GATED_METRICS:
+                errors.append(f"{where}.{key}: missing")
+            continue
+        v = block[key]
+        if v is None:
+            continue  # undefined (e.g. AUC with no clicks in the holdout)
+        if key == "auc_ci":
+            if not (isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v) and v[0] <= v[1]):
+                errors.append(f"{where}.auc_ci: expected [lo, hi] with lo <= hi, got {v!r}")
+        elif not _is_num(v):
+            errors.append(f"{where}.{key}: expected a finite number or null, got {v!r}")
+        elif key in ("auc", "recall@10", "ndcg@10") and not 0.0 <= float(v) <= 1.0:
+            errors.append(f"{where}.{key}: expected a value in [0, 1], got {v!r}")
+        elif key == "logloss" and float(v) < 0:
+            errors.append(f"{where}.logloss: expected >= 0, got {v!r}")
+
+
+def validate_meta(meta: Any, name: str | None = None, version: str | None = None) -> list[str]:
+    """Every problem with a ``model.json`` dict (empty list: valid). See contract 3 in the task brief
+    / docs/deployments.md for the schema."""
+    errors: list[str] = []
+    if not isinstance(meta, dict):
+        return [f"model.json must be a JSON object, got {type(meta).__name__}"]
+    required = ("name", "version", "framework", "artifact", "created_ms", "inputs", "outputs",
+                "feature_set", "dense_features", "id_features", "training", "metrics", "reference")
+    for key in required:
+        if key not in meta:
+            errors.append(f"{key}: missing")
+    if name is not None and "name" in meta and meta["name"] != name:
+        errors.append(f"name: {meta['name']!r} does not match the directory {name!r}")
+    if version is not None and "version" in meta and str(meta["version"]) != version:
+        errors.append(f"version: {meta['version']!r} does not match the directory {version!r}")
+    fw = meta.get("framework")
+    if "framework" in meta and fw not in FRAMEWORK_ARTIFACT:
+        errors.append(f"framework: expected one of {sorted(FRAMEWORK_ARTIFACT)}, got {fw!r}")
+    if "artifact" in meta and fw in FRAMEWORK_ARTIFACT and meta["artifact"] != FRAMEWORK_ARTIFACT[fw]:
+        errors.append(f"artifact: a {fw} model is stored as {FRAMEWORK_ARTIFACT[fw]!r}, got {meta['artifact']!r}")
+    if "created_ms" in meta and not (_is_int(meta["created_ms"]) and meta["created_ms"] > 0):
+        errors.append(f"created_ms: expected a positive integer, got {meta['created_ms']!r}")
+    if "feature_set" in meta and meta["feature_set"] not in FEATURE_SETS:
+        errors.append(f"feature_set: expected one of {list(FEATURE_SETS)}, got {meta['feature_set']!r}")
+
+    dense = meta.get("dense_features")
+    if "dense_features" in meta and not (isinstance(dense, list) and dense and all(isinstance(x, str) for x in dense)):
+        errors.append("dense_features: expected a non-empty list of feature names")
+        dense = None
+    idf = meta.get("id_features")
+    if "id_features" in meta and not (
+        isinstance(idf, list)
+        and all(isinstance(x, (list, tuple)) and len(x) == 2 and isinstance(x[0], str) and _is_int(x[1]) and x[1] > 0
+                for x in idf)
+    ):
+        errors.append("id_features: expected a list of [name, buckets] pairs")
+        idf = None
+
+    inputs = meta.get("inputs")
+    if "inputs" in meta:
+        if not isinstance(inputs, list) or not inputs:
+            errors.append("inputs: expected a non-empty list")
+        else:
+            by_name = {}
+            for i, spec in enumerate(inputs):
+                _check_tensor(spec, f"inputs[{i}]", errors)
+                if isinstance(spec, dict):
+                    by_name[spec.get("name")] = spec
+            for tname, dtype, feats in (("dense", "FP32", dense), ("ids", "INT64", idf)):
+                spec = by_name.get(tname)
+                if spec is None:
+                    errors.append(f"inputs: no tensor named {tname!r}")
+                    continue
+                if spec.get("datatype") != dtype:
+                    errors.append(f"inputs.{tname}.datatype: expected {dtype}, got {spec.get('datatype')!r}")
+                shape = spec.get("shape")
+                if isinstance(feats, list) and isinstance(shape, list) and len(shape) == 2 and shape[1] != len(feats):
+                    errors.append(f"inputs.{tname}.shape: second dimension {shape[1]} != {len(feats)} features listed")
+    outputs = meta.get("outputs")
+    if "outputs" in meta:
+        if not isinstance(outputs, list) or not outputs:
+            errors.append("outputs: expected a non-empty list")
+        else:
+            for i, spec in enumerate(outputs):
+                _check_tensor(spec, f"outputs[{i}]", errors)
+            if not any(isinstance(s, dict) and s.get("name") == "score" and s.get("datatype") == "FP32"
+                       for s in outputs):
+                errors.append("outputs: no FP32 tensor named 'score'")
+
+    training = meta.get("training")
+    if "training" in meta:
+        if not isinstance(training, dict):
+            errors.append("training: expected an object")
+        else:
+            for key in ("source", "rows", "data_window", "seed", "hyperparameters", "seconds"):
+                if key not in training:
+                    errors.append(f"training.{key}: missing")
+            if "rows" in training and not (_is_int(training["rows"]) and training["rows"] >= 0):
+                errors.append(f"training.rows: expected a non-negative integer, got {training['rows']!r}")
+            win = training.get("data_window")
+            if "data_window" in training:
+                if not (isinstance(win, dict) and _is_int(win.get("start_ms")) and _is_int(win.get("end_ms"))):
+                    errors.append("training.data_window: expected {start_ms, end_ms} integers")
+                elif win["start_ms"] > win["end_ms"]:
+                    errors.append("training.data_window: start_ms is after end_ms")
+            if "hyperparameters" in training and not isinstance(training["hyperparameters"], dict):
+                errors.append("training.hyperparameters: expected an object")
+            if "seconds" in training and not (_is_num(training["seconds"]) and training["seconds"] >= 0):
+                errors.append("training.seconds: expected a non-negative number")
+
+    metrics = meta.get("metrics")
+    if "metrics" in meta:
+        _check_metric_block(metrics, "metrics", errors, required=True)
+        if isinstance(metrics, dict):
+            if "baseline" in metrics and metrics["baseline"] is not None:
+                _check_metric_block(metrics["baseline"], "metrics.baseline", errors, required=False)
+            if metrics.get("production") is not None:
+                _check_metric_block(metrics["production"], "metrics.production", errors, required=False)
+    if "reference" in meta and not isinstance(meta["reference"], dict):
+        errors.append("reference: expected an object {feature: {mean, std, min, max, quantiles, histogram}}")
+    files = meta.get("files")
+    if files is not None and not (
+        isinstance(files, dict)
+        and all(isinstance(v, dict) and isinstance(v.get("sha256"), str) and _is_int(v.get("bytes")) for v in files.values())
+    ):
+        errors.append("files: expected {relative path: {sha256, bytes}}")
+    return errors
+
+
+def metrics_summary(meta: dict) -> dict:
+    m = meta.get("metrics") or {}
+    return {k: m.get(k) for k in METRIC_KEYS}
+
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+def _walk_files(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            yield Path(dirpath) / fn
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_manifest(root: Path) -> dict[str, dict]:
+    """``{relative path: {sha256, bytes}}`` for every file under ``root`` except model.json."""
+    out = {}
+    for p in _walk_files(root):
+        rel = p.relative_to(root).as_posix()
+        if rel == MODEL_JSON:
+            continue
+        if p.is_symlink():
+            raise ModelRepositoryError(f"{rel}: symbolic links are not allowed in a model version")
+        out[rel] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    return out
+
+
+def _make_read_only(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for fn in filenames:
+            os.chmod(Path(dirpath) / fn, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.chmod(dirpath, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func, p, _exc):
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), stat.S_IRWXU)
+            os.chmod(p, stat.S_IRWXU)
+        func(p)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=onerror)
+
+
+# --------------------------------------------------------------------------------------------
+# the repository
+# --------------------------------------------------------------------------------------------
+class ModelRepository:
+    """``<root>/<model_name>/<version>/`` with immutable, validated versions."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        if root is None:
+            from recpilot.settings import PlatformSettings, load
+
+            root = load(PlatformSettings).model_repo
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"ModelRepository({str(self.root)!r})"
+
+    # -- reading -------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        """Names of the models that have at least one version."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and NAME_RE.match(p.name) and self.versions(p.name))
+
+    def versions(self, name: str) -> list[str]:
+        """Version directories of ``name`` ("1", "2", ...), sorted numerically."""
+        d = self.root / name
+        if not NAME_RE.match(name) or not d.is_dir():
+            return []
+        return sorted((p.name for p in d.iterdir() if p.is_dir() and VERSION_RE.match(p.name)), key=int)
+
+    def latest(self, name: str) -> str | None:
+        vs = self.versions(name)
+        return vs[-1] if vs else None
+
+    def path(self, name: str, version: str) -> Path:
+        """The directory of a version; :class:`ModelRepositoryError` if there is none."""
+        version = str(version)
+        if not NAME_RE.match(name):
+            raise ModelRepositoryError(f"invalid model name {name!r} (letters, digits, '_', '.', '-')")
+        if not (self.root / name).is_dir():
+            known = ", ".join(self.models()) or "none"
+            raise ModelRepositoryError(f"no model {name!r} in {self.root} (models: {known})")
+        p = self.root / name / version
+        if not VERSION_RE.match(version) or not p.is_dir():
+            known = ", ".join(self.versions(name)) or "none"
+            raise ModelRepositoryError(f"model {name!r} has no version {version!r} in {self.root} (versions: {known})")
+        return p
+
+    def meta(self, name: str, version: str) -> dict:
+        """The parsed, validated model.json of a version (artifact present, manifest consistent)."""
+        version = str(version)
+        p = self.path(name, version)
+        mj = p / MODEL_JSON
+        where = f"{name}/{version}"
+        try:
+            raw = mj.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ModelRepositoryError(f"model {where} is corrupt: {mj} is missing") from None
+        except OSError as exc:
+            raise ModelRepositoryError(f"model {where} is corrupt: cannot read {mj}: {exc}") from None
+        try:
+            meta = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelRepositoryError(f"model {where} is corrupt: {mj} is not valid JSON ({exc})") from None
+        errors = validate_meta(meta, name=name, version=version)
+        if not errors:
+            art = p / meta["artifact"]
+            if not art.exists():
+                errors.append(f"artifact {meta['artifact']!r} is missing")
+            for rel, info in (meta.get("files") or {}).items():
+                f = p / rel
+                if not f.is_file():
+                    errors.append(f"file {rel!r} listed in the manifest is missing")
+                elif f.stat().st_size != info["bytes"]:
+                    errors.append(f"file {rel!r} has {f.stat().st_size} bytes, the manifest says {info['bytes']}")
+        if errors:
+            raise ModelRepositoryError(f"model {where} is corrupt: invalid {MODEL_JSON}: " + "; ".join(errors))
+        return meta
+
+    def verify(self, name: str, version: str) -> dict:
+        """:meth:`meta` plus a full re-hash of every file against the manifest."""
+        meta = self.meta(name, version)
+        files = meta.get("files")
+        if files is None:
+            return meta  # written before manifests existed: nothing to compare
+        actual = file_manifest(self.path(name, version))
+        problems = []
+        for rel in sorted(set(files) | set(actual)):
+            if rel not in actual:
+                problems.append(f"{rel}: missing")
+            elif rel not in files:
+                problems.append(f"{rel}: not in the manifest (added after the version was written)")
+            elif actual[rel]["sha256"] != files[rel]["sha256"]:
+                problems.append(f"{rel}: content changed (sha256 mismatch)")
+        if problems:
+            raise ModelRepositoryError(f"model {name}/{version} is corrupt: " + "; ".join(problems))
+        return meta
+
+    def describe(self) -> list[dict]:
+        """Every model with its versions: framework, created, metrics summary or the error."""
+        out = []
+        for name in self.models():
+            versions = []
+            for v in self.versions(name):
+                try:
+                    m = self.meta(name, v)
+                    versions.append({"version": v, "valid": True, "framework": m["framework"],
+                                     "feature_set": m["feature_set"], "created_ms": m["created_ms"],
+                                     "training_rows": m["training"].get("rows"),
+                                     "data_window": m["training"].get("data_window"),
+                                     "metrics": metrics_summary(m)})
+                except ModelRepositoryError as exc:
+                    versions.append({"version": v, "valid": False, "error": str(exc)})
+            out.append({"name": name, "versions": versions})
+        return out
+
+    # -- writing -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def create_version(self, name: str, writer: Callable[[Path], dict]) -> str:
+        """Write a new version of ``name`` and return its number.
+
+        ``writer(staging_dir)`` writes the artifacts and returns the model.json dict (``name``,
+        ``version`` and ``created_ms`` are filled in by the repository when absent; ``version`` is
+        always the one allocated here). The dict is validated, a file manifest is added, and the
+        staging directory is renamed atomically to ``<root>/<name>/<version>/`` and made read-only.
+        On any error nothing is left in the repository and the error propagates
+        (:class:`ModelRepositoryError` for validation problems).
+        """
+        if not NAME_RE.match(name):
+            raise ModelRepositoryError(f"invalid model name {name!r} (letters, digits, '_', '.', '-'; at most 64)")
+        staging_root = self.root / STAGING_DIR
+        staging_root.mkdir(parents=True, exist_ok=True)
+        staging = staging_root / f"{name}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        model_dir = self.root / name
+        created_model_dir = False
+        try:
+            meta = writer(staging)
+            if not isinstance(meta, dict):
+                raise ModelRepositoryError(f"the writer must return the model.json dict, got {type(meta).__name__}")
+            meta = dict(meta)
+            if meta.get("name", name) != name:
+                raise ModelRepositoryError(f"model.json name {meta['name']!r} does not match {name!r}")
+            meta["name"] = name
+            meta.setdefault("created_ms", int(time.time() * 1000))
+            art = meta.get("artifact")
+            if isinstance(art, str) and not (staging / art).exists():
+                raise ModelRepositoryError(f"the writer did not write the artifact {art!r}")
+            meta["files"] = file_manifest(staging)
+            with self._lock():
+                if not model_dir.exists():
+                    model_dir.mkdir()
+                    created_model_dir = True
+                existing = self.versions(name)
+                number = int(existing[-1]) + 1 if existing else 1
+                while True:
+                    version = str(number)
+                    meta["version"] = version
+                    errors = validate_meta(meta, name=name, version=version)
+                    if errors:
+                        raise ModelRepositoryError(f"invalid model.json for {name}: " + "; ".join(errors))
+                    tmp = staging / (MODEL_JSON + ".tmp")
+                    with open(tmp, "w", encoding="utf-8") as fh:
+                        json.dump(meta, fh, indent=2, sort_keys=True)
+                        fh.write("\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, staging / MODEL_JSON)
+                    target = model_dir / version
+                    if target.exists():
+                        number += 1  # written by a process that does not take the lock: never overwrite
+                        continue
+                    try:
+                        os.rename(staging, target)  # atomic; fails if a non-empty target appeared meanwhile
+                    except OSError as exc:
+                        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                            number += 1
+                            continue
+                        raise
+                    break
+            _make_read_only(target)
+            with contextlib.suppress(OSError):
+                fd = os.open(model_dir, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+            return version
+        except BaseException:
+            _rmtree(staging)
+            if created_model_dir:
+                with contextlib.suppress(OSError):
+                    model_dir.rmdir()  # only if still empty
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                staging_root.rmdir()  # only if empty

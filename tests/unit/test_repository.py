@@ -1,0 +1,258 @@
+"""The model repository: layout, validation, atomic and immutable versions (no Kafka, no frameworks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from recpilot.featurespec import DENSE_FEATURES, ID_FEATURES
+from recpilot.models.repository import MODEL_JSON, ModelRepository, ModelRepositoryError, validate_meta
+
+
+def make_meta(framework: str = "torch", auc: float | None = 0.70, logloss: float | None = 0.40, **extra) -> dict:
+    """A complete model.json dict as the trainer writes it (contract 3), without name/version."""
+    d, k = len(DENSE_FEATURES), len(ID_FEATURES)
+    ref = {"mean": 0.5, "std": 0.1, "min": 0.0, "max": 1.0,
+           "quantiles": {"p01": 0.0, "p50": 0.5, "p99": 1.0},
+           "histogram": {"bounds": [0.0, 0.5, 1.0], "counts": [3, 4]}}
+    block = {"auc": auc, "auc_ci": None if auc is None else [max(auc - 0.05, 0.0), min(auc + 0.05, 1.0)],
+             "logloss": logloss, "recall@10": 0.3, "ndcg@10": 0.2}
+    meta = {
+        "framework": framework,
+        "artifact": "model.pt" if framework == "torch" else "saved_model",
+        "created_ms": 1_700_000_000_000,
+        "inputs": [{"name": "dense", "datatype": "FP32", "shape": [-1, d]},
+                   {"name": "ids", "datatype": "INT64", "shape": [-1, k]}],
+        "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]}],
+        "feature_set": "recpilot",
+        "dense_features": list(DENSE_FEATURES),
+        "id_features": [[n, b] for n, b in ID_FEATURES],
+        "training": {"source": "fixture", "rows": 100, "data_window": {"start_ms": 1, "end_ms": 2}, "seed": 7,
+                     "hyperparameters": {"lr": 0.01}, "seconds": 0.5},
+        "metrics": {**block, "baseline": {**block, "auc": 0.5}, "production": None},
+        "reference": {"item_ctr": ref, "score": ref},
+    }
+    meta.update(extra)
+    return meta
+
+
+def tiny_writer(framework: str = "torch", payload: bytes = b"weights", **meta_kw):
+    """A writer that puts a real (tiny) artifact tree in the staging dir and returns model.json."""
+
+    def write(staging: Path) -> dict:
+        if framework == "torch":
+            (staging / "model.pt").write_bytes(payload)
+        else:
+            sm = staging / "saved_model"
+            (sm / "variables").mkdir(parents=True)
+            (sm / "saved_model.pb").write_bytes(payload)
+            (sm / "variables" / "variables.index").write_bytes(b"index")
+        return make_meta(framework, **meta_kw)
+
+    return write
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root with file contents (None for directories)."""
+    out = {}
+    if not root.exists():
+        return out
+    for p in sorted(root.rglob("*")):
+        out[p.relative_to(root).as_posix()] = p.read_bytes() if p.is_file() else None
+    return out
+
+
+def test_layout_and_numeric_versions(tmp_path):
+    repo = ModelRepository(tmp_path)
+    assert repo.models() == []
+    versions = [repo.create_version("ranker", tiny_writer("torch", payload=bytes([i]))) for i in range(11)]
+    assert versions == [str(i) for i in range(1, 12)]
+    assert repo.versions("ranker") == [str(i) for i in range(1, 12)]  # numeric, not "1","10","11","2"
+    assert repo.latest("ranker") == "11"
+    v = repo.create_version("tf_ranker", tiny_writer("tensorflow"))
+    assert v == "1"
+    assert repo.models() == ["ranker", "tf_ranker"]
+    # Triton / TF Serving layout
+    assert (tmp_path / "ranker" / "3" / "model.pt").read_bytes() == bytes([2])
+    assert (tmp_path / "tf_ranker" / "1" / "saved_model" / "saved_model.pb").is_file()
+    assert repo.path("ranker", "3") == tmp_path / "ranker" / "3"
+    meta = repo.meta("ranker", "3")
+    assert meta["name"] == "ranker" and meta["version"] == "3" and meta["framework"] == "torch"
+    assert set(meta["files"]) == {"model.pt"} and meta["files"]["model.pt"]["bytes"] == 1
+    on_disk = json.loads((tmp_path / "ranker" / "3" / MODEL_JSON).read_text())
+    assert on_disk == meta
+    # no staging leftovers
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == ["ranker", "tf_ranker"]
+
+
+def test_versions_are_read_only_and_never_overwritten(tmp_path):
+    repo = ModelRepository(tmp_path)
+    repo.create_version("m", tiny_writer("tensorflow", payload=b"first"))
+    vdir = tmp_path / "m" / "1"
+    for p in [vdir, *vdir.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) == 0, p
+    before = snapshot(vdir)
+    repo.create_version("m", tiny_writer("tensorflow", payload=b"second"))
+    assert snapshot(vdir) == before
+    assert (tmp_path / "m" / "2" / "saved_model" / "saved_model.pb").read_bytes() == b"second"
+
+
+def test_concurrent_writers_get_distinct_versions(tmp_path):
+    repo = ModelRepository(tmp_path)
+    results, errors = [], []
+
+    def work(i):
+        try:
+            results.append(repo.create_version("m", tiny_writer(payload=str(i).encode())))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results, key=int) == ["1", "2", "3", "4", "5", "6"]
+    payloads = sorted((tmp_path / "m" / v / "model.pt").read_bytes() for v in results)
+    assert payloads == sorted(str(i).encode() for i in range(6))
+
+
+@pytest.mark.parametrize("case, writer, message", [
+    ("writer raises", None, "disk full"),
+    ("missing artifact", "no-artifact", "did not write the artifact 'model.pt'"),
+    ("bad framework", "bad-framework", "framework: expected one of"),
+    ("missing metrics", "no-metrics", "metrics: missing"),
+    ("shape mismatch", "bad-shape", "inputs.dense.shape: second dimension 3"),
+    ("bad data window", "bad-window", "training.data_window: start_ms is after end_ms"),
+    ("auc out of range", "bad-auc", "metrics.auc: expected a value in [0, 1]"),
+    ("not a dict", "not-dict", "must return the model.json dict"),
+])
+def test_failed_create_leaves_nothing(tmp_path, case, writer, message):
+    repo = ModelRepository(tmp_path)
+    repo.create_version("m", tiny_writer())
+    before = snapshot(tmp_path)
+
+    def bad(staging: Path):
+        (staging / "model.pt").write_bytes(b"x")
+        meta = make_meta()
+        if writer is None:
+            raise OSError("disk full")
+        if writer == "no-artifact":
+            (staging / "model.pt").unlink()
+        elif writer == "bad-framework":
+            meta["framework"] = "sklearn"
+        elif writer == "no-metrics":
+            del meta["metrics"]
+        elif writer == "bad-shape":
+            meta["inputs"][0]["shape"] = [-1, 3]
+        elif writer == "bad-window":
+            meta["training"]["data_window"] = {"start_ms": 5, "end_ms": 1}
+        elif writer == "bad-auc":
+            meta["metrics"]["auc"] = 1.5
+        elif writer == "not-dict":
+            return ["nope"]
+        return meta
+
+    with pytest.raises((ModelRepositoryError, OSError)) as exc_info:
+        repo.create_version("m", bad)
+    assert message in str(exc_info.value), case
+    assert snapshot(tmp_path) == before
+    assert repo.versions("m") == ["1"]
+    # nothing for a model that did not exist before either
+    with pytest.raises((ModelRepositoryError, OSError)):
+        repo.create_version("fresh", bad)
+    assert not (tmp_path / "fresh").exists()
+    assert repo.models() == ["m"]
+
+
+def test_invalid_name(tmp_path):
+    repo = ModelRepository(tmp_path)
+    with pytest.raises(ModelRepositoryError, match="invalid model name"):
+        repo.create_version("../escape", tiny_writer())
+    assert snapshot(tmp_path) == {} or set(snapshot(tmp_path)) <= {".lock"}
+
+
+def test_unknown_model_and_version_errors(tmp_path):
+    repo = ModelRepository(tmp_path)
+    repo.create_version("m", tiny_writer())
+    with pytest.raises(ModelRepositoryError, match=r"model 'm' has no version '7'.*versions: 1"):
+        repo.meta("m", "7")
+    with pytest.raises(ModelRepositoryError, match=r"no model 'other'.*models: m"):
+        repo.path("other", "1")
+    with pytest.raises(ModelRepositoryError, match="has no version 'latest'"):
+        repo.path("m", "latest")
+
+
+def _break(path: Path, data: bytes | None) -> None:
+    os.chmod(path.parent, 0o755)
+    if path.exists():
+        os.chmod(path, 0o644)
+    if data is None:
+        path.unlink()
+    else:
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("garbage json", "is not valid JSON"),
+    ("missing model.json", "model.json is missing"),
+    ("missing artifact", "artifact 'model.pt' is missing"),
+    ("invalid field", "framework: expected one of"),
+    ("wrong version field", "does not match the directory '1'"),
+])
+def test_corrupt_version_is_reported(tmp_path, damage, message):
+    repo = ModelRepository(tmp_path)
+    repo.create_version("m", tiny_writer())
+    vdir = tmp_path / "m" / "1"
+    mj = vdir / MODEL_JSON
+    if damage == "garbage json":
+        _break(mj, b"{not json")
+    elif damage == "missing model.json":
+        _break(mj, None)
+    elif damage == "missing artifact":
+        _break(vdir / "model.pt", None)
+    else:
+        meta = json.loads(mj.read_text())
+        if damage == "invalid field":
+            meta["framework"] = "onnx"
+        else:
+            meta["version"] = "2"
+        _break(mj, json.dumps(meta).encode())
+    with pytest.raises(ModelRepositoryError, match="model m/1 is corrupt") as exc_info:
+        repo.meta("m", "1")
+    assert message in str(exc_info.value)
+    listed = repo.describe()
+    assert listed[0]["versions"][0]["valid"] is False
+    assert message in listed[0]["versions"][0]["error"]
+
+
+def test_verify_detects_changed_content(tmp_path):
+    repo = ModelRepository(tmp_path)
+    repo.create_version("m", tiny_writer("tensorflow", payload=b"abcdef"))
+    assert repo.verify("m", "1")["version"] == "1"
+    pb_file = tmp_path / "m" / "1" / "saved_model" / "saved_model.pb"
+    _break(pb_file, b"ABCDEF")  # same size: only the hash can tell
+    assert repo.meta("m", "1")["version"] == "1"
+    with pytest.raises(ModelRepositoryError, match="saved_model/saved_model.pb: content changed"):
+        repo.verify("m", "1")
+
+
+def test_validate_meta_accepts_the_contract_and_undefined_metrics():
+    meta = make_meta("tensorflow", auc=None, logloss=None, name="m", version="1")
+    assert validate_meta(meta, name="m", version="1") == []
+    meta["metrics"]["production"] = {"auc": 0.6, "logloss": 0.5, "recall@10": 0.1, "ndcg@10": 0.1,
+                                     "auc_ci": [0.55, 0.65]}
+    assert validate_meta(meta) == []
+    meta["metrics"]["production"]["auc_ci"] = [0.7, 0.6]
+    assert validate_meta(meta) == ["metrics.production.auc_ci: expected [lo, hi] with lo <= hi, got [0.7, 0.6]"]
+    assert validate_meta([]) == ["model.json must be a JSON object, got list"]
+    torch_as_tf = make_meta("torch", name="m", version="1")
+    torch_as_tf["artifact"] = "saved_model"
+    assert validate_meta(torch_as_tf) == ["artifact: a torch model is stored as 'model.pt', got 'saved_model'"]
