@@ -1,0 +1,142 @@
+"""`recpilot generate`, `recpilot simulate` and `recpilot bench ingest` (light to import)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+
+def _platform():
+    from recpilot.settings import PlatformSettings, load
+
+    return load(PlatformSettings)
+
+
+def _write_catalogue(platform, seed: int, n_items: int) -> str:
+    from recpilot.simulator import catalogue, write_catalogue
+
+    path = write_catalogue(catalogue(seed, n_items), platform.home / "catalogue.jsonl")
+    return str(path)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from recpilot.kafka import producer
+    from recpilot.simulator import ClickModel, ShopSimulator, TrafficMix
+    from recpilot.simulator.drive import open_loop
+
+    if args.duration is None and args.count is None:
+        print("recpilot generate: give --duration and/or --count", file=sys.stderr)
+        return 2
+    p = _platform()
+    cat = _write_catalogue(p, args.seed, args.items)
+    sim = ShopSimulator(seed=args.seed, n_users=args.users, n_items=args.items,
+                        click_model=ClickModel(drift_per_hour=args.drift_per_hour))
+    mix = TrafficMix(sim, args.malformed_share, args.duplicate_share, args.format)
+    prod = producer(p, **{"client.id": "recpilot-generate", "linger.ms": 20})
+    print(f"generating {'as fast as possible' if args.rate <= 0 else f'{args.rate:g} events/s'} to "
+          f"{args.topic} for {args.duration or '-'} s / {args.count or '-'} events (catalogue: {cat})", flush=True)
+
+    def progress(r):
+        print(f"  {r.seconds:6.1f}s sent={r.sent} achieved={r.rate:,.0f}/s", flush=True)
+
+    stopping = []
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    res = open_loop(prod, args.topic, mix, args.rate, args.duration, args.count, stop=lambda: bool(stopping),
+                    progress=None if args.quiet else progress)
+    out = {"topic": args.topic, "sent": res.sent, "seconds": round(res.seconds, 3),
+           "target_rate": args.rate, "achieved_rate": round(res.rate, 1), "kinds": res.kinds,
+           "delivery_errors": res.delivery_errors, "format": args.format, "catalogue": cat}
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0 if res.delivery_errors == 0 else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from recpilot.kafka import producer
+    from recpilot.log import setup_logging
+    from recpilot.simulator import ClickModel, ShopSimulator
+    from recpilot.simulator.drive import RecommenderProbe, simulate
+
+    p = _platform()
+    setup_logging("simulate", p.log_level)
+    cat = _write_catalogue(p, args.seed, args.items)
+    sim = ShopSimulator(seed=args.seed, n_users=args.users, n_items=args.items,
+                        click_model=ClickModel(drift_per_hour=args.drift_per_hour))
+    probe = None if args.no_recommender else RecommenderProbe(args.recommender)
+    prod = producer(p, **{"client.id": "recpilot-simulate", "linger.ms": 20})
+    print(f"shopper simulator: ~{args.rate:g} events/s to {args.topic}; recommender "
+          f"{'off' if probe is None else args.recommender}; catalogue {cat}. Ctrl-C stops.", flush=True)
+    stopping = []
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+
+    def progress(r):
+        rec = "answering" if probe is not None and probe.available else "absent"
+        print(f"  {r.seconds:7.0f}s events={r.sent} ({r.rate:,.1f}/s) recommender={rec} "
+              f"calls={r.recommend_calls} failed={r.recommend_failures}", flush=True)
+
+    res = simulate(prod, args.topic, sim, args.rate, probe, args.recommend_share, args.duration,
+                   stop=lambda: bool(stopping), fmt=args.format, progress=progress)
+    if probe is not None:
+        probe.close()
+    print(json.dumps({"sent": res.sent, "seconds": round(res.seconds, 1), "rate": round(res.rate, 1),
+                      "kinds": res.kinds, "recommend_calls": res.recommend_calls,
+                      "recommend_failures": res.recommend_failures}))
+    return 0
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from services.ingest.bench import run
+
+    return run(args)
+
+
+def _traffic_args(p: argparse.ArgumentParser) -> None:
+    from recpilot import topics
+
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--items", type=int, default=2_000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--topic", default=topics.EVENTS_RAW)
+    p.add_argument("--format", choices=("proto", "json"), default="proto")
+    p.add_argument("--drift-per-hour", type=float, default=0.0,
+                   help="taste drift: fraction of the way to rotated tastes per simulated hour")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="open-loop shop traffic into events.raw at a fixed rate")
+    p.add_argument("--rate", type=float, default=1000.0, help="events/s (0 = as fast as possible)")
+    p.add_argument("--duration", type=float, default=None, help="seconds")
+    p.add_argument("--count", type=int, default=None, help="stop after this many messages")
+    p.add_argument("--malformed-share", type=float, default=0.0, help="share of malformed messages (every kind)")
+    p.add_argument("--duplicate-share", type=float, default=0.0, help="share of exact re-sends of recent events")
+    p.add_argument("--json", action="store_true", help="one-line JSON summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    _traffic_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("simulate", help="shoppers that use the Recommender when it answers (Ctrl-C stops)")
+    p.add_argument("--rate", type=float, default=50.0, help="about this many events/s")
+    p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    p.add_argument("--recommender", default="127.0.0.1:50051", help="gRPC address of the Recommender")
+    p.add_argument("--no-recommender", action="store_true", help="plain open-loop traffic")
+    p.add_argument("--recommend-share", type=float, default=0.3, help="share of steps that ask for recommendations")
+    _traffic_args(p)
+    p.set_defaults(func=cmd_simulate)
+
+
+def register_bench(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("ingest", help="sustained raw->clean events/s, consumer lag, peak RSS of one ingest process")
+    p.add_argument("--events", type=int, default=300_000, help="backlog drained by one ingest process")
+    p.add_argument("--rate", type=float, default=0.0, help="then an open-loop phase at this rate (0 = skip)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of the open-loop phase")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--malformed-share", type=float, default=0.01)
+    p.add_argument("--duplicate-share", type=float, default=0.01)
+    p.add_argument("--format", choices=("proto", "json"), default="proto")
+    p.add_argument("--no-transactions", action="store_true", help="at-least-once mode (commit after flush)")
+    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--keep-topics", action="store_true")
+    p.add_argument("--no-verify", action="store_true", help="skip counting the outputs afterwards")
+    p.set_defaults(func=cmd_bench_ingest)

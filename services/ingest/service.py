@@ -1,0 +1,310 @@
+"""The Kafka transport around :class:`services.ingest.pipeline.Ingestor`.
+
+Consumes ``raw_topic`` in batches; for each message publishes the clean event (keyed by user id)
+to ``clean_topic`` or the original bytes to ``dlq_topic`` with headers ``error``,
+``error_detail``, ``source_topic``, ``source_partition``, ``source_offset`` (original headers
+kept), or drops a duplicate. The consumer offsets move only with the output:
+
+* ``transactional=True`` (default): each batch is one Kafka transaction holding the produced
+  messages and the consumer offsets (``send_offsets_to_transaction``): exactly-once raw -> clean
+  for ``read_committed`` readers. After a crash, ``init_transactions`` aborts the open batch and
+  the batch is consumed again.
+* ``transactional=False``: idempotent producer; after a batch the producer is flushed, delivery
+  errors are checked, and only then the offsets are committed (at-least-once).
+
+Either way, at start the de-duplicator is warmed with the event ids published to the clean topic
+during the last TTL, so a replayed batch and duplicates that straddle a restart are still dropped.
+
+Any failure in a batch stops the loop without committing; the service exits non-zero and the
+batch is replayed by the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from recpilot import kafka as rkafka
+from recpilot.pb import events_pb2
+from recpilot.settings import PlatformSettings
+from services.ingest import metrics as M
+from services.ingest.pipeline import Ingestor, Stats
+from services.ingest.settings import IngestSettings
+from services.ingest.validate import Rejection
+
+log = logging.getLogger(__name__)
+UserEvent = events_pb2.UserEvent
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class IngestService:
+    def __init__(self, settings: IngestSettings, platform: PlatformSettings, ingestor: Ingestor) -> None:
+        self.s = settings
+        self.platform = platform
+        self.ingestor = ingestor
+        self.producer: Producer | None = None
+        self.consumer: Consumer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.started = False
+        self.last_poll = 0.0
+        self.assigned: set[tuple[str, int]] = set()
+        self.lag: int | None = None
+        self.batches = 0
+        self.warmed = 0
+        self._published = Stats()  # what the Prometheus counters already hold
+        self.snapshot = Stats()    # latest stats, copied by the loop thread after each batch
+        self._delivery_errors: list[str] = []
+        self._broker_ok = (0.0, False)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        s, p = self.s, self.platform
+        conf = {"client.id": f"ingest-{s.instance_id}", "delivery.report.only.error": True,
+                "on_delivery": self._on_delivery, "linger.ms": 10, "queue.buffering.max.messages": 500_000}
+        if s.transactional:
+            conf["transactional.id"] = s.txn_id
+        self.producer = rkafka.producer(p, **conf)
+        if s.transactional:
+            self.producer.init_transactions(60)  # aborts a batch a crashed predecessor left open
+        self._warm_dedup()
+        self.consumer = rkafka.consumer(
+            p, s.group_id, **{"client.id": f"ingest-{s.instance_id}",
+                              "statistics.interval.ms": int(max(1.0, min(s.metrics_interval_s, 5.0)) * 1000),
+                              "stats_cb": self._on_stats, "fetch.max.bytes": 64 * 1024 * 1024,
+                              "queued.max.messages.kbytes": 256 * 1024},
+        )
+        self.consumer.subscribe([s.raw_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        self._thread = threading.Thread(target=self._run_guarded, name="ingest-loop", daemon=True)
+        self._thread.start()
+        self.started = True
+        log.info("ingest started", extra={"raw": s.raw_topic, "clean": s.clean_topic, "dlq": s.dlq_topic,
+                                          "group": s.group_id, "transactional": s.transactional,
+                                          "dedup_warmed": self.warmed})
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop taking batches; the current one finishes and commits; then close the consumer."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.producer is not None:
+            self.producer.flush(10)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def ready(self) -> tuple[bool, dict]:
+        stalled = time.monotonic() - self.last_poll > self.s.stall_after_s
+        ok_broker = self._broker_reachable()
+        details = {"loop_running": self.running, "stalled": stalled, "broker": ok_broker,
+                   "assigned_partitions": len(self.assigned), "consumer_lag": self.lag,
+                   "dedup_entries": len(self.ingestor.dedup)}
+        if self.error is not None:
+            details["error"] = repr(self.error)
+        return (self.started and self.running and not stalled and ok_broker), details
+
+    def _broker_reachable(self) -> bool:
+        at, ok = self._broker_ok
+        if time.monotonic() - at < 2.0 or self.producer is None:
+            return ok
+        try:
+            md = self.producer.list_topics(self.s.raw_topic, timeout=2)
+            ok = bool(md.brokers)
+        except KafkaException:
+            ok = False
+        self._broker_ok = (time.monotonic(), ok)
+        return ok
+
+    # -- callbacks --------------------------------------------------------------------------------
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err}")
+
+    def _on_assign(self, _c, parts) -> None:
+        self.assigned |= {(tp.topic, tp.partition) for tp in parts}
+        log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in parts]})
+
+    def _on_revoke(self, _c, parts) -> None:
+        self.assigned -= {(tp.topic, tp.partition) for tp in parts}
+        log.info("partitions revoked", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in parts]})
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            st = json.loads(raw)
+            parts = st.get("topics", {}).get(self.s.raw_topic, {}).get("partitions", {})
+            lag = sum(max(0, p.get("consumer_lag", -1)) for k, p in parts.items() if k != "-1")
+            self.lag = lag
+            M.LAG.set(lag)
+        except (ValueError, AttributeError):
+            pass
+
+    # -- dedup warm-up ------------------------------------------------------------------------------
+    def _warm_dedup(self) -> None:
+        """Remember the event ids published to the clean topic in the last TTL (at most capacity)."""
+        s = self.s
+        if not s.dedup_warmup:
+            return
+        dedup = self.ingestor.dedup
+        c = rkafka.consumer(self.platform, f"{s.group_id}-warmup", **{
+            "isolation.level": "read_committed", "enable.partition.eof": True,
+            "client.id": f"ingest-warmup-{s.instance_id}"})
+        t0 = time.monotonic()
+        n = 0
+        try:
+            md = c.list_topics(s.clean_topic, timeout=10)
+            tmd = md.topics.get(s.clean_topic)
+            if tmd is None or tmd.error is not None:
+                return
+            since = _now_ms() - int(s.dedup_ttl_s * 1000)
+            parts = [TopicPartition(s.clean_topic, p, since) for p in tmd.partitions]
+            starts = c.offsets_for_times(parts, timeout=10)
+            assign, pending = [], set()
+            per_part = max(1, s.dedup_capacity // max(1, len(parts)))
+            for tp in starts:
+                lo, hi = c.get_watermark_offsets(TopicPartition(s.clean_topic, tp.partition), timeout=10)
+                start = tp.offset if tp.offset >= 0 else hi
+                start = max(start, hi - per_part, lo)
+                if start < hi:
+                    assign.append(TopicPartition(s.clean_topic, tp.partition, start))
+                    pending.add(tp.partition)
+            if not assign:
+                return
+            c.assign(assign)
+            ev = UserEvent()
+            while pending and time.monotonic() - t0 < s.dedup_warmup_timeout_s:
+                for m in c.consume(10_000, 0.5):
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(m.partition())
+                        continue
+                    try:
+                        ev.ParseFromString(m.value())
+                    except Exception:
+                        continue
+                    dedup.remember(ev.event_id, ev.ingested_at_ms or m.timestamp()[1])
+                    n += 1
+            if pending:
+                log.warning("dedup warm-up timed out", extra={"partitions_left": sorted(pending)})
+        finally:
+            c.close()
+            self.warmed = n
+            M.DEDUP_ENTRIES.set(len(dedup))
+            log.info("dedup warm-up done", extra={"event_ids": n, "seconds": round(time.monotonic() - t0, 3)})
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _run_guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # recorded; the entry point exits non-zero
+            self.error = exc
+            log.exception("ingest loop failed; nothing of the failed batch was committed")
+        finally:
+            try:
+                self.consumer.close()
+            except Exception:
+                log.exception("consumer close failed")
+
+    def _run(self) -> None:
+        s = self.s
+        consumer, prod = self.consumer, self.producer
+        txn = s.transactional
+        while not self._stop.is_set():
+            msgs = consumer.consume(s.batch_size, s.poll_timeout_s)
+            self.last_poll = time.monotonic()
+            if not msgs:
+                continue
+            good = []
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    good.append(m)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                elif err.fatal():
+                    raise KafkaException(err)
+                else:
+                    log.warning("consumer error", extra={"error": str(err)})
+            if not good:
+                continue
+            t0 = time.perf_counter()
+            if txn:
+                prod.begin_transaction()
+            self._handle(good, prod)
+            offsets = rkafka.commit_offsets(good)
+            if txn:
+                prod.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), s.flush_timeout_s)
+                prod.commit_transaction(s.flush_timeout_s)
+            else:
+                rkafka.flush_or_raise(prod, s.flush_timeout_s)
+            if self._delivery_errors:
+                raise rkafka.DeliveryError(f"{len(self._delivery_errors)} messages failed: {self._delivery_errors[:3]}")
+            if not txn:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            self.batches += 1
+            M.BATCH_SECONDS.observe(time.perf_counter() - t0)
+            self._publish_stats()
+
+    def _handle(self, msgs: list, prod: Producer) -> None:
+        s = self.s
+        clean, dlq = s.clean_topic, s.dlq_topic
+        process = self.ingestor.process
+        produce, poll = prod.produce, prod.poll
+        now = _now_ms()
+        self.ingestor.dedup.expire(now)
+        first_ts = 0
+        for m in msgs:
+            value = m.value()
+            r = process(value, now)
+            if r is None:
+                continue
+            if r.__class__ is UserEvent:
+                if not first_ts:
+                    first_ts = r.timestamp_ms
+                args = (clean, r.SerializeToString(), r.user_id)
+                headers = None
+            else:
+                headers = list(m.headers() or ())
+                headers += [("error", r.reason), ("error_detail", r.detail),
+                            ("source_topic", m.topic()), ("source_partition", str(m.partition())),
+                            ("source_offset", str(m.offset()))]
+                args = (dlq, value, m.key())
+            while True:
+                try:
+                    if headers is None:
+                        produce(*args)
+                    else:
+                        produce(*args, headers=headers)
+                    break
+                except BufferError:
+                    poll(0.05)
+        poll(0)
+        if first_ts:
+            M.EVENT_DELAY.observe(max(0.0, (now - first_ts) / 1000.0))
+
+    def _publish_stats(self) -> None:
+        cur = self.ingestor.stats.snapshot()
+        d = cur.minus(self._published)
+        M.RECEIVED.inc(d.received)
+        M.ACCEPTED.inc(d.accepted)
+        M.DUPLICATES.inc(d.duplicates)
+        for reason, n in d.rejected.items():
+            if n:
+                M.REJECTED.labels(reason=reason).inc(n)
+        for f, n in d.missing.items():
+            if n:
+                M.MISSING.labels(field=f).inc(n)
+        M.BATCHES.inc()
+        M.DEDUP_ENTRIES.set(len(self.ingestor.dedup))
+        self._published = cur
+        self.snapshot = cur

@@ -1,0 +1,54 @@
+"""Settings of the ingest service (environment prefix ``RECPILOT_INGEST_``). Light to import."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recpilot import topics
+
+
+class IngestSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECPILOT_INGEST_", extra="forbid", case_sensitive=False)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9101, ge=0, le=65535)
+
+    raw_topic: str = topics.EVENTS_RAW
+    clean_topic: str = topics.EVENTS_CLEAN
+    dlq_topic: str = topics.EVENTS_DLQ
+    metrics_topic: str = topics.metrics_topic("ingest")
+    group_id: str = "recpilot-ingest"
+    instance_id: str = Field(default_factory=socket.gethostname, description="names this replica (metrics, transactional id)")
+
+    # Exactly-once raw -> clean with Kafka transactions (read_committed consumers of events.clean
+    # then never see a duplicate from an ingest crash). False: idempotent producer, commit after
+    # flush (at-least-once).
+    transactional: bool = True
+    transactional_id: str | None = Field(default=None, description="default: <group_id>-<instance_id>")
+
+    # Validation
+    max_payload_bytes: int = Field(default=65_536, ge=64)
+    max_future_ms: int = Field(default=300_000, ge=0, description="reject events further in the future")
+    max_age_s: float = Field(default=7 * 86_400.0, gt=0, description="reject events older than this horizon")
+    max_id_length: int = Field(default=256, ge=8)
+
+    # De-duplication by event_id: bounded memory with a TTL
+    dedup_capacity: int = Field(default=500_000, ge=1)
+    dedup_ttl_s: float = Field(default=3_600.0, gt=0)
+    dedup_warmup: bool = Field(default=True, description="at start, reload event ids of the last TTL from the clean topic")
+    dedup_warmup_timeout_s: float = Field(default=60.0, gt=0)
+
+    # Hot path
+    batch_size: int = Field(default=5_000, ge=1, le=100_000)
+    poll_timeout_s: float = Field(default=0.05, gt=0)
+    flush_timeout_s: float = Field(default=30.0, gt=0)
+
+    metrics_interval_s: float = Field(default=5.0, gt=0)
+    stall_after_s: float = Field(default=30.0, gt=0, description="/readyz fails when the loop did not poll for this long")
+
+    @property
+    def txn_id(self) -> str:
+        return self.transactional_id or f"{self.group_id}-{self.instance_id}"
