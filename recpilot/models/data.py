@@ -1,0 +1,539 @@
+"""Training datasets for the ranker: one :class:`Dataset` shape, three sources.
+
+(a) **Open Bandit sample** (``obd``, feature_set "obd"): each log row joined with the
+    item_context.csv beside it. dense = [item_feature_0, the user-item affinity for the shown item,
+    position one-hot (3)]; ids = hashed user_feature_0..3, item_id, item_feature_1..3.
+(b) **recpilot logged impressions** (feature_set "recpilot"): one row per shown item with the dense
+    feature snapshot by name (``featurespec.DENSE_FEATURES``), labelled by later CLICK / PURCHASE
+    events with the same request_id. Read from Kafka (``impressions`` + ``events.clean``, bounded
+    read up to the high watermarks at start) or from an exported Parquet/CSV table.
+(c) **raw events** (Parquet/CSV with UserEvent columns, feature_set "recpilot"): replayed in event-time
+    order through ``featurespec.OfflineFeatureStore``; every VIEW becomes an example whose features
+    are computed from the events *before* it (point in time, no leakage) with ``featurespec.build_batch``,
+    exactly as serving builds them; label 1 if the same user clicked / bought that item within
+    ``attribution_ms`` after the view (or with the same request_id), else 0 (viewed, not clicked).
+
+Every dataset carries timestamps (for the time-based holdout split), a group key per row (request,
+session or user segment, for recall@K / NDCG@K) and the item id (for the popularity baseline).
+
+Exported logged-impression table (b): columns ``request_id, user_id, item_id, position,
+timestamp_ms`` + the DENSE_FEATURES by name, optional ``category`` and optional ``label`` (else
+labels come from an events table / topic). The Kafka ``Impression.features`` snapshot is read as
+``"<position>:<feature>"`` (as services/inference logs it) per shown item; the category id comes from
+the events' ``context["category"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from recpilot import featurespec
+from recpilot.paths import SHARED_DIR
+from pydantic_settings import SettingsConfigDict
+
+from recpilot.settings import RecpilotSettings
+
+log = logging.getLogger(__name__)
+
+OBD_ID_FEATURES = (
+    ("user_feature_0", 1_000), ("user_feature_1", 1_000), ("user_feature_2", 1_000), ("user_feature_3", 1_000),
+    ("item_id", 1_000), ("item_feature_1", 1_000), ("item_feature_2", 1_000), ("item_feature_3", 1_000),
+)
+OBD_DENSE_FEATURES = ("item_feature_0", "user_item_affinity", "position_1", "position_2", "position_3")
+OBD_POLICIES = ("random", "bts")
+OUTCOME_TYPES = {"CLICK", "ADD_TO_CART", "PURCHASE"}
+POSITIVE_TYPES = {"CLICK", "PURCHASE"}
+
+
+class DataError(ValueError):
+    """The training data is missing, unreadable or empty; the message says which and why."""
+
+
+class TrainSettings(RecpilotSettings):
+    """Training defaults. Environment prefix ``RECPILOT_TRAIN_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECPILOT_TRAIN_", extra="forbid", case_sensitive=False)
+
+    obd_dir: Path = Field(default=SHARED_DIR / "data" / "obd")
+    impressions_topic: str = "impressions"
+    events_topic: str = "events.clean"
+    kafka_read_timeout_s: float = Field(default=60.0, gt=0)
+    attribution_ms: int = Field(default=30 * 60 * 1000, ge=0, description="raw events: a click this soon after a view labels it")
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    intra_op_threads: int = Field(default=2, ge=1)
+    inter_op_threads: int = Field(default=1, ge=1)
+    promotion_tolerance: float = Field(default=0.01, ge=0)
+
+
+@dataclass
+class Dataset:
+    dense: np.ndarray                # float32 [N, D]
+    ids: np.ndarray                  # int64 [N, K]
+    labels: np.ndarray               # float32 [N]
+    ts_ms: np.ndarray                # int64 [N]
+    groups: np.ndarray               # str [N]  request / session / segment
+    items: np.ndarray                # str [N]  item id (popularity baseline)
+    dense_features: tuple[str, ...]
+    id_features: tuple[tuple[str, int], ...]
+    feature_set: str
+    source: str
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        self.dense = np.ascontiguousarray(self.dense, dtype=np.float32).reshape(n, len(self.dense_features))
+        self.ids = np.ascontiguousarray(self.ids, dtype=np.int64).reshape(n, len(self.id_features))
+        self.labels = np.asarray(self.labels, dtype=np.float32)
+        self.ts_ms = np.asarray(self.ts_ms, dtype=np.int64)
+        self.groups = np.asarray(self.groups).astype(str)
+        self.items = np.asarray(self.items).astype(str)
+        for name, arr in (("ts_ms", self.ts_ms), ("groups", self.groups), ("items", self.items)):
+            if len(arr) != n:
+                raise ValueError(f"dataset column {name} has {len(arr)} rows, labels {n}")
+        if n and not np.isfinite(self.dense).all():
+            raise DataError(f"{self.source}: dense features contain NaN/inf")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def positives(self) -> int:
+        return int((self.labels > 0.5).sum())
+
+    def take(self, idx: np.ndarray, source: str | None = None) -> Dataset:
+        return Dataset(self.dense[idx], self.ids[idx], self.labels[idx], self.ts_ms[idx], self.groups[idx],
+                       self.items[idx], self.dense_features, self.id_features, self.feature_set,
+                       source or self.source, dict(self.extra))
+
+    def window(self) -> dict:
+        return {"start_ms": int(self.ts_ms.min()) if len(self) else 0, "end_ms": int(self.ts_ms.max()) if len(self) else 0}
+
+    def split_time(self, holdout_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
+        """Time-based split: the latest ``holdout_fraction`` of rows (by timestamp) are the holdout.
+        Rows with the same timestamp as the cut stay on the same side, so a request never straddles."""
+        check_not_empty(self)
+        order = np.argsort(self.ts_ms, kind="mergesort")
+        cut = int(round(len(self) * (1 - holdout_fraction)))
+        cut = min(max(cut, 1), len(self) - 1) if len(self) > 1 else 1
+        cut_ts = self.ts_ms[order[cut]] if cut < len(self) else None
+        if cut_ts is not None:
+            cut = int(np.searchsorted(self.ts_ms[order], cut_ts, side="left"))
+        train, test = order[:cut], order[cut:]
+        if len(train) == 0 or len(test) == 0:
+            raise DataError(f"{self.source}: cannot split {len(self)} rows into a training window and a holdout "
+                            "(all rows share one timestamp?)")
+        return self.take(train, self.source + " [train]"), self.take(test, self.source + " [holdout]")
+
+
+def check_not_empty(ds: Dataset, need_both_classes: bool = True) -> None:
+    if len(ds) == 0:
+        raise DataError(f"{ds.source}: the dataset is empty (0 examples)")
+    if need_both_classes:
+        pos = ds.positives
+        if pos == 0 or pos == len(ds):
+            raise DataError(f"{ds.source}: {len(ds)} examples but {pos} positives; "
+                            "training needs both clicked and not-clicked examples")
+
+
+# --------------------------------------------------------------------------------------------
+# (a) Open Bandit Dataset
+
+
+def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES) -> Dataset:
+    import pandas as pd
+
+    obd_dir = Path(obd_dir)
+    parts = []
+    for policy in policies:
+        if policy not in OBD_POLICIES:
+            raise DataError(f"unknown Open Bandit policy {policy!r} (expected one of {', '.join(OBD_POLICIES)})")
+        log_path, ctx_path = obd_dir / policy / "all.csv", obd_dir / policy / "item_context.csv"
+        for p in (log_path, ctx_path):
+            if not p.is_file():
+                raise DataError(f"Open Bandit data file not found: {p} (set RECPILOT_TRAIN_OBD_DIR)")
+        try:
+            logs = pd.read_csv(log_path, index_col=0)
+            ctx = pd.read_csv(ctx_path, index_col=0)
+        except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
+            raise DataError(f"cannot read Open Bandit data in {obd_dir / policy}: {exc}") from exc
+        if logs.empty:
+            raise DataError(f"{log_path}: the dataset is empty (0 rows)")
+        need = {"timestamp", "item_id", "position", "click"} | {f"user_feature_{i}" for i in range(4)}
+        missing = need - set(logs.columns)
+        if missing:
+            raise DataError(f"{log_path}: missing columns {sorted(missing)}")
+        df = logs.merge(ctx, on="item_id", how="left", validate="many_to_one")
+        if df["item_feature_0"].isna().any():
+            raise DataError(f"{log_path}: items without a row in {ctx_path}")
+        n = len(df)
+        aff_cols = [f"user-item_affinity_{int(i)}" for i in df["item_id"]]
+        cols = {c: j for j, c in enumerate(df.columns)}
+        vals = df.to_numpy()
+        affinity = np.array([vals[r, cols[c]] if c in cols else 0.0 for r, c in enumerate(aff_cols)], dtype=np.float64)
+        pos = df["position"].to_numpy().astype(int)
+        dense = np.zeros((n, len(OBD_DENSE_FEATURES)), dtype=np.float32)
+        dense[:, 0] = df["item_feature_0"].to_numpy(dtype=np.float64)
+        dense[:, 1] = affinity
+        for k in (1, 2, 3):
+            dense[:, 1 + k] = (pos == k)
+        ids = np.zeros((n, len(OBD_ID_FEATURES)), dtype=np.int64)
+        for j, (name, buckets) in enumerate(OBD_ID_FEATURES):
+            col = df[name].astype(str)
+            # the two folders were hashed separately: namespace by policy so their vocabularies do not mix
+            ids[:, j] = [featurespec.stable_hash(f"{policy}:{name}:{v}", buckets) for v in col]
+        ts = (pd.to_datetime(df["timestamp"], utc=True).astype("int64") // 1_000_000).to_numpy()
+        seg = (policy + ":" + df["user_feature_0"].astype(str) + "|" + df["user_feature_1"].astype(str) + "|"
+               + df["user_feature_2"].astype(str) + "|" + df["user_feature_3"].astype(str)).to_numpy()
+        parts.append(dict(dense=dense, ids=ids, labels=df["click"].to_numpy(dtype=np.float32), ts=ts,
+                          groups=seg, items=df["item_id"].astype(str).to_numpy()))
+    ds = Dataset(
+        np.concatenate([p["dense"] for p in parts]), np.concatenate([p["ids"] for p in parts]),
+        np.concatenate([p["labels"] for p in parts]), np.concatenate([p["ts"] for p in parts]),
+        np.concatenate([p["groups"] for p in parts]), np.concatenate([p["items"] for p in parts]),
+        OBD_DENSE_FEATURES, OBD_ID_FEATURES, "obd", f"obd:{'+'.join(policies)} ({obd_dir})",
+        extra={"ranking_groups": "user segment (user_feature_0..3)"},
+    )
+    return ds
+
+
+# --------------------------------------------------------------------------------------------
+# reading tables
+
+
+def read_table(path: Path):
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; expected a .parquet or .csv file")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    try:
+        if suffix.endswith(".parquet") or suffix.endswith(".pq"):
+            df = pd.read_parquet(path)
+        elif suffix.endswith(".csv") or suffix.endswith(".csv.gz"):
+            df = pd.read_csv(path)
+        else:
+            raise DataError(f"{path}: unknown file type (expected .parquet or .csv)")
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    if df.empty:
+        raise DataError(f"{path}: the dataset is empty (0 rows)")
+    return df
+
+
+def _event_type_name(v) -> str:
+    if isinstance(v, (int, np.integer)) or (isinstance(v, str) and v.isdigit()):
+        return featurespec.EVENT_NAMES.get(int(v), str(v))
+    if isinstance(v, float) and not math.isnan(v):
+        return featurespec.EVENT_NAMES.get(int(v), str(v))
+    return str(v).upper()
+
+
+def events_from_table(df) -> list[dict]:
+    """UserEvent dicts from a table with UserEvent columns; ``category`` / ``context`` column -> context."""
+    need = {"user_id", "event_type", "timestamp_ms"}
+    missing = need - set(df.columns)
+    if missing:
+        raise DataError(f"events table lacks columns {sorted(missing)} (has {list(df.columns)})")
+    out = []
+    cols = list(df.columns)
+    for row in df.itertuples(index=False, name=None):
+        r = dict(zip(cols, row))
+        ctx = r.get("context")
+        if isinstance(ctx, str):
+            import json
+
+            try:
+                ctx = json.loads(ctx) if ctx else {}
+            except ValueError:
+                ctx = {}
+        elif isinstance(ctx, (list, tuple)):  # parquet map -> list of (k, v)
+            ctx = dict(ctx)
+        elif not isinstance(ctx, dict):
+            ctx = {}
+        if r.get("category") is not None and not (isinstance(r["category"], float) and math.isnan(r["category"])):
+            ctx = {**ctx, "category": str(r["category"])}
+        out.append({
+            "event_id": str(r.get("event_id") or ""), "user_id": str(r["user_id"]),
+            "session_id": _s(r.get("session_id")), "event_type": _event_type_name(r["event_type"]),
+            "item_id": _s(r.get("item_id")), "price": float(r.get("price") or 0.0) if _num_ok(r.get("price")) else 0.0,
+            "timestamp_ms": int(r["timestamp_ms"]), "request_id": _s(r.get("request_id")), "context": ctx,
+        })
+    return out
+
+
+def _s(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v)
+
+
+def _num_ok(v) -> bool:
+    try:
+        return v is not None and not math.isnan(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# (c) raw events replayed through the offline feature store
+
+
+def examples_from_events(events: list[dict], attribution_ms: int = 30 * 60 * 1000, source: str = "events") -> Dataset:
+    """Replay events in time order; every VIEW of an item is an example (features before the view)."""
+    if not events:
+        raise DataError(f"{source}: the dataset is empty (0 events)")
+    events = sorted(events, key=lambda e: (int(e["timestamp_ms"]), str(e.get("event_id") or "")))
+    positives: dict[tuple[str, str], list[int]] = {}
+    by_request: set[tuple[str, str]] = set()
+    for e in events:
+        if e["event_type"] in POSITIVE_TYPES and e.get("item_id"):
+            positives.setdefault((e["user_id"], e["item_id"]), []).append(int(e["timestamp_ms"]))
+            if e.get("request_id"):
+                by_request.add((e["request_id"], e["item_id"]))
+    store = featurespec.OfflineFeatureStore()
+    dense_rows, id_rows, labels, ts, groups, items = [], [], [], [], [], []
+    for e in events:
+        if e["event_type"] == "VIEW" and e.get("item_id"):
+            now = int(e["timestamp_ms"])
+            uid, iid = e["user_id"], e["item_id"]
+            user = store.user(uid)
+            item = store.item(iid, now)
+            if not item["category"] and (e.get("context") or {}).get("category"):
+                item["category"] = e["context"]["category"]  # the catalogue knows it at serving time
+            d, i = featurespec.build_batch(user, [item], now)
+            later = positives.get((uid, iid), ())
+            lab = any(now <= t <= now + attribution_ms for t in later) or (
+                bool(e.get("request_id")) and (e["request_id"], iid) in by_request)
+            dense_rows.append(d[0])
+            id_rows.append(i[0])
+            labels.append(1.0 if lab else 0.0)
+            ts.append(now)
+            groups.append(e.get("request_id") or e.get("session_id") or f"{uid}:{now // 3_600_000}")
+            items.append(iid)
+        store.apply(e)
+    if not labels:
+        raise DataError(f"{source}: no VIEW events with an item_id, so no examples")
+    return Dataset(np.array(dense_rows), np.array(id_rows), np.array(labels), np.array(ts), np.array(groups),
+                   np.array(items), featurespec.DENSE_FEATURES, featurespec.ID_FEATURES, "recpilot", source,
+                   extra={"ranking_groups": "request (else session)"})
+
+
+# --------------------------------------------------------------------------------------------
+# (b) logged impressions
+
+
+def examples_from_impressions(df, outcomes: list[dict] | None = None, source: str = "impressions") -> Dataset:
+    """Rows (request_id, user_id, item_id, position, timestamp_ms, DENSE_FEATURES..., [category], [label])."""
+    need = {"request_id", "user_id", "item_id", "timestamp_ms"}
+    missing = need - set(df.columns)
+    if missing:
+        raise DataError(f"{source}: impressions table lacks columns {sorted(missing)}")
+    miss_f = [f for f in featurespec.DENSE_FEATURES if f not in df.columns]
+    if miss_f:
+        raise DataError(f"{source}: impressions table lacks dense feature columns {miss_f}")
+    if len(df) == 0:
+        raise DataError(f"{source}: the dataset is empty (0 impressions)")
+    req = df["request_id"].astype(str).to_numpy()
+    item = df["item_id"].astype(str).to_numpy()
+    user = df["user_id"].astype(str).to_numpy()
+    if "label" in df.columns:
+        labels = df["label"].to_numpy(dtype=np.float32)
+    else:
+        if outcomes is None:
+            raise DataError(f"{source}: no 'label' column and no outcome events to join by request_id")
+        pos = {(o["request_id"], o["item_id"]) for o in outcomes
+               if o.get("request_id") and o["event_type"] in POSITIVE_TYPES}
+        labels = np.array([1.0 if (r, i) in pos else 0.0 for r, i in zip(req, item)], dtype=np.float32)
+    cats = df["category"].fillna("").astype(str).to_numpy() if "category" in df.columns else np.full(len(df), "")
+    dense = df[list(featurespec.DENSE_FEATURES)].to_numpy(dtype=np.float32)
+    (uname, ub), (iname, ib), (cname, cb) = featurespec.ID_FEATURES
+    h = featurespec.stable_hash
+    ids = np.stack([
+        np.array([h(u, ub) for u in user]), np.array([h(i, ib) for i in item]), np.array([h(c, cb) for c in cats]),
+    ], axis=1)
+    return Dataset(dense, ids, labels, df["timestamp_ms"].to_numpy(dtype=np.int64), req, item,
+                   featurespec.DENSE_FEATURES, featurespec.ID_FEATURES, "recpilot", source,
+                   extra={"ranking_groups": "request"})
+
+
+def impressions_to_rows(impressions: list, categories: dict[str, str] | None = None) -> list[dict]:
+    """Flatten ``recpilot.v1.Impression`` messages into table rows (one per shown item).
+
+    The snapshot is read as ``"<position>:<feature>"`` (what services/inference logs), or
+    ``"<position>.<feature>"`` / ``"<item_id>.<feature>"``; a feature missing for an item is 0.
+    ``categories`` (item -> category, from the events' context) restores the category id column,
+    which the snapshot does not carry, so the ids match what serving computes."""
+    categories = categories or {}
+    rows = []
+    for imp in impressions:
+        feats = dict(imp.features)
+        for it in imp.items:
+            row = {"request_id": imp.request_id, "user_id": imp.user_id, "item_id": it.item_id,
+                   "position": it.position, "timestamp_ms": imp.timestamp_ms,
+                   "category": categories.get(it.item_id, "")}
+            for f in featurespec.DENSE_FEATURES:
+                for key in (f"{it.position}:{f}", f"{it.position}.{f}", f"{it.item_id}.{f}"):
+                    if key in feats:
+                        row[f] = feats[key]
+                        break
+                else:
+                    row[f] = 0.0
+            rows.append(row)
+    return rows
+
+
+def read_kafka(settings, impressions_topic: str, events_topic: str, timeout_s: float = 60.0,
+               group_id: str = "recpilot-train") -> tuple[list, list[dict]]:
+    """Bounded read of both topics from the beginning up to the high watermarks seen at start.
+    Commits nothing (a training read must not move any service's offsets)."""
+    from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+    from recpilot.kafka import consumer
+    from recpilot.pb import events_pb2
+
+    out_imp, out_ev = [], []
+    for topic, kind in ((impressions_topic, "imp"), (events_topic, "ev")):
+        c = consumer(settings, group_id, **{"enable.partition.eof": False, "socket.timeout.ms": 10000})
+        try:
+            try:
+                md = c.list_topics(topic, timeout=min(timeout_s, 15.0))
+            except KafkaException as exc:
+                raise DataError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+            tmd = md.topics.get(topic)
+            if tmd is None or tmd.error is not None or not tmd.partitions:
+                raise DataError(f"Kafka topic {topic!r} does not exist at {settings.kafka_bootstrap}")
+            ends = {}
+            for p in tmd.partitions:
+                lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
+                if hi > lo:
+                    ends[p] = hi
+            if not ends:
+                continue
+            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+            import time
+
+            deadline = time.monotonic() + timeout_s
+            done: set[int] = set()
+            while len(done) < len(ends):
+                if time.monotonic() > deadline:
+                    raise DataError(f"timed out reading {topic} after {timeout_s}s")
+                for m in c.consume(1000, 0.5):
+                    if m.error():
+                        continue
+                    if m.offset() >= ends[m.partition()] - 1:
+                        done.add(m.partition())
+                    if m.offset() >= ends[m.partition()]:
+                        continue
+                    if kind == "imp":
+                        msg = events_pb2.Impression()
+                        msg.ParseFromString(m.value())
+                        out_imp.append(msg)
+                    else:
+                        msg = events_pb2.UserEvent()
+                        try:
+                            msg.ParseFromString(m.value())
+                        except Exception:  # noqa: BLE001 - a foreign message: skip
+                            continue
+                        out_ev.append({"user_id": msg.user_id, "item_id": msg.item_id, "request_id": msg.request_id,
+                                       "event_type": featurespec.EVENT_NAMES.get(msg.event_type, ""),
+                                       "timestamp_ms": msg.timestamp_ms,
+                                       "category": msg.context.get("category", "")})
+        finally:
+            c.close()
+    return out_imp, out_ev
+
+
+# --------------------------------------------------------------------------------------------
+# one entry point for the CLI
+
+
+def load_dataset(spec: str, settings: TrainSettings, platform=None, events_path: str | None = None) -> Dataset:
+    """``spec``: ``obd`` | ``obd:random`` | ``obd:bts`` | ``kafka`` | a .parquet/.csv path (raw events
+    or logged impressions, told apart by their columns)."""
+    spec = str(spec)
+    if spec == "obd" or spec.startswith("obd:"):
+        pols = tuple(spec.split(":", 1)[1].split("+")) if ":" in spec else OBD_POLICIES
+        return load_obd(settings.obd_dir, pols)
+    if spec == "kafka":
+        if platform is None:
+            from recpilot.settings import PlatformSettings, load
+
+            platform = load(PlatformSettings)
+        imps, evs = read_kafka(platform, settings.impressions_topic, settings.events_topic, settings.kafka_read_timeout_s)
+        if not imps:
+            raise DataError(f"Kafka topic {settings.impressions_topic!r} holds no impressions: the dataset is empty")
+        import pandas as pd
+
+        cats = {e["item_id"]: e["category"] for e in evs if e.get("item_id") and e.get("category")}
+        return examples_from_impressions(pd.DataFrame(impressions_to_rows(imps, cats)), evs,
+                                         source=f"kafka:{settings.impressions_topic}+{settings.events_topic}")
+    df = read_table(Path(spec))
+    if "event_type" in df.columns:
+        return examples_from_events(events_from_table(df), settings.attribution_ms, source=str(spec))
+    outcomes = None
+    if events_path:
+        outcomes = events_from_table(read_table(Path(events_path)))
+    return examples_from_impressions(df, outcomes, source=str(spec))
+
+
+def synthetic_impressions(n: int, seed: int = 0, n_users: int = 20_000, n_items: int = 5_000,
+                          per_request: int = 10):
+    """A table of ``n`` logged impressions with the featurespec features and a hidden click model
+    (for the training benchmark and tests): returns a pandas DataFrame in the exported format (b)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n_req = (n + per_request - 1) // per_request
+    users = rng.integers(0, n_users, n_req)
+    req_ts = np.sort(rng.integers(1_700_000_000_000, 1_700_000_000_000 + 7 * 86_400_000, n_req))
+    item_pop = rng.zipf(1.3, n_items).clip(1, 10_000).astype(np.float64)
+    item_q = rng.normal(0, 1, n_items)
+    user_q = rng.normal(0, 0.5, n_users)
+    items = rng.choice(n_items, n_req * per_request, p=item_pop / item_pop.sum())[:n]
+    r = np.repeat(np.arange(n_req), per_request)[:n]
+    pos = (np.arange(n) % per_request) + 1
+    views = item_pop[items] * rng.uniform(5, 15, n)
+    clicks = views * (0.03 * np.exp(0.3 * item_q[items])) * rng.uniform(0.8, 1.2, n)
+    df = pd.DataFrame({
+        "request_id": [f"r{x}" for x in r], "user_id": [f"u{u}" for u in users[r]],
+        "item_id": [f"i{x}" for x in items], "position": pos, "timestamp_ms": req_ts[r],
+        "category": [f"c{x % 50}" for x in items],
+    })
+    f = {name: np.zeros(n) for name in featurespec.DENSE_FEATURES}
+    f["item_log_views"] = np.log1p(views)
+    f["item_log_clicks"] = np.log1p(clicks)
+    f["item_log_carts"] = np.log1p(clicks * 0.3)
+    f["item_log_purchases"] = np.log1p(clicks * 0.1)
+    f["item_log_views_1h"] = np.log1p(views / 100)
+    f["item_log_clicks_1h"] = np.log1p(clicks / 100)
+    f["item_log_views_24h"] = np.log1p(views / 10)
+    f["item_log_clicks_24h"] = np.log1p(clicks / 10)
+    f["item_log_purchases_24h"] = np.log1p(clicks / 100)
+    f["item_ctr"] = (clicks + 1) / (views + 20)
+    f["item_log_price"] = np.log1p(rng.lognormal(3, 1, n_items)[items])
+    aff = rng.exponential(1.0, n) * (rng.random(n) < 0.4)
+    f["user_cat_affinity"] = np.log1p(aff)
+    f["user_cat_affinity_share"] = aff / (aff + 3.0)
+    f["user_viewed_item"] = (rng.random(n) < 0.1).astype(float)
+    f["user_clicked_item"] = (rng.random(n) < 0.03).astype(float)
+    f["user_bought_item"] = (rng.random(n) < 0.01).astype(float)
+    f["user_log_session_events"] = np.log1p(rng.integers(1, 30, n))
+    for k, v in f.items():
+        df[k] = v.astype(np.float32)
+    logit = (-3.0 + 0.8 * item_q[items] + 0.6 * user_q[users[r]] + 0.9 * f["user_cat_affinity"]
+             + 0.8 * f["user_viewed_item"] - 0.25 * (pos - 1))
+    df["label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return df

@@ -1,0 +1,257 @@
+"""`recpilot train`, `recpilot tune` and `recpilot bench train`.
+
+Light to import: numpy/pandas/torch/tensorflow/optuna are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as _platform
+import sys
+import time
+
+FRAMEWORK_CHOICES = ("tensorflow", "torch")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--framework", choices=FRAMEWORK_CHOICES, required=True)
+    p.add_argument("--data", default="obd",
+                   help="obd | obd:random | obd:bts | kafka | PATH (.parquet/.csv: raw events, or logged impressions "
+                        "with a label column / --events) (default: obd)")
+    p.add_argument("--events", default=None, help="events table (.parquet/.csv) with the outcomes of logged impressions")
+    p.add_argument("--name", default=None, help="model name (default: ranker, or ranker-obd for the Open Bandit data)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--embedding-dim", type=int, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=float, default=None, help="fraction of the latest rows held out (default from settings: 0.2)")
+    p.add_argument("--repository", default=None, help="model repository root (default: RECPILOT_MODEL_REPOSITORY or <home>/models)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a ranker, evaluate it on a time-based holdout, write a model version")
+    _common(p)
+    p.add_argument("--production-version", default=None,
+                   help="compare with this version instead of the production version in control.deployments")
+    p.add_argument("--no-production", action="store_true", help="skip the comparison with the production model")
+    p.add_argument("--dry-run", action="store_true", help="train and evaluate, write nothing")
+    p.add_argument("--json", action="store_true", help="print model.json instead of a summary")
+    p.set_defaults(func=cmd_train)
+
+    t = sub.add_parser("tune", help="hyper-parameter search with Optuna (validated inside the training window)")
+    _common(t)
+    t.add_argument("--trials", type=int, default=8)
+    t.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    t.add_argument("--register", action="store_true", help="train the best configuration and write a model version")
+    t.set_defaults(func=cmd_tune)
+
+
+def register_bench(benches) -> None:
+    b = benches.add_parser("train", help="time training on synthetic logged impressions, both frameworks")
+    b.add_argument("--rows", type=int, default=100_000)
+    b.add_argument("--frameworks", default="torch,tensorflow")
+    b.add_argument("--epochs", type=int, default=None, help="default: the training default (3)")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=cmd_bench_train)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _hp(args) -> dict:
+    hp = {}
+    for key, attr in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
+                      ("embedding_dim", "embedding_dim"), ("weight_decay", "weight_decay")):
+        v = getattr(args, attr, None)
+        if v is not None:
+            hp[key] = v
+    return hp
+
+
+def _setup(args):
+    """Settings, threads, repository, dataset. Raises DataError & co."""
+    from recpilot.models.data import TrainSettings, load_dataset
+    from recpilot.models.loader import configure_threads
+    from recpilot.models.repository import ModelRepository
+    from recpilot.settings import PlatformSettings, load
+
+    ts = load(TrainSettings)
+    plat = load(PlatformSettings)
+    configure_threads(ts.intra_op_threads, ts.inter_op_threads)
+    repo = ModelRepository(args.repository or plat.model_repo)
+    ds = load_dataset(args.data, ts, plat, events_path=args.events)
+    name = args.name or ("ranker-obd" if ds.feature_set == "obd" else "ranker")
+    holdout = args.holdout if args.holdout is not None else ts.holdout_fraction
+    return ts, plat, repo, ds, name, holdout
+
+
+def _errors():
+    from recpilot.models.data import DataError
+    from recpilot.models.loader import ModelLoadError
+    from recpilot.models.repository import ModelRepositoryError
+    from recpilot.models.train import TrainError
+
+    return (DataError, TrainError, ModelRepositoryError, ModelLoadError)
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"recpilot: error: {exc}", file=sys.stderr)
+    print("nothing was written to the model repository", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args) -> int:
+    errors = _errors()
+    try:
+        from recpilot.models.train import Production, Progress, resolve_production, train_and_register
+
+        ts, plat, repo, ds, name, holdout = _setup(args)
+        if args.no_production:
+            prod = Production(note="comparison skipped (--no-production)")
+        else:
+            prod = resolve_production(name, repo, args.production_version)
+        report = train_and_register(ds, args.framework, name=name, hp=_hp(args), seed=args.seed,
+                                    holdout_fraction=holdout, repository=repo, production=prod,
+                                    progress=Progress(enabled=not args.quiet), register=not args.dry_run)
+    except errors as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(report.meta, indent=2, sort_keys=True))
+        return 0
+    m = report.meta["metrics"]
+    where = f"{repo.root}/{name}/{report.version}" if report.version else "(dry run: not written)"
+    print(f"{name} version {report.version or '-'} ({args.framework}) trained in {report.seconds:.1f}s "
+          f"on {report.meta['training']['rows']} rows -> {where}")
+    print(f"holdout auc {_fmt(m.get('auc'))} {m.get('auc_ci')}  baseline {_fmt(m['baseline'].get('auc'))}  "
+          f"production {_fmt((m.get('production') or {}).get('auc'))} ({m.get('production_note')})")
+    return 0
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def cmd_tune(args) -> int:
+    errors = _errors()
+    try:
+        import optuna
+
+        from recpilot.models import evaluate as ev
+        from recpilot.models.train import DEFAULT_HP, Progress, fit, resolve_production, train_and_register
+
+        ts, plat, repo, ds, name, holdout = _setup(args)
+        train, _test = ds.split_time(holdout)
+        inner_train, val = train.split_time(holdout)
+        print(f"tuning {args.framework} on {ds.source}: inner train {len(inner_train)} rows ({inner_train.positives} pos), "
+              f"validation {len(val)} ({val.positives} pos); the holdout ({len(_test)} rows) is not looked at")
+        base = {**DEFAULT_HP, **_hp(args)}
+
+        def objective(trial: optuna.Trial) -> float:
+            hp = dict(base)
+            hp["lr"] = trial.suggest_float("lr", 3e-4, 1e-2, log=True)
+            hp["embedding_dim"] = trial.suggest_categorical("embedding_dim", [8, 16, 32])
+            width = trial.suggest_categorical("width", [32, 64, 128])
+            hp["bottom"] = [width, width // 2]
+            hp["top"] = [width, width // 2]
+            hp["batch_size"] = trial.suggest_categorical("batch_size", [256, 512, 1024])
+            hp["weight_decay"] = trial.suggest_categorical("weight_decay", [0.0, 1e-6, 1e-5, 1e-4])
+            res = fit(args.framework, inner_train, hp, args.seed)
+            p = res.ranker.predict(val.dense, val.ids)
+            auc = ev.auc(val.labels, p)
+            trial.set_user_attr("logloss", ev.logloss(val.labels, p))
+            trial.set_user_attr("seconds", res.seconds)
+            return 0.5 if auc is None else auc
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
+        for _ in range(args.trials):
+            if args.timeout is not None and sum(t.user_attrs.get("seconds", 0) for t in study.trials) > args.timeout:
+                break
+            study.optimize(objective, n_trials=1)
+            t = study.trials[-1]
+            print(f"trial {t.number}: val_auc {_fmt(t.value)} logloss {_fmt(t.user_attrs.get('logloss'))} "
+                  f"{t.params} ({t.user_attrs.get('seconds', 0):.1f}s)")
+        best = study.best_trial
+        print(f"best trial {best.number}: validation auc {best.value:.4f} with {best.params}")
+        w = best.params["width"]
+        best_hp = {**base, **{k: v for k, v in best.params.items() if k != "width"}, "bottom": [w, w // 2], "top": [w, w // 2]}
+        print("train it: recpilot train --framework {} --data {} --lr {:.6g} --embedding-dim {} --batch-size {} "
+              "--weight-decay {:g} --epochs {}  (widths {})".format(
+                  args.framework, args.data, best_hp["lr"], best_hp["embedding_dim"], best_hp["batch_size"],
+                  best_hp["weight_decay"], best_hp["epochs"], best_hp["bottom"]))
+        if args.register:
+            prod = resolve_production(name, repo)
+            report = train_and_register(ds, args.framework, name=name, hp=best_hp, seed=args.seed,
+                                        holdout_fraction=holdout, repository=repo, production=prod,
+                                        progress=Progress(enabled=not args.quiet))
+            print(f"{name} version {report.version} written; holdout auc {_fmt(report.meta['metrics'].get('auc'))}")
+    except errors as exc:
+        return _fail(exc)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0, 0, 0)
+    return (f"{cores} cores, {model}, {_platform.system()} {_platform.release()}, python {_platform.python_version()}, "
+            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def cmd_bench_train(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from recpilot.models.data import TrainSettings, examples_from_impressions, synthetic_impressions
+    from recpilot.models.loader import configure_threads
+    from recpilot.models.repository import ModelRepository
+    from recpilot.models.train import DEFAULT_HP, Progress, train_and_register
+    from recpilot.settings import load
+
+    ts = load(TrainSettings)
+    configure_threads(ts.intra_op_threads, ts.inter_op_threads)
+    print(f"machine: {machine()}")
+    print(f"threads: intra-op {ts.intra_op_threads}, inter-op {ts.inter_op_threads}")
+    t0 = time.monotonic()
+    df = synthetic_impressions(args.rows, seed=args.seed)
+    ds = examples_from_impressions(df, source=f"synthetic:{args.rows}")
+    print(f"data: {len(ds)} synthetic logged impressions ({ds.positives} clicks), feature_set recpilot, "
+          f"built in {time.monotonic() - t0:.1f}s")
+    hp = dict(DEFAULT_HP)
+    if args.epochs:
+        hp["epochs"] = args.epochs
+    print(f"hyperparameters: {hp}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="recpilot-bench-train-") as tmp:
+        repo = ModelRepository(Path(tmp))
+        for fw in [f.strip() for f in args.frameworks.split(",") if f.strip()]:
+            t = time.monotonic()
+            report = train_and_register(ds, fw, name=f"bench-{fw}", hp=hp, seed=args.seed, repository=repo,
+                                        progress=Progress(enabled=True), holdout_fraction=ts.holdout_fraction)
+            total = time.monotonic() - t
+            tr = report.meta["training"]
+            rows = tr["rows"] * hp["epochs"]
+            results.append((fw, tr["seconds"], total, rows / tr["seconds"], report.meta["metrics"]["auc"],
+                            report.meta["metrics"]["baseline"]["auc"], tr["parameters"]))
+    print()
+    print(f"{'framework':<12}{'fit s':>8}{'fit+eval+export s':>20}{'rows/s':>10}{'holdout auc':>13}{'popularity auc':>16}{'params':>10}")
+    for fw, fit_s, total, rps, auc, base, params in results:
+        print(f"{fw:<12}{fit_s:>8.1f}{total:>20.1f}{rps:>10.0f}{auc:>13.4f}{base:>16.4f}{params:>10}")
+    print(f"machine at the end: {machine()}")
+    return 0
