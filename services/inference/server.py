@@ -146,8 +146,8 @@ class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
             got = {t.name: _tensor(request, i, t) for i, t in enumerate(request.inputs)}
             if set(got) != {"dense", "ids"}:
                 raise InvalidArgument(f"inputs must be 'dense' (FP32) and 'ids' (INT64), got {sorted(got)}")
-            dense = np.ascontiguousarray(got["dense"], dtype=np.float32)
-            ids = np.ascontiguousarray(got["ids"], dtype=np.int64)
+            dense = np.array(got["dense"], dtype=np.float32)  # a writable copy (frombuffer is read-only)
+            ids = np.array(got["ids"], dtype=np.int64)
             if dense.ndim != 2 or dense.shape[1] != mv.dense_dim:
                 raise InvalidArgument(f"dense must be [N, {mv.dense_dim}], got {list(dense.shape)}")
             if ids.ndim != 2 or ids.shape[1] != mv.ids_dim or ids.shape[0] != dense.shape[0]:

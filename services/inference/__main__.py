@@ -1,0 +1,85 @@
+"""``python -m services.inference``: load settings, set up logging, build the objects, run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from recpilot.httpserver import HealthServer
+from recpilot.lifecycle import Lifecycle
+from recpilot.log import setup_logging
+from recpilot.settings import PlatformSettings, SettingsError, load
+from services.inference.settings import InferenceSettings
+
+log = logging.getLogger("services.inference")
+
+
+def main() -> int:
+    try:
+        s = load(InferenceSettings)
+        platform = load(PlatformSettings)
+    except SettingsError as exc:
+        print(f"inference: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("inference", platform.log_level)
+
+    from recpilot import kafka
+    from recpilot.models.deployments import DeploymentFollower
+    from services.features.client import AsyncFeatureClient
+    from services.inference.backends import configure_threads
+    from services.inference.impressions import ImpressionLogger
+    from services.inference.routing import DeploymentSync, ModelManager
+    from services.inference.search import BM25Index, load_catalogue
+    from services.inference.server import InferenceServer
+    from services.inference.service import RankingService
+
+    replica = s.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+    host = s.grpc_host or platform.bind_host
+    s = s.model_copy(update={"grpc_host": host})
+    configure_threads(s.intra_op_threads, s.inter_op_threads)
+    executor = ThreadPoolExecutor(s.compute_threads, thread_name_prefix="compute")
+    models = ModelManager(platform.model_repo, s.model_names, device=s.device,
+                          batching_for=s.batching_for, executor=executor)
+    features = AsyncFeatureClient(platform.redis_url, s.feature_key_prefix)
+    impressions = ImpressionLogger(kafka.producer(platform, **{"client.id": f"inference-{replica}"}),
+                                   s.impressions_topic, s.impressions_queue)
+    index = BM25Index.build(load_catalogue(s.catalogue_path, s.catalogue_seed, s.catalogue_items))
+    service = RankingService(s, features, models, impressions=impressions, index=index)
+    sync = DeploymentSync(models, lambda cb: DeploymentFollower(platform, replica, cb, s.deployments_topic))
+
+    def follower_ready() -> tuple[bool, dict]:
+        return sync.ready, {"deployments_caught_up": sync.ready}
+
+    server = InferenceServer(s, service, models, extra_ready=follower_ready)
+    http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=server.ready)
+
+    life = Lifecycle()
+    life.install_signal_handlers()
+    http.start()
+    life.add("http", http.stop)
+    sync.start()
+    life.add("deployments", sync.stop)
+    impressions.start()
+    life.add("impressions", impressions.stop)
+    server.start()
+    life.add("grpc", server.stop)
+    log.info("inference started", extra={"replica": replica, "grpc_port": server.port, "http_port": http.port,
+                                         "models": s.model_names, "catalogue_items": len(index)})
+    if s.bootstrap:
+        from services.inference.bootstrap import bootstrap_when_empty
+
+        threading.Thread(target=bootstrap_when_empty, args=(s, platform, sync), name="bootstrap", daemon=True).start()
+    try:
+        life.wait(check=lambda: server.running and sync.follower.running)
+    finally:
+        life.shutdown()
+        executor.shutdown(wait=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""The inference server in-process on a free port, with real Redis features (written by the
+features service's writer under a unique key prefix), a real TorchScript model in a temporary
+repository, and impressions on a unique Kafka topic."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recpilot import featurespec as fs
+from recpilot.pb import events_pb2, recommend_pb2, recommend_pb2_grpc
+from recpilot.pb import open_inference_grpc_pb2 as oip
+from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
+from services.inference.routing import Desired, ModelManager
+from services.inference.search import BM25Index
+from services.inference.settings import BatchingConfig, InferenceSettings
+from services.inference.toymodel import build_module, write_version
+
+COLOURS = ["red", "blue", "green", "black"]
+KINDS = {"shoes": "footwear", "jacket": "outerwear", "scarf": "accessories", "boots": "footwear"}
+
+
+def _catalogue():
+    items = []
+    for i in range(40):
+        colour = COLOURS[i % 4]
+        kind = list(KINDS)[(i // 4) % 4]
+        items.append({"item_id": f"it{i:03d}", "title": f"{colour} {kind} model {i}", "category": KINDS[kind],
+                      "price": 10.0 + i})
+    return items
+
+
+def _events(items, now_ms):
+    evs, off = [], 0
+    for u in range(6):
+        for j in range(8):
+            it = items[(u * 7 + j * 3) % len(items)]
+            etype = [events_pb2.VIEW, events_pb2.VIEW, events_pb2.CLICK, events_pb2.PURCHASE][j % 4]
+            ev = events_pb2.UserEvent(event_id=f"e{off}", user_id=f"user{u}", session_id=f"s{u}", event_type=etype,
+                                      item_id=it["item_id"], price=it["price"],
+                                      timestamp_ms=now_ms - 600_000 + off * 1000,
+                                      context={"category": it["category"], "title": it["title"]})
+            evs.append((off, ev))
+            off += 1
+    return evs
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, request):
+    """Redis features + model repo; returns a dict the tests share."""
+    stack = request.getfixturevalue("stack")
+    platform = request.getfixturevalue("platform_settings")
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from services.features.writer import FeatureWriter
+
+    uid = uuid.uuid4().hex[:10]
+    prefix = f"t{uid}:"
+    items = _catalogue()
+    now_ms = int(time.time() * 1000)
+    evs = _events(items, now_ms)
+
+    async def write():
+        r = aioredis.Redis.from_url(platform.redis_url)
+        await FeatureWriter(r, prefix).apply({"events.clean:0": evs})
+        await r.aclose()
+
+    asyncio.run(write())
+    offline = fs.OfflineFeatureStore()
+    from google.protobuf.json_format import MessageToDict
+
+    for _, ev in evs:
+        d = MessageToDict(ev, preserving_proto_field_name=True)
+        d["event_type"] = int(ev.event_type)
+        offline.apply(d)
+    root = tmp_path_factory.mktemp("models")
+    versions = [write_version(root, "ranker", seed=s) for s in (1, 2)]
+    bad = write_version(root, "ranker", corrupt=True)
+    yield {"platform": platform, "prefix": prefix, "items": items, "offline": offline, "root": root,
+           "versions": versions, "bad": bad, "uid": uid, "stack": stack}
+
+    async def clean():
+        r = aioredis.Redis.from_url(platform.redis_url)
+        async for k in r.scan_iter(match=f"{prefix}*", count=1000):
+            await r.delete(k)
+        await r.aclose()
+
+    asyncio.run(clean())
+
+
+class Running:
+    def __init__(self, world, load: bool = True, redis_url: str | None = None, **overrides):
+        from recpilot import kafka
+        from services.features.client import AsyncFeatureClient
+        from services.inference.impressions import ImpressionLogger
+        from services.inference.server import InferenceServer
+        from services.inference.service import RankingService
+
+        p = world["platform"]
+        self.topic = f"impressions-test-{world['uid']}"
+        s = InferenceSettings(grpc_port=0, grpc_host="127.0.0.1", http_port=0, feature_key_prefix=world["prefix"],
+                              impressions_topic=self.topic, bootstrap=False, **overrides)
+        self.s = s
+        self.ex = ThreadPoolExecutor(1)
+        self.models = ModelManager(world["root"], s.model_names, device="cpu", executor=self.ex,
+                                   batching_for=s.batching_for)
+        self.features = AsyncFeatureClient(redis_url or p.redis_url, s.feature_key_prefix)
+        self.impressions = ImpressionLogger(kafka.producer(p), s.impressions_topic)
+        self.service = RankingService(s, self.features, self.models, impressions=self.impressions,
+                                      index=BM25Index.build(world["items"]))
+        self.server = InferenceServer(s, self.service, self.models)
+        self.impressions.start()
+        self.server.start()
+        if load:
+            self.models.reconcile("ranker", Desired(production=world["versions"][0]))
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
+        self.reco = recommend_pb2_grpc.RecommenderStub(self.channel)
+        self.oip = oip_grpc.GRPCInferenceServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def wait_serving(self, want=health_pb2.HealthCheckResponse.SERVING, timeout=10.0):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            st = self.health.Check(health_pb2.HealthCheckRequest(service="")).status
+            if st == want:
+                return st
+            time.sleep(0.1)
+        return st
+
+    def close(self):
+        self.channel.close()
+        self.server.stop()
+        self.impressions.stop(10)
+        self.ex.shutdown()
+
+
+@pytest.fixture(scope="module")
+def srv(world):
+    r = Running(world)
+    assert r.wait_serving() == health_pb2.HealthCheckResponse.SERVING
+    yield r
+    r.close()
+
+
+def _expected_scores(world, user_id, item_ids, seed=1):
+    import torch
+
+    user = world["offline"].user(user_id)
+    now = int(time.time() * 1000)
+    items = [world["offline"].item(i, now) for i in item_ids]
+    dense, ids = fs.build_batch(user, items, now)
+    with torch.inference_mode():
+        return build_module(seed)(torch.from_numpy(dense), torch.from_numpy(ids)).numpy()
+
+
+def test_health_not_serving_before_a_model_is_loaded(world):
+    r = Running(world, load=False)
+    try:
+        time.sleep(1.0)  # a few health cycles with Redis up and no model
+        assert r.health.Check(health_pb2.HealthCheckRequest(service="")).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        assert not r.oip.ServerReady(oip.ServerReadyRequest()).ready
+        assert r.oip.ServerLive(oip.ServerLiveRequest()).live
+        # Recommend still answers, from popularity, and says so
+        resp = r.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user1", k=3))
+        assert resp.fallback and resp.fallback_reason == "no_model" and len(resp.items) == 3
+        r.models.reconcile("ranker", Desired(production=world["versions"][0]))
+        assert r.wait_serving() == health_pb2.HealthCheckResponse.SERVING
+        assert r.oip.ServerReady(oip.ServerReadyRequest()).ready
+    finally:
+        r.close()
+
+
+def test_recommend_ranks_given_candidates_with_the_model(srv, world):
+    cands = [it["item_id"] for it in world["items"][:25]]
+    resp = srv.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user2", k=10, candidate_ids=cands,
+                                                             request_id="req-given-1"))
+    exp = _expected_scores(world, "user2", cands)
+    order = np.argsort(-exp, kind="stable")[:10]
+    assert resp.request_id == "req-given-1" and resp.model_name == "ranker" and resp.model_version == "1"
+    assert not resp.fallback and resp.variant == "production" and resp.policy_version == "ranker-order"
+    assert [it.item_id for it in resp.items] == [cands[i] for i in order]
+    np.testing.assert_allclose([it.score for it in resp.items], exp[order], rtol=1e-4, atol=1e-6)
+    assert [it.position for it in resp.items] == list(range(1, 11))
+    assert all(it.propensity == 1.0 for it in resp.items)
+
+
+def test_recommend_generates_candidates_from_the_feature_store(srv, world):
+    resp = srv.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user3", k=5))
+    assert len(resp.items) == 5 and not resp.fallback and resp.request_id
+    ids = [it.item_id for it in resp.items]
+    assert len(set(ids)) == 5 and all(i in {x["item_id"] for x in world["items"]} for i in ids)
+    scores = [it.score for it in resp.items]
+    assert scores == sorted(scores, reverse=True)
+    np.testing.assert_allclose(scores, _expected_scores(world, "user3", ids), rtol=1e-4, atol=1e-6)
+
+
+def test_search_retrieves_by_text_then_ranks(srv, world):
+    resp = srv.reco.Search(recommend_pb2.SearchRequest(user_id="user1", query="red boots", k=50))
+    titles = {it["item_id"]: it["title"] for it in world["items"]}
+    got = [it.item_id for it in resp.items]
+    assert got and all("red" in titles[i] or "boots" in titles[i] for i in got)
+    assert {i for i in titles if "red" in titles[i] and "boots" in titles[i]} <= set(got)
+    np.testing.assert_allclose([it.score for it in resp.items], _expected_scores(world, "user1", got), rtol=1e-4,
+                               atol=1e-6)
+    assert [it.score for it in resp.items] == sorted([it.score for it in resp.items], reverse=True)
+    empty = srv.reco.Search(recommend_pb2.SearchRequest(user_id="user1", query="zzzz", k=5))
+    assert len(empty.items) == 0
+
+
+def test_model_infer_scores_raw_tensors(srv, world):
+    rng = np.random.default_rng(5)
+    dense = rng.normal(size=(6, len(fs.DENSE_FEATURES))).astype(np.float32)
+    ids = rng.integers(0, 1000, size=(6, len(fs.ID_FEATURES))).astype(np.int64)
+    req = oip.ModelInferRequest(model_name="ranker", id="x1")
+    req.inputs.add(name="dense", datatype="FP32", shape=list(dense.shape))
+    req.inputs.add(name="ids", datatype="INT64", shape=list(ids.shape))
+    req.raw_input_contents.extend([dense.tobytes(), ids.tobytes()])
+    out = srv.oip.ModelInfer(req)
+    got = np.frombuffer(out.raw_output_contents[0], dtype=np.float32)
+    import torch
+
+    with torch.inference_mode():
+        exp = build_module(1)(torch.from_numpy(dense), torch.from_numpy(ids)).numpy()
+    assert out.model_version == "1" and out.id == "x1" and list(out.outputs[0].shape) == [6]
+    np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
+    md = srv.oip.ModelMetadata(oip.ModelMetadataRequest(name="ranker"))
+    assert md.platform == "pytorch_torchscript" and [t.name for t in md.inputs] == ["dense", "ids"]
+
+
+def test_invalid_arguments_get_their_status_codes(srv):
+    def code(fn, req):
+        with pytest.raises(grpc.RpcError) as ei:
+            fn(req)
+        return ei.value.code(), ei.value.details()
+
+    R = recommend_pb2.RecommendRequest
+    assert code(srv.reco.Recommend, R(user_id="u", k=0))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code(srv.reco.Recommend, R(user_id="u", k=1001))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code(srv.reco.Recommend, R(user_id="", k=5))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    c, msg = code(srv.reco.Recommend, R(user_id="u", k=5, model_name="nope"))
+    assert c == grpc.StatusCode.NOT_FOUND and "nope" in msg
+    assert code(srv.reco.Search, recommend_pb2.SearchRequest(user_id="u", k=5, query=" "))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert code(srv.reco.Recommend, R(user_id="u", k=5, candidate_ids=[f"i{i}" for i in range(2001)]))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    big = R(user_id="u", k=5, candidate_ids=["x" * 1000] * 5000)  # ~5 MB > 4 MiB limit
+    assert code(srv.reco.Recommend, big)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert code(srv.oip.ModelInfer, oip.ModelInferRequest(model_name="nope"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code(srv.oip.ModelInfer, oip.ModelInferRequest(model_name="ranker", model_version="99"))[0] == \
+        grpc.StatusCode.NOT_FOUND
+    bad = oip.ModelInferRequest(model_name="ranker")
+    bad.inputs.add(name="dense", datatype="FP32", shape=[1, 3])
+    bad.raw_input_contents.append(np.zeros(3, np.float32).tobytes())
+    assert code(srv.oip.ModelInfer, bad)[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_response_request_id_appears_in_impressions(srv, world):
+    from recpilot import kafka
+
+    resp = srv.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user4", k=4, session_id="s4"))
+    rid = resp.request_id
+    c = kafka.consumer(world["platform"], f"t-imp-{world['uid']}")
+    c.subscribe([srv.topic])
+    found = None
+    t0 = time.monotonic()
+    try:
+        while found is None and time.monotonic() - t0 < 30:
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            imp = events_pb2.Impression.FromString(msg.value())
+            if imp.request_id == rid:
+                found = (msg.key(), imp)
+    finally:
+        c.close()
+    assert found is not None, "impression not found"
+    key, imp = found
+    assert key == b"user4" and imp.user_id == "user4" and imp.surface == "recommend" and imp.session_id == "s4"
+    assert imp.model_version == "1" and imp.policy_version == "ranker-order"
+    assert [i.item_id for i in imp.items] == [i.item_id for i in resp.items]
+    assert [i.position for i in imp.items] == [1, 2, 3, 4]
+    np.testing.assert_allclose([i.score for i in imp.items], [i.score for i in resp.items], rtol=1e-6)
+    assert len(imp.features) == 2 + 4 * len(fs.DENSE_FEATURES) and "1:item_ctr" in imp.features
+
+
+def test_redis_down_answers_from_popularity(world):
+    r = Running(world, redis_url="redis://127.0.0.1:1/0")
+    try:
+        resp = r.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user1", k=3))
+        assert resp.fallback and resp.fallback_reason == "features_unavailable"
+        time.sleep(0.8)
+        assert r.health.Check(health_pb2.HealthCheckRequest(service="")).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        r.close()
+
+
+def test_tritonclient_lists_server_and_runs_model_infer(srv):
+    code = f"""
+import numpy as np, tritonclient.grpc as tc
+c = tc.InferenceServerClient("127.0.0.1:{srv.server.port}")
+assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("ranker")
+md = c.get_model_metadata("ranker")
+dense = np.ones((3, {len(fs.DENSE_FEATURES)}), np.float32); ids = np.zeros((3, {len(fs.ID_FEATURES)}), np.int64)
+a = tc.InferInput("dense", list(dense.shape), "FP32"); a.set_data_from_numpy(dense)
+b = tc.InferInput("ids", list(ids.shape), "INT64"); b.set_data_from_numpy(ids)
+r = c.infer("ranker", [a, b], outputs=[tc.InferRequestedOutput("score")])
+print("SCORES", ",".join(repr(float(x)) for x in r.as_numpy("score")), md.platform)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("SCORES")][0]
+    got = np.array([float(x) for x in line.split()[1].split(",")], np.float32)
+    import torch
+
+    with torch.inference_mode():
+        exp = build_module(1)(torch.ones(3, len(fs.DENSE_FEATURES)),
+                              torch.zeros(3, len(fs.ID_FEATURES), dtype=torch.int64)).numpy()
+    np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
+    assert line.split()[2] == "pytorch_torchscript"

@@ -1,0 +1,144 @@
+"""Canary split, hot swap under concurrent load, failed loads keep the old version."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from recpilot.featurespec import DENSE_FEATURES, ID_FEATURES
+from recpilot.models import deployments as dep
+from recpilot.pb import deployments_pb2 as pb
+from services.inference.routing import Desired, ModelManager, is_canary
+from services.inference.settings import BatchingConfig
+from services.inference.toymodel import build_module, write_version
+
+D, K = len(DENSE_FEATURES), len(ID_FEATURES)
+
+
+@pytest.mark.parametrize("percent", [1.0, 5.0, 10.0, 37.5])
+def test_canary_share_within_two_points_over_10000_users(percent):
+    users = [f"u{i}" for i in range(10_000)]
+    share = sum(is_canary(u, percent) for u in users) / len(users) * 100
+    assert abs(share - percent) <= 2.0
+    state = pb.DeploymentState(production_version="1", canary_version="2", canary_percent=percent)
+    assert all(is_canary(u, percent) == dep.routes_to_canary(state, u) for u in users[:2000])  # same rule
+
+
+def test_canary_is_sticky_and_monotonic():
+    users = [f"user-{i}" for i in range(3000)]
+    at10 = {u for u in users if is_canary(u, 10)}
+    at20 = {u for u in users if is_canary(u, 20)}
+    assert at10 <= at20 and at10 == {u for u in users if is_canary(u, 10)}
+
+
+def _inputs(n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, D)).astype(np.float32),
+            np.stack([rng.integers(0, b, size=n) for _, b in ID_FEATURES], axis=1).astype(np.int64))
+
+
+def _expected(seed, dense, ids):
+    import torch
+
+    with torch.inference_mode():
+        return build_module(seed)(torch.from_numpy(dense), torch.from_numpy(ids)).numpy()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    versions = {seed: write_version(tmp_path, "ranker", seed=seed) for seed in (11, 12, 13)}
+    bad = write_version(tmp_path, "ranker", corrupt=True)
+    return tmp_path, versions, bad
+
+
+def test_hot_swap_under_load_fails_no_request_and_switches_versions(repo):
+    root, versions, _bad = repo
+    v1, v2, v3 = versions[11], versions[12], versions[13]
+    dense, ids = _inputs()
+    exp = {versions[s]: _expected(s, dense, ids) for s in versions}
+    failures, answered = [], {v1: 0, v2: 0, v3: 0}
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ex = ThreadPoolExecutor(1)
+        mgr = ModelManager(root, ["ranker"], device="cpu", executor=ex, loop=loop,
+                           batching_for=lambda _n: BatchingConfig(max_queue_delay_ms=1))
+        await loop.run_in_executor(None, mgr.reconcile, "ranker", Desired(production=v1))
+        stop = asyncio.Event()
+
+        async def client():
+            while not stop.is_set():
+                mv = mgr.routes("ranker").production
+                try:
+                    got = await mv.score(dense, ids)
+                    np.testing.assert_allclose(got, exp[mv.version], rtol=1e-5, atol=1e-6)
+                    answered[mv.version] += 1
+                except Exception as exc:  # noqa: BLE001 - every failure is recorded
+                    if type(exc).__name__ == "BatcherClosed":  # the service re-routes these
+                        mv2 = mgr.routes("ranker").production
+                        got = await mv2.score(dense, ids)
+                        np.testing.assert_allclose(got, exp[mv2.version], rtol=1e-5, atol=1e-6)
+                        answered[mv2.version] += 1
+                    else:
+                        failures.append(repr(exc))
+
+        tasks = [loop.create_task(client()) for _ in range(16)]
+        for target in (v2, v3, v1, v2):  # four swaps while 16 clients hammer the model
+            await asyncio.sleep(0.15)
+            res = await loop.run_in_executor(None, mgr.reconcile, "ranker", Desired(production=target))
+            assert not res.failed and mgr.routes("ranker").production.version == target
+        await asyncio.sleep(0.15)
+        stop.set()
+        await asyncio.gather(*tasks)
+        await mgr.close()
+        ex.shutdown()
+
+    asyncio.run(main())
+    assert failures == []
+    assert all(n > 0 for n in answered.values())
+
+
+def test_corrupt_version_leaves_the_old_one_serving(repo):
+    root, versions, bad = repo
+    v1 = versions[11]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ex = ThreadPoolExecutor(1)
+        mgr = ModelManager(root, ["ranker"], device="cpu", executor=ex, loop=loop,
+                           batching_for=lambda _n: BatchingConfig())
+        await loop.run_in_executor(None, mgr.reconcile, "ranker", Desired(production=v1))
+        res = await loop.run_in_executor(None, mgr.reconcile, "ranker", Desired(production=bad, revision=2))
+        dense, ids = _inputs()
+        got = await mgr.routes("ranker").production.score(dense, ids)
+        await mgr.close()
+        ex.shutdown()
+        return res, mgr, got, dense, ids
+
+    res, mgr, got, dense, ids = asyncio.run(main())
+    assert bad in res.failed and "TorchScript" in res.failed[bad]
+    assert mgr.routes("ranker").production.version == v1
+    np.testing.assert_allclose(got, _expected(11, dense, ids), rtol=1e-5, atol=1e-6)
+
+
+def test_canary_and_shadow_routes(repo):
+    root, versions, _ = repo
+    v1, v2, v3 = versions[11], versions[12], versions[13]
+    ex = ThreadPoolExecutor(1)
+    mgr = ModelManager(root, ["ranker"], device="cpu", executor=ex, batching_for=lambda _n: BatchingConfig())
+    mgr.reconcile("ranker", Desired(production=v1, canary=v2, canary_percent=25.0, shadow=v3))
+    r = mgr.routes("ranker")
+    users = [f"u{i}" for i in range(4000)]
+    chosen = [r.choose(u) for u in users]
+    assert {mv.version for mv, _ in chosen} == {v1, v2}
+    assert all((mv.version == v2) == (var == "canary") == is_canary(u, 25.0) for u, (mv, var) in zip(users, chosen))
+    assert r.shadow.version == v3 and mgr.find("ranker", v3) is r.shadow
+    # promote the canary: the loaded canary object becomes production, nothing reloaded
+    canary_obj = r.canary
+    res = mgr.reconcile("ranker", Desired(production=v2))
+    assert res.loaded == [] and sorted(res.unloaded) == sorted([v1, v3])
+    assert mgr.routes("ranker").production is canary_obj and mgr.routes("ranker").canary is None
+    ex.shutdown()
