@@ -1,0 +1,44 @@
+"""`python -m services.features`: the real-time feature pipeline (faust worker)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from recpilot.httpserver import HealthServer
+from recpilot.lifecycle import Lifecycle
+from recpilot.log import setup_logging
+from recpilot.settings import PlatformSettings, SettingsError, load
+from services.features.settings import FeaturesSettings
+
+log = logging.getLogger("services.features")
+
+
+def main() -> int:
+    try:
+        platform = load(PlatformSettings)
+        settings = load(FeaturesSettings)
+    except SettingsError as exc:
+        print(f"features: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("features", platform.log_level)
+    from services.features.app import FeaturePipeline
+
+    pipeline = FeaturePipeline(settings, platform)
+    life = Lifecycle()  # faust's worker owns SIGTERM/SIGINT; this orders what runs around it
+    health = HealthServer(settings.http_port, settings.http_host, ready=pipeline.ready, live=pipeline.live)
+    health.start()
+    life.add("http", health.stop)
+    life.add("metric-events", pipeline.close)
+    log.info("features starting", extra={"topic": settings.input_topic, "group": settings.app_id,
+                                         "key_prefix": settings.key_prefix, "http_port": health.port})
+    try:
+        rc = pipeline.run()
+    finally:
+        life.shutdown()
+    log.info("features stopped", extra={"exit_code": rc})
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,263 @@
+"""The faust-streaming worker: ``events.clean`` -> online features in Redis.
+
+Transport around the domain code in :mod:`services.features.writer`: the agent takes batches of
+events (``stream.take_events``), groups them by partition, and hands them to
+:class:`FeatureWriter`, which applies each partition's events and stores the partition's offset in
+ONE Lua call. Faust acks (and later commits) a batch only after that call returned; whatever the
+Kafka commit says, the offsets in Redis make a replay a no-op.
+
+Faust runs in the main thread with its own event loop and signal handling (SIGTERM stops the
+worker gracefully); the HTTP health/metrics server runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from recpilot.pb import events_pb2
+from recpilot.settings import PlatformSettings
+from services.features import metrics as m
+from services.features.settings import FeaturesSettings
+from services.features.writer import FeatureWriter
+
+log = logging.getLogger(__name__)
+
+# Redis errors worth waiting out (restart, failover, loading); anything else stops the worker.
+_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def freshness_seconds(events: list[events_pb2.UserEvent], now_ms: int) -> list[float]:
+    return [(now_ms - ev.timestamp_ms) / 1000.0 for ev in events if ev.timestamp_ms > 0]
+
+
+class FeaturePipeline:
+    def __init__(self, settings: FeaturesSettings, platform: PlatformSettings) -> None:
+        import faust
+        import redis
+        import redis.asyncio as aioredis
+
+        self.settings = settings
+        self.platform = platform
+        self.redis_url = settings.redis_url or platform.redis_url
+        datadir = Path(settings.datadir) if settings.datadir else platform.home / "features" / settings.app_id
+        datadir.mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            settings.app_id,
+            broker=[f"kafka://{h.strip()}" for h in platform.kafka_bootstrap.split(",") if h.strip()],
+            web_enabled=False,
+            store="memory://",
+            autodiscover=False,
+            datadir=str(datadir),
+            topic_allow_declare=False,  # the input topic belongs to the stack's catalogue
+            topic_disable_leader=True,  # no tables, no leader-only timers: skip the assignor topic
+            consumer_auto_offset_reset="earliest",
+            broker_commit_interval=1.0,
+            stream_buffer_maxsize=max(8192, settings.batch_max * 2),
+        )
+        self.topic = self.app.topic(settings.input_topic, value_serializer="raw", key_serializer="raw")
+        self.app.agent(self.topic, name=f"{settings.app_id}.apply")(self._process)
+        self.app.timer(settings.metrics_interval_s)(self._tick)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.aredis = aioredis.Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.sync_redis = redis.Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.writer = FeatureWriter(self.aredis, settings.key_prefix, settings.session_items, settings.covisit_max)
+        self.instance = settings.instance or f"{socket.gethostname()}:{os.getpid()}"
+        self.assigned: set = set()
+        self.rebalanced = False
+        self.last_tick = time.monotonic()
+        self.applied_total = 0
+        self.invalid_total = 0
+        self.fresh = m.Reservoir()
+        self.crash_reason: BaseException | None = None
+        self._producer = None
+
+    # -- faust callbacks ---------------------------------------------------------------
+    async def _on_assigned(self, _sender=None, assigned=None, **_kw) -> None:
+        self.assigned = {tp for tp in (assigned or ()) if tp.topic == self.settings.input_topic}
+        self.rebalanced = True
+        m.ASSIGNED.set(len(self.assigned))
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.assigned)})
+
+    async def _on_revoked(self, _sender=None, revoked=None, **_kw) -> None:
+        self.assigned -= set(revoked or ())
+        m.ASSIGNED.set(len(self.assigned))
+
+    async def _process(self, stream) -> None:
+        s = self.settings
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            await self.handle(events)
+
+    async def handle(self, events) -> None:
+        by_source: dict[str, list[tuple[int, events_pb2.UserEvent]]] = {}
+        invalid = 0
+        for event in events:
+            msg = event.message
+            try:
+                ev = events_pb2.UserEvent.FromString(event.value)
+            except Exception:  # ingest validated it; a bad record here is counted and skipped
+                invalid += 1
+                log.warning("undecodable event skipped",
+                            extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
+                continue
+            by_source.setdefault(f"{msg.topic}:{msg.partition}", []).append((msg.offset, ev))
+        for evs in by_source.values():
+            evs.sort(key=lambda oe: oe[0])
+        applied = await self._write(by_source)
+        now_ms = int(time.time() * 1000)
+        fresh: list[float] = []
+        replayed = 0
+        for source, evs in by_source.items():
+            n = applied.get(source, 0)
+            replayed += len(evs) - n
+            if n:
+                fresh.extend(freshness_seconds([ev for _, ev in evs[len(evs) - n:]], now_ms))
+        for v in fresh:
+            m.FRESHNESS.observe(v)
+        self.fresh.add_many(fresh)
+        n_applied = sum(applied.values())
+        self.applied_total += n_applied
+        self.invalid_total += invalid
+        m.EVENTS.labels("applied").inc(n_applied)
+        if replayed:
+            m.EVENTS.labels("replayed").inc(replayed)
+            log.info("skipped events applied before (replay)", extra={"events": replayed})
+        if invalid:
+            m.EVENTS.labels("invalid").inc(invalid)
+        m.BATCHES.inc()
+
+    async def _write(self, by_source) -> dict[str, int]:
+        from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+
+        if not by_source:
+            return {}
+        for attempt, delay in enumerate((*_RETRY_DELAYS, None)):
+            t0 = time.perf_counter()
+            try:
+                applied = await self.writer.apply(by_source)
+                m.WRITE_SECONDS.observe(time.perf_counter() - t0)
+                return applied
+            except (ConnectionError, TimeoutError, BusyLoadingError) as exc:
+                m.WRITE_ERRORS.inc()
+                if delay is None:
+                    raise
+                log.warning("redis write failed, retrying", extra={"error": repr(exc), "attempt": attempt + 1})
+                await asyncio.sleep(delay)
+            except Exception as exc:
+                m.WRITE_ERRORS.inc()
+                self.crash_reason = exc
+                log.exception("redis write failed; stopping the worker")
+                await self.app.crash(exc)
+                raise
+        return {}
+
+    async def _tick(self) -> None:
+        self.last_tick = time.monotonic()
+        try:
+            await self._update_lag()
+        except Exception as exc:
+            log.warning("lag update failed", extra={"error": repr(exc)})
+        self.publish_metrics()
+
+    async def _update_lag(self) -> None:
+        if not self.assigned:
+            m.LAG.set(0)
+            return
+        stored = await self.writer.stored_offsets()
+        lag = 0
+        for tp in self.assigned:
+            hw = self.app.consumer.highwater(tp)
+            if hw is None or hw < 0:
+                continue
+            done = stored.get(f"{tp.topic}:{tp.partition}", -1) + 1
+            lag += max(0, hw - done)
+        m.LAG.set(lag)
+
+    # -- metric events for the monitor -------------------------------------------------------
+    def producer(self):
+        if self._producer is None:
+            from recpilot.kafka import producer
+
+            self._producer = producer(self.platform, **{"client.id": "recpilot-features"})
+        return self._producer
+
+    def metric_events(self, now_ms: int) -> list[events_pb2.MetricEvent]:
+        labels = {"topic": self.settings.input_topic}
+        out = [
+            events_pb2.MetricEvent(service="features", name="events_applied_total", value=self.applied_total,
+                                   labels=labels, timestamp_ms=now_ms, instance=self.instance),
+            events_pb2.MetricEvent(service="features", name="events_invalid_total", value=self.invalid_total,
+                                   labels=labels, timestamp_ms=now_ms, instance=self.instance),
+            events_pb2.MetricEvent(service="features", name="consumer_lag_messages",
+                                   value=m.LAG._value.get(), labels=labels, timestamp_ms=now_ms,
+                                   instance=self.instance),
+        ]
+        summary = self.fresh.drain()
+        if summary:
+            ev = events_pb2.MetricEvent(service="features", name="freshness_ms",
+                                        value=summary["quantiles"]["p99"] * 1000.0, labels=labels,
+                                        timestamp_ms=now_ms, instance=self.instance)
+            ev.summary.count = summary["count"]
+            ev.summary.sum = summary["sum"] * 1000.0
+            ev.summary.min = summary["min"] * 1000.0
+            ev.summary.max = summary["max"] * 1000.0
+            for k, v in summary["quantiles"].items():
+                ev.summary.quantiles[k] = v * 1000.0
+            out.append(ev)
+        return out
+
+    def publish_metrics(self) -> None:
+        try:
+            prod = self.producer()
+            for ev in self.metric_events(int(time.time() * 1000)):
+                prod.produce(self.settings.metrics_topic, key=b"features", value=ev.SerializeToString())
+            prod.poll(0)
+        except Exception as exc:  # metrics must never stop the pipeline
+            log.warning("metric events not published", extra={"error": repr(exc)})
+
+    # -- health ------------------------------------------------------------------------
+    def ready(self) -> tuple[bool, dict]:
+        details: dict = {"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.assigned)}
+        try:
+            redis_ok = bool(self.sync_redis.ping())
+        except Exception as exc:
+            redis_ok = False
+            details["redis_error"] = repr(exc)
+        details["redis"] = redis_ok
+        details["rebalanced"] = self.rebalanced
+        if self.crash_reason is not None:
+            details["crashed"] = repr(self.crash_reason)
+        ok = redis_ok and self.rebalanced and bool(self.assigned) and self.crash_reason is None
+        return ok, details
+
+    def live(self) -> tuple[bool, dict]:
+        age = time.monotonic() - self.last_tick
+        limit = 3 * self.settings.metrics_interval_s + 30
+        return age < limit and self.crash_reason is None, {"last_tick_s_ago": round(age, 1)}
+
+    # -- run ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run the faust worker in this thread until SIGTERM/SIGINT; return the exit status."""
+        from faust.worker import Worker
+
+        worker = Worker(self.app, loglevel=self.platform.log_level, override_logging=False,
+                        redirect_stdouts=False, quiet=True)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+            return 1 if self.crash_reason is not None else code
+        return 1 if self.crash_reason is not None else 0
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self.publish_metrics()
+            from recpilot.kafka import flush_or_raise
+
+            flush_or_raise(self._producer, 10.0)
+        self.sync_redis.close()

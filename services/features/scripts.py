@@ -1,0 +1,267 @@
+"""Redis Lua scripts of the online features. Generated from :mod:`recpilot.featurespec` constants, so
+the definitions live in one place; the key layout is described in :mod:`services.features.keys`.
+
+APPLY is the write path: one call applies a batch of events from ONE source partition atomically,
+skipping every event whose offset is at or below the offset stored for that partition, and stores the
+new highest offset in the same script. Replaying any part of the stream after a crash therefore
+changes nothing (exactly-once effects on top of Kafka's at-least-once delivery).
+
+FETCH is the read path: the user's features and, per item, the counts plus the 1 h / 24 h sliding
+window sums computed server-side from per-hour and per-minute buckets -- one round trip.
+"""
+
+from __future__ import annotations
+
+from recpilot import featurespec as fs
+
+# Fields per event in APPLY's ARGV, after the header.
+APPLY_FIELDS = ("offset", "event_type", "user_id", "item_id", "session_id", "timestamp_ms", "price",
+                "category", "title")
+APPLY_HEADER = 6
+
+_LUA_COUNT = ", ".join(f"{name}='{field}'" for name, field in fs.COUNT_FIELD.items())
+_LUA_WEIGHT = ", ".join(f"{name}={w!r}" for name, w in fs.EVENT_WEIGHTS.items())
+_LUA_POP = ", ".join(f"{name}={w!r}" for name, w in fs.POPULARITY_WEIGHTS.items())
+_WINDOW_MIN = max(fs.WINDOWS_S.values()) * 1000 // fs.BUCKET_MS
+
+APPLY = r"""
+local P = ARGV[1]
+local offkey = P .. 'off'
+local offfield = ARGV[2]
+local recent_len = tonumber(ARGV[3])
+local half = tonumber(ARGV[4])
+local sess_len = tonumber(ARGV[5])
+local cv_max = tonumber(ARGV[6])
+local HDR = %(hdr)d
+local NF = %(nf)d
+local BUCKET_MS = %(bucket_ms)d
+local WINDOW_MIN = %(window_min)d
+local COUNT = {%(count)s}
+local WEIGHT = {%(weight)s}
+local POPW = {%(pop)s}
+local RECENT = {VIEW='rv:', CLICK='rc:', PURCHASE='rp:'}
+
+local function fint(x) return string.format('%%.0f', x) end
+
+local function trim_covisit(key)
+  if redis.call('ZCARD', key) > 2 * cv_max then
+    redis.call('ZREMRANGEBYRANK', key, 0, -(cv_max + 1))
+  end
+end
+
+local function prune(bkey, bmax)
+  local limit = bmax - WINDOW_MIN
+  local doomed = {}
+  for _, f in ipairs(redis.call('HKEYS', bkey)) do
+    local kind, num = string.match(f, '^(%%a):%%a+:(%%-?%%d+)$')
+    if kind == 'm' and tonumber(num) <= limit then
+      doomed[#doomed + 1] = f
+    elseif kind == 'h' and tonumber(num) * 60 + 59 <= limit then
+      doomed[#doomed + 1] = f
+    end
+    if #doomed >= 500 then redis.call('HDEL', bkey, unpack(doomed)); doomed = {} end
+  end
+  if #doomed > 0 then redis.call('HDEL', bkey, unpack(doomed)) end
+end
+
+local stored = tonumber(redis.call('HGET', offkey, offfield) or '-1')
+local maxoff = stored
+local applied = 0
+local n = (#ARGV - HDR) / NF
+for e = 0, n - 1 do
+  local b = HDR + e * NF
+  local off = tonumber(ARGV[b + 1])
+  if off > stored then
+    applied = applied + 1
+    if off > maxoff then maxoff = off end
+    local etype, uid, iid, sid = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+    local ts_s = ARGV[b + 6]
+    local ts = tonumber(ts_s)
+    local price, cat, title = ARGV[b + 7], ARGV[b + 8], ARGV[b + 9]
+
+    -- user
+    local ukey = P .. 'u:' .. uid
+    local u = redis.call('HMGET', ukey, 'session_id', 'last_event_ms')
+    if sid ~= '' and u[1] ~= sid then
+      redis.call('HSET', ukey, 'session_id', sid, 'session_events', 0)
+      redis.call('DEL', P .. 'us:' .. uid)
+    end
+    redis.call('HINCRBY', ukey, 'events', 1)
+    redis.call('HINCRBY', ukey, 'session_events', 1)
+    if (not u[2]) or tonumber(u[2]) < ts then redis.call('HSET', ukey, 'last_event_ms', ts_s) end
+
+    local field = COUNT[etype]
+    if field and iid ~= '' then
+      -- item counts and time buckets
+      local ikey = P .. 'i:' .. iid
+      redis.call('HINCRBY', ikey, field, 1)
+      local minute = math.floor(ts / BUCKET_MS)
+      local bkey = P .. 'ib:' .. iid
+      redis.call('HINCRBY', bkey, 'm:' .. field .. ':' .. fint(minute), 1)
+      redis.call('HINCRBY', bkey, 'h:' .. field .. ':' .. fint(math.floor(minute / 60)), 1)
+      local it = redis.call('HMGET', ikey, 'cat_ts', 'price_ts', 'last_event_ms', 'category', 'bmax', 'bpruned')
+      -- last seen category / price by event time (ties: the later event wins)
+      if cat ~= '' and ((not it[1]) or tonumber(it[1]) <= ts) then
+        redis.call('HSET', ikey, 'category', cat, 'cat_ts', ts_s)
+        it[4] = cat
+      end
+      if price ~= '' and ((not it[2]) or tonumber(it[2]) <= ts) then
+        redis.call('HSET', ikey, 'price', price, 'price_ts', ts_s)
+      end
+      if title ~= '' then redis.call('HSET', ikey, 'title', title) end
+      if (not it[3]) or tonumber(it[3]) < ts then redis.call('HSET', ikey, 'last_event_ms', ts_s) end
+      -- keep bucket memory bounded: once per hour of event time drop buckets no window can reach
+      local bmax = tonumber(it[5] or '')
+      if (not bmax) or minute > bmax then
+        bmax = minute
+        redis.call('HSET', ikey, 'bmax', fint(bmax))
+      end
+      local bpruned = tonumber(it[6] or '')
+      if not bpruned then
+        redis.call('HSET', ikey, 'bpruned', fint(bmax))
+      elseif bmax - bpruned >= 60 then
+        prune(bkey, bmax)
+        redis.call('HSET', ikey, 'bpruned', fint(bmax))
+      end
+
+      -- popularity (global and per category)
+      local pw = POPW[etype]
+      redis.call('ZINCRBY', P .. 'pop', pw, iid)
+      local icat = it[4]
+      if icat and icat ~= '' then
+        redis.call('ZINCRBY', P .. 'popc:' .. icat, pw, iid)
+        -- decayed category affinity: score * 2^(-(t - t0) / H) + weight
+        local akey = P .. 'ua:' .. uid
+        local cur = redis.call('HGET', akey, icat)
+        local score, t0 = 0.0, ts
+        if cur then
+          local sep = string.find(cur, '|', 1, true)
+          score = tonumber(string.sub(cur, 1, sep - 1))
+          t0 = tonumber(string.sub(cur, sep + 1))
+        end
+        if ts > t0 then score = score * 2 ^ (-(ts - t0) / half) end
+        local nt = t0
+        if ts > t0 then nt = ts end
+        redis.call('HSET', akey, icat, string.format('%%.17g', score + WEIGHT[etype]) .. '|' .. fint(nt))
+      end
+
+      -- recent lists, newest first, without repeats
+      local rk = RECENT[etype]
+      if rk then
+        local lk = P .. rk .. uid
+        redis.call('LREM', lk, 0, iid)
+        redis.call('LPUSH', lk, iid)
+        redis.call('LTRIM', lk, 0, recent_len - 1)
+      end
+
+      -- co-visitation: each new item of the session pairs with the session's earlier items
+      local sk = P .. 'us:' .. uid
+      local sess = redis.call('LRANGE', sk, 0, -1)
+      local seen = false
+      for _, j in ipairs(sess) do
+        if j == iid then seen = true; break end
+      end
+      if not seen then
+        local ck = P .. 'cv:' .. iid
+        for _, j in ipairs(sess) do
+          redis.call('ZINCRBY', ck, 1, j)
+          local jk = P .. 'cv:' .. j
+          redis.call('ZINCRBY', jk, 1, iid)
+          trim_covisit(jk)
+        end
+        if #sess > 0 then trim_covisit(ck) end
+        redis.call('LPUSH', sk, iid)
+        redis.call('LTRIM', sk, 0, sess_len - 1)
+      end
+    end
+  end
+end
+if maxoff > stored then redis.call('HSET', offkey, offfield, fint(maxoff)) end
+return applied
+""" % {"hdr": APPLY_HEADER, "nf": len(APPLY_FIELDS), "bucket_ms": fs.BUCKET_MS, "window_min": _WINDOW_MIN,
+       "count": _LUA_COUNT, "weight": _LUA_WEIGHT, "pop": _LUA_POP}
+
+_WINDOWS = sorted(fs.WINDOWS_S.items(), key=lambda kv: kv[1])
+_LUA_WINDOWS = ", ".join(str(secs * 1000 // fs.BUCKET_MS) for _, secs in _WINDOWS)
+_LUA_FIELDS = ", ".join(f"'{f}'" for f in fs.COUNT_FIELDS)
+ITEM_FIELDS = (*fs.COUNT_FIELDS, "category", "price", "last_event_ms")
+_LUA_ITEM_FIELDS = ", ".join(f"'{f}'" for f in ITEM_FIELDS)
+# Order of the window sums FETCH returns per item.
+WINDOW_KEYS = tuple(f"{f}_{w}" for f in fs.COUNT_FIELDS for w, _ in _WINDOWS)
+
+FETCH = r"""
+local P = ARGV[1]
+local uid = ARGV[2]
+local now = tonumber(ARGV[3])
+local BUCKET_MS = %(bucket_ms)d
+local WINDOWS = {%(windows)s}
+local FIELDS = {%(fields)s}
+local nowb = math.floor(now / BUCKET_MS)
+local function fint(x) return string.format('%%.0f', x) end
+
+-- Bucket field names whose sum is the window (start, nowb] of one count field:
+-- whole hours inside the window, plus minutes at its two ragged edges.
+local function window_fields(field, minutes, out)
+  local start = nowb - minutes
+  local hs = math.floor((start + 1 + 59) / 60)
+  local he = math.floor((nowb + 1) / 60) - 1
+  if hs > he then
+    for m = start + 1, nowb do out[#out + 1] = 'm:' .. field .. ':' .. fint(m) end
+  else
+    for m = start + 1, hs * 60 - 1 do out[#out + 1] = 'm:' .. field .. ':' .. fint(m) end
+    for h = hs, he do out[#out + 1] = 'h:' .. field .. ':' .. fint(h) end
+    for m = (he + 1) * 60, nowb do out[#out + 1] = 'm:' .. field .. ':' .. fint(m) end
+  end
+  return out
+end
+
+-- precomputed: per (field, window) the list of bucket names
+local plan = {}
+for _, f in ipairs(FIELDS) do
+  for _, w in ipairs(WINDOWS) do
+    plan[#plan + 1] = {w, window_fields(f, w, {})}
+  end
+end
+
+local out = {}
+if uid ~= '' then
+  out[1] = redis.call('HGETALL', P .. 'u:' .. uid)
+  out[2] = redis.call('LRANGE', P .. 'rv:' .. uid, 0, -1)
+  out[3] = redis.call('LRANGE', P .. 'rc:' .. uid, 0, -1)
+  out[4] = redis.call('LRANGE', P .. 'rp:' .. uid, 0, -1)
+  out[5] = redis.call('HGETALL', P .. 'ua:' .. uid)
+else
+  out[1], out[2], out[3], out[4], out[5] = {}, {}, {}, {}, {}
+end
+for i = 4, #ARGV do
+  local iid = ARGV[i]
+  local vals = redis.call('HMGET', P .. 'i:' .. iid, %(item_fields)s)
+  local sums = {}
+  local last = tonumber(vals[7] or '')
+  for k, p in ipairs(plan) do
+    local s = 0
+    -- buckets exist only up to the item's newest event: skip windows that cannot reach it
+    if last and math.floor(last / BUCKET_MS) > nowb - p[1] then
+      for _, c in ipairs(redis.call('HMGET', P .. 'ib:' .. iid, unpack(p[2]))) do
+        if c then s = s + tonumber(c) end
+      end
+    end
+    sums[k] = s
+  end
+  out[#out + 1] = vals
+  out[#out + 1] = sums
+end
+return out
+""" % {"bucket_ms": fs.BUCKET_MS, "windows": _LUA_WINDOWS, "fields": _LUA_FIELDS,
+       "item_fields": _LUA_ITEM_FIELDS}
+
+# Top ``n`` of a popularity zset with ties broken by item id ascending (as featurespec's
+# OfflineFeatureStore.top_popular): the top n, plus the smallest ids among those tied at the cut.
+POPULAR = r"""
+local n = tonumber(ARGV[1])
+local top = redis.call('ZREVRANGE', KEYS[1], 0, n - 1, 'WITHSCORES')
+if #top == 0 then return {{}, {}} end
+local smin = top[#top]
+local ties = redis.call('ZRANGEBYSCORE', KEYS[1], smin, smin, 'WITHSCORES', 'LIMIT', 0, n)
+return {top, ties}
+"""

@@ -1,0 +1,28 @@
+"""Settings of the features service (environment prefix ``RECPILOT_FEATURES_``). Light to import."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recpilot.topics import EVENTS_CLEAN, metrics_topic
+
+
+class FeaturesSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECPILOT_FEATURES_", extra="forbid", case_sensitive=False)
+
+    http_port: int = Field(default=9102, ge=0, le=65535, description="/metrics, /healthz, /readyz (0 = any free port)")
+    http_host: str = "127.0.0.1"
+    input_topic: str = Field(default=EVENTS_CLEAN, min_length=1, description="validated UserEvent protobufs")
+    metrics_topic: str = Field(default=metrics_topic("features"), min_length=1)
+    app_id: str = Field(default="recpilot-features", min_length=1, description="faust app id = consumer group id")
+    key_prefix: str = Field(default="rp:", description="prefix of every Redis key this service writes")
+    redis_url: str | None = Field(default=None, description="default: the platform's Redis (RECPILOT_REDIS_*)")
+    instance: str = Field(default="", description="instance name in metric events (default: host:pid)")
+
+    batch_max: int = Field(default=2000, ge=1, description="events per Redis write (stream.take_events)")
+    batch_within_s: float = Field(default=0.02, gt=0, description="max wait to fill a batch")
+    session_items: int = Field(default=10, ge=1, le=100, description="items of the current session kept for co-visitation")
+    covisit_max: int = Field(default=50, ge=1, description="co-visited items kept per item")
+    metrics_interval_s: float = Field(default=10.0, gt=0, description="how often MetricEvents are published")
+    datadir: str | None = Field(default=None, description="faust data dir (default: <RECPILOT_HOME>/features/<app_id>)")
