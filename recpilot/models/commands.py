@@ -1,0 +1,385 @@
+"""`recpilot models list|deploy|promote|canary|shadow|rollback|status|verify`.
+
+Every command that changes deployment state is validated against the state replayed from the
+control topic and against the model repository before anything is published; on a refusal the
+command prints the reason, publishes nothing and exits 1. Light to import (no Kafka client, no
+frameworks at module level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _iso(ms: int) -> str:
+    if not ms:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _err(msg: str) -> int:
+    print(f"recpilot: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def _context(args: argparse.Namespace):
+    """Platform settings, deployment settings (with --topic), the repository (with --repo)."""
+    from recpilot.models.deployments import DeploymentSettings
+    from recpilot.models.repository import ModelRepository
+    from recpilot.settings import PlatformSettings, load
+
+    platform = load(PlatformSettings)
+    overrides = {}
+    if getattr(args, "topic", None):
+        overrides["topic"] = args.topic
+    deploy = load(DeploymentSettings, **overrides)
+    repo = ModelRepository(args.repo if getattr(args, "repo", None) else platform.model_repo)
+    return platform, deploy, repo
+
+
+def _controller(args: argparse.Namespace):
+    from recpilot.models.deployments import DeploymentController
+
+    platform, deploy, repo = _context(args)
+    return DeploymentController(platform, repo, deploy, actor=getattr(args, "actor", None) or None)
+
+
+def _resolve_model(args: argparse.Namespace, repo) -> str:
+    from recpilot.models.deployments import DeploymentError
+
+    if args.model:
+        return args.model
+    models = repo.models()
+    if len(models) == 1:
+        return models[0]
+    if not models:
+        raise DeploymentError(f"no models in the repository {repo.root}; train one first (recpilot train)")
+    raise DeploymentError(f"several models in {repo.root} ({', '.join(models)}): name one with --model")
+
+
+def command_dict(cmd) -> dict:
+    from recpilot.models.deployments import ACTION_NAMES
+    from recpilot.pb import deployments_pb2 as pb
+
+    return {
+        "command_id": cmd.command_id, "action": ACTION_NAMES.get(cmd.action, str(cmd.action)),
+        "kind": "policy" if cmd.kind == pb.POLICY else "ranker", "model": cmd.model_name, "version": cmd.version,
+        "percent": cmd.percent, "actor": cmd.actor, "reason": cmd.reason, "force": cmd.force,
+        "timestamp_ms": cmd.timestamp_ms, "time": _iso(cmd.timestamp_ms),
+    }
+
+
+def ack_dict(ack) -> dict:
+    from recpilot.models.deployments import ACK_NAMES
+
+    return {"replica": ack.replica, "status": ACK_NAMES.get(ack.status, str(ack.status)), "message": ack.message,
+            "version": ack.version, "revision": ack.revision, "timestamp_ms": ack.timestamp_ms,
+            "time": _iso(ack.timestamp_ms)}
+
+
+def state_dict(state, book=None, history: int | None = None) -> dict:
+    out = {
+        "model": state.model_name, "production_version": state.production_version or None,
+        "canary_version": state.canary_version or None, "canary_percent": state.canary_percent,
+        "shadow_version": state.shadow_version or None, "policy_version": state.policy_version or None,
+        "revision": state.revision, "updated_ms": state.updated_ms, "updated": _iso(state.updated_ms),
+    }
+    if book is not None:
+        outcomes = book.commands(state.model_name)
+        if history is not None:
+            outcomes = outcomes[-history:] if history > 0 else []
+        out["history"] = []
+        for o in outcomes:
+            d = command_dict(o.command)
+            if o.applied:
+                for h in state.history:  # the recorded form (a rollback carries its target)
+                    if h.command_id == o.command.command_id:
+                        d = command_dict(h)
+                        break
+            d["applied"] = o.applied
+            d["revision"] = o.revision if o.applied else None
+            if not o.applied:
+                d["rejected"] = o.reason
+            d["acks"] = [ack_dict(a) for a in sorted(book.acks.get(o.command.command_id, {}).values(),
+                                                     key=lambda a: (a.timestamp_ms, a.replica))]
+            out["history"].append(d)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# list / verify
+# --------------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from recpilot.models.deployments import DeploymentError, replay
+
+    platform, deploy, repo = _context(args)
+    models = repo.describe()
+    states, state_error = {}, None
+    if not args.no_state:
+        try:
+            book = replay(platform, deploy.topic, timeout=args.timeout)
+            states = {m["name"]: book.state(m["name"]) for m in models}
+        except DeploymentError as exc:
+            state_error = str(exc)
+    for m in models:
+        st = states.get(m["name"])
+        if st is not None:
+            m["production_version"] = st.production_version or None
+            m["canary_version"] = st.canary_version or None
+            m["canary_percent"] = st.canary_percent
+            m["shadow_version"] = st.shadow_version or None
+            m["revision"] = st.revision
+        for v in m["versions"]:
+            roles = []
+            if st is not None:
+                if v["version"] == st.production_version:
+                    roles.append("production")
+                if v["version"] == st.canary_version:
+                    roles.append(f"canary {st.canary_percent:g}%")
+                if v["version"] == st.shadow_version:
+                    roles.append("shadow")
+            v["roles"] = roles
+    if args.json:
+        out = {"repository": str(repo.root), "models": models}
+        if state_error:
+            out["deployment_state_error"] = state_error
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"repository: {repo.root}")
+    if state_error:
+        print(f"(deployment state unavailable: {state_error})")
+    if not models:
+        print("no models")
+    for m in models:
+        print(f"\n{m['name']}")
+        print(f"  {'version':>7}  {'framework':<10} {'created':<20} {'auc':>7} {'logloss':>8} {'recall@10':>9} "
+              f"{'ndcg@10':>8}  roles")
+        for v in m["versions"]:
+            if not v["valid"]:
+                print(f"  {v['version']:>7}  CORRUPT    {v['error']}")
+                continue
+            mt = v["metrics"]
+
+            def f(x):
+                return "-" if x is None else f"{x:.4f}"
+
+            print(f"  {v['version']:>7}  {v['framework']:<10} {_iso(v['created_ms']):<20} {f(mt['auc']):>7} "
+                  f"{f(mt['logloss']):>8} {f(mt['recall@10']):>9} {f(mt['ndcg@10']):>8}  {', '.join(v['roles'])}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from recpilot.models.deployments import DeploymentError
+    from recpilot.models.repository import ModelRepositoryError
+
+    _platform, _deploy, repo = _context(args)
+    try:
+        model = _resolve_model(args, repo)
+    except DeploymentError as exc:
+        return _err(str(exc))
+    versions = [args.version] if args.version else repo.versions(model)
+    bad = 0
+    for v in versions:
+        try:
+            repo.verify(model, v)
+            print(f"{model}/{v}: ok")
+        except ModelRepositoryError as exc:
+            bad += 1
+            print(f"{model}/{v}: {exc}")
+    return 1 if bad else 0
+
+
+# --------------------------------------------------------------------------------------------
+# deployment commands
+# --------------------------------------------------------------------------------------------
+def _print_submitted(args: argparse.Namespace, sub) -> None:
+    if args.json:
+        out = {"command": command_dict(sub.command), "applied": sub.outcome.applied,
+               "rejected": sub.outcome.reason or None, "state": state_dict(sub.state),
+               "acks": [ack_dict(a) for a in sub.acks], "gate_overridden": sub.overridden}
+        print(json.dumps(out, indent=2))
+        return
+    c = sub.command
+    print(f"{command_dict(c)['action']} {c.model_name}" + (f" version {c.version}" if c.version else "")
+          + (f" {c.percent:g}%" if c.percent else "") + f": published as {c.command_id} by {c.actor}")
+    if sub.overridden:
+        print("  promotion gate overridden (--force): " + "; ".join(sub.overridden))
+    s = sub.state
+    print(f"  revision {s.revision}: production {s.production_version or '-'}, canary "
+          f"{(s.canary_version + f' ({s.canary_percent:g}%)') if s.canary_version else '-'}, shadow "
+          f"{s.shadow_version or '-'}")
+    if args.wait:
+        if sub.acks:
+            for a in sub.acks:
+                d = ack_dict(a)
+                print(f"  ack {d['status']} from {d['replica']} at {d['time']}" + (f": {d['message']}" if d['message'] else ""))
+        if len(sub.acks) < args.replicas:
+            print(f"  {len(sub.acks)} of {args.replicas} replica acknowledgement(s) within {args.wait:g}s")
+
+
+def _run_action(args: argparse.Namespace, action: str) -> int:
+    from recpilot.models.deployments import DeploymentError, PromotionRefused
+
+    try:
+        with _controller(args) as ctl:
+            model = _resolve_model(args, ctl.repository)
+            version = getattr(args, "version", None) or ""
+            kw = {}
+            if action in ("deploy", "canary", "shadow") and not version:
+                version = ctl.repository.latest(model) or ""
+            if action == "promote":
+                if not version:
+                    version = ctl.state(model).canary_version
+                    if not version:
+                        raise DeploymentError(f"promote needs --version (no canary of {model} to promote)")
+                kw.update(auc_tolerance=args.auc_tolerance, logloss_tolerance=args.logloss_tolerance)
+            if action == "canary":
+                kw["percent"] = args.percent
+            sub = ctl.submit(action, model, version, reason=args.reason or "", force=getattr(args, "force", False),
+                             wait_acks_s=args.wait, replicas=args.replicas, **kw)
+    except PromotionRefused as exc:
+        return _err(str(exc))
+    except DeploymentError as exc:
+        return _err(f"{exc} (nothing published)" if "published" not in str(exc) else str(exc))
+    _print_submitted(args, sub)
+    if not sub.outcome.applied:
+        return _err(f"the command was rejected when applied (the state changed meanwhile): {sub.outcome.reason}")
+    return 0
+
+
+def cmd_deploy(args):
+    return _run_action(args, "deploy")
+
+
+def cmd_promote(args):
+    return _run_action(args, "promote")
+
+
+def cmd_canary(args):
+    if args.clear or args.percent == 0:
+        return _run_action(args, "clear_canary")
+    if args.percent is None:
+        return _err("canary needs --percent P (0 < P <= 100), or --clear")
+    return _run_action(args, "canary")
+
+
+def cmd_shadow(args):
+    return _run_action(args, "clear_shadow" if args.clear else "shadow")
+
+
+def cmd_rollback(args):
+    return _run_action(args, "rollback")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from recpilot.models.deployments import DeploymentError
+
+    try:
+        with _controller(args) as ctl:
+            book = ctl.refresh()
+            names = [args.model] if args.model else sorted(set(book.states) | set(ctl.repository.models()))
+            if args.wait and names:
+                # wait for acknowledgements of each model's latest applied command
+                for name in names:
+                    st = book.states.get(name)
+                    if st is not None and st.history:
+                        ctl.wait_acks(st.history[-1].command_id, args.wait, args.replicas)
+            out = [state_dict(book.state(n), book, None if args.all else args.history) for n in names]
+    except DeploymentError as exc:
+        return _err(str(exc))
+    if args.json:
+        print(json.dumps({"topic": ctl.topic, "models": out}, indent=2))
+        return 0
+    if not out:
+        print(f"no deployments on {ctl.topic}")
+    for m in out:
+        canary = f"{m['canary_version']} ({m['canary_percent']:g}%)" if m["canary_version"] else "-"
+        print(f"{m['model']}: production {m['production_version'] or '-'}  canary {canary}  shadow "
+              f"{m['shadow_version'] or '-'}" + (f"  policy {m['policy_version']}" if m["policy_version"] else "")
+              + f"  (revision {m['revision']}, updated {m['updated']})")
+        for h in m["history"]:
+            what = f"{h['action']}" + (f" {h['version']}" if h["version"] else "") + \
+                (f" {h['percent']:g}%" if h["action"] == "canary" else "")
+            flag = "" if h["applied"] else f"  REJECTED: {h['rejected']}"
+            forced = " [forced]" if h["force"] else ""
+            print(f"  {h['time']}  r{h['revision'] if h['revision'] is not None else '-':<4} {what:<22} "
+                  f"by {h['actor']}{forced}" + (f" -- {h['reason']}" if h["reason"] else "") + flag)
+            for a in h["acks"]:
+                print(f"      ack {a['status']:<8} {a['replica']} {a['time']}" + (f": {a['message']}" if a["message"] else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser, state_changing: bool = True) -> None:
+    p.add_argument("--model", help="model name (default: the only model in the repository)")
+    p.add_argument("--repo", help="model repository root (default: RECPILOT_MODEL_REPOSITORY or <home>/models)")
+    p.add_argument("--topic", help="control topic (default: RECPILOT_DEPLOY_TOPIC or control.deployments)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for acknowledgements from serving replicas")
+    p.add_argument("--replicas", type=int, default=1, metavar="N", help="with --wait: how many acks to wait for")
+    if state_changing:
+        p.add_argument("--reason", default="", help="why (recorded in the history)")
+        p.add_argument("--actor", help="who (default: user@host)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    mp = sub.add_parser("models", help="model repository and deployment control (deploy, canary, promote, ...)")
+    ms = mp.add_subparsers(dest="models_command", metavar="ACTION")
+    mp.set_defaults(func=lambda a: (mp.print_help(), 2)[1])
+
+    p = ms.add_parser("list", help="models and versions in the repository, with metrics and roles")
+    p.add_argument("--repo", help="model repository root")
+    p.add_argument("--topic", help="control topic")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-state", action="store_true", help="do not read the deployment state from Kafka")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for Kafka")
+    p.set_defaults(func=cmd_list)
+
+    p = ms.add_parser("verify", help="re-hash a model's files against the manifest written with each version")
+    p.add_argument("--model")
+    p.add_argument("--version")
+    p.add_argument("--repo")
+    p.set_defaults(func=cmd_verify)
+
+    p = ms.add_parser("deploy", help="make a version available (it becomes production if there is none)")
+    _common(p)
+    p.add_argument("--version", help="default: the latest version")
+    p.set_defaults(func=cmd_deploy)
+
+    p = ms.add_parser("promote", help="make a version production (refused if its offline metrics are worse)")
+    _common(p)
+    p.add_argument("--version", help="default: the current canary")
+    p.add_argument("--force", action="store_true", help="override the metric gate (needs --reason; recorded)")
+    p.add_argument("--auc-tolerance", type=float, default=None,
+                   help="refuse if auc < production auc - this (default RECPILOT_DEPLOY_AUC_TOLERANCE=0.005)")
+    p.add_argument("--logloss-tolerance", type=float, default=None,
+                   help="refuse if logloss > production logloss + this (default RECPILOT_DEPLOY_LOGLOSS_TOLERANCE=0.01)")
+    p.set_defaults(func=cmd_promote)
+
+    p = ms.add_parser("canary", help="send a share of users to a version (stable_hash(user) routing)")
+    _common(p)
+    p.add_argument("--version", help="default: the latest version")
+    p.add_argument("--percent", type=float, help="share of users, 0 < P <= 100 (0 clears the canary)")
+    p.add_argument("--clear", action="store_true", help="stop the canary")
+    p.set_defaults(func=cmd_canary)
+
+    p = ms.add_parser("shadow", help="score every request with a version too, log it, never serve it")
+    _common(p)
+    p.add_argument("--version", help="default: the latest version")
+    p.add_argument("--clear", action="store_true", help="stop shadowing")
+    p.set_defaults(func=cmd_shadow)
+
+    p = ms.add_parser("rollback", help="return production to the previous production version")
+    _common(p)
+    p.add_argument("--version", help="optional: the version you expect to return to (refused if it is not)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = ms.add_parser("status", help="deployment state, history (who/why/when) and replica acknowledgements")
+    _common(p, state_changing=False)
+    p.add_argument("--history", type=int, default=10, metavar="N", help="last N commands per model (default 10)")
+    p.add_argument("--all", action="store_true", help="the whole history")
+    p.set_defaults(func=cmd_status)
