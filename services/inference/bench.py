@@ -1,0 +1,368 @@
+"""`recpilot bench inference`: the real server (``python -m services.inference`` in its own
+process) against real Redis features and Kafka deployment control, loaded by a closed-loop
+gRPC client in this process (same machine).
+
+Phases: steady closed-loop at several concurrencies (batching on), the same at the highest
+concurrency with batching off (a second server process), an open-loop phase at a fixed rate, and
+``--swaps`` PROMOTE commands through ``control.deployments`` under load (p99 during swaps vs steady,
+failed requests counted). The ranker is a real TorchScript MLP (services.inference.toymodel);
+each request asks for k=10 out of ``--candidates`` given candidate ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform as pyplatform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+def machine() -> str:
+    model = pyplatform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    return f"{os.cpu_count()} cores, {model}{gpu}, Python {pyplatform.python_version()}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(lat: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(lat) * 1000, q)) if lat else float("nan")
+
+
+class Server:
+    def __init__(self, env: dict, log: Path) -> None:
+        self.grpc_port, self.http_port = _free_port(), _free_port()
+        env = {**os.environ, **env, "RECPILOT_INFERENCE_GRPC_PORT": str(self.grpc_port),
+               "RECPILOT_INFERENCE_HTTP_PORT": str(self.http_port), "PYTHONUNBUFFERED": "1"}
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env,
+                                     stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"inference exited ({self.proc.returncode}); see {self.log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"inference not ready after {timeout}s; see {self.log}")
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name) and not line.startswith("#"))
+
+    def breakdown(self) -> dict:
+        """Mean server-side times (ms) since start: request, feature fetch, queue wait, compute."""
+        out = {}
+        for label, base in (("Recommend", 'recpilot_inference_request_latency_seconds_{}{{method="Recommend"}}'),
+                            ("feature fetch", "recpilot_inference_feature_fetch_seconds_{}"),
+                            ("queue", "recpilot_inference_queue_latency_seconds_{}"),
+                            ("compute/execution", "recpilot_inference_compute_seconds_{}")):
+            n = self.metric(base.format("count"))
+            out[label] = self.metric(base.format("sum")) / n * 1000 if n else float("nan")
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _infer_requests(n_rows: int, count: int = 64):
+    from recpilot.featurespec import DENSE_FEATURES, ID_FEATURES
+    from recpilot.pb import open_inference_grpc_pb2 as oip
+
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(count):
+        dense = rng.normal(size=(n_rows, len(DENSE_FEATURES))).astype(np.float32)
+        ids = np.stack([rng.integers(0, b, n_rows) for _, b in ID_FEATURES], axis=1).astype(np.int64)
+        r = oip.ModelInferRequest(model_name="ranker")
+        r.inputs.add(name="dense", datatype="FP32", shape=list(dense.shape))
+        r.inputs.add(name="ids", datatype="INT64", shape=list(ids.shape))
+        r.raw_input_contents.extend([dense.tobytes(), ids.tobytes()])
+        out.append(r)
+    return out
+
+
+async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], users: list[str], n_cand: int,
+                       infer: bool = False) -> dict:
+    import grpc
+
+    from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
+    from recpilot.pb import recommend_pb2, recommend_pb2_grpc
+
+    rng = random.Random(conc)
+    if infer:
+        reqs = _infer_requests(n_cand)
+    else:
+        reqs = [recommend_pb2.RecommendRequest(user_id=rng.choice(users), k=10, candidate_ids=rng.sample(items, n_cand))
+                for _ in range(256)]
+    lat: list[tuple[float, float]] = []
+    errors: list[str] = []
+    fallbacks = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = recommend_pb2_grpc.RecommenderStub(ch)
+        istub = oip_grpc.GRPCInferenceServiceStub(ch)
+        stop_at = time.monotonic() + seconds
+
+        async def worker(i: int) -> None:
+            nonlocal fallbacks
+            j = i
+            while time.monotonic() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    if infer:
+                        await istub.ModelInfer(reqs[j % len(reqs)], timeout=5.0)
+                        lat.append((time.monotonic(), time.perf_counter() - t0))
+                        j += conc
+                        continue
+                    resp = await stub.Recommend(reqs[j % len(reqs)], timeout=5.0)
+                    if resp.fallback:
+                        fallbacks += 1
+                    if len(resp.items) != 10:
+                        errors.append(f"{len(resp.items)} items")
+                except grpc.aio.AioRpcError as exc:
+                    errors.append(exc.code().name)
+                lat.append((time.monotonic(), time.perf_counter() - t0))
+                j += conc
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker(i) for i in range(conc)))
+        took = time.monotonic() - t0
+    lats = [x for _, x in lat]
+    return {"concurrency": conc, "requests": len(lats), "rps": len(lats) / took, "p50_ms": _pct(lats, 50),
+            "p99_ms": _pct(lats, 99), "p999_ms": _pct(lats, 99.9), "errors": len(errors),
+            "error_kinds": sorted(set(errors))[:5], "fallbacks": fallbacks, "timeline": lat}
+
+
+async def _open_loop(port: int, rate: float, seconds: float, items: list[str], users: list[str], n_cand: int) -> dict:
+    import grpc
+
+    from recpilot.pb import recommend_pb2, recommend_pb2_grpc
+
+    rng = random.Random(7)
+    reqs = [recommend_pb2.RecommendRequest(user_id=rng.choice(users), k=10, candidate_ids=rng.sample(items, n_cand))
+            for _ in range(256)]
+    lats: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = recommend_pb2_grpc.RecommenderStub(ch)
+
+        async def one(r, t_sched: float) -> None:
+            nonlocal errors
+            try:
+                await stub.Recommend(r, timeout=5.0)
+            except grpc.aio.AioRpcError:
+                errors += 1
+            lats.append(time.perf_counter() - t_sched)  # from the scheduled send time: no coordinated omission
+
+        tasks = []
+        t0 = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            t_sched = t0 + i / rate
+            delay = t_sched - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(reqs[i % len(reqs)], t_sched)))
+        await asyncio.gather(*tasks)
+        took = time.perf_counter() - t0
+    return {"rate": rate, "requests": len(lats), "achieved_rps": len(lats) / took, "p50_ms": _pct(lats, 50),
+            "p99_ms": _pct(lats, 99), "p999_ms": _pct(lats, 99.9), "errors": errors}
+
+
+def _publish(platform, topic: str, action: str, version: str) -> None:
+    from recpilot import kafka
+    from recpilot.models.deployments import new_command
+    from recpilot.pb import deployments_pb2 as pb
+
+    prod = kafka.producer(platform)
+    cmd = new_command(action, "ranker", version, actor="bench", reason="bench inference")
+    prod.produce(topic, key=b"ranker", value=pb.ControlMessage(command=cmd).SerializeToString())
+    kafka.flush_or_raise(prod, 10)
+
+
+def _seed_features(platform, prefix: str, n_items: int, n_users: int) -> tuple[list[str], list[str]]:
+    import redis.asyncio as aioredis
+
+    from recpilot.pb import events_pb2
+    from services.features.writer import FeatureWriter
+
+    rng = random.Random(1)
+    items = [f"bi{i:05d}" for i in range(n_items)]
+    users = [f"bu{i:05d}" for i in range(n_users)]
+    now = int(time.time() * 1000)
+    evs = []
+    for off in range(n_users * 20):
+        it = rng.choice(items)
+        evs.append((off, events_pb2.UserEvent(
+            event_id=f"b{off}", user_id=rng.choice(users), session_id="s", item_id=it,
+            event_type=rng.choice([events_pb2.VIEW, events_pb2.VIEW, events_pb2.CLICK, events_pb2.PURCHASE]),
+            price=10.0 + (hash(it) % 90), timestamp_ms=now - 3_600_000 + off,
+            context={"category": f"c{int(it[2:]) % 30}", "title": f"item {it}"})))
+
+    async def write():
+        r = aioredis.Redis.from_url(platform.redis_url)
+        await FeatureWriter(r, prefix).apply({"bench:0": evs})
+        await r.aclose()
+
+    asyncio.run(write())
+    return items, users
+
+
+def _clean_features(platform, prefix: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(platform.redis_url)
+    for k in r.scan_iter(match=f"{prefix}*", count=2000):
+        r.delete(k)
+    r.close()
+
+
+def run(args) -> int:
+    from recpilot.settings import PlatformSettings, load
+    from services.inference.toymodel import write_version
+
+    platform = load(PlatformSettings)
+    uid = uuid.uuid4().hex[:8]
+    prefix, topic = f"bench{uid}:", f"control.bench-{uid}"
+    work = Path(tempfile.mkdtemp(prefix="recpilot-bench-inference-"))
+    root = work / "models"
+    print(f"machine: {machine()}")
+    print(f"setup: {args.items} items, {args.users} users in Redis ({platform.redis_url}, prefix {prefix}); "
+          f"TorchScript MLP ranker (embeddings 3x8 + 17 dense -> {args.hidden}); k=10 of {args.candidates} candidates")
+    versions = [write_version(root, "ranker", seed=s, hidden=tuple(args.hidden)) for s in range(1, args.swaps + 2)]
+    items, users = _seed_features(platform, prefix, args.items, args.users)
+    _publish(platform, topic, "deploy", versions[0])
+    base_env = {"RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": prefix,
+                "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "false",
+                "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.bench-{uid}",
+                "RECPILOT_INFERENCE_DEVICE": args.device, "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1"}
+    results: dict = {"machine": machine()}
+    try:
+        def phase(batching: bool, levels: list[int]) -> list[dict]:
+            cfg = {"enabled": batching, "max_batch_size": args.max_batch_size,
+                   "max_queue_delay_ms": args.max_queue_delay_ms, "max_queue_size": 4096}
+            srv = Server({**base_env, "RECPILOT_INFERENCE_BATCHING": json.dumps(cfg)}, work / f"server-{batching}.log")
+            out = []
+            try:
+                srv.wait_ready()
+                asyncio.run(_closed_loop(srv.grpc_port, 4, 2.0, items, users, args.candidates))  # warm
+                for c in levels:
+                    e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
+                        "recpilot_inference_batch_requests_total")
+                    r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates))
+                    e1, r1 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
+                        "recpilot_inference_batch_requests_total")
+                    r["avg_batch"] = (r1 - r0) / max(e1 - e0, 1)
+                    r["server"] = srv.breakdown()
+                    r.pop("timeline")
+                    r["batching"] = batching
+                    out.append(r)
+                    print(f"  batching={'on ' if batching else 'off'} c={c:<3} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms"
+                          f"  p99 {r['p99_ms']:6.1f} ms  p999 {r['p999_ms']:6.1f} ms  avg batch {r['avg_batch']:5.1f}"
+                          f"  errors {r['errors']}  fallbacks {r['fallbacks']}", flush=True)
+                    print("      server means: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["server"].items()), flush=True)
+                c = levels[-1]
+                e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
+                    "recpilot_inference_batch_requests_total")
+                r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates, infer=True))
+                e1, r1 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
+                    "recpilot_inference_batch_requests_total")
+                r.pop("timeline")
+                r.update(batching=batching, avg_batch=(r1 - r0) / max(e1 - e0, 1), kind="ModelInfer")
+                results.setdefault("model_infer", []).append(r)
+                print(f"  ModelInfer ({args.candidates} rows) batching={'on ' if batching else 'off'} c={c:<3} "
+                      f"{r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
+                      f"avg batch {r['avg_batch']:5.1f}  errors {r['errors']}", flush=True)
+                if batching and args.rate > 0:
+                    o = asyncio.run(_open_loop(srv.grpc_port, args.rate, args.seconds, items, users, args.candidates))
+                    results["open_loop"] = o
+                    print(f"  open loop at {o['rate']:.0f} req/s: achieved {o['achieved_rps']:.0f} req/s  p50 "
+                          f"{o['p50_ms']:.1f} ms  p99 {o['p99_ms']:.1f} ms  p999 {o['p999_ms']:.1f} ms  errors {o['errors']}",
+                          flush=True)
+                if batching and args.swaps > 0:
+                    results["swaps"] = swaps(srv)
+            finally:
+                srv.stop()
+            return out
+
+        def swaps(srv: Server) -> dict:
+            c = args.swap_concurrency
+            steady = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates))
+
+            async def under_swaps():
+                load = asyncio.ensure_future(_closed_loop(srv.grpc_port, c, args.swap_interval * (args.swaps + 1) + 1,
+                                                          items, users, args.candidates))
+                loop = asyncio.get_running_loop()
+                windows = []
+                for v in versions[1:]:
+                    await asyncio.sleep(args.swap_interval)
+                    t0 = time.monotonic()
+                    await loop.run_in_executor(None, _publish, platform, topic, "promote", v)
+                    windows.append((t0, v))
+                return await load, windows
+
+            during, windows = asyncio.run(under_swaps())
+            loads = srv.metric("recpilot_inference_model_loads_total")
+            # latency of requests that overlapped a swap (from the command to 2 s after)
+            swap_lats = [x for t, x in during["timeline"] if any(w <= t <= w + 2.0 for w, _ in windows)]
+            out = {"concurrency": c, "swaps": len(windows), "steady_p99_ms": steady["p99_ms"],
+                   "during_p99_ms": during["p99_ms"], "swap_window_p99_ms": _pct(swap_lats, 99),
+                   "requests": during["requests"], "failed": during["errors"], "fallbacks": during["fallbacks"],
+                   "model_loads_total": loads, "steady_rps": steady["rps"], "during_rps": during["rps"]}
+            print(f"  swaps: {out['swaps']} PROMOTEs under c={c}: {out['requests']} requests, failed {out['failed']}, "
+                  f"fallbacks {out['fallbacks']}; p99 steady {out['steady_p99_ms']:.1f} ms, whole run "
+                  f"{out['during_p99_ms']:.1f} ms, within 2 s of a swap {out['swap_window_p99_ms']:.1f} ms; "
+                  f"loads {loads:.0f}", flush=True)
+            return out
+
+        print("closed loop, Recommend:")
+        results["batching_on"] = phase(True, args.concurrency)
+        if not args.skip_unbatched:
+            results["batching_off"] = phase(False, [args.concurrency[-1]])
+            on = next(r for r in results["batching_on"] if r["concurrency"] == args.concurrency[-1])
+            off = results["batching_off"][0]
+            print(f"batching speed-up at c={on['concurrency']}: Recommend {on['rps'] / max(off['rps'], 1e-9):.2f}x")
+            mi = {r["batching"]: r for r in results.get("model_infer", [])}
+            if True in mi and False in mi:
+                print(f"batching speed-up at c={on['concurrency']}: ModelInfer "
+                      f"{mi[True]['rps'] / max(mi[False]['rps'], 1e-9):.2f}x")
+    finally:
+        _clean_features(platform, prefix)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    print(f"server logs: {work}")
+    return 0
