@@ -329,3 +329,53 @@ print("SCORES", ",".join(repr(float(x)) for x in r.as_numpy("score")), md.platfo
                               torch.zeros(3, len(fs.ID_FEATURES), dtype=torch.int64)).numpy()
     np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
     assert line.split()[2] == "pytorch_torchscript"
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("certs")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=test-ca", cwd=d)
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={'localhost' if name == 'server' else 'client'}", cwd=d)
+        (d / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=d)
+    return d
+
+
+def test_mtls_and_bearer_token(world, certs):
+    r = Running(world, tls_cert=certs / "server.pem", tls_key=certs / "server.key", tls_client_ca=certs / "ca.pem",
+                auth_token="s3cret")
+    try:
+        ca = (certs / "ca.pem").read_bytes()
+        req = recommend_pb2.RecommendRequest(user_id="user1", k=2, candidate_ids=["it001", "it002", "it003"])
+        good = grpc.ssl_channel_credentials(ca, (certs / "client.key").read_bytes(), (certs / "client.pem").read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{r.server.port}", good) as ch:
+            stub = recommend_pb2_grpc.RecommenderStub(ch)
+            resp = stub.Recommend(req, metadata=[("authorization", "Bearer s3cret")], timeout=10)
+            assert len(resp.items) == 2 and resp.model_version == "1"
+            for meta in (None, [("authorization", "Bearer wrong")]):
+                with pytest.raises(grpc.RpcError) as ei:
+                    stub.Recommend(req, metadata=meta, timeout=10)
+                assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # health needs no token (probes)
+            st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+            assert st.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+        no_client_cert = grpc.ssl_channel_credentials(ca)
+        with grpc.secure_channel(f"127.0.0.1:{r.server.port}", no_client_cert) as ch:
+            with pytest.raises(grpc.RpcError) as ei:
+                recommend_pb2_grpc.RecommenderStub(ch).Recommend(
+                    req, metadata=[("authorization", "Bearer s3cret")], timeout=10)
+            assert ei.value.code() == grpc.StatusCode.UNAVAILABLE  # handshake refused without a client cert
+    finally:
+        r.close()
