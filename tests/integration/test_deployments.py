@@ -34,8 +34,16 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def topic(unique):
-    return f"test.deployments.{unique}"
+def topic(stack, platform_settings, unique):
+    name = f"test.deployments.{unique}"
+    yield name
+    from recpilot.kafka import admin
+
+    for fut in admin(platform_settings).delete_topics([name], operation_timeout=10).values():
+        try:
+            fut.result()
+        except Exception:
+            pass  # never created (a test that published nothing)
 
 
 @pytest.fixture
