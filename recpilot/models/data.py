@@ -506,7 +506,7 @@ def synthetic_impressions(n: int, seed: int = 0, n_users: int = 20_000, n_items:
     r = np.repeat(np.arange(n_req), per_request)[:n]
     pos = (np.arange(n) % per_request) + 1
     views = item_pop[items] * rng.uniform(5, 15, n)
-    clicks = views * (0.03 * np.exp(0.3 * item_q[items])) * rng.uniform(0.8, 1.2, n)
+    clicks = views * (0.04 * np.exp(0.6 * item_q[items])) * rng.uniform(0.8, 1.2, n)
     df = pd.DataFrame({
         "request_id": [f"r{x}" for x in r], "user_id": [f"u{u}" for u in users[r]],
         "item_id": [f"i{x}" for x in items], "position": pos, "timestamp_ms": req_ts[r],
@@ -533,7 +533,7 @@ def synthetic_impressions(n: int, seed: int = 0, n_users: int = 20_000, n_items:
     f["user_log_session_events"] = np.log1p(rng.integers(1, 30, n))
     for k, v in f.items():
         df[k] = v.astype(np.float32)
-    logit = (-3.0 + 0.8 * item_q[items] + 0.6 * user_q[users[r]] + 0.9 * f["user_cat_affinity"]
-             + 0.8 * f["user_viewed_item"] - 0.25 * (pos - 1))
+    logit = (-2.5 + 0.9 * item_q[items] + 0.6 * user_q[users[r]] + 1.5 * f["user_cat_affinity"]
+             + 1.0 * f["user_viewed_item"] - 0.15 * (pos - 1))
     df["label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
     return df

@@ -32,6 +32,33 @@ class ModelLoadError(RuntimeError):
     """The model artifact is missing, corrupt or does not match its model.json."""
 
 
+def prepare_tensorflow_import() -> None:
+    """Import triton (torch's compiler backend, installed with torch) before TensorFlow.
+
+    Both bundle LLVM; importing triton *after* TensorFlow aborts the process ("LLVM ERROR:
+    inconsistency in registered CommandLine options"), and torch imports triton lazily (e.g. when
+    an optimizer is created), so a process that loads a TF model and then uses torch would die.
+    In this order both work. Call before the first ``import tensorflow``; harmless otherwise."""
+    if "tensorflow" in sys.modules or "triton" in sys.modules:
+        return
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("triton") is not None:
+            import triton  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - only an optimisation of import order
+        log.debug("triton not preloaded: %s", exc)
+
+
+def prepare_torch_use() -> None:
+    """The other half of :func:`prepare_tensorflow_import`: when TensorFlow is already loaded and
+    triton is not, hide triton from torch (torch then treats it as absent, which costs nothing on CPU
+    and for TorchScript) instead of letting torch import it and abort the process."""
+    if "tensorflow" in sys.modules and "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # makes `import triton` raise ImportError
+        log.info("tensorflow was imported before torch: triton hidden from torch to avoid an LLVM clash")
+
+
 def configure_threads(intra: int, inter: int) -> None:
     with _lock:
         _threads.update(intra=int(intra), inter=int(inter))
@@ -49,6 +76,7 @@ def apply_threads(framework: str) -> None:
         _applied.add(framework)
         intra, inter = _threads["intra"], _threads["inter"]
     if framework == "torch":
+        prepare_torch_use()
         import torch
 
         torch.set_num_threads(intra)
@@ -57,6 +85,7 @@ def apply_threads(framework: str) -> None:
         except RuntimeError as exc:  # already set or parallel work started
             log.debug("torch inter-op threads not changed: %s", exc)
     else:
+        prepare_tensorflow_import()
         import tensorflow as tf
 
         try:
@@ -121,6 +150,7 @@ def _torch_device(device: str) -> str:
 
 
 def _load_torch(path: Path, meta: dict, device: str):
+    prepare_torch_use()
     import torch
 
     apply_threads("torch")
@@ -144,6 +174,7 @@ def _load_torch(path: Path, meta: dict, device: str):
 
 
 def _load_tf(path: Path, meta: dict, device: str):
+    prepare_tensorflow_import()
     apply_threads("tensorflow")
     import tensorflow as tf
 

@@ -15,9 +15,13 @@ import math
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-import keras
+from recpilot.models.loader import prepare_tensorflow_import
+
+prepare_tensorflow_import()  # triton before TF, see there
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 ARTIFACT = "saved_model"
 SIGNATURE = "serving_default"

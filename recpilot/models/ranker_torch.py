@@ -16,8 +16,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+
+from recpilot.models.loader import prepare_torch_use
+
+prepare_torch_use()  # TF before torch: see there
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 ARTIFACT = "model.pt"
 
@@ -73,7 +78,6 @@ class TorchRanker:
     def __init__(self, dense_dim: int, buckets: list[int], hp: dict, seed: int, dense_mean: np.ndarray,
                  dense_std: np.ndarray, base_rate: float) -> None:
         torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = DLRM(dense_dim, list(buckets), int(hp["embedding_dim"]), list(hp["bottom"]), list(hp["top"]),
                           dense_mean, dense_std, base_rate)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0)))
