@@ -48,7 +48,6 @@ class InferenceSettings(RecpilotSettings):
     deployments_topic: str = "control.deployments"
     replica_id: str = Field(default="", description="default host:pid")
     bootstrap: bool = Field(default=True, description="train + deploy a small model when the repository has none")
-    bootstrap_source: str = Field(default="obd", pattern="^(obd|simulated)$")
 
     # -- features / candidates -------------------------------------------------------------
     feature_key_prefix: str = "rp:"

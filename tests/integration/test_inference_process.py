@@ -167,3 +167,38 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
     server["proc"].send_signal(signal.SIGTERM)
     assert server["proc"].wait(30) == 0
     assert '"msg": "stopped", "component": "grpc"' in server["log"].read_text() or "stopped" in server["log"].read_text()
+
+
+def test_first_run_bootstrap_trains_and_deploys_a_model(stack, platform_settings, tmp_path, unique):
+    """Empty repository, empty deployment state: the server trains + deploys a small model itself."""
+    from recpilot.models.repository import ModelRepository
+
+    root = tmp_path / "models"
+    topic = f"control.test-boot-{unique}"
+    gport, hport = _port(), _port()
+    env = {**os.environ, "RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": f"t{unique}:",
+           "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "true",
+           "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.test-{unique}", "RECPILOT_INFERENCE_GRPC_PORT": str(gport),
+           "RECPILOT_INFERENCE_HTTP_PORT": str(hport), "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1"}
+    log = tmp_path / "inference.log"
+    proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    try:
+        t0, ready = time.monotonic(), False
+        while time.monotonic() - t0 < 50 and not ready:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=1) as r:
+                    ready = r.status == 200
+            except Exception:
+                time.sleep(0.5)
+        assert ready, log.read_text()[-3000:]
+        repo = ModelRepository(root)
+        assert repo.versions("ranker") == ["1"] and repo.meta("ranker", "1")["feature_set"] == "recpilot"
+        with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
+            resp = recommend_pb2_grpc.RecommenderStub(ch).Recommend(
+                recommend_pb2.RecommendRequest(user_id="u1", k=3, candidate_ids=["a", "b", "c", "d"]), timeout=10)
+        assert resp.model_version == "1" and not resp.fallback and len(resp.items) == 3
+    finally:
+        proc.terminate()
+        proc.wait(30)
