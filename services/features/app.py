@@ -89,9 +89,34 @@ class FeaturePipeline:
         m.ASSIGNED.set(len(self.assigned))
 
     async def _process(self, stream) -> None:
+        """Drain the agent's channel in batches and ack each batch after its Redis write.
+
+        Equivalent to ``stream.take_events(batch_max, within)`` but it takes whatever is queued in
+        one go instead of passing every event through the Stream machinery (which costs two asyncio
+        tasks per event and capped the worker near 8,000 events/s on a 2-core machine).
+        """
         s = self.settings
-        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
-            await self.handle(events)
+        queue = stream.channel.queue
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + s.batch_within_s
+            while len(batch) < s.batch_max:
+                try:
+                    batch.append(queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except (asyncio.TimeoutError, TimeoutError):
+                    break
+            await self.handle(batch)
+            for event in batch:  # safe to commit only now: the batch is in Redis
+                event.ack()
 
     async def handle(self, events) -> None:
         by_source: dict[str, list[tuple[int, events_pb2.UserEvent]]] = {}

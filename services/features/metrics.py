@@ -14,7 +14,8 @@ WRITE_SECONDS = Histogram("recpilot_features_write_seconds", "time of one batch 
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 FRESHNESS = Histogram("recpilot_features_freshness_seconds",
                       "event time (timestamp_ms) to the moment its features are visible in Redis",
-                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+                      buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25,
+                               0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60))
 LAG = Gauge("recpilot_features_consumer_lag_messages", "messages behind the partition high watermarks")
 ASSIGNED = Gauge("recpilot_features_assigned_partitions", "input partitions assigned to this worker")
 WRITE_ERRORS = Counter("recpilot_features_write_errors_total", "failed Redis batch writes (the worker stops)")

@@ -1,0 +1,231 @@
+"""`recpilot bench features`: the real worker process (`python -m services.features`) against the
+configured Kafka and Redis, on a fresh topic, key prefix and consumer group.
+
+1. Throughput: a backlog of ``--events`` events is produced first; the worker is started and the
+   time from its first applied batch to the last is measured (offsets read from Redis, i.e. what
+   is really applied) -> sustained events/s.
+2. Freshness: events are produced open-loop at ``--rate`` for ``--duration`` seconds, each stamped
+   with its send time; the worker's own freshness histogram (event time -> visible in Redis) is
+   scraped before and after -> p50/p99 (interpolated inside histogram buckets) and the exact share
+   of events visible within 250 ms (a bucket bound). Consumer lag (end offsets minus the offsets
+   applied in Redis) is sampled every 0.5 s.
+3. Peak memory: the worker's VmHWM, and Redis used_memory growth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import uuid
+
+from recpilot.settings import PlatformSettings, load
+from services.features.process import WorkerProcess
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": model}
+
+
+def parse_histogram(text: str, name: str) -> tuple[list[float], list[float], float]:
+    """Cumulative buckets (bounds, counts) and count of a Prometheus histogram from /metrics text."""
+    bounds, counts = [], []
+    for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M):
+        bounds.append(float("inf") if m.group(1) == "+Inf" else float(m.group(1)))
+        counts.append(float(m.group(2)))
+    return bounds, counts, counts[-1] if counts else 0.0
+
+
+def histogram_quantile(q: float, bounds: list[float], cum: list[float]) -> float:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding rank q."""
+    total = cum[-1] if cum else 0
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    prev_b, prev_c = 0.0, 0.0
+    for b, c in zip(bounds, cum):
+        if c >= rank:
+            if b == float("inf"):
+                return prev_b
+            return prev_b + (b - prev_b) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
+        prev_b, prev_c = b, c
+    return bounds[-2] if len(bounds) > 1 else float("nan")
+
+
+class _Lag:
+    def __init__(self, platform, topic: str, prefix: str, redis_client):
+        from recpilot.kafka import consumer
+
+        self.c = consumer(platform, f"bench-lag-{uuid.uuid4().hex[:6]}")
+        self.topic, self.prefix, self.r = topic, prefix, redis_client
+        md = self.c.list_topics(topic, timeout=10)
+        self.parts = sorted(md.topics[topic].partitions)
+
+    def applied(self) -> int:
+        raw = self.r.hgetall(f"{self.prefix}off")
+        return sum(int(v) + 1 for v in raw.values())
+
+    def end(self) -> int:
+        from confluent_kafka import TopicPartition
+
+        return sum(self.c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5, cached=False)[1]
+                   for p in self.parts)
+
+    def close(self):
+        self.c.close()
+
+
+def main(args) -> int:
+    import redis
+    from confluent_kafka.admin import NewTopic
+
+    from recpilot.kafka import admin, producer
+    from services.features.synth import ShopSynth
+
+    platform = load(PlatformSettings)
+    tag = uuid.uuid4().hex[:8]
+    topic = f"bench.features.{tag}"
+    prefix = f"benchf{tag}:"
+    parts = args.partitions or platform.events_partitions
+    adm = admin(platform)
+    for f in adm.create_topics([NewTopic(topic, parts, 1)]).values():
+        f.result()
+    r = redis.Redis.from_url(platform.redis_url)
+    mem0 = r.info("memory")["used_memory"]
+    syn = ShopSynth(n_users=args.users, n_items=args.items, seed=11, n_categories=40)
+    prod = producer(platform, **{"client.id": "bench-features", "linger.ms": 5})
+    out: dict = {"machine": machine(), "topic_partitions": parts, "users": args.users, "items": args.items,
+                 "command": "recpilot bench features " + " ".join(sys.argv[3:])}
+    proc = None
+    lag = None
+    try:
+        # -- phase 1: backlog ---------------------------------------------------------------
+        if args.events > 0:
+            print(f"producing a backlog of {args.events:,} events to {topic} ...", flush=True)
+            now = int(time.time() * 1000)
+            for i, ev in enumerate(syn.events(args.events, now - args.events, 1.0)):
+                prod.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
+                if i % 10000 == 0:
+                    prod.poll(0)
+            prod.flush(60)
+        env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"bench-features-{tag}",
+               "RECPILOT_FEATURES_KEY_PREFIX": prefix,
+               "RECPILOT_FEATURES_METRICS_TOPIC": f"bench.features.metrics.{tag}",
+               "RECPILOT_FEATURES_DATADIR": str(platform.home / "bench" / f"features-{tag}")}
+        log_path = platform.home / "logs" / f"bench-features-{tag}.log"
+        proc = WorkerProcess(env, log_path).start()
+        t_start = time.monotonic()
+        while proc.port is None and time.monotonic() - t_start < 60:
+            if not proc.alive():
+                raise RuntimeError(f"worker exited; see {log_path}")
+            proc.port = proc._find_port()
+            time.sleep(0.1)
+        if proc.port is None:
+            raise RuntimeError(f"worker did not start; see {log_path}")
+        lag = _Lag(platform, topic, prefix, r)
+        if args.events > 0:
+            first = None
+            t_first = t_last = None
+            last_applied = 0
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                a = lag.applied()
+                t = time.monotonic()
+                if a > 0 and first is None:
+                    first, t_first = a, t
+                if a != last_applied:
+                    last_applied, t_last = a, t
+                if a >= args.events:
+                    break
+                if not proc.alive():
+                    raise RuntimeError(f"worker exited; see {log_path}")
+                time.sleep(0.05)
+            done = last_applied - (first or 0)
+            secs = (t_last - t_first) if t_first and t_last else 0.0
+            out["throughput"] = {"events": args.events, "applied": last_applied,
+                                 "events_per_s": round(done / secs, 1) if secs > 0 else None,
+                                 "seconds": round(secs, 2), "startup_to_ready_s": round(t_first - t_start, 2) if t_first else None}
+            print(f"throughput: {out['throughput']}", flush=True)
+        proc.wait_ready(120)  # assigned and Redis answering, for the freshness phase
+        if args.duration > 0:
+            _, before = proc.get("/metrics")
+            b0, c0, n0 = parse_histogram(before, "recpilot_features_freshness_seconds")
+            print(f"freshness: {args.rate:g} events/s for {args.duration:g} s ...", flush=True)
+            lags = []
+            sent = 0
+            gen = syn.events(10**12, int(time.time() * 1000), 0.0)
+            t0 = time.monotonic()
+            next_lag = t0
+            while True:
+                now = time.monotonic()
+                el = now - t0
+                if el >= args.duration:
+                    break
+                due = int(el * args.rate)
+                ts = int(time.time() * 1000)
+                while sent < due:
+                    ev = next(gen)
+                    ev.timestamp_ms = ts
+                    prod.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
+                    sent += 1
+                prod.poll(0)
+                if now >= next_lag:
+                    prod.flush(5)
+                    lags.append(max(0, lag.end() - lag.applied()))
+                    next_lag = now + 0.5
+                time.sleep(0.002)
+            prod.flush(30)
+            target = lag.end()
+            t_end = time.monotonic() + 60
+            while lag.applied() < target and time.monotonic() < t_end:
+                time.sleep(0.05)
+            time.sleep(0.2)
+            _, after = proc.get("/metrics")
+            b1, c1, n1 = parse_histogram(after, "recpilot_features_freshness_seconds")
+            cum = [y - x for x, y in zip(c0, c1)] if c0 else c1
+            within = dict(zip(b1, cum)).get(0.25, float("nan"))
+            total = cum[-1] if cum else 0
+            out["freshness"] = {
+                "rate": args.rate, "seconds": args.duration, "sent": sent,
+                "achieved_rate": round(sent / args.duration, 1), "observed": int(total),
+                "p50_ms": round(1000 * histogram_quantile(0.5, b1, cum), 1),
+                "p99_ms": round(1000 * histogram_quantile(0.99, b1, cum), 1),
+                "share_within_250ms": round(within / total, 5) if total else None,
+                "lag_mean": round(sum(lags) / len(lags), 1) if lags else None,
+                "lag_max": max(lags) if lags else None,
+            }
+            print(f"freshness: {out['freshness']}", flush=True)
+        out["worker_peak_rss_mb"] = round(proc.peak_rss_mb(), 1)
+        out["redis_used_memory_growth_mb"] = round((r.info("memory")["used_memory"] - mem0) / 2**20, 1)
+    finally:
+        if proc is not None:
+            proc.stop()
+        if lag is not None:
+            lag.close()
+        if not args.keep:
+            for f in adm.delete_topics([topic, f"bench.features.metrics.{tag}"], operation_timeout=10).values():
+                try:
+                    f.result()
+                except Exception:
+                    pass
+            batch = []
+            for k in r.scan_iter(f"{prefix}*", count=5000):
+                batch.append(k)
+                if len(batch) >= 5000:
+                    r.delete(*batch)
+                    batch = []
+            if batch:
+                r.delete(*batch)
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0

@@ -1,0 +1,120 @@
+"""`recpilot features user|item|popular|candidates` and `recpilot bench features` (light to import)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def _client(args):
+    from recpilot.settings import PlatformSettings, load
+    from services.features.client import FeatureClient
+    from services.features.settings import FeaturesSettings
+
+    fs = load(FeaturesSettings)
+    url = fs.redis_url or load(PlatformSettings).redis_url
+    prefix = args.key_prefix if args.key_prefix is not None else fs.key_prefix
+    return FeatureClient(url, prefix, socket_connect_timeout=5, socket_timeout=10)
+
+
+def _now(args) -> int:
+    return int(args.now_ms) if args.now_ms is not None else int(time.time() * 1000)
+
+
+def _print(obj, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, sort_keys=True))
+        return
+    for k, v in obj.items():
+        print(f"{k:<18} {v}")
+
+
+def cmd_user(args) -> int:
+    c = _client(args)
+    try:
+        user = c.user(args.user_id, _now(args))
+    finally:
+        c.close()
+    _print(user, args.json)
+    return 0
+
+
+def cmd_item(args) -> int:
+    c = _client(args)
+    try:
+        item = c.item(args.item_id, _now(args))
+        item["title"] = c.item_meta([args.item_id])[args.item_id]["title"]
+    finally:
+        c.close()
+    _print(item, args.json)
+    return 0
+
+
+def cmd_popular(args) -> int:
+    c = _client(args)
+    try:
+        items = c.popular(args.n, args.category)
+    finally:
+        c.close()
+    print(json.dumps(items) if args.json else "\n".join(items))
+    return 0
+
+
+def cmd_candidates(args) -> int:
+    c = _client(args)
+    try:
+        items = c.candidates(args.user_id, args.n, _now(args))
+    finally:
+        c.close()
+    print(json.dumps(items) if args.json else "\n".join(items))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("features", help="read the online features stored in Redis")
+    fsub = p.add_subparsers(dest="features_cmd", metavar="WHAT")
+
+    def common(q):
+        q.add_argument("--json", action="store_true", help="one JSON object")
+        q.add_argument("--now-ms", type=int, default=None, help="reference time for windows (default: now)")
+        q.add_argument("--key-prefix", default=None, help="Redis key prefix (default: RECPILOT_FEATURES_KEY_PREFIX or rp:)")
+
+    q = fsub.add_parser("user", help="a user's features")
+    q.add_argument("user_id")
+    common(q)
+    q.set_defaults(func=cmd_user)
+    q = fsub.add_parser("item", help="an item's features (all-time counts views/clicks/carts/purchases, windows, ctr)")
+    q.add_argument("item_id")
+    common(q)
+    q.set_defaults(func=cmd_item)
+    q = fsub.add_parser("popular", help="globally (or per category) most popular items")
+    q.add_argument("-n", type=int, default=10)
+    q.add_argument("--category", default=None)
+    common(q)
+    q.set_defaults(func=cmd_popular)
+    q = fsub.add_parser("candidates", help="candidate items for a user (co-visited, category-popular, popular)")
+    q.add_argument("user_id")
+    q.add_argument("-n", type=int, default=20)
+    common(q)
+    q.set_defaults(func=cmd_candidates)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def register_bench(bench_sub) -> None:
+    p = bench_sub.add_parser("features", help="features pipeline: sustained events/s, freshness, lag, peak memory")
+    p.add_argument("--events", type=int, default=200_000, help="backlog size for the throughput phase (0 = skip)")
+    p.add_argument("--rate", type=float, default=2000.0, help="open-loop rate of the freshness phase (events/s)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of the freshness phase (0 = skip)")
+    p.add_argument("--partitions", type=int, default=None, help="input partitions (default: RECPILOT_EVENTS_PARTITIONS)")
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--items", type=int, default=50_000)
+    p.add_argument("--keep", action="store_true", help="keep the bench topic and Redis keys")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    def run(args):
+        from services.features.bench import main
+
+        return main(args)
+
+    p.set_defaults(func=run)

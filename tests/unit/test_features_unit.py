@@ -1,0 +1,168 @@
+"""Unit tests of the features part: no Kafka, no Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from recpilot import featurespec as fs
+from recpilot.pb import events_pb2
+from recpilot.settings import SettingsError, load
+from services.features import client as fc
+from services.features import scripts
+from services.features.app import freshness_seconds
+from services.features.bench import histogram_quantile, parse_histogram
+from services.features.metrics import Reservoir, quantile
+from services.features.settings import FeaturesSettings
+from services.features.synth import ShopSynth, to_dict
+from services.features.writer import apply_args, chunks, encode_event
+
+
+def _ev(**kw) -> events_pb2.UserEvent:
+    ev = events_pb2.UserEvent(event_id="e1", user_id="u1", session_id="s1", event_type=events_pb2.CLICK,
+                              item_id="i9", price=12.5, timestamp_ms=1_700_000_000_123)
+    ev.context["category"] = "shoes"
+    ev.context["title"] = "Red shoe"
+    for k, v in kw.items():
+        setattr(ev, k, v)
+    return ev
+
+
+def test_encode_event_fields_in_script_order():
+    fields = encode_event(42, _ev())
+    assert fields == ["42", "CLICK", "u1", "i9", "s1", "1700000000123", "12.5", "shoes", "Red shoe"]
+    assert len(fields) == len(scripts.APPLY_FIELDS)
+
+
+def test_encode_event_no_price_and_unknown_type():
+    fields = encode_event(0, _ev(price=0.0, event_type=events_pb2.EVENT_TYPE_UNSPECIFIED))
+    assert fields[1] == "" and fields[6] == ""
+    # the exact double survives the string round trip Redis stores
+    p = 0.1 + 0.2
+    assert float(encode_event(0, _ev(price=p))[6]) == p
+
+
+def test_apply_args_header_and_layout():
+    args = apply_args("pfx:", "events.clean:3", [(7, _ev()), (8, _ev(item_id="i10"))], session_items=4, covisit_max=9)
+    assert args[:scripts.APPLY_HEADER] == ["pfx:", "events.clean:3", str(fs.RECENT_LEN),
+                                          str(fs.AFFINITY_HALF_LIFE_MS), "4", "9"]
+    body = args[scripts.APPLY_HEADER:]
+    assert len(body) == 2 * len(scripts.APPLY_FIELDS)
+    assert body[0] == "7" and body[len(scripts.APPLY_FIELDS)] == "8"
+    assert body[len(scripts.APPLY_FIELDS) + 3] == "i10"
+
+
+def test_chunks_cover_everything_in_order():
+    seq = list(range(1203))
+    parts = list(chunks(seq, 500))
+    assert [len(p) for p in parts] == [500, 500, 203]
+    assert [x for p in parts for x in p] == seq
+
+
+def test_scripts_are_generated_from_featurespec():
+    for name, field in fs.COUNT_FIELD.items():
+        assert f"{name}='{field}'" in scripts.APPLY
+    assert f"local BUCKET_MS = {fs.BUCKET_MS}" in scripts.APPLY
+    assert set(scripts.WINDOW_KEYS) == {f"{f}_{w}" for f in fs.COUNT_FIELDS for w in fs.WINDOWS_S}
+
+
+def test_parse_fetch_builds_featurespec_dicts():
+    raw = [
+        [b"events", b"7", b"last_event_ms", b"1000", b"session_id", b"s2", b"session_events", b"3"],
+        [b"i2", b"i1"], [b"i2"], [],
+        [b"shoes", b"4.5|900"],
+        [b"3", b"1", None, None, b"shoes", b"9.99", b"1000"], [3, 3, 1, 1, 0, 0, 0, 0],
+        [None, None, None, None, None, None, None], [0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+    user, items = fc.parse_fetch("u1", ["i1", "i404"], raw)
+    assert set(user) == set(fs.empty_user("u1"))
+    assert user == {"user_id": "u1", "recent_views": ["i2", "i1"], "recent_clicks": ["i2"], "recent_purchases": [],
+                    "affinity": {"shoes": [4.5, 900]}, "last_event_ms": 1000, "session_id": "s2",
+                    "session_events": 3, "events": 7}
+    assert set(items[0]) == set(fs.empty_item("i1"))
+    assert items[0]["views"] == 3 and items[0]["clicks"] == 1 and items[0]["carts"] == 0
+    assert items[0]["views_1h"] == 3 and items[0]["clicks_24h"] == 1
+    assert items[0]["ctr"] == pytest.approx((1 + 1) / (3 + 20))
+    assert items[0]["price"] == 9.99 and items[0]["category"] == "shoes"
+    assert items[1] == fs.empty_item("i404")
+
+
+def test_parse_popular_breaks_ties_by_id_like_offline_store():
+    top = [b"b", b"5", b"z", b"2", b"y", b"2"]  # Redis orders ties by member descending
+    ties = [b"a", b"2", b"c", b"2", b"y", b"2"]  # ZRANGEBYSCORE at the cut, ascending, LIMIT n
+    assert fc.parse_popular([top, ties], 3) == ["b", "a", "c"]
+    assert fc.parse_popular([[], []], 3) == []
+
+
+def test_merge_candidates_order_and_dedupe():
+    covis = [[(b"x", 2.0), (b"y", 1.0)], [(b"y", 5.0)]]  # two recent items
+    cats = [[b"c1", b"x"], [b"d1", b"d2"]]
+    out = fc.merge_candidates(6, ["p1", "x", "p2"], ["r1", "r2"], ["cat1", "cat2"], covis + cats)
+    assert out == ["y", "x", "c1", "d1", "d2", "p1"]
+    assert fc.merge_candidates(2, ["p1", "p2", "p3"], [], [], []) == ["p1", "p2"]
+
+
+def test_top_categories_use_decay_at_now():
+    h = fs.AFFINITY_HALF_LIFE_MS
+    flat = [b"old", f"10|0".encode(), b"new", f"6|{4 * h}".encode()]
+    # at 4 half-lives 'old' has decayed to 10/16 < 6
+    assert fc._top_categories(flat, 4 * h, 2) == ["new", "old"]
+    assert fc._top_categories(flat, 0, 1) == ["old"]
+
+
+def test_settings_defaults_prefix_and_forbid(monkeypatch):
+    s = load(FeaturesSettings)
+    assert s.http_port == 9102 and s.input_topic == "events.clean" and s.key_prefix == "rp:"
+    monkeypatch.setenv("RECPILOT_FEATURES_INPUT_TOPIC", "t.x")
+    monkeypatch.setenv("RECPILOT_FEATURES_KEY_PREFIX", "p9:")
+    s = load(FeaturesSettings)
+    assert (s.input_topic, s.key_prefix) == ("t.x", "p9:")
+    monkeypatch.setenv("RECPILOT_FEATURES_BATCH_MAX", "0")
+    with pytest.raises(SettingsError, match="RECPILOT_FEATURES_BATCH_MAX"):
+        load(FeaturesSettings)
+    with pytest.raises(SettingsError):
+        load(FeaturesSettings, no_such_field=1)
+
+
+def test_freshness_skips_events_without_time():
+    evs = [_ev(timestamp_ms=1000), _ev(timestamp_ms=0), _ev(timestamp_ms=1900)]
+    assert freshness_seconds(evs, 2000) == [1.0, 0.1]
+
+
+def test_reservoir_summary_and_reset():
+    r = Reservoir(size=100, seed=1)
+    r.add_many(float(i) for i in range(1, 1001))
+    s = r.drain()
+    assert s["count"] == 1000 and s["sum"] == sum(range(1, 1001)) and s["min"] == 1 and s["max"] == 1000
+    assert 300 < s["quantiles"]["p50"] < 700  # a uniform sample of 100
+    assert r.drain() is None
+    assert quantile([1.0, 2.0, 3.0], 0.5) == 2.0
+
+
+def test_histogram_quantile_interpolates_like_prometheus():
+    text = "\n".join([
+        'x_bucket{le="0.1"} 50.0', 'x_bucket{le="0.2"} 90.0', 'x_bucket{le="0.5"} 100.0', 'x_bucket{le="+Inf"} 100.0'])
+    bounds, cum, n = parse_histogram(text, "x")
+    assert n == 100 and bounds[-1] == float("inf")
+    assert histogram_quantile(0.5, bounds, cum) == pytest.approx(0.1)
+    assert histogram_quantile(0.7, bounds, cum) == pytest.approx(0.15)
+    assert histogram_quantile(0.99, bounds, cum) == pytest.approx(0.2 + 0.3 * 0.9)
+
+
+def test_synth_is_deterministic_and_time_ordered():
+    a = [to_dict(e) for e in ShopSynth(20, 50, seed=5).events(300, 10_000, 2.0)]
+    b = [to_dict(e) for e in ShopSynth(20, 50, seed=5).events(300, 10_000, 2.0)]
+    assert a == b and len(a) == 300
+    ts = [e["timestamp_ms"] for e in a]
+    assert ts == sorted(ts) and ts[0] == 10_000
+    assert {e["event_type"] for e in a} >= {1, 2}
+    assert all(e["item_id"] and e["context"]["category"] for e in a if e["event_type"] != 5)
+
+
+def test_cli_registers_features_commands():
+    from recpilot.cli import build_parser
+
+    p = build_parser()
+    args = p.parse_args(["features", "item", "i1", "--json"])
+    assert args.item_id == "i1" and args.json and callable(args.func)
+    args = p.parse_args(["bench", "features", "--events", "10", "--duration", "0"])
+    assert args.events == 10 and args.duration == 0
