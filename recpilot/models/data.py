@@ -490,7 +490,7 @@ def load_dataset(spec: str, settings: TrainSettings, platform=None, events_path:
 
 
 def synthetic_impressions(n: int, seed: int = 0, n_users: int = 20_000, n_items: int = 5_000,
-                          per_request: int = 10):
+                          per_request: int = 20):
     """A table of ``n`` logged impressions with the featurespec features and a hidden click model
     (for the training benchmark and tests): returns a pandas DataFrame in the exported format (b)."""
     import pandas as pd

@@ -125,6 +125,12 @@ class TFRanker:
                for s in range(0, len(dense), batch_size)]
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
+    def get_state(self) -> list:
+        return [np.array(w, copy=True) for w in self.model.get_weights()]
+
+    def set_state(self, state: list) -> None:
+        self.model.set_weights(state)
+
     def export(self, directory: Path) -> str:
         module = _Serving(self.model)
         tf.saved_model.save(module, str(Path(directory) / ARTIFACT), signatures={SIGNATURE: module.serve})

@@ -103,6 +103,12 @@ class TorchRanker:
                 out.append(self.model(torch.from_numpy(dense[s:s + batch_size]), torch.from_numpy(ids[s:s + batch_size])).numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
+    def get_state(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def set_state(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
     def export(self, directory: Path) -> str:
         self.model.eval()
         with warnings.catch_warnings():

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 FRAMEWORKS = ("torch", "tensorflow")
 DEFAULT_HP = {"embedding_dim": 16, "bottom": [64, 32], "top": [64, 32], "lr": 3e-3, "batch_size": 512,
-              "epochs": 3, "weight_decay": 0.0}
+              "epochs": 3, "weight_decay": 0.0, "patience": 1, "validation_fraction": 0.1}
 EXPORT_TOLERANCE = 1e-5
 RANK_K = 10
 
@@ -107,11 +107,18 @@ class FitResult:
     ranker: object
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    best_epoch: int = 0
+    early_stopping: str = "off"
 
 
 def fit(framework: str, train: Dataset, hp: dict, seed: int, val: Dataset | None = None,
-        progress: Progress | None = None) -> FitResult:
-    """Train a fresh ranker on ``train``; evaluate on ``val`` after each epoch if given."""
+        progress: Progress | None = None, watch: Dataset | None = None) -> FitResult:
+    """Train a fresh ranker on ``train`` for at most ``hp["epochs"]`` epochs.
+
+    With ``val`` (a later slice of the training window) the epoch with the lowest validation log
+    loss is kept and training stops after ``hp["patience"]`` epochs without improvement (CTR models
+    with large embedding tables typically overfit after one or two epochs). ``watch`` (e.g. the
+    holdout) is only evaluated and shown per epoch, never used for any decision."""
     check_not_empty(train)
     progress = progress or Progress(enabled=False)
     hp = {**DEFAULT_HP, **hp}
@@ -122,6 +129,8 @@ def fit(framework: str, train: Dataset, hp: dict, seed: int, val: Dataset | None
     n = len(train)
     steps = (n + bs - 1) // bs
     history = []
+    best, best_epoch, best_state, bad = math.inf, 0, None, 0
+    patience = int(hp.get("patience", 1))
     for epoch in range(1, int(hp["epochs"]) + 1):
         t0 = time.monotonic()
         perm = rng.permutation(n)
@@ -136,19 +145,51 @@ def fit(framework: str, train: Dataset, hp: dict, seed: int, val: Dataset | None
             seen += len(idx)
             progress.batch(label, step + 1, steps, total / seen, t0)
         rec = {"epoch": epoch, "train_loss": total / max(seen, 1), "seconds": time.monotonic() - t0}
-        if val is not None and len(val):
-            p = ranker.predict(val.dense, val.ids)
-            rec["val_auc"] = ev.auc(val.labels, p)
-            rec["val_logloss"] = ev.logloss(val.labels, p)
+        text = f"{label}: train_loss {rec['train_loss']:.4f}"
+        for key, ds in (("val", val), ("holdout", watch)):
+            if ds is not None and len(ds):
+                p = ranker.predict(ds.dense, ds.ids)
+                rec[f"{key}_auc"] = ev.auc(ds.labels, p)
+                rec[f"{key}_logloss"] = ev.logloss(ds.labels, p)
+                text += f"  {key}_auc {_f(rec[f'{key}_auc'])}  {key}_logloss {rec[f'{key}_logloss']:.4f}"
         history.append(rec)
-        progress.line(f"{label}: train_loss {rec['train_loss']:.4f}"
-                      + (f"  holdout_auc {_f(rec.get('val_auc'))}  holdout_logloss {rec['val_logloss']:.4f}" if "val_logloss" in rec else "")
-                      + f"  ({rec['seconds']:.1f}s)")
-    return FitResult(ranker, history, time.monotonic() - t_start)
+        stop = False
+        if val is not None and len(val):
+            if rec["val_logloss"] < best:
+                best, best_epoch, best_state, bad = rec["val_logloss"], epoch, ranker.get_state(), 0
+            else:
+                bad += 1
+                stop = bad >= patience
+        progress.line(text + f"  ({rec['seconds']:.1f}s)" + (" *" if best_epoch == epoch and val is not None else ""))
+        if stop:
+            break
+    mode = "off"
+    if best_state is not None:
+        mode = f"kept epoch {best_epoch} of {len(history)} (lowest validation log loss)"
+        if best_epoch != len(history):
+            ranker.set_state(best_state)
+        progress.line(f"early stopping: {mode}")
+    return FitResult(ranker, history, time.monotonic() - t_start, best_epoch or len(history), mode)
 
 
 def _f(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
+
+
+def validation_split(train: Dataset, fraction: float) -> tuple[Dataset, Dataset | None, str]:
+    """The latest ``fraction`` of the training window as validation for early stopping, when it has
+    both classes; else no early stopping (and a note saying why)."""
+    if fraction <= 0:
+        return train, None, ""
+    try:
+        fit_train, val = train.split_time(fraction)
+        check_not_empty(fit_train)
+    except DataError:
+        return train, None, "early stopping off: the training window is too small to hold out a validation slice"
+    if val.positives == 0 or val.positives == len(val):
+        return train, None, (f"early stopping off: the validation slice ({len(val)} rows) has "
+                             f"{val.positives} positives")
+    return fit_train, val, ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +270,7 @@ class TrainReport:
     meta: dict
     history: list[dict]
     seconds: float
+    ranker: object = None
 
 
 def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp: dict | None = None, seed: int = 0,
@@ -246,7 +288,10 @@ def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp:
         raise DataError(f"{ds.source}: the holdout is empty")
     progress.line(f"data: {ds.source}: {len(ds)} rows ({ds.positives} positives); train {len(train)} "
                   f"({train.positives} pos), holdout {len(holdout)} ({holdout.positives} pos), feature_set {ds.feature_set}")
-    res = fit(framework, train, hp, seed, val=holdout, progress=progress)
+    fit_train, val, es_note = validation_split(train, float(hp.get("validation_fraction", 0.0)))
+    if es_note:
+        progress.line(es_note)
+    res = fit(framework, fit_train, hp, seed, val=val, progress=progress, watch=holdout)
     ranker = res.ranker
     p_model = ranker.predict(holdout.dense, holdout.ids)
     m_model = ev.evaluate_scores(holdout.labels, p_model, holdout.groups, RANK_K, seed=seed)
@@ -279,6 +324,10 @@ def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp:
             "hyperparameters": hp,
             "seconds": round(res.seconds, 3),
             "epochs": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()} for h in res.history],
+            "best_epoch": res.best_epoch,
+            "early_stopping": res.early_stopping + (f"; {es_note}" if es_note else ""),
+            "fit_rows": len(fit_train),
+            "validation_rows": len(val) if val is not None else 0,
             "parameters": ranker.num_params(),
         },
         "metrics": {
@@ -314,7 +363,7 @@ def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp:
 
         version = repository.create_version(name, writer)
         meta = repository.meta(name, version)
-    return TrainReport(name, version, framework, meta, res.history, res.seconds)
+    return TrainReport(name, version, framework, meta, res.history, res.seconds, ranker)
 
 
 def export_check(directory: Path, meta: dict, dense: np.ndarray, ids: np.ndarray, expected: np.ndarray) -> float:

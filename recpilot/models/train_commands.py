@@ -246,10 +246,11 @@ def cmd_bench_train(args) -> int:
                                         progress=Progress(enabled=True), holdout_fraction=ts.holdout_fraction)
             total = time.monotonic() - t
             tr = report.meta["training"]
-            rows = tr["rows"] * hp["epochs"]
+            rows = tr["fit_rows"] * len(tr["epochs"])
             results.append((fw, tr["seconds"], total, rows / tr["seconds"], report.meta["metrics"]["auc"],
                             report.meta["metrics"]["baseline"]["auc"], tr["parameters"]))
     print()
+    print("fit s: training incl. per-epoch validation/holdout scoring; rows/s = fit rows x epochs run / fit s")
     print(f"{'framework':<12}{'fit s':>8}{'fit+eval+export s':>20}{'rows/s':>10}{'holdout auc':>13}{'popularity auc':>16}{'params':>10}")
     for fw, fit_s, total, rps, auc, base, params in results:
         print(f"{fw:<12}{fit_s:>8.1f}{total:>20.1f}{rps:>10.0f}{auc:>13.4f}{base:>16.4f}{params:>10}")
