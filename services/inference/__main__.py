@@ -36,6 +36,7 @@ def main() -> int:
     from services.inference.search import BM25Index, load_catalogue
     from services.inference.server import InferenceServer
     from services.inference.service import RankingService
+    from services.inference.telemetry import Telemetry
 
     replica = s.replica_id or f"{socket.gethostname()}:{os.getpid()}"
     host = s.grpc_host or platform.bind_host
@@ -47,8 +48,10 @@ def main() -> int:
     features = AsyncFeatureClient(platform.redis_url, s.feature_key_prefix)
     impressions = ImpressionLogger(kafka.producer(platform, **{"client.id": f"inference-{replica}"}),
                                    s.impressions_topic, s.impressions_queue)
+    telemetry = Telemetry(kafka.producer(platform, **{"client.id": f"inference-metrics-{replica}"}),
+                          s.metrics_topic, replica, s.metrics_interval_s)
     index = BM25Index.build(load_catalogue(s.catalogue_path, s.catalogue_seed, s.catalogue_items))
-    service = RankingService(s, features, models, impressions=impressions, index=index)
+    service = RankingService(s, features, models, impressions=impressions, index=index, telemetry=telemetry)
     sync = DeploymentSync(models, lambda cb: DeploymentFollower(platform, replica, cb, s.deployments_topic))
 
     def follower_ready() -> tuple[bool, dict]:
@@ -65,6 +68,8 @@ def main() -> int:
     life.add("deployments", sync.stop)
     impressions.start()
     life.add("impressions", impressions.stop)
+    telemetry.start()
+    life.add("metric-events", telemetry.stop)
     server.start()
     life.add("grpc", server.stop)
     log.info("inference started", extra={"replica": replica, "grpc_port": server.port, "http_port": http.port,

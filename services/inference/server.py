@@ -68,14 +68,22 @@ class _Recommender(recommend_pb2_grpc.RecommenderServicer):
             else:
                 res = await self.service.recommend(req, self._deadline(context))
         except InvalidArgument as exc:
-            m.FAILURES.labels(method, "INVALID_ARGUMENT").inc()
+            self._failed(method, "INVALID_ARGUMENT", t0)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except ModelNotFound as exc:
-            m.FAILURES.labels(method, "NOT_FOUND").inc()
+            self._failed(method, "NOT_FOUND", t0)
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        m.LATENCY.labels(method).observe(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        m.LATENCY.labels(method).observe(took)
+        if self.service.telemetry is not None:
+            self.service.telemetry.request(method, took, "OK", res.fallback_reason)
         m.REQUESTS.labels(method, res.model_name, res.model_version or "-", res.variant or "-").inc()
         return _response(res)
+
+    def _failed(self, method: str, code: str, t0: float) -> None:
+        m.FAILURES.labels(method, code).inc()
+        if self.service.telemetry is not None:
+            self.service.telemetry.request(method, time.perf_counter() - t0, code)
 
     async def Recommend(self, request, context):  # noqa: N802
         req = Request(request.user_id, request.k, list(request.candidate_ids), dict(request.context),

@@ -78,6 +78,7 @@ class RankingService:
         policies: PolicyRegistry | None = None,
         impressions=None,  # ImpressionLogger or None
         index: BM25Index | None = None,
+        telemetry=None,  # Telemetry or None
     ) -> None:
         self.s = settings
         self.features = features
@@ -85,6 +86,7 @@ class RankingService:
         self.policies = policies or PolicyRegistry()
         self.impressions = impressions
         self.index = index or BM25Index()
+        self.telemetry = telemetry
         self._popular: list[str] = []
         self._popular_at = 0.0
         self._popular_task: asyncio.Task | None = None
@@ -211,6 +213,8 @@ class RankingService:
             log.error("model failed", extra={"request_id": req.request_id, "model": name,
                                              "model_version": mv.version, "error": repr(exc)})
             return self._fallback(req, "model_error", surface, name, candidates)
+        if self.telemetry is not None:
+            self.telemetry.scored(name, mv.version, variant, mv.meta, scores, dense)
         if routes.shadow is not None and routes.shadow is not mv:
             asyncio.get_running_loop().create_task(self._shadow(routes.shadow, req, dense, ids, scores))
         policy = self.policies.get(routes.policy_version)

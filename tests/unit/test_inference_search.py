@@ -1,0 +1,91 @@
+"""BM25 retrieval, the default policy, settings and metric events (no I/O)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recpilot.featurespec import DENSE_FEATURES
+from recpilot.pb import events_pb2
+from recpilot.settings import SettingsError, load
+from services.inference.policy import PolicyRegistry, RankerOrderPolicy
+from services.inference.search import BM25Index, tokenize
+from services.inference.settings import InferenceSettings
+from services.inference.telemetry import Telemetry
+
+ITEMS = [
+    {"item_id": "a", "title": "Red running shoes", "category": "footwear"},
+    {"item_id": "b", "title": "Blue running jacket", "category": "outerwear"},
+    {"item_id": "c", "title": "Red red scarf", "category": "accessories"},
+    {"item_id": "d", "title": "Leather boots", "category": "footwear"},
+]
+
+
+def test_bm25_scores_match_the_formula():
+    idx = BM25Index.build(ITEMS)
+    hits = dict(idx.search("red", 10))
+    assert set(hits) == {"a", "c"}
+    # hand-computed Okapi BM25 for "red" in doc c (tf=2, len 4) with N=4, n=2, avgdl=(4+4+4+3)/4
+    n_docs, df, avgdl = 4, 2, 15 / 4
+    idf = math.log(1 + (n_docs - df + 0.5) / (df + 0.5))
+    want_c = idf * 2 * 2.2 / (2 + 1.2 * (1 - 0.75 + 0.75 * 4 / avgdl))
+    assert hits["c"] == pytest.approx(want_c)
+    assert hits["c"] > hits["a"]  # term frequency counts
+
+
+def test_bm25_category_ranking_and_restrict():
+    idx = BM25Index.build(ITEMS)
+    assert [i for i, _ in idx.search("footwear", 10)] == ["d", "a"]  # shorter doc first at equal tf
+    assert [i for i, _ in idx.search("running footwear", 10)][0] == "a"  # both terms
+    assert [i for i, _ in idx.search("running", 10, restrict={"b"})] == ["b"]
+    assert idx.search("nothing-matches", 10) == []
+    assert tokenize("Red-Shoes, 42!") == ["red", "shoes", "42"]
+
+
+def test_default_policy_keeps_ranker_order_with_propensity_one():
+    pol = PolicyRegistry().get("whatever-version")
+    assert isinstance(pol, RankerOrderPolicy)
+    idx, props = pol.rerank({}, ["x", "y", "z", "w"], np.array([0.1, 0.9, 0.5, 0.9], np.float32), 3)
+    assert idx == [1, 3, 2] and props == [1.0, 1.0, 1.0]
+
+
+def test_settings_reject_bad_values(monkeypatch):
+    monkeypatch.setenv("RECPILOT_INFERENCE_TLS_CERT", "/x.pem")
+    with pytest.raises(SettingsError, match="tls_cert and tls_key"):
+        load(InferenceSettings)
+    monkeypatch.delenv("RECPILOT_INFERENCE_TLS_CERT")
+    monkeypatch.setenv("RECPILOT_INFERENCE_BATCHING", '{"max_batch_size": 0}')
+    with pytest.raises(SettingsError, match="RECPILOT_INFERENCE_BATCHING"):
+        load(InferenceSettings)
+    monkeypatch.setenv("RECPILOT_INFERENCE_BATCHING", '{"max_batch_size": 64, "max_queue_delay_ms": 1}')
+    monkeypatch.setenv("RECPILOT_INFERENCE_BATCHING_PER_MODEL", '{"big": {"enabled": false}}')
+    s = load(InferenceSettings)
+    assert s.batching_for("ranker").max_batch_size == 64 and s.batching_for("big").enabled is False
+    assert s.http_port == 9103 and s.grpc_port == 50051
+
+
+def test_metric_events_summarise_scores_features_and_latency():
+    t = Telemetry(producer=None, topic="metrics.inference", instance="i1", interval_s=10)
+    bounds = [0.25, 0.5, 0.75]
+    meta = {"dense_features": list(DENSE_FEATURES), "reference": {"score": {"histogram": {"bounds": bounds}}}}
+    scores = np.array([0.1, 0.3, 0.6, 0.9], np.float32)
+    dense = np.tile(np.arange(len(DENSE_FEATURES), dtype=np.float32), (4, 1))
+    t.scored("ranker", "3", "production", meta, scores, dense)
+    t.request("Recommend", 0.004)
+    t.request("Recommend", 0.006, fallback_reason="deadline")
+    t.request("Recommend", 0.001, code="INVALID_ARGUMENT")
+    evs = t.events()
+    by = {(e.name, tuple(sorted(e.labels.items()))): e for e in evs}
+    score = by[("score", (("model", "ranker"), ("variant", "production"), ("version", "3")))]
+    assert score.summary.count == 4 and list(score.summary.bucket_counts) == [1, 1, 1, 1]
+    assert score.value == pytest.approx(0.475)
+    lat = by[("latency_ms", (("method", "Recommend"),))]
+    assert lat.summary.count == 3 and lat.summary.max == pytest.approx(6.0)
+    assert by[("requests", (("method", "Recommend"),))].value == 3
+    assert by[("fallbacks", (("method", "Recommend"), ("reason", "deadline")))].value == 1
+    assert by[("failures", (("code", "INVALID_ARGUMENT"), ("method", "Recommend")))].value == 1
+    feat = by[("feature", (("feature", DENSE_FEATURES[5]), ("model", "ranker"), ("version", "3")))]
+    assert feat.value == 5.0 and all(isinstance(e, events_pb2.MetricEvent) for e in evs)
+    assert t.events() == []  # the window was reset
