@@ -32,7 +32,9 @@ _RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 def freshness_seconds(events: list[events_pb2.UserEvent], now_ms: int) -> list[float]:
-    return [(now_ms - ev.timestamp_ms) / 1000.0 for ev in events if ev.timestamp_ms > 0]
+    """Event time -> visible, per event; events stamped in the future (clock skew, which ingest
+    tolerates up to 5 minutes) count as 0 rather than negative."""
+    return [max(0.0, (now_ms - ev.timestamp_ms) / 1000.0) for ev in events if ev.timestamp_ms > 0]
 
 
 class FeaturePipeline:
@@ -57,6 +59,8 @@ class FeaturePipeline:
             topic_disable_leader=True,  # no tables, no leader-only timers: skip the assignor topic
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=1.0,
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=settings.heartbeat_interval_s,
             stream_buffer_maxsize=max(8192, settings.batch_max * 2),
         )
         self.topic = self.app.topic(settings.input_topic, value_serializer="raw", key_serializer="raw")

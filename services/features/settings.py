@@ -24,5 +24,8 @@ class FeaturesSettings(BaseSettings):
     batch_within_s: float = Field(default=0.02, gt=0, description="max wait to fill a batch")
     session_items: int = Field(default=10, ge=1, le=100, description="items of the current session kept for co-visitation")
     covisit_max: int = Field(default=50, ge=1, description="co-visited items kept per item")
+    session_timeout_s: float = Field(default=10.0, ge=1, description="Kafka group session timeout: how soon a dead "
+                                     "worker's partitions move to another (faust's default is 60 s)")
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
     metrics_interval_s: float = Field(default=10.0, gt=0, description="how often MetricEvents are published")
     datadir: str | None = Field(default=None, description="faust data dir (default: <RECPILOT_HOME>/features/<app_id>)")

@@ -123,9 +123,9 @@ def test_settings_defaults_prefix_and_forbid(monkeypatch):
         load(FeaturesSettings, no_such_field=1)
 
 
-def test_freshness_skips_events_without_time():
-    evs = [_ev(timestamp_ms=1000), _ev(timestamp_ms=0), _ev(timestamp_ms=1900)]
-    assert freshness_seconds(evs, 2000) == [1.0, 0.1]
+def test_freshness_skips_events_without_time_and_clamps_future():
+    evs = [_ev(timestamp_ms=1000), _ev(timestamp_ms=0), _ev(timestamp_ms=1900), _ev(timestamp_ms=2500)]
+    assert freshness_seconds(evs, 2000) == [1.0, 0.1, 0.0]
 
 
 def test_reservoir_summary_and_reset():

@@ -1,0 +1,175 @@
+"""The features worker as a real process (`python -m services.features`, faust) on the real stack:
+events sent with a plain confluent-kafka producer end up in Redis exactly as
+featurespec.OfflineFeatureStore computes them (no training/serving skew), the counts equal the
+counts computed from the input, the CLI prints them, and the worker exports freshness and
+publishes MetricEvents."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import NewTopic
+
+from recpilot import featurespec as fs
+from recpilot.kafka import admin
+from recpilot.pb import events_pb2
+from services.features.client import FeatureClient
+from services.features.process import WorkerProcess
+from services.features.synth import ShopSynth, to_dict
+
+
+def create_topic(platform_settings, name: str, partitions: int = 4) -> None:
+    adm = admin(platform_settings)  # keep the handle alive until the futures resolve
+    for fut in adm.create_topics([NewTopic(name, partitions, 1)]).values():
+        fut.result()
+
+
+def delete_topics(platform_settings, *names: str) -> None:
+    adm = admin(platform_settings)
+    for fut in adm.delete_topics(list(names), operation_timeout=10).values():
+        try:
+            fut.result()
+        except Exception:
+            pass
+
+
+def send(platform_settings, topic: str, events) -> None:
+    """A plain confluent-kafka producer (what any shop backend would use), keyed by user id."""
+    p = Producer({"bootstrap.servers": platform_settings.kafka_bootstrap, "linger.ms": 5})
+    for ev in events:
+        p.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
+        p.poll(0)
+    assert p.flush(30) == 0
+
+
+def wait_applied(client: FeatureClient, n: int, worker: WorkerProcess, timeout: float = 45.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if sum(v + 1 for v in client.offsets().values()) >= n:
+            return
+        assert worker.alive(), worker.log_tail()
+        time.sleep(0.1)
+    raise AssertionError(f"only {client.offsets()} applied of {n}:\n{worker.log_tail()}")
+
+
+@pytest.fixture
+def pipeline(stack, platform_settings, redis_client, unique):
+    """A unique input topic, metrics topic, consumer group and key prefix, and a worker on them."""
+    topic, mtopic = f"test.features.{unique}", f"test.features.metrics.{unique}"
+    prefix = f"test:fp:{unique}:"
+    create_topic(platform_settings, topic, 4)
+    create_topic(platform_settings, mtopic, 1)
+    env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-features-{unique}",
+           "RECPILOT_FEATURES_KEY_PREFIX": prefix, "RECPILOT_FEATURES_METRICS_TOPIC": mtopic,
+           "RECPILOT_FEATURES_METRICS_INTERVAL_S": "1"}
+    worker = WorkerProcess(env, platform_settings.home / "logs" / f"test-features-{unique}.log")
+    client = FeatureClient(platform_settings.redis_url, prefix)
+    yield {"topic": topic, "metrics_topic": mtopic, "prefix": prefix, "worker": worker, "client": client,
+           "env": env}
+    worker.stop()
+    client.close()
+    keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+    delete_topics(platform_settings, topic, mtopic)
+
+
+def test_stream_matches_offline_store_and_input_counts(platform_settings, pipeline, unique):
+    syn = ShopSynth(n_users=60, n_items=150, seed=13, tag=f"{unique}-")
+    now = int(time.time() * 1000)
+    events = list(syn.events(10_000, now - 3 * 3_600_000, step_ms=3 * 3_600_000 / 10_000))
+    worker, client = pipeline["worker"], pipeline["client"]
+    worker.start().wait_ready()
+    send(platform_settings, pipeline["topic"], events)
+    wait_applied(client, len(events), worker)
+
+    offline = fs.OfflineFeatureStore()
+    for ev in events:
+        offline.apply(to_dict(ev))
+    item_ids = sorted({e.item_id for e in events if e.item_id})
+    for uid in sorted({e.user_id for e in events}):
+        user, items = client.fetch(uid, item_ids, now)
+        assert user == offline.user(uid)
+    for it in items:
+        assert it == offline.item(it["item_id"], now)
+    assert client.popular(20) == offline.top_popular(20)
+
+    expected = Counter((e.item_id, fs.COUNT_FIELD[fs.EVENT_NAMES[e.event_type]])
+                       for e in events if e.event_type in (1, 2, 3, 4))
+    for it in items:
+        assert {f: it[f] for f in fs.COUNT_FIELDS} == {f: expected[(it["item_id"], f)] for f in fs.COUNT_FIELDS}
+
+    # freshness and event counts are on /metrics; readiness names the partitions
+    code, text = worker.get("/metrics")
+    assert code == 200
+    line = next(ln for ln in text.splitlines() if ln.startswith('recpilot_features_events_total{outcome="applied"}'))
+    assert float(line.split()[-1]) == len(events)
+    assert f"recpilot_features_freshness_seconds_count {float(len(events))}" in text
+    code, body = worker.get("/readyz")
+    assert code == 200 and len(json.loads(body)["partitions"]) == 4
+
+
+def test_cli_shows_item_counts_sent_with_plain_producer(platform_settings, pipeline, unique):
+    worker = pipeline["worker"].start().wait_ready()
+    item = f"cli-item-{unique}"
+    ts = int(time.time() * 1000)
+    kinds = [events_pb2.VIEW] * 5 + [events_pb2.CLICK] * 2 + [events_pb2.ADD_TO_CART, events_pb2.PURCHASE]
+    events = []
+    for k, et in enumerate(kinds):
+        ev = events_pb2.UserEvent(event_id=f"{unique}-{k}", user_id=f"cli-user-{k % 3}", session_id="s",
+                                  event_type=et, item_id=item, price=19.5, timestamp_ms=ts + k)
+        ev.context["category"] = "books"
+        events.append(ev)
+    send(platform_settings, pipeline["topic"], events)
+    wait_applied(pipeline["client"], len(events), worker)
+
+    env = {**os.environ, **pipeline["env"]}
+    out = subprocess.run([sys.executable, "-m", "recpilot.cli", "features", "item", item, "--json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert (shown["views"], shown["clicks"], shown["carts"], shown["purchases"]) == (5, 2, 1, 1)
+    assert shown["views_1h"] == 5 and shown["category"] == "books" and shown["price"] == 19.5
+    assert shown["ctr"] == pytest.approx((2 + 1) / (5 + 20))
+
+    out = subprocess.run([sys.executable, "-m", "recpilot.cli", "features", "user", "cli-user-0", "--json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    user = json.loads(out.stdout)
+    assert user["events"] == 3 and user["recent_views"] == [item]
+
+
+def test_metric_events_published(platform_settings, pipeline, unique):
+    worker = pipeline["worker"].start().wait_ready()
+    syn = ShopSynth(n_users=10, n_items=20, seed=2, tag=f"{unique}-")
+    events = list(syn.events(500, int(time.time() * 1000) - 1000, 1))
+    send(platform_settings, pipeline["topic"], events)
+    wait_applied(pipeline["client"], len(events), worker)
+    c = Consumer({"bootstrap.servers": platform_settings.kafka_bootstrap, "group.id": f"t-{unique}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([pipeline["metrics_topic"]])
+    seen: dict[str, events_pb2.MetricEvent] = {}
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 30 and not (
+                "freshness_ms" in seen and seen.get("events_applied_total", events_pb2.MetricEvent()).value == 500):
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            ev = events_pb2.MetricEvent.FromString(m.value())
+            seen[ev.name] = ev
+    finally:
+        c.close()
+    assert seen["events_applied_total"].service == "features"
+    assert seen["events_applied_total"].value == 500
+    fresh = seen["freshness_ms"]
+    assert fresh.summary.count > 0 and fresh.summary.min >= 0
+    assert fresh.summary.quantiles["p50"] <= fresh.summary.quantiles["p99"] <= fresh.summary.max
+    assert seen["consumer_lag_messages"].labels["topic"] == pipeline["topic"]
