@@ -46,6 +46,9 @@ from recpilot.settings import PlatformSettings, RecpilotSettings
 from recpilot.topics import CONTROL_DEPLOYMENTS
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines (connection refused while a broker restarts, ...) go through logging:
+# JSON in services; the CLI silences this logger and reports errors itself.
+kafka_log = logging.getLogger("recpilot.deployments.kafka")
 
 # Metrics of the follower inside each serving replica (and of the controller in the CLI).
 
@@ -191,18 +194,23 @@ def apply_command(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> pb.De
         raise CommandRejected(problem)
     new = pb.DeploymentState()
     new.CopyFrom(state)
-    new.model_name = cmd.model_name
-    entry = pb.DeploymentCommand()
-    entry.CopyFrom(cmd)
+    _apply_in_place(new, cmd)
+    return new
+
+
+def _apply_in_place(new: pb.DeploymentState, cmd: pb.DeploymentCommand) -> None:
+    """Apply a command :func:`check_command` accepted, modifying ``new``."""
     act, kind = cmd.action, _kind(cmd)
-    if act == pb.ROLLBACK:
-        entry.version = previous_production(state, kind)  # record where it went
-    target = entry.version
+    target = previous_production(new, kind) if act == pb.ROLLBACK else cmd.version
+    new.model_name = cmd.model_name
+    entry = new.history.add()
+    entry.CopyFrom(cmd)
+    entry.version = target  # a rollback records where it went
     if kind == pb.POLICY:
-        if act == pb.PROMOTE or act == pb.ROLLBACK or (act == pb.DEPLOY and not state.policy_version):
+        if act == pb.PROMOTE or act == pb.ROLLBACK or (act == pb.DEPLOY and not new.policy_version):
             new.policy_version = target
     else:
-        if act == pb.PROMOTE or act == pb.ROLLBACK or (act == pb.DEPLOY and not state.production_version):
+        if act == pb.PROMOTE or act == pb.ROLLBACK or (act == pb.DEPLOY and not new.production_version):
             new.production_version = target
             if new.canary_version == target:
                 new.canary_version, new.canary_percent = "", 0.0
@@ -216,10 +224,8 @@ def apply_command(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> pb.De
             new.canary_version, new.canary_percent = "", 0.0
         elif act == pb.CLEAR_SHADOW:
             new.shadow_version = ""
-    new.history.append(entry)
-    new.revision = state.revision + 1
+    new.revision += 1
     new.updated_ms = cmd.timestamp_ms
-    return new
 
 
 def routes_to_canary(state: pb.DeploymentState, user_id: str) -> bool:
@@ -327,14 +333,16 @@ class DeploymentBook:
     def apply_command(self, cmd: pb.DeploymentCommand, offset: int = -1) -> Outcome:
         if cmd.command_id in self.outcomes:  # a producer retry: the same command twice changes nothing
             return self.outcomes[cmd.command_id]
-        before = self.states.get(cmd.model_name) or pb.DeploymentState(model_name=cmd.model_name)
-        try:
-            after = apply_command(before, cmd)
-        except CommandRejected as exc:
-            out = Outcome(cmd, False, str(exc), before.revision, offset)
+        state = self.states.get(cmd.model_name)
+        if state is None:
+            state = pb.DeploymentState(model_name=cmd.model_name)
+        problem = check_command(state, cmd)
+        if problem:
+            out = Outcome(cmd, False, problem, state.revision, offset)
         else:
-            self.states[cmd.model_name] = after
-            out = Outcome(cmd, True, "", after.revision, offset)
+            _apply_in_place(state, cmd)  # in place: replaying N commands stays O(N), not O(N^2) copies
+            self.states[cmd.model_name] = state
+            out = Outcome(cmd, True, "", state.revision, offset)
         self.outcomes[cmd.command_id] = out
         return out
 
@@ -369,16 +377,21 @@ class TopicReader:
         from recpilot.kafka import consumer
 
         self._lock = lock or threading.RLock()
+        self._client_id = client_id
+        self._offsets_client = None
         self.settings, self.topic = settings, topic
         self.book = book or DeploymentBook()
         self._consumer = consumer(settings, group_id=f"{client_id}-{uuid.uuid4().hex[:12]}",
-                                  **{"client.id": client_id, "enable.partition.eof": False})
+                                  **{"client.id": client_id, "enable.partition.eof": False, "logger": kafka_log})
         self._positions: dict[int, int] = {}   # partition -> next offset to read
         self._assigned = False
         self.on_message: Callable[[str, object], None] | None = None
 
     def close(self) -> None:
         self._consumer.close()
+        if self._offsets_client is not None:
+            self._offsets_client.close()
+            self._offsets_client = None
 
     def _assign(self, timeout: float) -> bool:
         """Assign every partition from the beginning. False if the topic does not exist; raises
@@ -403,22 +416,32 @@ class TopicReader:
         self._assigned = True
         return True
 
-    def end_offsets(self, timeout: float) -> dict[int, int]:
+    def watermarks(self, timeout: float) -> tuple[dict[int, int], dict[int, int]]:
+        """``(low, high)`` offsets per partition, from the broker now."""
         from confluent_kafka import TopicPartition
 
-        return {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout)[1]
-                for p in self._positions}
+        from recpilot.kafka import consumer
 
-    def low_offsets(self, timeout: float) -> dict[int, int]:
-        from confluent_kafka import TopicPartition
-
-        return {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout)[0]
-                for p in self._positions}
+        # A client of its own: on the fetching consumer's connection this request would queue
+        # behind the broker's long-poll fetch (fetch.wait.max.ms, 500 ms) whenever the log is idle.
+        if self._offsets_client is None:
+            self._offsets_client = consumer(self.settings, group_id=f"{self._client_id}-offsets",
+                                            **{"client.id": f"{self._client_id}-offsets", "logger": kafka_log})
+        lows, ends = {}, {}
+        for p in self._positions:
+            lows[p], ends[p] = self._offsets_client.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                                          timeout=timeout)
+        return lows, ends
 
     def poll_once(self, timeout: float = 0.2, max_messages: int = 500) -> int:
         """Consume what is there (up to ``timeout``); apply it to the book. Returns messages applied."""
         n = 0
-        msgs = self._consumer.consume(max_messages, timeout)  # outside the lock: readers never wait on Kafka
+        # poll() returns with the first message (consume(n, t) would wait for n messages or t);
+        # both outside the lock, so state() readers never wait on Kafka.
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return 0
+        msgs = [first] + (self._consumer.consume(max_messages - 1, 0) if max_messages > 1 else [])
         with self._lock:
             for m in msgs:
                 n += self._apply_message(m)
@@ -452,8 +475,7 @@ class TopicReader:
         try:
             if not self._assigned and not self._assign(timeout):
                 return self.book
-            ends = self.end_offsets(max(deadline - time.monotonic(), 1.0))
-            lows = self.low_offsets(max(deadline - time.monotonic(), 1.0))
+            lows, ends = self.watermarks(max(deadline - time.monotonic(), 1.0))
         except DeploymentError:
             raise
         except Exception as exc:
@@ -511,7 +533,8 @@ class DeploymentFollower:
     def start(self) -> None:
         from recpilot.kafka import producer
 
-        self._producer = producer(self.settings, **{"client.id": f"recpilot-follower-{self.replica_id}"})
+        self._producer = producer(self.settings, **{"client.id": f"recpilot-follower-{self.replica_id}",
+                                                     "logger": kafka_log})
         self._thread = threading.Thread(target=self._run_guarded, name=f"deployments-{self.replica_id}", daemon=True)
         self._thread.start()
 
@@ -594,7 +617,7 @@ class DeploymentFollower:
                     if self.ensure_topic:
                         ensure_control_topic(self.settings, self.topic, timeout=5.0)
                     if reader._assign(5.0):
-                        ends, lows = reader.end_offsets(5.0), reader.low_offsets(5.0)
+                        lows, ends = reader.watermarks(5.0)
                         break
                 except Exception as exc:
                     log.warning("control topic not available yet", extra={"topic": self.topic, "error": str(exc)})
@@ -621,8 +644,8 @@ class DeploymentFollower:
                     batch, pending[:] = list(pending), []
                     caught_up_now = not self._ready.is_set() and reader.caught_up(ends, lows)
                     if caught_up_now:
-                        initial = [(self.book.state(n), st.history[-1]) for n, st in sorted(self.book.states.items())
-                                   if st.history]
+                        snaps = [self.book.state(n) for n in sorted(self.book.states)]
+                        initial = [(st, st.history[-1]) for st in snaps if st.history]
                 if caught_up_now:
                     for st, last in initial:
                         self._notify(st, last)
@@ -672,6 +695,7 @@ class DeploymentController:
         self.repository = repository
         self._reader: TopicReader | None = None
         self._producer = None
+        self._topic_ensured = False
 
     def close(self) -> None:
         if self._reader is not None:
@@ -775,9 +799,11 @@ class DeploymentController:
         from recpilot.kafka import flush_or_raise, producer
 
         try:
-            ensure_control_topic(self.settings, self.topic)
+            if not self._topic_ensured:
+                ensure_control_topic(self.settings, self.topic)
+                self._topic_ensured = True
             if self._producer is None:
-                self._producer = producer(self.settings, **{"client.id": "recpilot-controller"})
+                self._producer = producer(self.settings, **{"client.id": "recpilot-controller", "logger": kafka_log})
             self._producer.produce(self.topic, key=cmd.model_name.encode(),
                                    value=pb.ControlMessage(command=cmd).SerializeToString())
             flush_or_raise(self._producer, self.deploy.publish_timeout_s)

@@ -39,7 +39,8 @@ def topic(stack, platform_settings, unique):
     yield name
     from recpilot.kafka import admin
 
-    for fut in admin(platform_settings).delete_topics([name], operation_timeout=10).values():
+    adm = admin(platform_settings)  # keep the client alive until the futures resolve
+    for fut in adm.delete_topics([name], operation_timeout=10).values():
         try:
             fut.result()
         except Exception:
