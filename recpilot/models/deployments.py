@@ -362,10 +362,36 @@ def control_topic_spec(topic: str):
     return TopicSpec(topic, 1, {"retention.ms": "-1"})
 
 
-def ensure_control_topic(settings: PlatformSettings, topic: str, timeout: float = 20.0) -> None:
+def ensure_control_topic(settings: PlatformSettings, topic: str, timeout: float = 20.0) -> list[str]:
+    """Create the control topic if missing (1 partition, retention forever); return warnings about
+    an existing topic whose configuration would lose deployment history (also logged)."""
+    from confluent_kafka.admin import ConfigResource
+
     from recpilot.kafka import admin, ensure_topics
 
-    ensure_topics(admin(settings), [control_topic_spec(topic)], timeout=timeout)
+    adm = admin(settings, logger=kafka_log)
+    ensure_topics(adm, [control_topic_spec(topic)], timeout=timeout)
+    warnings = []
+    try:
+        res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        configs = adm.describe_configs([res], request_timeout=timeout)[res].result(timeout)
+        retention = configs["retention.ms"].value if "retention.ms" in configs else None
+        policy = configs["cleanup.policy"].value if "cleanup.policy" in configs else "delete"
+        if "compact" in (policy or ""):
+            warnings.append(f"topic {topic} has cleanup.policy={policy}: compaction keeps only the last command "
+                            "per model and destroys the deployment history; use cleanup.policy=delete, retention.ms=-1")
+        if retention is not None and retention != "-1":
+            warnings.append(f"topic {topic} has retention.ms={retention}: commands older than that are deleted and "
+                            "the replayed state will be wrong; set retention.ms=-1")
+        parts = len(adm.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        if parts != 1:
+            warnings.append(f"topic {topic} has {parts} partitions: the history order across models is then not "
+                            "total (each model's own order still is); create it with 1 partition")
+    except Exception as exc:  # the check is advisory
+        log.debug("could not check the control topic configuration", extra={"topic": topic, "error": str(exc)})
+    for w in warnings:
+        log.warning(w)
+    return warnings
 
 
 class TopicReader:

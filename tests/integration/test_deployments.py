@@ -301,3 +301,25 @@ def test_follower_applies_acks_and_rebuilds_after_restart(stack, platform_settin
     assert acks["clear_shadow"] == []
     rc, out, err = run_cli(capsys, repo, topic, "status", "--wait", "0.5")
     assert rc == 0 and "ack FAILED   replica-a" in out and "cannot load version 3" in out
+
+
+def test_control_topic_configuration_is_checked(stack, platform_settings, topic):
+    from recpilot.kafka import flush_or_raise, producer
+    from recpilot.models.deployments import ensure_control_topic
+
+    # created by recpilot: 1 partition, retention forever -> nothing to warn about
+    assert ensure_control_topic(platform_settings, topic) == []
+    # a control topic that a bare producer auto-created keeps the broker default retention (7 days)
+    auto = topic + ".auto"
+    prod = producer(platform_settings)
+    prod.produce(auto, b"x")
+    flush_or_raise(prod, 20)
+    try:
+        warnings = ensure_control_topic(platform_settings, auto)
+        assert len(warnings) == 1 and "retention.ms=604800000" in warnings[0]
+    finally:
+        from recpilot.kafka import admin
+
+        adm = admin(platform_settings)
+        for fut in adm.delete_topics([auto], operation_timeout=10).values():
+            fut.result()
