@@ -707,7 +707,12 @@ class DeploymentController:
     """
 
     def __init__(self, settings: PlatformSettings, repository=None, deploy_settings: DeploymentSettings | None = None,
-                 *, topic: str | None = None, actor: str | None = None) -> None:
+                 *, topic: str | None = None, actor: str | None = None, verify_repository: bool = True) -> None:
+        """``verify_repository=False`` skips the repository checks (existence, integrity) for a
+        publisher that has no access to the repository (e.g. the monitor on another host rolling
+        back or clearing a canary); the state checks still apply, replicas still verify versions on
+        load, and a promotion over a production version is then refused unless forced (the metric
+        gate needs the repository)."""
         from recpilot.settings import load
 
         self.settings = settings
@@ -719,6 +724,7 @@ class DeploymentController:
 
             repository = ModelRepository(settings.model_repo)
         self.repository = repository
+        self.verify_repository = verify_repository
         self._reader: TopicReader | None = None
         self._producer = None
         self._topic_ensured = False
@@ -781,7 +787,17 @@ class DeploymentController:
         version = str(version or "")
         what = f"{action} {model}" + (f" version {version}" if version else "")
         overridden: list[str] = []
-        if kind == pb.RANKER:
+        if kind == pb.RANKER and not self.verify_repository:
+            if act == pb.PROMOTE and not force and state.production_version:
+                raise PromotionRefused(f"promotion of {model}/{version} refused: the metric gate needs the model "
+                                       "repository (verify_repository=False); promote with force and a reason")
+            if act == pb.ROLLBACK:
+                prev = previous_production(state)
+                if version and prev and version != prev:
+                    raise CommandRejected(f"cannot roll back {model} to {version}: the previous production version "
+                                          f"is {prev}")
+                version = prev or ""
+        elif kind == pb.RANKER:
             if act in (pb.DEPLOY, pb.PROMOTE, pb.CANARY, pb.SHADOW):
                 if not version:
                     raise DeploymentError(f"{action} needs a version of {model}")

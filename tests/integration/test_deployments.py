@@ -20,9 +20,11 @@ import pytest
 
 from recpilot import cli
 from recpilot.models.deployments import (
+    CommandRejected,
     DeploymentController,
     DeploymentFollower,
     DeploymentSettings,
+    PromotionRefused,
     replay,
 )
 from recpilot.models.repository import MODEL_JSON, ModelRepository
@@ -323,3 +325,25 @@ def test_control_topic_configuration_is_checked(stack, platform_settings, topic)
         adm = admin(platform_settings)
         for fut in adm.delete_topics([auto], operation_timeout=10).values():
             fut.result()
+
+
+def test_controller_without_repository_access(stack, platform_settings, repo, topic, tmp_path):
+    """The monitor on another host: no repository, but it can roll back and clear a canary."""
+    deploy = DeploymentSettings(topic=topic)
+    with DeploymentController(platform_settings, repo, deploy, actor="alice@laptop") as ctl:
+        ctl.submit("deploy", "ranker", "1")
+        ctl.submit("promote", "ranker", "2")
+        ctl.submit("canary", "ranker", "4", percent=5)
+    nowhere = ModelRepository(tmp_path / "not-mounted")
+    with DeploymentController(platform_settings, nowhere, deploy, actor="monitor",
+                              verify_repository=False) as mon:
+        with pytest.raises(PromotionRefused, match="the metric gate needs the model repository"):
+            mon.submit("promote", "ranker", "3")
+        sub = mon.submit("clear_canary", "ranker", reason="ctr drift on canary")
+        assert sub.outcome.applied and sub.state.canary_version == ""
+        sub = mon.submit("rollback", "ranker", reason="latency SLO breached")
+        assert sub.outcome.applied and sub.command.version == "1" and sub.state.production_version == "1"
+        with pytest.raises(CommandRejected, match="no previous production version"):
+            mon.submit("rollback", "ranker")
+        assert [h.actor for h in sub.state.history] == ["alice@laptop"] * 3 + ["monitor"] * 2
+    assert not (tmp_path / "not-mounted").exists()
