@@ -80,6 +80,11 @@ class Server:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name) and not line.startswith("#"))
 
+    def cpu_seconds(self) -> float:
+        """user+system CPU of the server process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def breakdown(self) -> dict:
         """Mean server-side times (ms) since start: request, feature fetch, queue wait, compute."""
         out = {}
@@ -283,7 +288,9 @@ def run(args) -> int:
                 for c in levels:
                     e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                         "recpilot_inference_batch_requests_total")
+                    cpu0 = srv.cpu_seconds()
                     r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates))
+                    r["server_cpu_ms_per_request"] = (srv.cpu_seconds() - cpu0) * 1000 / max(r["requests"], 1)
                     e1, r1 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                         "recpilot_inference_batch_requests_total")
                     r["avg_batch"] = (r1 - r0) / max(e1 - e0, 1)
@@ -294,7 +301,8 @@ def run(args) -> int:
                     print(f"  batching={'on ' if batching else 'off'} c={c:<3} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms"
                           f"  p99 {r['p99_ms']:6.1f} ms  p999 {r['p999_ms']:6.1f} ms  avg batch {r['avg_batch']:5.1f}"
                           f"  errors {r['errors']}  fallbacks {r['fallbacks']}", flush=True)
-                    print("      server means: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["server"].items()), flush=True)
+                    print("      server means: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["server"].items())
+                          + f"; server CPU {r['server_cpu_ms_per_request']:.2f} ms/request", flush=True)
                 c = levels[-1]
                 e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                     "recpilot_inference_batch_requests_total")

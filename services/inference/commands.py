@@ -87,7 +87,7 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 128, 64], help="MLP hidden sizes")
     p.add_argument("--max-batch-size", type=int, default=8192, help="rows")
-    p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    p.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     p.add_argument("--rate", type=float, default=500.0, help="open-loop phase rate (0 = skip)")
     p.add_argument("--swaps", type=int, default=10)
     p.add_argument("--swap-interval", type=float, default=1.5)

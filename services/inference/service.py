@@ -87,12 +87,14 @@ class RankingService:
         self.impressions = impressions
         self.index = index or BM25Index()
         self.telemetry = telemetry
+        self._items: dict[str, tuple[float, dict]] = {}  # item id -> (expires, item features)
         self._popular: list[str] = []
         self._popular_at = 0.0
         self._popular_task: asyncio.Task | None = None
 
     # -- popularity fallback -------------------------------------------------------------------
     async def refresh_popular(self) -> list[str]:
+        self._popular_at = time.monotonic()  # also after a failure: retry on the next period, not per request
         try:
             self._popular = list(await asyncio.wait_for(self.features.popular(self.s.max_k), self.s.redis_timeout_ms / 1000))
             self._popular_at = time.monotonic()
@@ -118,6 +120,35 @@ class RankingService:
         res = Result(items, req.request_id, model_name, "", "", True, reason, "fallback")
         self._log(req, res, surface, {})
         return res
+
+    # -- features ------------------------------------------------------------------------------
+    async def _fetch(self, user_id: str, candidates: list[str]) -> tuple[dict, list[dict]]:
+        """User features (always fresh) + item features, in one feature-store round trip.
+
+        Item features change slowly (windowed counts have one-minute resolution), so they are
+        reused for ``item_cache_ms``; only missing or expired items go to Redis with the user.
+        """
+        now_ms = int(time.time() * 1000)
+        ttl = self.s.item_cache_ms / 1000
+        if ttl <= 0:
+            return await self.features.fetch(user_id, candidates, now_ms)
+        now = time.monotonic()
+        cache = self._items
+        have: dict[str, dict] = {}
+        missing: list[str] = []
+        for i in dict.fromkeys(candidates):
+            e = cache.get(i)
+            if e is not None and e[0] >= now:
+                have[i] = e[1]
+            else:
+                missing.append(i)
+        user, fetched = await self.features.fetch(user_id, missing, now_ms)
+        if len(cache) + len(fetched) > self.s.item_cache_max:
+            cache.clear()
+        for i, d in zip(missing, fetched):
+            have[i] = d
+            cache[i] = (now + ttl, d)
+        return user, [have[i] for i in candidates]
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self, req: Request, search: bool = False) -> str:
@@ -184,8 +215,7 @@ class RankingService:
             return self._fallback(req, "no_model", surface, name, candidates)
         try:
             t0 = time.perf_counter()
-            user, items = await asyncio.wait_for(
-                self.features.fetch(req.user_id, candidates, int(time.time() * 1000)), self._budget(deadline))
+            user, items = await asyncio.wait_for(self._fetch(req.user_id, candidates), self._budget(deadline))
             m.FEATURE_FETCH.observe(time.perf_counter() - t0)
         except _DeadlineNear:
             return self._fallback(req, "deadline", surface, name, candidates)

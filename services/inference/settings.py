@@ -21,7 +21,8 @@ class BatchingConfig(BaseModel):
 
     enabled: bool = True
     max_batch_size: int = Field(default=4096, ge=1, description="rows per execution")
-    max_queue_delay_ms: float = Field(default=2.0, ge=0.0, description="how long the first request waits for company")
+    max_queue_delay_ms: float = Field(default=0.0, ge=0.0, description="how long the first request waits for company; "
+                                      "0: run at once when idle (requests queued during an execution form the next batch)")
     max_queue_size: int = Field(default=512, ge=1, description="queued requests before RESOURCE_EXHAUSTED")
 
 
@@ -54,6 +55,9 @@ class InferenceSettings(RecpilotSettings):
     num_candidates: int = Field(default=200, ge=1, le=5000)
     max_candidate_ids: int = Field(default=2000, ge=1, description="request candidate_ids above this are rejected")
     max_k: int = Field(default=1000, ge=1)
+    item_cache_ms: float = Field(default=1000.0, ge=0.0, description="item features reused this long (0: off); "
+                                 "user features are always read fresh")
+    item_cache_max: int = Field(default=200_000, ge=1, description="cached items before the cache is cleared")
     popular_cache_s: float = Field(default=2.0, ge=0.0, description="fallback popularity list refresh")
 
     # -- search ----------------------------------------------------------------------------

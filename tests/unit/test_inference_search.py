@@ -89,3 +89,39 @@ def test_metric_events_summarise_scores_features_and_latency():
     feat = by[("feature", (("feature", DENSE_FEATURES[5]), ("model", "ranker"), ("version", "3")))]
     assert feat.value == 5.0 and all(isinstance(e, events_pb2.MetricEvent) for e in evs)
     assert t.events() == []  # the window was reset
+
+
+def test_item_feature_cache_fetches_only_missing_items_and_user_always():
+    import asyncio
+
+    from recpilot.featurespec import OfflineFeatureStore
+    from services.inference.service import RankingService
+
+    store = OfflineFeatureStore()
+    for n, iid in enumerate(["a", "b", "c"]):
+        store.apply({"event_type": "VIEW", "user_id": "u", "item_id": iid, "timestamp_ms": 1000 + n,
+                     "context": {"category": "x"}})
+
+    class OfflineSource:  # the read API computed by featurespec's offline store (no Redis)
+        def __init__(self):
+            self.asked = []
+
+        async def fetch(self, user_id, item_ids, now_ms):
+            self.asked.append(list(item_ids))
+            return store.user(user_id), [store.item(i, now_ms) for i in item_ids]
+
+    src = OfflineSource()
+    svc = RankingService(InferenceSettings(item_cache_ms=60_000), src, models=None)
+
+    async def run():
+        u1, items1 = await svc._fetch("u", ["a", "b"])
+        store.apply({"event_type": "CLICK", "user_id": "u", "item_id": "a", "timestamp_ms": 2000})
+        u2, items2 = await svc._fetch("u", ["b", "c", "a"])
+        return u1, items1, u2, items2
+
+    u1, items1, u2, items2 = asyncio.run(run())
+    assert src.asked == [["a", "b"], ["c"]]  # cached items are not asked again
+    assert [i["item_id"] for i in items2] == ["b", "c", "a"]
+    assert items2[2]["clicks"] == 0  # the cached copy (within its TTL)
+    assert u1["events"] == 3 and u2["events"] == 4  # the user is always fresh
+    assert u2["recent_clicks"] == ["a"]
