@@ -76,8 +76,10 @@ class IngestService:
         if s.transactional:
             self.producer.init_transactions(60)  # aborts a batch a crashed predecessor left open
         self._warm_dedup()
+        extra = {"group.instance.id": s.instance_id} if s.static_membership else {}
         self.consumer = rkafka.consumer(
-            p, s.group_id, **{"client.id": f"ingest-{s.instance_id}",
+            p, s.group_id, **extra, **{"client.id": f"ingest-{s.instance_id}",
+                                       "session.timeout.ms": s.session_timeout_ms,
                               "statistics.interval.ms": int(max(1.0, min(s.metrics_interval_s, 5.0)) * 1000),
                               "stats_cb": self._on_stats, "fetch.max.bytes": 64 * 1024 * 1024,
                               "queued.max.messages.kbytes": 256 * 1024},

@@ -23,6 +23,11 @@ class IngestSettings(BaseSettings):
     group_id: str = "recpilot-ingest"
     instance_id: str = Field(default_factory=socket.gethostname, description="names this replica (metrics, transactional id)")
 
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, description="consumer group session timeout")
+    static_membership: bool = Field(
+        default=False, description="group.instance.id = instance_id: a restarted replica gets its partitions back "
+        "at once instead of after the session timeout (instance ids must then be unique per replica)")
+
     # Exactly-once raw -> clean with Kafka transactions (read_committed consumers of events.clean
     # then never see a duplicate from an ingest crash). False: idempotent producer, commit after
     # flush (at-least-once).

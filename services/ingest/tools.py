@@ -96,7 +96,9 @@ def end_offsets(platform: PlatformSettings, topic: str) -> dict[int, int]:
 
 def committed(platform: PlatformSettings, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
     """Committed offsets of ``group`` (without joining it); -1001 (none) becomes 0."""
-    c = Consumer({"bootstrap.servers": platform.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
+    # read_uncommitted: do not wait for offsets pending in an open transaction (require_stable off)
+    c = Consumer({"bootstrap.servers": platform.kafka_bootstrap, "group.id": group, "enable.auto.commit": False,
+                  "isolation.level": "read_uncommitted"})
     try:
         tps = c.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
         return {tp.partition: max(0, tp.offset) for tp in tps}
