@@ -123,8 +123,13 @@ class RecommenderProbe:
         self._channel = grpc.insecure_channel(self.address)
         self._stub = recommend_pb2_grpc.RecommenderStub(self._channel)
 
+    @property
+    def backing_off(self) -> bool:
+        """True while waiting to retry after a failure (no call would be made)."""
+        return time.monotonic() < self._down_until
+
     def recommend(self, user_id: str, session_id: str, k: int = 10, context: dict | None = None):
-        if time.monotonic() < self._down_until:
+        if self.backing_off:
             return None
         try:
             import grpc
@@ -176,7 +181,7 @@ def simulate(producer, topic: str, sim: ShopSimulator, rate: float, probe: Recom
         now_ms = _now_ms()
         records: list[tuple[bytes, bytes]] = []
         kind = "open_loop"
-        if probe is not None and sim.rng.random() < recommend_share:
+        if probe is not None and not probe.backing_off and sim.rng.random() < recommend_share:
             user = sim.population.sample(sim.rng.random())
             session_id = f"s-{sim._run}-{sim.rng.getrandbits(40):010x}"
             resp = probe.recommend(user.user_id, session_id, 10, {"device": "web", "page": "home"})
