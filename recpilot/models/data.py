@@ -185,8 +185,11 @@ def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES) -> Dataset
         ids = np.zeros((n, len(OBD_ID_FEATURES)), dtype=np.int64)
         for j, (name, buckets) in enumerate(OBD_ID_FEATURES):
             col = df[name].astype(str)
-            # the two folders were hashed separately: namespace by policy so their vocabularies do not mix
-            ids[:, j] = [featurespec.stable_hash(f"{policy}:{name}:{v}", buckets) for v in col]
+            # the hashed categoricals of the two folders were hashed separately: namespace them by policy
+            # so their vocabularies do not mix. item_id is the same 0..79 index in both (item_feature_0
+            # agrees item by item), so it is shared.
+            ns = "" if name == "item_id" else f"{policy}:"
+            ids[:, j] = [featurespec.stable_hash(f"{ns}{name}:{v}", buckets) for v in col]
         ts = (pd.to_datetime(df["timestamp"], utc=True).astype("int64") // 1_000_000).to_numpy()
         seg = (policy + ":" + df["user_feature_0"].astype(str) + "|" + df["user_feature_1"].astype(str) + "|"
                + df["user_feature_2"].astype(str) + "|" + df["user_feature_3"].astype(str)).to_numpy()

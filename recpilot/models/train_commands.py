@@ -30,6 +30,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=None, help="fraction of the latest rows held out (default from settings: 0.2)")
     p.add_argument("--repository", default=None, help="model repository root (default: RECPILOT_MODEL_REPOSITORY or <home>/models)")
+    p.add_argument("--no-early-stopping", action="store_true",
+                   help="train all --epochs (default: keep the best epoch on a validation slice of the training window)")
+    p.add_argument("--width", type=int, default=None, help="MLP width: bottom and top layers [W, W/2]")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -70,6 +73,10 @@ def _hp(args) -> dict:
         v = getattr(args, attr, None)
         if v is not None:
             hp[key] = v
+    if getattr(args, "no_early_stopping", False):
+        hp["validation_fraction"] = 0.0
+    if getattr(args, "width", None):
+        hp["bottom"] = hp["top"] = [args.width, max(args.width // 2, 1)]
     return hp
 
 
@@ -160,6 +167,9 @@ def cmd_tune(args) -> int:
             hp["top"] = [width, width // 2]
             hp["batch_size"] = trial.suggest_categorical("batch_size", [256, 512, 1024])
             hp["weight_decay"] = trial.suggest_categorical("weight_decay", [0.0, 1e-6, 1e-5, 1e-4])
+            if args.epochs is None:
+                hp["epochs"] = trial.suggest_categorical("epochs", [1, 2, 4, 8])
+            hp["validation_fraction"] = 0.0  # the trial is judged on `val`; no early stopping inside it
             res = fit(args.framework, inner_train, hp, args.seed)
             p = res.ranker.predict(val.dense, val.ids)
             auc = ev.auc(val.labels, p)
@@ -179,11 +189,12 @@ def cmd_tune(args) -> int:
         best = study.best_trial
         print(f"best trial {best.number}: validation auc {best.value:.4f} with {best.params}")
         w = best.params["width"]
-        best_hp = {**base, **{k: v for k, v in best.params.items() if k != "width"}, "bottom": [w, w // 2], "top": [w, w // 2]}
+        best_hp = {**base, **{k: v for k, v in best.params.items() if k != "width"}, "bottom": [w, w // 2], "top": [w, w // 2],
+                   "validation_fraction": 0.0}  # the epoch count was tuned: train exactly that many
         print("train it: recpilot train --framework {} --data {} --lr {:.6g} --embedding-dim {} --batch-size {} "
-              "--weight-decay {:g} --epochs {}  (widths {})".format(
+              "--weight-decay {:g} --epochs {} --width {} --no-early-stopping --seed {}".format(
                   args.framework, args.data, best_hp["lr"], best_hp["embedding_dim"], best_hp["batch_size"],
-                  best_hp["weight_decay"], best_hp["epochs"], best_hp["bottom"]))
+                  best_hp["weight_decay"], best_hp["epochs"], w, args.seed))
         if args.register:
             prod = resolve_production(name, repo)
             report = train_and_register(ds, args.framework, name=name, hp=best_hp, seed=args.seed,
