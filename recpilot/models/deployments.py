@@ -412,6 +412,7 @@ class TopicReader:
         self._positions: dict[int, int] = {}   # partition -> next offset to read
         self._assigned = False
         self.on_message: Callable[[str, object], None] | None = None
+        self.on_before: Callable[[int, int], None] | None = None
 
     def close(self) -> None:
         self._consumer.close()
@@ -484,6 +485,8 @@ class TopicReader:
                 raise KafkaException(err)
             log.warning("control topic consumer error", extra={"error": str(err)})
             return 0
+        if self.on_before is not None:
+            self.on_before(m.partition(), m.offset())
         self._positions[m.partition()] = m.offset() + 1
         kind, obj = self.book.apply_bytes(m.value(), m.offset())
         if self.on_message is not None:
@@ -651,27 +654,39 @@ class DeploymentFollower:
             if ends is None:
                 return
             pending: list[tuple[pb.DeploymentState, pb.DeploymentCommand]] = []
+            initial: list[tuple[pb.DeploymentState, pb.DeploymentCommand]] | None = None
+
+            def snapshot() -> list[tuple[pb.DeploymentState, pb.DeploymentCommand]]:
+                snaps = [self.book.state(n) for n in sorted(self.book.states)]
+                return [(st, st.history[-1]) for st in snaps if st.history]
+
+            def on_before(partition: int, offset: int) -> None:
+                # the first message past the end offsets seen at start: the replayed state is complete
+                nonlocal initial
+                if initial is None and offset >= ends.get(partition, 0):
+                    initial = snapshot()
 
             def on_message(kind: str, obj: object) -> None:
                 # called under self._lock right after the book applied the message
                 if kind == "command" and isinstance(obj, Outcome) and obj.applied:
                     self.applied += 1
                     _m_applied.inc()
-                    if self._ready.is_set():
+                    if initial is not None:  # a live command (after the replayed history)
                         st = self.book.state(obj.command.model_name)
                         pending.append((st, st.history[-1]))
                 elif kind == "command":
                     _m_rejected.inc()
 
+            reader.on_before = on_before
             reader.on_message = on_message
             while not self._stop.is_set():
                 reader.poll_once(0.2)
                 with self._lock:
                     batch, pending[:] = list(pending), []
-                    caught_up_now = not self._ready.is_set() and reader.caught_up(ends, lows)
-                    if caught_up_now:
-                        snaps = [self.book.state(n) for n in sorted(self.book.states)]
-                        initial = [(st, st.history[-1]) for st in snaps if st.history]
+                    caught_up_now = not self._ready.is_set() and (initial is not None
+                                                                  or reader.caught_up(ends, lows))
+                    if caught_up_now and initial is None:
+                        initial = snapshot()
                 if caught_up_now:
                     for st, last in initial:
                         self._notify(st, last)
