@@ -42,7 +42,7 @@ def main() -> int:
         s.metrics_topic, s.metrics_interval_s, s.instance_id,
         lambda: (service.snapshot, service.lag, len(ingestor.dedup)),
     )
-    http = HealthServer(s.http_port, s.http_host, ready=service.ready)
+    http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=service.ready)
 
     life = Lifecycle()
     life.install_signal_handlers()

@@ -101,11 +101,17 @@ def run(args: argparse.Namespace) -> int:
 
             th = threading.Thread(target=gen, daemon=True)
             th.start()
+            rss_trace: list[tuple[float, float]] = []
+            next_rss = time.monotonic()
             while time.monotonic() < stop_at + 1.0:
                 ends = tools.end_offsets(p, raw)
                 com = tools.committed(p, group, raw, parts)
                 lag_samples.append(sum(ends.values()) - sum(com.values()))
+                if time.monotonic() >= next_rss:
+                    rss_trace.append((time.monotonic() - stop_at + args.duration, tools.peak_rss_mb(proc.pid, "VmRSS") or 0))
+                    next_rss += max(1.0, args.duration / 10)
                 time.sleep(0.5)
+            print("phase 2 RSS (MiB) over time: " + ", ".join(f"{t:.0f}s {m:.0f}" for t, m in rss_trace))
             th.join()
             rate2 = result["r"].rate
             total += result["r"].sent

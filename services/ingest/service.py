@@ -72,6 +72,7 @@ class IngestService:
                 "on_delivery": self._on_delivery, "linger.ms": 10, "queue.buffering.max.messages": 500_000}
         if s.transactional:
             conf["transactional.id"] = s.txn_id
+            conf["transaction.timeout.ms"] = s.transaction_timeout_ms
         self.producer = rkafka.producer(p, **conf)
         if s.transactional:
             self.producer.init_transactions(60)  # aborts a batch a crashed predecessor left open

@@ -13,7 +13,7 @@ from recpilot import topics
 class IngestSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECPILOT_INGEST_", extra="forbid", case_sensitive=False)
 
-    http_host: str = "127.0.0.1"
+    http_host: str | None = Field(default=None, description="default: RECPILOT_BIND_HOST")
     http_port: int = Field(default=9101, ge=0, le=65535)
 
     raw_topic: str = topics.EVENTS_RAW
@@ -33,6 +33,9 @@ class IngestSettings(BaseSettings):
     # flush (at-least-once).
     transactional: bool = True
     transactional_id: str | None = Field(default=None, description="default: <group_id>-<instance_id>")
+    transaction_timeout_ms: int = Field(
+        default=15_000, ge=1_000, description="an open transaction of a crashed replica that does not come back "
+        "under the same id is aborted by the broker after this long (read_committed readers wait for it)")
 
     # Validation
     max_payload_bytes: int = Field(default=65_536, ge=64)

@@ -136,10 +136,11 @@ def read_all(platform: PlatformSettings, topic: str, idle_s: float = 2.0, read_c
     return out
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float | None:
+    """Peak (VmHWM) or current (``field="VmRSS"``) resident memory of ``pid`` in MiB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         return None
