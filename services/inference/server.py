@@ -73,6 +73,13 @@ class _Recommender(recommend_pb2_grpc.RecommenderServicer):
         except ModelNotFound as exc:
             self._failed(method, "NOT_FOUND", t0)
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except asyncio.CancelledError:  # the client went away or the server is stopping
+            self._failed(method, "CANCELLED", t0)
+            raise
+        except Exception as exc:  # a bug: say so, count it, keep serving
+            log.exception("request failed", extra={"method": method, "request_id": req.request_id})
+            self._failed(method, "INTERNAL", t0)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         took = time.perf_counter() - t0
         m.LATENCY.labels(method).observe(took)
         if self.service.telemetry is not None:
@@ -160,7 +167,7 @@ class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
                 raise InvalidArgument(f"dense must be [N, {mv.dense_dim}], got {list(dense.shape)}")
             if ids.ndim != 2 or ids.shape[1] != mv.ids_dim or ids.shape[0] != dense.shape[0]:
                 raise InvalidArgument(f"ids must be [{dense.shape[0]}, {mv.ids_dim}], got {list(ids.shape)}")
-        except InvalidArgument as exc:
+        except (InvalidArgument, ValueError) as exc:  # ValueError: a raw buffer of the wrong size
             m.FAILURES.labels("ModelInfer", "INVALID_ARGUMENT").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
