@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     tools.create_topics(p, names, args.partitions)
     print(f"machine: {tools.machine()}")
     print(f"broker {p.kafka_bootstrap}; topics {raw} -> {clean} / {dlq} ({args.partitions} partitions); "
-          f"transactions {'off' if args.no_transactions else 'on'}; batch {args.batch_size}; format {args.format}")
+          f"transactions {'on' if args.transactions else 'off'}; batch {args.batch_size}; format {args.format}")
     parts = list(range(args.partitions))
     proc = None
     try:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"phase 1: wrote {res.sent:,} raw messages in {time.monotonic() - t0:.1f}s ({res.kinds})")
 
         log_path = p.home / "logs" / f"bench-ingest-{run_id}.log"
-        env = tools.ingest_env(raw, clean, dlq, met, group, transactional=str(not args.no_transactions).lower(),
+        env = tools.ingest_env(raw, clean, dlq, met, group, transactional=str(args.transactions).lower(),
                                batch_size=str(args.batch_size), metrics_interval_s="2")
         t_start = time.monotonic()
         proc = tools.spawn_ingest(env, log_path)

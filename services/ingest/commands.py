@@ -135,7 +135,8 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--malformed-share", type=float, default=0.01)
     p.add_argument("--duplicate-share", type=float, default=0.01)
     p.add_argument("--format", choices=("proto", "json"), default="proto")
-    p.add_argument("--no-transactions", action="store_true", help="at-least-once mode (commit after flush)")
+    p.add_argument("--transactions", action="store_true",
+                   help="exactly-once mode (Kafka transactions) instead of at-least-once (commit after flush)")
     p.add_argument("--batch-size", type=int, default=5000)
     p.add_argument("--keep-topics", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip counting the outputs afterwards")

@@ -5,12 +5,12 @@ to ``clean_topic`` or the original bytes to ``dlq_topic`` with headers ``error``
 ``error_detail``, ``source_topic``, ``source_partition``, ``source_offset`` (original headers
 kept), or drops a duplicate. The consumer offsets move only with the output:
 
-* ``transactional=True`` (default): each batch is one Kafka transaction holding the produced
-  messages and the consumer offsets (``send_offsets_to_transaction``): exactly-once raw -> clean
-  for ``read_committed`` readers. After a crash, ``init_transactions`` aborts the open batch and
-  the batch is consumed again.
-* ``transactional=False``: idempotent producer; after a batch the producer is flushed, delivery
-  errors are checked, and only then the offsets are committed (at-least-once).
+* ``transactional=False`` (default): idempotent producer; after a batch the producer is flushed,
+  delivery errors are checked, and only then the offsets are committed (at-least-once).
+* ``transactional=True``: each batch is one Kafka transaction holding the produced messages and
+  the consumer offsets (``send_offsets_to_transaction``): exactly-once raw -> clean for
+  ``read_committed`` readers. After a crash, ``init_transactions`` aborts the open batch and the
+  batch is consumed again (read_uncommitted readers see both the aborted records and the retry).
 
 Either way, at start the de-duplicator is warmed with the event ids published to the clean topic
 during the last TTL, so a replayed batch and duplicates that straddle a restart are still dropped.

@@ -28,10 +28,12 @@ class IngestSettings(BaseSettings):
         default=False, description="group.instance.id = instance_id: a restarted replica gets its partitions back "
         "at once instead of after the session timeout (instance ids must then be unique per replica)")
 
-    # Exactly-once raw -> clean with Kafka transactions (read_committed consumers of events.clean
-    # then never see a duplicate from an ingest crash). False: idempotent producer, commit after
-    # flush (at-least-once).
-    transactional: bool = True
+    # False (default): idempotent producer, offsets committed after the batch's delivery is confirmed
+    # (at-least-once; the de-duplicator, warmed from the clean topic at start, drops a replayed batch).
+    # True: each batch is a Kafka transaction with its offsets (exactly-once raw -> clean), but only
+    # for read_committed readers: a read_uncommitted reader of the clean topic (faust's default) sees
+    # the records of a batch aborted by a crash as well as their retry.
+    transactional: bool = False
     transactional_id: str | None = Field(default=None, description="default: <group_id>-<instance_id>")
     transaction_timeout_ms: int = Field(
         default=15_000, ge=1_000, description="an open transaction of a crashed replica that does not come back "

@@ -163,7 +163,7 @@ def test_json_from_a_plain_producer_and_readiness(platform_settings, topics, uni
     group = f"test-ingest-json-{unique}"
     log_path = tmp_path / "ingest.log"
     proc = tools.spawn_ingest(tools.ingest_env(topics["raw"], topics["clean"], topics["dlq"], topics["metrics"],
-                                               group, transactional="false"), log_path)
+                                               group, transactional="true"), log_path)
     try:
         address = tools.http_address(log_path, proc=proc)
         tools.wait_ready(address, proc=proc)

@@ -12,7 +12,7 @@ def test_defaults_and_env_overrides(monkeypatch):
     s = load(IngestSettings)
     assert (s.http_port, s.raw_topic, s.clean_topic, s.dlq_topic, s.metrics_topic) == (
         9101, "events.raw", "events.clean", "events.dlq", "metrics.ingest")
-    assert s.max_future_ms == 300_000 and s.transactional is True
+    assert s.max_future_ms == 300_000 and s.transactional is False
     monkeypatch.setenv("RECPILOT_INGEST_RAW_TOPIC", "t.raw")
     monkeypatch.setenv("RECPILOT_INGEST_GROUP_ID", "g1")
     monkeypatch.setenv("RECPILOT_INGEST_INSTANCE_ID", "r2")
