@@ -39,6 +39,7 @@ from typing import Any
 MODEL_JSON = "model.json"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
+STALE_STAGING_S = 24 * 3600.0
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 
@@ -392,6 +393,23 @@ class ModelRepository:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def clean_staging(self, older_than_s: float = STALE_STAGING_S) -> list[str]:
+        """Remove staging directories left by writers that died (kill -9) mid-write; they were never
+        visible as versions. Only those untouched for ``older_than_s`` (a live writer's is newer)."""
+        removed = []
+        staging_root = self.root / STAGING_DIR
+        if not staging_root.is_dir():
+            return removed
+        now = time.time()
+        for p in staging_root.iterdir():
+            try:
+                if now - p.stat().st_mtime > older_than_s:
+                    _rmtree(p) if p.is_dir() else p.unlink()
+                    removed.append(p.name)
+            except OSError:
+                continue
+        return removed
+
     def create_version(self, name: str, writer: Callable[[Path], dict]) -> str:
         """Write a new version of ``name`` and return its number.
 
@@ -406,6 +424,7 @@ class ModelRepository:
             raise ModelRepositoryError(f"invalid model name {name!r} (letters, digits, '_', '.', '-'; at most 64)")
         staging_root = self.root / STAGING_DIR
         staging_root.mkdir(parents=True, exist_ok=True)
+        self.clean_staging()
         staging = staging_root / f"{name}-{uuid.uuid4().hex}"
         staging.mkdir()
         model_dir = self.root / name

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,18 @@ def test_validate_meta_accepts_the_contract_and_undefined_metrics():
     torch_as_tf = make_meta("torch", name="m", version="1")
     torch_as_tf["artifact"] = "saved_model"
     assert validate_meta(torch_as_tf) == ["artifact: a torch model is stored as 'model.pt', got 'saved_model'"]
+
+
+def test_staging_left_by_a_dead_writer_is_invisible_and_cleaned(tmp_path):
+    repo = ModelRepository(tmp_path)
+    repo.create_version("m", tiny_writer())
+    # a writer killed mid-write leaves its staging directory behind
+    dead = tmp_path / ".staging" / "m-deadbeef"
+    dead.mkdir(parents=True)
+    (dead / "model.pt").write_bytes(b"half")
+    assert repo.models() == ["m"] and repo.versions("m") == ["1"]
+    assert repo.clean_staging() == []  # recent: could be a live writer
+    old = time.time() - 2 * 24 * 3600
+    os.utime(dead, (old, old))
+    assert repo.create_version("m", tiny_writer()) == "2"  # cleans stale staging on the way
+    assert not dead.exists()
