@@ -13,7 +13,6 @@ what was sent (valid distinct -> clean, malformed -> DLQ).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 import uuid
@@ -152,4 +151,3 @@ def run(args: argparse.Namespace) -> int:
                 proc.kill()
         if not args.keep_topics:
             tools.delete_topics(p, names)
-        _ = os.environ  # keep import for env-based settings

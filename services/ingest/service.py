@@ -34,7 +34,6 @@ from recpilot.settings import PlatformSettings
 from services.ingest import metrics as M
 from services.ingest.pipeline import Ingestor, Stats
 from services.ingest.settings import IngestSettings
-from services.ingest.validate import Rejection
 
 log = logging.getLogger(__name__)
 UserEvent = events_pb2.UserEvent
@@ -77,14 +76,13 @@ class IngestService:
         if s.transactional:
             self.producer.init_transactions(60)  # aborts a batch a crashed predecessor left open
         self._warm_dedup()
-        extra = {"group.instance.id": s.instance_id} if s.static_membership else {}
-        self.consumer = rkafka.consumer(
-            p, s.group_id, **extra, **{"client.id": f"ingest-{s.instance_id}",
-                                       "session.timeout.ms": s.session_timeout_ms,
-                              "statistics.interval.ms": int(max(1.0, min(s.metrics_interval_s, 5.0)) * 1000),
-                              "stats_cb": self._on_stats, "fetch.max.bytes": 64 * 1024 * 1024,
-                              "queued.max.messages.kbytes": 256 * 1024},
-        )
+        conf = {"client.id": f"ingest-{s.instance_id}", "session.timeout.ms": s.session_timeout_ms,
+                "statistics.interval.ms": int(max(1.0, min(s.metrics_interval_s, 5.0)) * 1000),
+                "stats_cb": self._on_stats,
+                "queued.max.messages.kbytes": 32 * 1024}  # prefetch bound: keeps RSS flat under a backlog
+        if s.static_membership:
+            conf["group.instance.id"] = s.instance_id
+        self.consumer = rkafka.consumer(p, s.group_id, **conf)
         self.consumer.subscribe([s.raw_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         self._thread = threading.Thread(target=self._run_guarded, name="ingest-loop", daemon=True)
