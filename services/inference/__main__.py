@@ -33,7 +33,7 @@ def main() -> int:
     from services.inference.backends import configure_threads
     from services.inference.impressions import ImpressionLogger
     from services.inference.routing import DeploymentSync, ModelManager
-    from services.inference.search import BM25Index, load_catalogue
+    from services.inference.search import BM25Index, CatalogueRefresher, load_catalogue
     from services.inference.server import InferenceServer
     from services.inference.service import RankingService
     from services.inference.telemetry import Telemetry
@@ -70,6 +70,10 @@ def main() -> int:
     life.add("impressions", impressions.stop)
     telemetry.start()
     life.add("metric-events", telemetry.stop)
+    if s.catalogue_path is None and s.catalogue_items == 0:
+        refresher = CatalogueRefresher(service, platform.redis_url, s.feature_key_prefix, s.catalogue_refresh_s)
+        refresher.start()
+        life.add("catalogue", refresher.stop)
     server.start()
     life.add("grpc", server.stop)
     log.info("inference started", extra={"replica": replica, "grpc_port": server.port, "http_port": http.port,

@@ -98,3 +98,65 @@ def load_catalogue(path: Path | None, seed: int, n_items: int) -> list[dict]:
                         "category": d.get("category", ""), "price": d.get("price", 0.0)})
         return out
     return []
+
+
+def catalogue_from_redis(redis_url: str, key_prefix: str, batch: int = 1000) -> list[dict]:
+    """The items the feature store knows (title, category, price from their item hashes), for a
+    catalogue-less deployment: Search then covers every item seen in events."""
+    import redis
+
+    from services.features.keys import ITEM, item_key
+
+    r = redis.Redis.from_url(redis_url)
+    head = f"{key_prefix}{ITEM}"
+    try:
+        ids = [k.decode()[len(head):] for k in r.scan_iter(match=f"{head}*", count=batch)]
+        out = []
+        for i in range(0, len(ids), batch):
+            chunk = ids[i:i + batch]
+            with r.pipeline(transaction=False) as pipe:
+                for iid in chunk:
+                    pipe.hmget(item_key(key_prefix, iid), "title", "category", "price")
+                rows = pipe.execute()
+            for iid, (title, cat, price) in zip(chunk, rows):
+                out.append({"item_id": iid, "title": (title or b"").decode(), "category": (cat or b"").decode(),
+                            "price": float(price or 0)})
+        return out
+    finally:
+        r.close()
+
+
+class CatalogueRefresher:
+    """Rebuilds the BM25 index from the feature store every ``period_s`` and swaps it in."""
+
+    def __init__(self, service, redis_url: str, key_prefix: str, period_s: float) -> None:
+        import threading
+
+        self.service, self.redis_url, self.prefix, self.period_s = service, redis_url, key_prefix, period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="catalogue", daemon=True)
+
+    def refresh(self) -> int:
+        idx = BM25Index.build(catalogue_from_redis(self.redis_url, self.prefix))
+        self.service.index = idx  # atomic swap; a running search keeps the index it started with
+        return len(idx)
+
+    def _run(self) -> None:
+        import logging
+
+        log = logging.getLogger(__name__)
+        while True:
+            try:
+                n = self.refresh()
+                log.info("search index rebuilt from the feature store", extra={"items": n})
+            except Exception as exc:
+                log.warning("search index refresh failed", extra={"error": repr(exc)})
+            if self._stop.wait(self.period_s):
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

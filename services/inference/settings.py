@@ -63,7 +63,9 @@ class InferenceSettings(RecpilotSettings):
     # -- search ----------------------------------------------------------------------------
     catalogue_path: Path | None = Field(default=None, description="JSONL/CSV of item_id,title,category[,price]")
     catalogue_seed: int = 7
-    catalogue_items: int = Field(default=0, ge=0, description="simulator catalogue size when no path (0: none)")
+    catalogue_items: int = Field(default=0, ge=0, description="simulator catalogue size when no path "
+                                 "(0: index the items in the feature store, refreshed every catalogue_refresh_s)")
+    catalogue_refresh_s: float = Field(default=60.0, gt=0.0)
     search_candidates: int = Field(default=200, ge=1)
 
     # -- degradation -----------------------------------------------------------------------

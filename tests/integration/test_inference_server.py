@@ -379,3 +379,16 @@ def test_mtls_and_bearer_token(world, certs):
             assert ei.value.code() == grpc.StatusCode.UNAVAILABLE  # handshake refused without a client cert
     finally:
         r.close()
+
+
+def test_search_index_from_the_feature_store(world):
+    from services.inference.search import BM25Index, catalogue_from_redis
+
+    cat = catalogue_from_redis(world["platform"].redis_url, world["prefix"])
+    seen = {it["item_id"]: it for it in cat}
+    items = {it["item_id"]: it for it in world["items"]}
+    assert seen and set(seen) <= set(items)
+    for iid, it in seen.items():
+        assert it["title"] == items[iid]["title"] and it["category"] == items[iid]["category"]
+    hits = [i for i, _ in BM25Index.build(cat).search("scarf", 50)]
+    assert hits and all("scarf" in items[i]["title"] for i in hits)
