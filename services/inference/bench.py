@@ -38,7 +38,12 @@ def machine() -> str:
     except OSError:
         pass
     gpu = ""
-    return f"{os.cpu_count()} cores, {model}{gpu}, Python {pyplatform.python_version()}"
+    try:
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        load_s = f", load average {' '.join(load)}"
+    except OSError:
+        load_s = ""
+    return f"{os.cpu_count()} cores, {model}{gpu}, Python {pyplatform.python_version()}{load_s}"
 
 
 def _free_port() -> int:
@@ -372,5 +377,6 @@ def run(args) -> int:
         _clean_features(platform, prefix)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    print(f"machine at the end: {machine()}")
     print(f"server logs: {work}")
     return 0
