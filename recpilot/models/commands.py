@@ -232,7 +232,7 @@ def _print_submitted(args: argparse.Namespace, sub) -> None:
 
 
 def _run_action(args: argparse.Namespace, action: str) -> int:
-    from recpilot.models.deployments import DeploymentError, PromotionRefused
+    from recpilot.models.deployments import DeploymentError, PromotionRefused, PublishError
 
     try:
         with _controller(args) as ctl:
@@ -251,10 +251,10 @@ def _run_action(args: argparse.Namespace, action: str) -> int:
                 kw["percent"] = args.percent
             sub = ctl.submit(action, model, version, reason=args.reason or "", force=getattr(args, "force", False),
                              wait_acks_s=args.wait, replicas=args.replicas, **kw)
-    except PromotionRefused as exc:
+    except (PromotionRefused, PublishError) as exc:
         return _err(str(exc))
     except DeploymentError as exc:
-        return _err(f"{exc} (nothing published)" if "published" not in str(exc) else str(exc))
+        return _err(f"{exc} (nothing published)")
     _print_submitted(args, sub)
     if not sub.outcome.applied:
         return _err(f"the command was rejected when applied (the state changed meanwhile): {sub.outcome.reason}")

@@ -87,6 +87,11 @@ class DeploymentError(Exception):
     published / confirmed. The message says why."""
 
 
+class PublishError(DeploymentError):
+    """Publishing (or reading back) a validated command failed; whether it reached the log is
+    unknown, so the message says to check the status."""
+
+
 class PromotionRefused(DeploymentError):
     """The candidate's offline metrics are worse than production's beyond the tolerance."""
 
@@ -609,9 +614,13 @@ class DeploymentFollower:
         ack = pb.DeploymentAck(command_id=command.command_id, model_name=command.model_name, version=command.version,
                                status=status, replica=self.replica_id, message=message, revision=revision,
                                timestamp_ms=now_ms())
+        errors: list = []
         self._producer.produce(self.topic, key=command.model_name.encode(),
-                               value=pb.ControlMessage(ack=ack).SerializeToString())
+                               value=pb.ControlMessage(ack=ack).SerializeToString(),
+                               on_delivery=lambda err, _msg: errors.append(err) if err is not None else None)
         flush_or_raise(self._producer, 10.0)
+        if errors:
+            raise DeploymentError(f"ack for {command.command_id} not delivered: {errors[0]}")
         _m_acks.labels(ACK_NAMES.get(status, "UNSPECIFIED")).inc()
         return ack
 
@@ -861,18 +870,25 @@ class DeploymentController:
                 self._topic_ensured = True
             if self._producer is None:
                 self._producer = producer(self.settings, **{"client.id": "recpilot-controller", "logger": kafka_log})
+            errors: list = []
             self._producer.produce(self.topic, key=cmd.model_name.encode(),
-                                   value=pb.ControlMessage(command=cmd).SerializeToString())
+                                   value=pb.ControlMessage(command=cmd).SerializeToString(),
+                                   on_delivery=lambda err, _msg: errors.append(err) if err is not None else None)
             flush_or_raise(self._producer, self.deploy.publish_timeout_s)
-        except DeploymentError:
-            raise
+            if errors:
+                raise RuntimeError(f"delivery failed: {errors[0]}")
         except Exception as exc:
-            raise DeploymentError(f"could not publish to {self.topic} at {self.settings.kafka_bootstrap}: {exc}") \
+            raise PublishError(f"could not publish command {cmd.command_id} to {self.topic} at "
+                               f"{self.settings.kafka_bootstrap}: {exc}; it may or may not be in the log: check "
+                               "`recpilot models status`") from None
+        try:
+            book = self.refresh()
+        except DeploymentError as exc:
+            raise PublishError(f"command {cmd.command_id} was published but its outcome could not be read: {exc}") \
                 from None
-        book = self.refresh()
         outcome = book.outcomes.get(cmd.command_id)
         if outcome is None:
-            raise DeploymentError(f"command {cmd.command_id} was published but not read back from {self.topic}")
+            raise PublishError(f"command {cmd.command_id} was published but not read back from {self.topic}")
         state = book.state(cmd.model_name)
         recorded = cmd
         for h in reversed(state.history):

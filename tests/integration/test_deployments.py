@@ -347,3 +347,24 @@ def test_controller_without_repository_access(stack, platform_settings, repo, to
             mon.submit("rollback", "ranker")
         assert [h.actor for h in sub.state.history] == ["alice@laptop"] * 3 + ["monitor"] * 2
     assert not (tmp_path / "not-mounted").exists()
+
+
+def test_unreachable_broker_is_a_clear_error(capsys, repo, monkeypatch, unique):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("RECPILOT_KAFKA_PORT", str(port))
+    monkeypatch.setenv("RECPILOT_DEPLOY_REPLAY_TIMEOUT_S", "2")
+    t = f"test.deployments.{unique}"
+    rc, out, err = run_cli(capsys, repo, t, "deploy", "--version", "1")
+    assert rc == 1
+    assert f"cannot read {t} from Kafka at 127.0.0.1:{port}" in err and "(nothing published)" in err
+    assert "Traceback" not in err
+    # list still shows the repository, with the reason the roles are missing
+    rc, out, err = run_cli(capsys, repo, t, "list", "--json", "--timeout", "2")
+    assert rc == 0
+    listed = json.loads(out)
+    assert [v["version"] for v in listed["models"][0]["versions"]] == ["1", "2", "3", "4"]
+    assert f"127.0.0.1:{port}" in listed["deployment_state_error"]
