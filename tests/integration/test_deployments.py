@@ -368,3 +368,39 @@ def test_unreachable_broker_is_a_clear_error(capsys, repo, monkeypatch, unique):
     listed = json.loads(out)
     assert [v["version"] for v in listed["models"][0]["versions"]] == ["1", "2", "3", "4"]
     assert f"127.0.0.1:{port}" in listed["deployment_state_error"]
+
+
+def test_race_loser_is_recorded_as_rejected(stack, platform_settings, capsys, repo, topic):
+    """Two operators validated against the same state; the log order decides, for every replayer."""
+    from recpilot.kafka import flush_or_raise, producer
+    from recpilot.models.deployments import new_command
+
+    deploy = DeploymentSettings(topic=topic)
+    with DeploymentController(platform_settings, repo, deploy, actor="alice@a") as alice, \
+            DeploymentController(platform_settings, repo, deploy, actor="bob@b") as bob:
+        alice.submit("deploy", "ranker", "1")
+        alice.submit("promote", "ranker", "2")
+        a_cmd, _ = alice.plan("rollback", "ranker", reason="alice: bad ctr")
+        b_cmd, _ = bob.plan("rollback", "ranker", reason="bob: bad latency")  # same state, same target
+        assert a_cmd.version == b_cmd.version == "1"
+        a = alice.publish(a_cmd)
+        b = bob.publish(b_cmd)
+    assert a.outcome.applied and a.state.production_version == "1"
+    assert not b.outcome.applied
+    assert "no previous production version" in b.outcome.reason
+    assert b.state.production_version == "1" and b.state.revision == 3
+    st = status_json(capsys, repo, topic)["models"][0]
+    assert [(h["actor"], h["applied"]) for h in st["history"]] == [
+        ("alice@a", True), ("alice@a", True), ("alice@a", True), ("bob@b", False)]
+    assert st["history"][-1]["revision"] is None and "no previous" in st["history"][-1]["rejected"]
+    rc, out, _ = run_cli(capsys, repo, topic, "status")
+    assert rc == 0
+    assert "by bob@b -- bob: bad latency  REJECTED: model ranker has no previous production version" in out
+    # a raw producer bypassing the CLI cannot corrupt the state either
+    prod = producer(platform_settings)
+    bad = new_command("canary", "ranker", "1", percent=10, actor="script")  # 1 is production now
+    prod.produce(topic, key=b"ranker", value=pb.ControlMessage(command=bad).SerializeToString())
+    flush_or_raise(prod, 20)
+    book = replay(platform_settings, topic)
+    assert not book.outcomes[bad.command_id].applied
+    assert book.state("ranker").canary_version == "" and book.state("ranker").revision == 3
