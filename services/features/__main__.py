@@ -31,7 +31,8 @@ def main() -> int:
     life.add("http", health.stop)
     life.add("metric-events", pipeline.close)
     log.info("features starting", extra={"topic": settings.input_topic, "group": settings.app_id,
-                                         "key_prefix": settings.key_prefix, "http_port": health.port})
+                                         "key_prefix": settings.key_prefix, "http_port": health.port,
+                                         "event_loop": pipeline.loop_name})
     try:
         rc = pipeline.run()
     finally:

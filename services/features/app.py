@@ -37,8 +37,23 @@ def freshness_seconds(events: list[events_pb2.UserEvent], now_ms: int) -> list[f
     return [max(0.0, (now_ms - ev.timestamp_ms) / 1000.0) for ev in events if ev.timestamp_ms > 0]
 
 
+def use_event_loop(choice: str) -> str:
+    """Install uvloop's event loop policy (before faust creates its loop) when asked or available."""
+    if choice == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
 class FeaturePipeline:
     def __init__(self, settings: FeaturesSettings, platform: PlatformSettings) -> None:
+        self.loop_name = use_event_loop(settings.event_loop)
         import faust
         import redis
         import redis.asyncio as aioredis
@@ -101,26 +116,24 @@ class FeaturePipeline:
         """
         s = self.settings
         queue = stream.channel.queue
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
-            deadline = loop.time() + s.batch_within_s
-            while len(batch) < s.batch_max:
-                try:
-                    batch.append(queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except (asyncio.TimeoutError, TimeoutError):
-                    break
+            self._drain(queue, batch)
+            if len(batch) < s.batch_max:
+                # one short sleep lets a batch build up (instead of a wait per trickling event)
+                await asyncio.sleep(s.batch_within_s)
+                self._drain(queue, batch)
             await self.handle(batch)
             for event in batch:  # safe to commit only now: the batch is in Redis
                 event.ack()
+
+    def _drain(self, queue, batch: list) -> None:
+        limit = self.settings.batch_max
+        while len(batch) < limit:
+            try:
+                batch.append(queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
 
     async def handle(self, events) -> None:
         by_source: dict[str, list[tuple[int, events_pb2.UserEvent]]] = {}

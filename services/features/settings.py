@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,5 +29,7 @@ class FeaturesSettings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=1, description="Kafka group session timeout: how soon a dead "
                                      "worker's partitions move to another (faust's default is 60 s)")
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto", description="auto = uvloop when installed (less CPU per event), else asyncio")
     metrics_interval_s: float = Field(default=10.0, gt=0, description="how often MetricEvents are published")
     datadir: str | None = Field(default=None, description="faust data dir (default: <RECPILOT_HOME>/features/<app_id>)")

@@ -7,6 +7,7 @@ the same Lua script that applies the rest, so a replay after a crash never doubl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 from recpilot import featurespec as fs
@@ -18,7 +19,7 @@ CHUNK = 500
 
 
 def encode_event(offset: int, ev: events_pb2.UserEvent) -> list[str]:
-    """One event as APPLY's ARGV fields (see scripts.APPLY_FIELDS)."""
+    """One event as APPLY's fields (see scripts.APPLY_FIELDS); all strings, so ids and times stay exact."""
     price = float(ev.price)
     return [
         str(int(offset)),
@@ -37,8 +38,7 @@ def apply_args(prefix: str, source: str, events: Iterable[tuple[int, events_pb2.
                session_items: int = 10, covisit_max: int = 50) -> list[str]:
     args = [prefix, source, str(fs.RECENT_LEN), str(fs.AFFINITY_HALF_LIFE_MS), str(session_items), str(covisit_max)]
     assert len(args) == scripts.APPLY_HEADER
-    for off, ev in events:
-        args.extend(encode_event(off, ev))
+    args.append(json.dumps([encode_event(off, ev) for off, ev in events], ensure_ascii=False, separators=(",", ":")))
     return args
 
 

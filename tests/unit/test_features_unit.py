@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from recpilot import featurespec as fs
@@ -45,10 +47,17 @@ def test_apply_args_header_and_layout():
     args = apply_args("pfx:", "events.clean:3", [(7, _ev()), (8, _ev(item_id="i10"))], session_items=4, covisit_max=9)
     assert args[:scripts.APPLY_HEADER] == ["pfx:", "events.clean:3", str(fs.RECENT_LEN),
                                           str(fs.AFFINITY_HALF_LIFE_MS), "4", "9"]
-    body = args[scripts.APPLY_HEADER:]
-    assert len(body) == 2 * len(scripts.APPLY_FIELDS)
-    assert body[0] == "7" and body[len(scripts.APPLY_FIELDS)] == "8"
-    assert body[len(scripts.APPLY_FIELDS) + 3] == "i10"
+    assert len(args) == scripts.APPLY_HEADER + 1
+    body = json.loads(args[scripts.APPLY_HEADER])
+    assert len(body) == 2 and all(len(e) == len(scripts.APPLY_FIELDS) for e in body)
+    assert body[0][0] == "7" and body[1][0] == "8" and body[1][3] == "i10"
+    assert all(isinstance(v, str) for e in body for v in e)
+
+
+def test_apply_args_keep_unicode_and_separators_intact():
+    ev = _ev(user_id='u"ß,|\u1f600', item_id="ä]\n")
+    body = json.loads(apply_args("p:", "t:0", [(1, ev)])[scripts.APPLY_HEADER])
+    assert body[0][2] == ev.user_id and body[0][3] == ev.item_id
 
 
 def test_chunks_cover_everything_in_order():
