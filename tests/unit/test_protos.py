@@ -8,14 +8,24 @@ from recpilot import codegen
 from recpilot.pb import deployments_pb2, events_pb2, recommend_pb2
 
 
+def _generate() -> dict[str, str]:
+    # protoc runs in its own interpreter: in-process, after torch/TensorFlow were loaded by other
+    # tests, grpc_tools' protoc can crash the test process.
+    code = "import json; from recpilot import codegen; print(json.dumps(codegen.generate()))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout)
+
+
 def test_generated_modules_are_up_to_date():
-    files = codegen.generate()
-    assert codegen.check(files) == [], "run `python -m recpilot.codegen` and commit recpilot/pb"
+    res = subprocess.run([sys.executable, "-m", "recpilot.codegen", "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, "run `python -m recpilot.codegen` and commit recpilot/pb:\n" + res.stderr
+    files = _generate()
+    assert codegen.check(files) == []
     assert {"events_pb2.pyi", "recommend_pb2_grpc.py", "open_inference_grpc_pb2_grpc.py"} <= set(files)
 
 
 def test_check_detects_a_stale_file(tmp_path, monkeypatch):
-    files = codegen.generate()
+    files = _generate()
     fake = tmp_path / "pb"
     fake.mkdir()
     for name, text in files.items():
