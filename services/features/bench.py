@@ -144,6 +144,7 @@ def main(args) -> int:
                 t = time.monotonic()
                 if a > 0 and first is None:
                     first, t_first = a, t
+                    cpu_first = proc.cpu_seconds()
                 if a != last_applied:
                     last_applied, t_last = a, t
                 if a >= args.events:
@@ -153,7 +154,9 @@ def main(args) -> int:
                 time.sleep(0.05)
             done = last_applied - (first or 0)
             secs = (t_last - t_first) if t_first and t_last else 0.0
+            cpu = proc.cpu_seconds() - cpu_first if first is not None else 0.0
             out["throughput"] = {"events": args.events, "applied": last_applied,
+                                 "worker_cpu_us_per_event": round(1e6 * cpu / done, 1) if done else None,
                                  "events_per_s": round(done / secs, 1) if secs > 0 else None,
                                  "seconds": round(secs, 2), "startup_to_ready_s": round(t_first - t_start, 2) if t_first else None}
             print(f"throughput: {out['throughput']}", flush=True)
@@ -163,10 +166,14 @@ def main(args) -> int:
             b0, c0, n0 = parse_histogram(before, "recpilot_features_freshness_seconds")
             print(f"freshness: {args.rate:g} events/s for {args.duration:g} s ...", flush=True)
             lags = []
+            rss = []
             sent = 0
+            cpu0 = proc.cpu_seconds()
             gen = syn.events(10**12, int(time.time() * 1000), 0.0)
             t0 = time.monotonic()
             next_lag = t0
+            progress_every = 30.0 if args.duration >= 120 else 0.0
+            next_progress = progress_every
             while True:
                 now = time.monotonic()
                 el = now - t0
@@ -183,9 +190,14 @@ def main(args) -> int:
                 if now >= next_lag:
                     prod.flush(5)
                     lags.append(max(0, lag.end() - lag.applied()))
+                    rss.append((round(el), proc.rss_mb()))
                     next_lag = now + 0.5
+                    if progress_every and el >= next_progress:
+                        print(f"  {el:5.0f}s sent={sent} lag={lags[-1]} worker_rss={rss[-1][1]:.0f}MB", flush=True)
+                        next_progress += progress_every
                 time.sleep(0.002)
             prod.flush(30)
+            cpu = proc.cpu_seconds() - cpu0
             target = lag.end()
             t_end = time.monotonic() + 60
             while lag.applied() < target and time.monotonic() < t_end:
@@ -204,6 +216,10 @@ def main(args) -> int:
                 "share_within_250ms": round(within / total, 5) if total else None,
                 "lag_mean": round(sum(lags) / len(lags), 1) if lags else None,
                 "lag_max": max(lags) if lags else None,
+                "worker_cpu_us_per_event": round(1e6 * cpu / sent, 1) if sent else None,
+                "worker_rss_mb_first_minute_max": round(max((v for t, v in rss if t <= 60), default=0), 1),
+                "worker_rss_mb_last_minute_max": round(max((v for t, v in rss if t >= rss[-1][0] - 60), default=0), 1)
+                if rss else None,
             }
             print(f"freshness: {out['freshness']}", flush=True)
         out["worker_peak_rss_mb"] = round(proc.peak_rss_mb(), 1)

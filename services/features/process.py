@@ -92,12 +92,27 @@ class WorkerProcess:
                 self.proc.wait(10)
         return self.proc.returncode
 
+    def cpu_seconds(self) -> float:
+        """user + system CPU time of the worker so far."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, AttributeError, IndexError):
+            return 0.0
+
+    def rss_mb(self) -> float:
+        return self._status_kb("VmRSS:") / 1024
+
     def peak_rss_mb(self) -> float:
+        return self._status_kb("VmHWM:") / 1024
+
+    def _status_kb(self, key: str) -> int:
         try:
             with open(f"/proc/{self.proc.pid}/status") as f:
                 for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
+                    if line.startswith(key):
+                        return int(line.split()[1])
         except (OSError, AttributeError):
             pass
-        return 0.0
+        return 0
