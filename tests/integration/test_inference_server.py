@@ -392,3 +392,29 @@ def test_search_index_from_the_feature_store(world):
         assert it["title"] == items[iid]["title"] and it["category"] == items[iid]["category"]
     hits = [i for i, _ in BM25Index.build(cat).search("scarf", 50)]
     assert hits and all("scarf" in items[i]["title"] for i in hits)
+
+
+def test_shadow_is_scored_and_logged_but_never_served(srv, world):
+    from prometheus_client import REGISTRY
+
+    v1, v2 = world["versions"]
+
+    def shadow_count():
+        return REGISTRY.get_sample_value("recpilot_inference_shadow_scored_total",
+                                         {"model": "ranker", "version": v2}) or 0.0
+
+    before = shadow_count()
+    srv.models.reconcile("ranker", Desired(production=v1, shadow=v2))
+    try:
+        cands = [it["item_id"] for it in world["items"][:12]]
+        for _ in range(3):
+            resp = srv.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user5", k=4, candidate_ids=cands))
+            assert resp.model_version == v1 and resp.variant == "production"
+        exp = np.sort(_expected_scores(world, "user5", cands, seed=1))[::-1][:4]
+        np.testing.assert_allclose([it.score for it in resp.items], exp, rtol=1e-4, atol=1e-6)
+        t0 = time.monotonic()
+        while shadow_count() < before + 3 and time.monotonic() - t0 < 5:
+            time.sleep(0.05)
+        assert shadow_count() == before + 3
+    finally:
+        srv.models.reconcile("ranker", Desired(production=v1))
