@@ -43,7 +43,8 @@ class DLRM(nn.Module):
         self.register_buffer("mean", torch.as_tensor(np.asarray(dense_mean, dtype=np.float32)))
         self.register_buffer("inv_std", torch.as_tensor(1.0 / np.maximum(np.asarray(dense_std, dtype=np.float32), 1e-6)))
         self.register_buffer("buckets", torch.as_tensor(np.asarray(buckets, dtype=np.int64)))
-        self.embeddings = nn.ModuleList(nn.Embedding(b, emb_dim) for b in buckets)
+        # sparse gradients: an optimizer step touches only the rows of the batch, not whole tables
+        self.embeddings = nn.ModuleList(nn.Embedding(b, emb_dim, sparse=True) for b in buckets)
         for e in self.embeddings:
             nn.init.uniform_(e.weight, -0.05, 0.05)
         self.bottom = _mlp([dense_dim, *bottom, emb_dim], last_act=True)
@@ -80,7 +81,12 @@ class TorchRanker:
         torch.manual_seed(seed)
         self.model = DLRM(dense_dim, list(buckets), int(hp["embedding_dim"]), list(hp["bottom"]), list(hp["top"]),
                           dense_mean, dense_std, base_rate)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0)))
+        emb = [p for n, p in self.model.named_parameters() if n.startswith("embeddings.")]
+        rest = [p for n, p in self.model.named_parameters() if not n.startswith("embeddings.")]
+        # SparseAdam (lazy Adam) for the embedding tables, Adam for the MLPs; weight decay applies to
+        # the MLPs only (SparseAdam has none)
+        self.opts = [torch.optim.SparseAdam(emb, lr=float(hp["lr"])),
+                     torch.optim.Adam(rest, lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0)))]
         self.loss = nn.BCEWithLogitsLoss()
 
     def num_params(self) -> int:
@@ -88,11 +94,13 @@ class TorchRanker:
 
     def train_batch(self, dense: np.ndarray, ids: np.ndarray, labels: np.ndarray) -> float:
         self.model.train()
-        self.opt.zero_grad(set_to_none=True)
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
         logit = self.model.logits(torch.from_numpy(dense), torch.from_numpy(ids))
         loss = self.loss(logit, torch.from_numpy(labels))
         loss.backward()
-        self.opt.step()
+        for opt in self.opts:
+            opt.step()
         return float(loss.detach())
 
     def predict(self, dense: np.ndarray, ids: np.ndarray, batch_size: int = 16384) -> np.ndarray:

@@ -60,6 +60,7 @@ def register_bench(benches) -> None:
     b.add_argument("--frameworks", default="torch,tensorflow")
     b.add_argument("--epochs", type=int, default=None, help="default: the training default (3)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-early-stopping", action="store_true", help="run all epochs")
     b.set_defaults(func=cmd_bench_train)
 
 
@@ -247,6 +248,8 @@ def cmd_bench_train(args) -> int:
     hp = dict(DEFAULT_HP)
     if args.epochs:
         hp["epochs"] = args.epochs
+    if args.no_early_stopping:
+        hp["validation_fraction"] = 0.0
     print(f"hyperparameters: {hp}")
     results = []
     with tempfile.TemporaryDirectory(prefix="recpilot-bench-train-") as tmp:
