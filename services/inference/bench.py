@@ -279,7 +279,9 @@ def run(args) -> int:
     base_env = {"RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": prefix,
                 "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "false",
                 "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.bench-{uid}",
-                "RECPILOT_INFERENCE_DEVICE": args.device, "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1"}
+                "RECPILOT_INFERENCE_DEVICE": args.device, "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1",
+                "RECPILOT_INFERENCE_ITEM_CACHE_MS": str(args.item_cache_ms),
+                "RECPILOT_INFERENCE_REDIS_TIMEOUT_MS": str(args.redis_timeout_ms)}
     results: dict = {"machine": machine()}
     try:
         def phase(batching: bool, levels: list[int]) -> list[dict]:

@@ -93,6 +93,8 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--swap-interval", type=float, default=1.5)
     p.add_argument("--swap-concurrency", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--item-cache-ms", type=float, default=1000.0, help="server's item feature cache TTL")
+    p.add_argument("--redis-timeout-ms", type=float, default=200.0, help="server's feature fetch timeout")
     p.add_argument("--skip-unbatched", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
     p.set_defaults(func=cmd_bench)
