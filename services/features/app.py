@@ -27,7 +27,7 @@ from services.features.writer import FeatureWriter
 
 log = logging.getLogger(__name__)
 
-# Redis errors worth waiting out (restart, failover, loading); anything else stops the worker.
+# Backoff between retries of a batch while Redis is unreachable (restart, failover, loading).
 _RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -174,21 +174,32 @@ class FeaturePipeline:
         m.BATCHES.inc()
 
     async def _write(self, by_source) -> dict[str, int]:
+        """Write one batch; wait out Redis outages for as long as they last.
+
+        Giving up on a batch would be data loss (later batches would store higher offsets), so a
+        connection error is retried forever with a capped backoff; /readyz reports Redis down
+        meanwhile and SIGTERM still stops the worker (the unacked batch is replayed on restart).
+        Any other error is a bug or a broken script: the worker stops with exit status 1.
+        """
         from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
         if not by_source:
             return {}
-        for attempt, delay in enumerate((*_RETRY_DELAYS, None)):
+        attempt = 0
+        while True:
             t0 = time.perf_counter()
             try:
                 applied = await self.writer.apply(by_source)
                 m.WRITE_SECONDS.observe(time.perf_counter() - t0)
+                if attempt:
+                    log.info("redis write succeeded after retries", extra={"attempts": attempt + 1})
                 return applied
             except (ConnectionError, TimeoutError, BusyLoadingError) as exc:
                 m.WRITE_ERRORS.inc()
-                if delay is None:
-                    raise
-                log.warning("redis write failed, retrying", extra={"error": repr(exc), "attempt": attempt + 1})
+                delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
+                attempt += 1
+                log.warning("redis write failed, retrying", extra={"error": repr(exc), "attempt": attempt,
+                                                                   "retry_in_s": delay})
                 await asyncio.sleep(delay)
             except Exception as exc:
                 m.WRITE_ERRORS.inc()
@@ -196,7 +207,6 @@ class FeaturePipeline:
                 log.exception("redis write failed; stopping the worker")
                 await self.app.crash(exc)
                 raise
-        return {}
 
     async def _tick(self) -> None:
         self.last_tick = time.monotonic()
@@ -289,6 +299,7 @@ class FeaturePipeline:
 
         worker = Worker(self.app, loglevel=self.platform.log_level, override_logging=False,
                         redirect_stdouts=False, quiet=True)
+        worker.spinner = None  # a terminal spinner would write escape codes into the JSON log
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:

@@ -1,0 +1,128 @@
+"""Redis dies (kill -9) and comes back while the features worker streams: the worker waits the outage
+out (readiness says so), loses nothing and double-counts nothing. Uses a private redis-server
+(AOF, fsync always) so the shared test Redis is never touched."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+
+import pytest
+from confluent_kafka import Producer
+
+from recpilot import featurespec as fs
+from recpilot.stack.redis import redis_server_binary
+from services.features.client import FeatureClient
+from services.features.process import WorkerProcess
+from services.features.synth import ShopSynth, to_dict
+from tests.integration.test_features_pipeline import create_topic, delete_topics, wait_applied
+
+N_EVENTS = 12_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    def __init__(self, workdir, port: int) -> None:
+        self.workdir, self.port, self.proc = workdir, port, None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 20:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("private redis did not start")
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.mark.skipif(redis_server_binary() is None, reason="redis-server not installed")
+def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_path, unique):
+    rport = _free_port()
+    rds = PrivateRedis(tmp_path, rport)
+    rds.start()
+    url = f"redis://127.0.0.1:{rport}/0"
+    topic = f"test.features.redis.{unique}"
+    create_topic(platform_settings, topic, 4)
+    worker = WorkerProcess({"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-fr-{unique}",
+                            "RECPILOT_FEATURES_REDIS_URL": url, "RECPILOT_FEATURES_KEY_PREFIX": "rp:",
+                            "RECPILOT_FEATURES_METRICS_TOPIC": f"test.features.redis.metrics.{unique}"},
+                           platform_settings.home / "logs" / f"test-features-redis-{unique}.log")
+    client = FeatureClient(url, "rp:", socket_timeout=2, socket_connect_timeout=2)
+    try:
+        worker.start().wait_ready()
+        syn = ShopSynth(n_users=50, n_items=120, seed=5, tag=f"{unique}-")
+        now = int(time.time() * 1000)
+        events = list(syn.events(N_EVENTS, now - 3_600_000, step_ms=3_600_000 / N_EVENTS))
+
+        def produce():
+            p = Producer({"bootstrap.servers": platform_settings.kafka_bootstrap, "linger.ms": 5})
+            for k, ev in enumerate(events):
+                p.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
+                if k % 200 == 199:
+                    p.poll(0)
+                    time.sleep(0.05)
+            assert p.flush(30) == 0
+
+        th = threading.Thread(target=produce, daemon=True)
+        th.start()
+        t0 = time.monotonic()
+        while sum(v + 1 for v in client.offsets().values()) < N_EVENTS // 4:
+            assert time.monotonic() - t0 < 60 and worker.alive(), worker.log_tail()
+            time.sleep(0.02)
+        rds.kill9()
+        time.sleep(1.5)
+        code, body = worker.get("/readyz")
+        assert code == 503 and '"redis": false' in body
+        assert worker.alive()
+        time.sleep(1.5)
+        rds.start()
+        th.join(60)
+        wait_applied(client, N_EVENTS, worker, timeout=90)
+        assert worker.alive()
+
+        offline = fs.OfflineFeatureStore()
+        for ev in events:
+            offline.apply(to_dict(ev))
+        expected = Counter((e.item_id, fs.COUNT_FIELD[fs.EVENT_NAMES[e.event_type]])
+                           for e in events if e.event_type in (1, 2, 3, 4))
+        _, items = client.fetch("", sorted({e.item_id for e in events if e.item_id}), now)
+        for it in items:
+            assert {f: it[f] for f in fs.COUNT_FIELDS} == {f: expected[(it["item_id"], f)] for f in fs.COUNT_FIELDS}
+            assert it == offline.item(it["item_id"], now)
+        for uid in sorted({e.user_id for e in events}):
+            assert client.user(uid) == offline.user(uid)
+        code, text = worker.get("/metrics")
+        errors = [ln for ln in text.splitlines() if ln.startswith("recpilot_features_write_errors_total ")]
+        assert errors and float(errors[0].split()[-1]) > 0  # the outage was really hit
+    finally:
+        worker.stop()
+        client.close()
+        rds.stop()
+        delete_topics(platform_settings, topic, f"test.features.redis.metrics.{unique}")
+        shutil.rmtree(tmp_path, ignore_errors=True)
