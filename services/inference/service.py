@@ -174,12 +174,13 @@ class RankingService:
         candidates: list[str] | None = list(dict.fromkeys(req.candidate_ids)) or None
         if candidates is None:
             try:
-                self._check(deadline)
+                budget = self._budget(deadline)
                 candidates = await asyncio.wait_for(
-                    self.features.candidates(req.user_id, self.s.num_candidates, int(time.time() * 1000)),
-                    self._budget(deadline))
+                    self.features.candidates(req.user_id, self.s.num_candidates, int(time.time() * 1000)), budget)
             except _DeadlineNear:
                 return self._fallback(req, "deadline", "recommend", name)
+            except (TimeoutError, asyncio.TimeoutError):
+                return self._fallback(req, "features_timeout", "recommend", name)
             except Exception as exc:
                 log.warning("candidate generation failed", extra={"request_id": req.request_id, "error": repr(exc)})
                 return self._fallback(req, "features_unavailable", "recommend", name)
@@ -215,10 +216,13 @@ class RankingService:
             return self._fallback(req, "no_model", surface, name, candidates)
         try:
             t0 = time.perf_counter()
-            user, items = await asyncio.wait_for(self._fetch(req.user_id, candidates), self._budget(deadline))
+            budget = self._budget(deadline)  # before creating the coroutine (it may raise)
+            user, items = await asyncio.wait_for(self._fetch(req.user_id, candidates), budget)
             m.FEATURE_FETCH.observe(time.perf_counter() - t0)
         except _DeadlineNear:
             return self._fallback(req, "deadline", surface, name, candidates)
+        except (TimeoutError, asyncio.TimeoutError):
+            return self._fallback(req, "features_timeout", surface, name, candidates)
         except Exception as exc:
             log.warning("feature fetch failed", extra={"request_id": req.request_id, "error": repr(exc)})
             return self._fallback(req, "features_unavailable", surface, name, candidates)
@@ -226,13 +230,15 @@ class RankingService:
         dense, ids = build_batch(user, items, now_ms)
         try:
             try:
-                scores = await asyncio.wait_for(mv.score(dense, ids), self._check(deadline))
+                left = self._check(deadline)
+                scores = await asyncio.wait_for(mv.score(dense, ids), left)
             except BatcherClosed:  # swapped out between routing and scoring: route again
                 routes = self.models.routes(name)
                 mv, variant = routes.choose(req.user_id)
                 if mv is None:
                     return self._fallback(req, "no_model", surface, name, candidates)
-                scores = await asyncio.wait_for(mv.score(dense, ids), self._check(deadline))
+                left = self._check(deadline)
+                scores = await asyncio.wait_for(mv.score(dense, ids), left)
         except _DeadlineNear:
             return self._fallback(req, "deadline", surface, name, candidates)
         except (TimeoutError, asyncio.TimeoutError):

@@ -418,3 +418,19 @@ def test_shadow_is_scored_and_logged_but_never_served(srv, world):
         assert shadow_count() == before + 3
     finally:
         srv.models.reconcile("ranker", Desired(production=v1))
+
+
+def test_near_deadline_answers_from_popularity(world):
+    # margin 2 s, client deadline 1.5 s: the server knows at once it cannot finish in time
+    r = Running(world, deadline_margin_ms=2000)
+    try:
+        cands = [it["item_id"] for it in world["items"][:8]]
+        resp = r.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user1", k=3, candidate_ids=cands), timeout=1.5)
+        assert resp.fallback and resp.fallback_reason == "deadline" and resp.variant == "fallback"
+        assert len(resp.items) == 3 and {i.item_id for i in resp.items} <= set(cands)
+        pop = [i for i in r.service._popular if i in cands]  # candidates ordered by popularity
+        assert [i.item_id for i in resp.items] == (pop + [c for c in cands if c not in pop])[:3]
+        ok = r.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user1", k=3, candidate_ids=cands), timeout=10)
+        assert not ok.fallback and ok.model_version == "1"
+    finally:
+        r.close()
