@@ -70,6 +70,9 @@ class DynamicBatcher:
         n = dense.shape[0]
         if n == 0:
             return np.zeros((0,), dtype=np.float32)
+        if not self.config.enabled and self.inflight >= self.config.max_queue_size:
+            m.QUEUE_REJECTED.labels(self.label).inc()
+            raise QueueFull(f"{self.label} has {self.inflight} requests in flight (max_queue_size)")
         self.inflight += 1
         try:
             if not self.config.enabled:

@@ -184,6 +184,8 @@ class RankingService:
             except Exception as exc:
                 log.warning("candidate generation failed", extra={"request_id": req.request_id, "error": repr(exc)})
                 return self._fallback(req, "features_unavailable", "recommend", name)
+        if not candidates:  # a cold feature store: nothing to rank
+            return self._fallback(req, "no_candidates", "recommend", name)
         return await self._rank(req, name, candidates, deadline, "recommend")
 
     async def search(self, req: Request, deadline: float) -> Result:

@@ -96,3 +96,18 @@ def test_queue_full_is_refused(model):
     refused = [r for r in results if isinstance(r, QueueFull)]
     served = [r for r in results if isinstance(r, np.ndarray)]
     assert len(refused) == 3 and len(served) == 2
+
+
+def test_unbatched_in_flight_limit(model):
+    async def run():
+        ex = ThreadPoolExecutor(1)
+        b = DynamicBatcher("t", model.predict, BatchingConfig(enabled=False, max_queue_size=3), ex)
+        d, i = _inputs(0, 4)
+        results = await asyncio.gather(*(b.infer(d, i) for _ in range(5)), return_exceptions=True)
+        await b.close()
+        ex.shutdown()
+        return results
+
+    results = asyncio.run(run())
+    assert sum(isinstance(r, QueueFull) for r in results) == 2
+    assert sum(isinstance(r, np.ndarray) for r in results) == 3
