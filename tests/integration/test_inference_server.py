@@ -434,3 +434,12 @@ def test_near_deadline_answers_from_popularity(world):
         assert not ok.fallback and ok.model_version == "1"
     finally:
         r.close()
+
+
+def test_reflection_lists_the_services(srv):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(srv.channel)
+    resp = next(iter(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
+    names = {s.name for s in resp.list_services_response.service}
+    assert {"recpilot.v1.Recommender", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
