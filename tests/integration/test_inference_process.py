@@ -202,3 +202,73 @@ def test_first_run_bootstrap_trains_and_deploys_a_model(stack, platform_settings
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_tensorflow_savedmodel_serves_through_model_infer(stack, platform_settings, tmp_path, unique):
+    """A TF SavedModel ranker (trained by the training code in a child process) served by the real
+    server: ModelInfer scores equal the loader's own scores for the same inputs."""
+    import json
+
+    import numpy as np
+
+    from recpilot.featurespec import DENSE_FEATURES, ID_FEATURES
+    from recpilot.pb import open_inference_grpc_pb2 as oip
+    from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
+
+    root = tmp_path / "models"
+    train = f"""
+import json, numpy as np
+from recpilot.models.data import examples_from_impressions, synthetic_impressions
+from recpilot.models.loader import load_model
+from recpilot.models.repository import ModelRepository
+from recpilot.models.train import train_and_register
+repo = ModelRepository({str(root)!r})
+ds = examples_from_impressions(synthetic_impressions(3000, seed=1), None, source="test")
+rep = train_and_register(ds, "tensorflow", name="ranker", hp={{"epochs": 1, "embedding_dim": 4, "bottom": [8], "top": [8]}},
+                         seed=0, repository=repo)
+rng = np.random.default_rng(0)
+dense = rng.normal(size=(5, {len(DENSE_FEATURES)})).astype(np.float32)
+ids = rng.integers(0, 1000, size=(5, {len(ID_FEATURES)})).astype(np.int64)
+m = load_model(repo.path("ranker", rep.version), repo.meta("ranker", rep.version), device="cpu")
+print("RESULT", json.dumps({{"version": rep.version, "dense": dense.tolist(), "ids": ids.tolist(),
+                            "scores": m.predict(dense, ids).tolist()}}))
+"""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", train], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][0][7:])
+    topic = f"control.test-tf-{unique}"
+    _publish(platform_settings, topic, "deploy", res["version"])
+    gport, hport = _port(), _port()
+    env = {**os.environ, "RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": f"t{unique}:",
+           "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "false",
+           "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.test-{unique}", "RECPILOT_INFERENCE_GRPC_PORT": str(gport),
+           "RECPILOT_INFERENCE_HTTP_PORT": str(hport), "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1"}
+    log = tmp_path / "inference.log"
+    proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    try:
+        t0, ready = time.monotonic(), False
+        while time.monotonic() - t0 < 90 and not ready:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=1) as r:
+                    ready = r.status == 200
+            except Exception:
+                time.sleep(0.5)
+        assert ready, log.read_text()[-3000:]
+        dense = np.asarray(res["dense"], np.float32)
+        ids = np.asarray(res["ids"], np.int64)
+        req = oip.ModelInferRequest(model_name="ranker")
+        req.inputs.add(name="dense", datatype="FP32", shape=list(dense.shape))
+        req.inputs.add(name="ids", datatype="INT64", shape=list(ids.shape))
+        req.raw_input_contents.extend([dense.tobytes(), ids.tobytes()])
+        with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
+            stub = oip_grpc.GRPCInferenceServiceStub(ch)
+            resp = stub.ModelInfer(req, timeout=30)
+            md = stub.ModelMetadata(oip.ModelMetadataRequest(name="ranker"), timeout=10)
+        got = np.frombuffer(resp.raw_output_contents[0], np.float32)
+        np.testing.assert_allclose(got, np.asarray(res["scores"], np.float32), rtol=1e-5, atol=1e-6)
+        assert resp.model_version == res["version"] and md.platform == "tensorflow_savedmodel"
+    finally:
+        proc.terminate()
+        proc.wait(30)
