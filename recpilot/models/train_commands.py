@@ -135,7 +135,11 @@ def cmd_train(args) -> int:
     where = f"{repo.root}/{name}/{report.version}" if report.version else "(dry run: not written)"
     print(f"{name} version {report.version or '-'} ({args.framework}) trained in {report.seconds:.1f}s "
           f"on {report.meta['training']['rows']} rows -> {where}")
-    print(f"holdout auc {_fmt(m.get('auc'))} {m.get('auc_ci')}  baseline {_fmt(m['baseline'].get('auc'))}  "
+    ci = m.get("auc_ci")
+    ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[n/a]"
+    bci = m["baseline"].get("auc_ci")
+    bci_s = f"[{bci[0]:.3f}, {bci[1]:.3f}]" if bci else "[n/a]"
+    print(f"holdout auc {_fmt(m.get('auc'))} {ci_s}  popularity {_fmt(m['baseline'].get('auc'))} {bci_s}  "
           f"production {_fmt((m.get('production') or {}).get('auc'))} ({m.get('production_note')})")
     return 0
 
