@@ -443,3 +443,19 @@ def test_reflection_lists_the_services(srv):
     resp = next(iter(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
     names = {s.name for s in resp.list_services_response.service}
     assert {"recpilot.v1.Recommender", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+
+
+def test_cli_recommend_and_search(srv, capsys):
+    import json
+
+    from recpilot.cli import main
+
+    target = f"127.0.0.1:{srv.server.port}"
+    assert main(["recommend", "--target", target, "--user", "user2", "-k", "2", "--candidates", "it001", "it002",
+                 "it003"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model_version"] == "1" and len(out["items"]) == 2
+    assert {i["item_id"] for i in out["items"]} <= {"it001", "it002", "it003"}
+    assert main(["search", "--target", target, "--user", "user2", "-k", "3", "green scarf"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["items"]) == 3 and out["request_id"]
