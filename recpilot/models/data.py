@@ -68,7 +68,6 @@ class TrainSettings(RecpilotSettings):
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     intra_op_threads: int = Field(default=2, ge=1)
     inter_op_threads: int = Field(default=1, ge=1)
-    promotion_tolerance: float = Field(default=0.01, ge=0)
 
 
 @dataclass

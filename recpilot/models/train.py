@@ -221,19 +221,19 @@ class Production:
 
 
 def production_version_from_deployments(name: str, timeout_s: float = 10.0, platform=None) -> tuple[str | None, str]:
-    """Replay ``control.deployments`` (``deployments.replay``) and return the production version of
+    """Replay the control topic (``deployments.replay``) and return the production version of
     ``name``; ``(None, why)`` when it cannot be read."""
     try:
-        from recpilot.models.deployments import replay
-        from recpilot.topics import CONTROL_DEPLOYMENTS
+        from recpilot.models.deployments import DeploymentSettings, replay
     except ImportError as exc:
         return None, f"deployment state not available ({exc})"
     try:
-        if platform is None:
-            from recpilot.settings import PlatformSettings, load
+        from recpilot.settings import PlatformSettings, load
 
+        if platform is None:
             platform = load(PlatformSettings)
-        book = replay(platform, CONTROL_DEPLOYMENTS, timeout=timeout_s)
+        topic = load(DeploymentSettings).topic  # RECPILOT_DEPLOY_TOPIC, as for `recpilot models`
+        book = replay(platform, topic, timeout=timeout_s)
         version = book.state(name).production_version
     except Exception as exc:  # noqa: BLE001 - any failure here only means "no comparison"
         return None, f"deployment state not available ({type(exc).__name__}: {str(exc)[:200]})"
