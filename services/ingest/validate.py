@@ -74,8 +74,20 @@ class Validator:
         if len(value) > self.max_payload_bytes:
             return Rejection("oversized", f"{len(value)} bytes > {self.max_payload_bytes}")
         first = value[:1]
-        if first == b"{" or (first in b" \t\r\n" and value.lstrip()[:1] == b"{"):
+        if first == b"{":
             return self._from_json(value)
+        if first in b" \t\r\n" and value.lstrip()[:1] == b"{":
+            # JSON after whitespace, or a protobuf that happens to start with such bytes
+            # (0x0a is the tag of event_id): JSON first, then protobuf
+            r = self._from_json(value)
+            if r.__class__ is not Rejection or r.reason != "undecodable":
+                return r
+            ev = self._from_protobuf(value)
+            return r if ev.__class__ is Rejection else ev
+        return self._from_protobuf(value)
+
+    @staticmethod
+    def _from_protobuf(value: bytes) -> events_pb2.UserEvent | Rejection:
         ev = events_pb2.UserEvent()
         try:
             ev.ParseFromString(value)

@@ -140,3 +140,15 @@ def test_every_simulated_malformed_kind_gets_its_reason():
             _key, value = malformed(kind, sim.next_event(NOW), NOW, rng)
             r = check(value)
             assert isinstance(r, Rejection) and r.reason == EXPECTED_REASON[kind], (kind, r)
+
+
+def test_protobuf_that_starts_like_whitespace_and_brace_is_still_protobuf():
+    # tag 0x0a (event_id), length 0x0b (whitespace byte), then an id that starts with "{"
+    e = ev(event_id="{abc-12345}")
+    raw = e.SerializeToString()
+    assert raw[:3] == b"\x0a\x0b{"
+    out = check(raw)
+    assert isinstance(out, events_pb2.UserEvent) and out.event_id == "{abc-12345}"
+    assert isinstance(check(b"\n  " + json.dumps({"event_id": "e", "user_id": "u", "event_type": "SEARCH",
+                                                  "query": "hat", "timestamp_ms": NOW}).encode()),
+                      events_pb2.UserEvent)
