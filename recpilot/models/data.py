@@ -463,12 +463,21 @@ def read_kafka(settings, impressions_topic: str, events_topic: str, timeout_s: f
 
 
 def load_dataset(spec: str, settings: TrainSettings, platform=None, events_path: str | None = None) -> Dataset:
-    """``spec``: ``obd`` | ``obd:random`` | ``obd:bts`` | ``kafka`` | a .parquet/.csv path (raw events
-    or logged impressions, told apart by their columns)."""
+    """``spec``: ``obd`` | ``obd:random`` | ``obd:bts`` | ``kafka`` | ``sim[:EVENTS[:SEED]]`` (raw events
+    from the shopper simulator) | a .parquet/.csv path (raw events or logged impressions, told apart by
+    their columns)."""
     spec = str(spec)
     if spec == "obd" or spec.startswith("obd:"):
         pols = tuple(spec.split(":", 1)[1].split("+")) if ":" in spec else OBD_POLICIES
         return load_obd(settings.obd_dir, pols)
+    if spec == "sim" or spec.startswith("sim:"):
+        parts = spec.split(":")
+        try:
+            n = int(parts[1]) if len(parts) > 1 and parts[1] else 100_000
+            seed = int(parts[2]) if len(parts) > 2 else 0
+        except ValueError:
+            raise DataError(f"bad simulator spec {spec!r} (expected sim[:EVENTS[:SEED]])") from None
+        return examples_from_events(simulated_events(n, seed), settings.attribution_ms, source=f"simulator:{n}:{seed}")
     if spec == "kafka":
         if platform is None:
             from recpilot.settings import PlatformSettings, load
@@ -489,6 +498,24 @@ def load_dataset(spec: str, settings: TrainSettings, platform=None, events_path:
     if events_path:
         outcomes = events_from_table(read_table(Path(events_path)))
     return examples_from_impressions(df, outcomes, source=str(spec))
+
+
+def simulated_events(n: int, seed: int = 0, start_ms: int = 1_760_000_000_000, gap_ms: int = 200) -> list[dict]:
+    """``n`` raw events from the project's shopper simulator (``recpilot.simulator``), as dicts."""
+    if n <= 0:
+        raise DataError("the simulator was asked for 0 events: the dataset is empty")
+    from recpilot.simulator import ShopSimulator
+
+    sim = ShopSimulator(seed=seed)
+    out, now = [], start_ms
+    for _ in range(n):
+        now += gap_ms
+        ev = sim.next_event(now)
+        out.append({"event_id": ev.event_id, "user_id": ev.user_id, "session_id": ev.session_id,
+                    "event_type": featurespec.EVENT_NAMES.get(int(ev.event_type), ""), "item_id": ev.item_id,
+                    "price": ev.price, "timestamp_ms": ev.timestamp_ms, "request_id": ev.request_id,
+                    "context": dict(ev.context)})
+    return out
 
 
 def synthetic_impressions(n: int, seed: int = 0, n_users: int = 20_000, n_items: int = 5_000,

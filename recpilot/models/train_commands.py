@@ -18,8 +18,8 @@ FRAMEWORK_CHOICES = ("tensorflow", "torch")
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--framework", choices=FRAMEWORK_CHOICES, required=True)
     p.add_argument("--data", default="obd",
-                   help="obd | obd:random | obd:bts | kafka | PATH (.parquet/.csv: raw events, or logged impressions "
-                        "with a label column / --events) (default: obd)")
+                   help="obd | obd:random | obd:bts | kafka | sim[:EVENTS[:SEED]] (shopper simulator) | PATH "
+                        "(.parquet/.csv: raw events, or logged impressions with a label column / --events) (default: obd)")
     p.add_argument("--events", default=None, help="events table (.parquet/.csv) with the outcomes of logged impressions")
     p.add_argument("--name", default=None, help="model name (default: ranker, or ranker-obd for the Open Bandit data)")
     p.add_argument("--epochs", type=int, default=None)

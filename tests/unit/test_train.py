@@ -299,3 +299,18 @@ def test_cli_train_then_second_version_compared_with_production(small_ds, tmp_pa
     # same data, same seed, same hyperparameters: the production model scores exactly like the new one
     assert prod["auc"] == pytest.approx(meta["metrics"]["auc"], abs=1e-6)
     assert ModelRepository(repo).versions("ranker") == ["1", "2"]
+
+
+def test_simulator_events_replay_into_examples():
+    """`--data sim:N`: the project's shopper simulator, replayed through featurespec like raw events."""
+    ds = D.load_dataset("sim:3000:1", D.TrainSettings())
+    events = D.simulated_events(3000, 1)
+    views = [e for e in events if e["event_type"] == "VIEW" and e["item_id"]]
+    assert len(ds) == len(views) and ds.feature_set == "recpilot"
+    assert 0 < ds.positives < len(ds)
+    # deterministic: the same spec gives the same examples
+    again = D.load_dataset("sim:3000:1", D.TrainSettings())
+    np.testing.assert_array_equal(ds.dense, again.dense)
+    np.testing.assert_array_equal(ds.labels, again.labels)
+    with pytest.raises(D.DataError, match="empty"):
+        D.load_dataset("sim:0", D.TrainSettings())
