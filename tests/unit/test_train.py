@@ -314,3 +314,22 @@ def test_simulator_events_replay_into_examples():
     np.testing.assert_array_equal(ds.labels, again.labels)
     with pytest.raises(D.DataError, match="empty"):
         D.load_dataset("sim:0", D.TrainSettings())
+
+
+def test_cli_tune_reports_the_best_trial_and_registers_it(tmp_path, monkeypatch, capsys):
+    df = D.synthetic_impressions(1500, seed=9, n_users=150, n_items=80)
+    path = tmp_path / "imps.parquet"
+    df.to_parquet(path)
+    repo = tmp_path / "repo"
+    rc = _run_cli(["tune", "--framework", "torch", "--data", str(path), "--trials", "2", "--epochs", "1",
+                   "--register", "--quiet"], repo, monkeypatch)
+    out = capsys.readouterr().out
+    assert rc == 0
+    trials = [line for line in out.splitlines() if line.startswith("trial ")]
+    assert len(trials) == 2
+    best_line = next(line for line in out.splitlines() if line.startswith("best trial "))
+    vals = [float(t.split("val_auc ")[1].split()[0]) for t in trials]
+    assert f"validation auc {max(vals):.4f}" in best_line
+    assert "the holdout" in out and "is not looked at" in out
+    meta = ModelRepository(repo).meta("ranker", "1")
+    assert meta["training"]["hyperparameters"]["epochs"] == 1
