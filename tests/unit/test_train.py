@@ -79,11 +79,12 @@ def test_exported_model_reloads_with_the_same_scores(trained, small_ds):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
-def test_training_is_deterministic_with_a_seed(small_ds):
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_training_is_deterministic_with_a_seed(small_ds, framework):
     train, _ = small_ds.split_time(0.2)
-    a = fit("torch", train, HP, seed=11).ranker.predict(small_ds.dense[:50], small_ds.ids[:50])
-    b = fit("torch", train, HP, seed=11).ranker.predict(small_ds.dense[:50], small_ds.ids[:50])
-    c = fit("torch", train, HP, seed=12).ranker.predict(small_ds.dense[:50], small_ds.ids[:50])
+    a = fit(framework, train, HP, seed=11).ranker.predict(small_ds.dense[:50], small_ds.ids[:50])
+    b = fit(framework, train, HP, seed=11).ranker.predict(small_ds.dense[:50], small_ds.ids[:50])
+    c = fit(framework, train, HP, seed=12).ranker.predict(small_ds.dense[:50], small_ds.ids[:50])
     np.testing.assert_array_equal(a, b)
     assert np.max(np.abs(a - c)) > 1e-6
 
