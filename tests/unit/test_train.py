@@ -334,3 +334,23 @@ def test_cli_tune_reports_the_best_trial_and_registers_it(tmp_path, monkeypatch,
     assert "the holdout" in out and "is not looked at" in out
     meta = ModelRepository(repo).meta("ranker", "1")
     assert meta["training"]["hyperparameters"]["epochs"] == 1
+
+
+def test_corrupt_production_model_is_skipped_with_a_note(small_ds, tmp_path):
+    """A damaged production version does not stop training: the comparison is skipped and says why."""
+    from recpilot.models.train import evaluate_production, signature
+
+    bad = tmp_path / "ranker" / "1"
+    bad.mkdir(parents=True)
+    (bad / "model.pt").write_bytes(b"garbage")
+    inputs, outputs = signature(small_ds)
+    meta = {"name": "ranker", "version": "1", "framework": "torch", "artifact": "model.pt", "inputs": inputs,
+            "outputs": outputs, "feature_set": "recpilot", "dense_features": list(small_ds.dense_features),
+            "id_features": [list(x) for x in small_ds.id_features]}
+    _, holdout = small_ds.split_time(0.2)
+    metrics, note = evaluate_production(Production("1", meta, bad), holdout)
+    assert metrics is None
+    assert "production version 1 could not be scored" in note and "not a loadable TorchScript model" in note
+    other = {**meta, "feature_set": "obd"}
+    metrics, note = evaluate_production(Production("1", other, bad), holdout)
+    assert metrics is None and "uses other features" in note
