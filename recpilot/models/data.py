@@ -375,7 +375,8 @@ def impressions_to_rows(impressions: list, categories: dict[str, str] | None = N
     """Flatten ``recpilot.v1.Impression`` messages into table rows (one per shown item).
 
     The snapshot is read as ``"<position>:<feature>"`` (what services/inference logs), or
-    ``"<position>.<feature>"`` / ``"<item_id>.<feature>"``; a feature missing for an item is 0.
+    ``"<position>.<feature>"`` / ``"<item_id>.<feature>"``; a feature missing for an item is 0, and an
+    item with no snapshot value at all (a fallback response) is skipped.
     ``categories`` (item -> category, from the events' context) restores the category id column,
     which the snapshot does not carry, so the ids match what serving computes."""
     categories = categories or {}
@@ -386,14 +387,17 @@ def impressions_to_rows(impressions: list, categories: dict[str, str] | None = N
             row = {"request_id": imp.request_id, "user_id": imp.user_id, "item_id": it.item_id,
                    "position": it.position, "timestamp_ms": imp.timestamp_ms,
                    "category": categories.get(it.item_id, "")}
+            found = 0
             for f in featurespec.DENSE_FEATURES:
                 for key in (f"{it.position}:{f}", f"{it.position}.{f}", f"{it.item_id}.{f}"):
                     if key in feats:
                         row[f] = feats[key]
+                        found += 1
                         break
                 else:
                     row[f] = 0.0
-            rows.append(row)
+            if found:  # an item shown without any snapshot (e.g. a fallback list) is no training example
+                rows.append(row)
     return rows
 
 

@@ -169,7 +169,9 @@ def test_impression_snapshot_as_logged_by_inference():
     imp.items.add(item_id="a", position=1, score=0.3)
     imp.items.add(item_id="b", position=2, score=0.2)
     imp.features.update({"1:item_ctr": 0.25, "2:item_ctr": 0.5, "2:item_log_views": 3.0, "user:events": 9.0})
-    rows = D.impressions_to_rows([imp], {"a": "shoes"})
+    fallback = events_pb2.Impression(request_id="r0", user_id="u1", timestamp_ms=4, fallback=True)
+    fallback.items.add(item_id="z", position=1)  # no snapshot: not an example
+    rows = D.impressions_to_rows([fallback, imp], {"a": "shoes"})
     assert [(r["item_id"], r["position"], r["item_ctr"], r["category"]) for r in rows] == [
         ("a", 1, 0.25, "shoes"), ("b", 2, 0.5, "")]
     assert rows[1]["item_log_views"] == 3.0 and rows[0]["item_log_views"] == 0.0
