@@ -301,6 +301,11 @@ def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp:
     all_scores = ranker.predict(ds.dense, ds.ids)
     inputs, outputs = signature(ds)
     notes = []
+    if m_prod is not None:
+        p_end = ((production.meta or {}).get("training") or {}).get("data_window", {}).get("end_ms")
+        if isinstance(p_end, int) and p_end >= holdout.window()["start_ms"]:
+            notes.append(f"production version {production.version} was trained on data up to {p_end}, which overlaps "
+                         "this holdout: its metrics here are optimistic")
     if holdout.positives < 100:
         notes.append(f"only {holdout.positives} positives in the holdout: metrics are noisy, see auc_ci")
     meta = {

@@ -100,3 +100,5 @@ def test_new_version_is_compared_with_production_from_the_control_topic(platform
     assert m["production"]["auc"] == pytest.approx(v1.meta["metrics"]["auc"], abs=1e-9)
     assert m["production"]["logloss"] == pytest.approx(v1.meta["metrics"]["logloss"], abs=1e-9)
     assert not np.isclose(m["auc"], m["production"]["auc"])  # a different seed, a different model
+    # v1 was trained on the same window, which does not overlap the holdout
+    assert not any("overlaps" in n for n in m["notes"])

@@ -301,7 +301,21 @@ def test_cli_train_then_second_version_compared_with_production(small_ds, tmp_pa
     assert prod["version"] == "1"
     # same data, same seed, same hyperparameters: the production model scores exactly like the new one
     assert prod["auc"] == pytest.approx(meta["metrics"]["auc"], abs=1e-6)
-    assert ModelRepository(repo).versions("ranker") == ["1", "2"]
+    assert not any("overlaps" in n for n in meta["metrics"]["notes"])
+    # a model trained on a later window (overlapping this holdout) is flagged as optimistic
+    later = D.synthetic_impressions(600, seed=5, n_users=100, n_items=60)
+    later["timestamp_ms"] += 86_400_000
+    path2 = tmp_path / "later.csv"
+    later.to_csv(path2, index=False)
+    assert _run_cli(["train", "--framework", "torch", "--data", str(path2), "--epochs", "1", "--quiet",
+                     "--no-production"], repo, monkeypatch) == 0
+    capsys.readouterr()
+    assert _run_cli(args + ["--production-version", "3", "--json", "--dry-run"], repo, monkeypatch) == 0
+    out = capsys.readouterr().out
+    meta3 = json.loads(out[out.index("{"):])
+    assert meta3["metrics"]["production"]["version"] == "3"
+    assert any("overlaps this holdout" in n for n in meta3["metrics"]["notes"])
+    assert ModelRepository(repo).versions("ranker") == ["1", "2", "3"]  # the --dry-run wrote nothing
 
 
 def test_simulator_events_replay_into_examples():
