@@ -110,30 +110,53 @@ class FeaturePipeline:
     async def _process(self, stream) -> None:
         """Drain the agent's channel in batches and ack each batch after its Redis write.
 
-        Equivalent to ``stream.take_events(batch_max, within)`` but it takes whatever is queued in
-        one go instead of passing every event through the Stream machinery (which costs two asyncio
-        tasks per event and capped the worker near 8,000 events/s on a 2-core machine).
+        Like ``stream.take_events(batch_max, within)`` (which acks after the batch too), but it
+        takes whatever is queued in one go and sleeps once per batch, instead of passing every
+        event through the Stream's iterator and a buffer processor: less CPU per event. Faust's
+        rebalance still works as for a Stream: it waits until every delivered event is acked.
         """
         s = self.settings
         queue = stream.channel.queue
         while True:
-            batch = [await queue.get()]
-            self._drain(queue, batch)
-            if len(batch) < s.batch_max:
+            try:
+                batch = [await queue.get()]
+            except StopAsyncIteration:  # faust ends the channel on shutdown
+                return
+            ended = self._drain(queue, batch)
+            if len(batch) < s.batch_max and not ended:
                 # one short sleep lets a batch build up (instead of a wait per trickling event)
                 await asyncio.sleep(s.batch_within_s)
-                self._drain(queue, batch)
+                ended = self._drain(queue, batch)
             await self.handle(batch)
             for event in batch:  # safe to commit only now: the batch is in Redis
                 event.ack()
+            if ended:
+                return
 
-    def _drain(self, queue, batch: list) -> None:
+    def _drain(self, queue, batch: list) -> bool:
+        """Move queued events into ``batch`` (up to batch_max); True when the channel has ended."""
         limit = self.settings.batch_max
         while len(batch) < limit:
             try:
                 batch.append(queue.get_nowait())
             except asyncio.QueueEmpty:
-                return
+                return False
+            except StopAsyncIteration:
+                return True
+        return False
+
+    def _mark_inbound(self, events) -> None:
+        """Tell faust's monitor that the stream is processing these partitions.
+
+        Faust's stall detector reads ``monitor.stream_inbound_time``, which its Stream updates per
+        event; this agent drains the channel itself, so it updates it per batch (otherwise faust
+        logs 'Stream has not started processing' errors for healthy partitions)."""
+        monitor = self.app.monitor
+        if monitor is None:
+            return
+        now = time.monotonic()
+        for tp in {e.message.tp for e in events}:
+            monitor.stream_inbound_time[tp] = now
 
     async def handle(self, events) -> None:
         by_source: dict[str, list[tuple[int, events_pb2.UserEvent]]] = {}
@@ -150,6 +173,7 @@ class FeaturePipeline:
             by_source.setdefault(f"{msg.topic}:{msg.partition}", []).append((msg.offset, ev))
         for evs in by_source.values():
             evs.sort(key=lambda oe: oe[0])
+        self._mark_inbound(events)
         applied = await self._write(by_source)
         now_ms = int(time.time() * 1000)
         fresh: list[float] = []

@@ -236,9 +236,9 @@ def main(args) -> int:
                 except Exception:
                     pass
             batch = []
-            for k in r.scan_iter(f"{prefix}*", count=5000):
+            for k in r.scan_iter(f"{prefix}*", count=1000):
                 batch.append(k)
-                if len(batch) >= 5000:
+                if len(batch) >= 500:  # small DELs: the Redis may be shared
                     r.delete(*batch)
                     batch = []
             if batch:
