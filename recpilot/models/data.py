@@ -113,6 +113,17 @@ class Dataset:
     def window(self) -> dict:
         return {"start_ms": int(self.ts_ms.min()) if len(self) else 0, "end_ms": int(self.ts_ms.max()) if len(self) else 0}
 
+    def last(self, days: float) -> Dataset:
+        """Only the rows of the latest ``days`` (by the newest timestamp in the data)."""
+        if not len(self):
+            return self
+        cut = int(self.ts_ms.max() - days * 86_400_000)
+        keep = np.flatnonzero(self.ts_ms >= cut)
+        out = self.take(keep, f"{self.source} (last {days:g} days)")
+        if len(out) == 0:
+            raise DataError(f"{self.source}: no rows in the last {days:g} days: the dataset is empty")
+        return out
+
     def split_time(self, holdout_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
         """Time-based split: the latest ``holdout_fraction`` of rows (by timestamp) are the holdout.
         Rows with the same timestamp as the cut stay on the same side, so a request never straddles."""
@@ -189,7 +200,8 @@ def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES) -> Dataset
             # agrees item by item), so it is shared.
             ns = "" if name == "item_id" else f"{policy}:"
             ids[:, j] = [featurespec.stable_hash(f"{ns}{name}:{v}", buckets) for v in col]
-        ts = (pd.to_datetime(df["timestamp"], utc=True).astype("int64") // 1_000_000).to_numpy()
+        # explicit unit: pandas' default datetime resolution differs between versions (ns / us)
+        ts = pd.to_datetime(df["timestamp"], utc=True).dt.as_unit("ms").astype("int64").to_numpy()
         seg = (policy + ":" + df["user_feature_0"].astype(str) + "|" + df["user_feature_1"].astype(str) + "|"
                + df["user_feature_2"].astype(str) + "|" + df["user_feature_3"].astype(str)).to_numpy()
         parts.append(dict(dense=dense, ids=ids, labels=df["click"].to_numpy(dtype=np.float32), ts=ts,

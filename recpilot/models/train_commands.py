@@ -28,6 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding-dim", type=int, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--last-days", type=float, default=None,
+                   help="use only the latest D days of the data (by its newest timestamp)")
     p.add_argument("--holdout", type=float, default=None, help="fraction of the latest rows held out (default from settings: 0.2)")
     p.add_argument("--repository", default=None, help="model repository root (default: RECPILOT_MODEL_REPOSITORY or <home>/models)")
     p.add_argument("--no-early-stopping", action="store_true",
@@ -93,6 +95,8 @@ def _setup(args):
     configure_threads(ts.intra_op_threads, ts.inter_op_threads)
     repo = ModelRepository(args.repository or plat.model_repo)
     ds = load_dataset(args.data, ts, plat, events_path=args.events)
+    if args.last_days is not None:
+        ds = ds.last(args.last_days)
     name = args.name or ("ranker-obd" if ds.feature_set == "obd" else "ranker")
     holdout = args.holdout if args.holdout is not None else ts.holdout_fraction
     return ts, plat, repo, ds, name, holdout

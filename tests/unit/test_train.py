@@ -212,6 +212,8 @@ def test_obd_features(tmp_path):
     assert list(ds.dense[r, 2:]) == [float(pos == k) for k in (1, 2, 3)]
     assert ds.ids.shape == (30, 8) and ds.ids.max() < 1000
     assert list(ds.labels) == list(logs.click.astype(float))
+    # epoch milliseconds: 2019-11-24T00:00Z, one row a minute
+    assert ds.ts_ms[0] == 1_574_553_600_000 and ds.ts_ms[1] - ds.ts_ms[0] == 60_000
     both = D.load_dataset("obd", D.TrainSettings(obd_dir=root))
     assert len(both) == 60
 
@@ -370,3 +372,12 @@ def test_corrupt_production_model_is_skipped_with_a_note(small_ds, tmp_path):
     other = {**meta, "feature_set": "obd"}
     metrics, note = evaluate_production(Production("1", other, bad), holdout)
     assert metrics is None and "uses other features" in note
+
+
+def test_last_days_window(small_ds):
+    newest = int(small_ds.ts_ms.max())
+    recent = small_ds.last(2)
+    assert len(recent) == int((small_ds.ts_ms >= newest - 2 * 86_400_000).sum())
+    assert 0 < len(recent) < len(small_ds)
+    assert recent.ts_ms.min() >= newest - 2 * 86_400_000
+    assert "last 2 days" in recent.source
