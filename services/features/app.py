@@ -101,7 +101,28 @@ class FeaturePipeline:
         self.assigned = {tp for tp in (assigned or ()) if tp.topic == self.settings.input_topic}
         self.rebalanced = True
         m.ASSIGNED.set(len(self.assigned))
+        self._tune_fetcher()
         log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.assigned)})
+
+    def _tune_fetcher(self) -> None:
+        """Apply fetch_min_bytes / fetch_max_wait_ms to faust's aiokafka consumer.
+
+        Faust builds its AIOKafkaConsumer with fetch_min_bytes=1 and fetch_max_wait_ms=1500 and
+        exposes neither; with min bytes 1 every fetch returns a record or two at moderate rates and
+        faust's drain loop then pays its per-fetch overhead for each. These are attributes of
+        aiokafka's Fetcher (read when each fetch request is built), so they are set here, once
+        the consumer exists; if a faust/aiokafka upgrade moves them, a warning says so and the
+        defaults stay (correct, only more CPU).
+        """
+        s = self.settings
+        try:
+            fetcher = self.app.consumer._thread._ensure_consumer()._fetcher
+            if not (hasattr(fetcher, "_fetch_min_bytes") and hasattr(fetcher, "_fetch_max_wait_ms")):
+                raise AttributeError("aiokafka Fetcher has no _fetch_min_bytes/_fetch_max_wait_ms")
+            fetcher._fetch_min_bytes = s.fetch_min_bytes
+            fetcher._fetch_max_wait_ms = s.fetch_max_wait_ms
+        except AttributeError as exc:
+            log.warning("fetch tuning not applied", extra={"error": repr(exc)})
 
     async def _on_revoked(self, _sender=None, revoked=None, **_kw) -> None:
         self.assigned -= set(revoked or ())
