@@ -86,6 +86,39 @@ class _Lag:
         self.c.close()
 
 
+def read_api_latency(redis_url: str, prefix: str, syn, calls: int) -> dict:
+    """Sequential FeatureClient calls on the data the run wrote: fetch(user, 100 items) and
+    candidates(user, 100), as inference makes them (one client, one connection)."""
+    import random
+
+    from services.features.client import FeatureClient
+
+    if calls <= 0:
+        return {}
+    rng = random.Random(3)
+    c = FeatureClient(redis_url, prefix)
+    now = int(time.time() * 1000)
+    fetch_ms, cand_ms = [], []
+    try:
+        c.fetch(syn.users[0], syn.items[:100], now)  # loads the script
+        for _ in range(calls):
+            uid = rng.choice(syn.users)
+            items = [syn._item() for _ in range(100)]
+            t0 = time.perf_counter()
+            c.fetch(uid, items, now)
+            fetch_ms.append(1000 * (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            c.candidates(uid, 100, now)
+            cand_ms.append(1000 * (time.perf_counter() - t0))
+    finally:
+        c.close()
+    fetch_ms.sort()
+    cand_ms.sort()
+    q = lambda v, p: round(v[min(len(v) - 1, int(p * len(v)))], 2)  # noqa: E731
+    return {"calls": calls, "fetch_user_100_items_p50_ms": q(fetch_ms, .5), "fetch_p99_ms": q(fetch_ms, .99),
+            "candidates_100_p50_ms": q(cand_ms, .5), "candidates_p99_ms": q(cand_ms, .99)}
+
+
 def main(args) -> int:
     import redis
     from confluent_kafka.admin import NewTopic
@@ -222,6 +255,8 @@ def main(args) -> int:
                 if rss else None,
             }
             print(f"freshness: {out['freshness']}", flush=True)
+        out["read_api"] = read_api_latency(platform.redis_url, prefix, syn, args.read_calls)
+        print(f"read API: {out['read_api']}", flush=True)
         out["worker_peak_rss_mb"] = round(proc.peak_rss_mb(), 1)
         out["redis_used_memory_growth_mb"] = round((r.info("memory")["used_memory"] - mem0) / 2**20, 1)
     finally:

@@ -109,6 +109,7 @@ def register_bench(bench_sub) -> None:
     p.add_argument("--partitions", type=int, default=None, help="input partitions (default: RECPILOT_EVENTS_PARTITIONS)")
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--items", type=int, default=50_000)
+    p.add_argument("--read-calls", type=int, default=300, help="read API calls timed at the end (0 = skip)")
     p.add_argument("--keep", action="store_true", help="keep the bench topic and Redis keys")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 

@@ -217,9 +217,9 @@ end
 
 -- precomputed: per (field, window) the list of bucket names
 local plan = {}
-for _, f in ipairs(FIELDS) do
+for fi, f in ipairs(FIELDS) do
   for _, w in ipairs(WINDOWS) do
-    plan[#plan + 1] = {w, window_fields(f, w, {})}
+    plan[#plan + 1] = {w, window_fields(f, w, {}), fi}
   end
 end
 
@@ -233,20 +233,53 @@ if uid ~= '' then
 else
   out[1], out[2], out[3], out[4], out[5] = {}, {}, {}, {}, {}
 end
+-- total number of bucket names the plan would look up for one item
+local plan_size = 0
+for _, p in ipairs(plan) do plan_size = plan_size + #p[2] end
+local field_index = {}
+for fi, f in ipairs(FIELDS) do field_index[f] = fi end
+
 for i = 4, #ARGV do
   local iid = ARGV[i]
   local vals = redis.call('HMGET', P .. 'i:' .. iid, %(item_fields)s)
   local sums = {}
+  for k = 1, #plan do sums[k] = 0 end
   local last = tonumber(vals[7] or '')
-  for k, p in ipairs(plan) do
-    local s = 0
-    -- buckets exist only up to the item's newest event: skip windows that cannot reach it
-    if last and math.floor(last / BUCKET_MS) > nowb - p[1] then
-      for _, c in ipairs(redis.call('HMGET', P .. 'ib:' .. iid, unpack(p[2]))) do
-        if c then s = s + tonumber(c) end
+  local bkey = P .. 'ib:' .. iid
+  -- buckets exist only up to the item's newest event: nothing to add if it is older than every window
+  if last and math.floor(last / BUCKET_MS) > nowb - WINDOWS[#WINDOWS] then
+    if redis.call('HLEN', bkey) <= plan_size then
+      -- few buckets (most items): scan them all, minute buckets only (they are exact)
+      local flat = redis.call('HGETALL', bkey)
+      for j = 1, #flat, 2 do
+        local kind, f, num = string.match(flat[j], '^(%%a):(%%a+):(%%-?%%d+)$')
+        if kind == 'm' then
+          local b = tonumber(num)
+          local fi = field_index[f]
+          if fi and b <= nowb then
+            local c = tonumber(flat[j + 1])
+            for wi, w in ipairs(WINDOWS) do
+              if b > nowb - w then
+                local k = (fi - 1) * #WINDOWS + wi
+                sums[k] = sums[k] + c
+              end
+            end
+          end
+        end
+      end
+    else
+      -- many buckets (busy items): look up exactly the hours and edge minutes of each window
+      for k, p in ipairs(plan) do
+        local total = tonumber(vals[p[3]] or '0')
+        if total and total > 0 and math.floor(last / BUCKET_MS) > nowb - p[1] then
+          local s = 0
+          for _, c in ipairs(redis.call('HMGET', bkey, unpack(p[2]))) do
+            if c then s = s + tonumber(c) end
+          end
+          sums[k] = s
+        end
       end
     end
-    sums[k] = s
   end
   out[#out + 1] = vals
   out[#out + 1] = sums

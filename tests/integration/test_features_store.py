@@ -173,9 +173,23 @@ def test_bucket_memory_is_bounded(stack, url, prefix, redis_client):
     fields = redis_client.hkeys(f"{prefix}ib:hot")
     minutes = [f for f in fields if f.startswith(b"m:")]
     assert len(minutes) <= 24 * 60 + 60 + 1
+    # a second, sparse item takes the other read path (scan of few buckets instead of lookups)
+    end = t0 + (3 * 24 * 60 - 1) * 60_000
+    cold = [(i, view(i, end - (40 - i) * 20 * 60_000)) for i in range(40)]  # the last ~13 hours
+    for _, ev in cold:
+        ev.item_id = "cold"
+    _apply(url, prefix, {"t:1": cold})
+    offline = fs.OfflineFeatureStore()
+    for _, ev in sorted(evs + cold, key=lambda oe: oe[1].timestamp_ms):
+        offline.apply(to_dict(ev))
     c = FeatureClient(url, prefix)
     try:
-        it = c.item("hot", evs[-1][1].timestamp_ms)
+        last = evs[-1][1].timestamp_ms
+        it = c.item("hot", last)
         assert (it["views"], it["views_24h"], it["views_1h"]) == (3 * 24 * 60, 24 * 60, 60)
+        for now in (last, last + 90_000, last + 30 * 60_000 + 1, last + 23 * 3_600_000, last + 25 * 3_600_000):
+            _, items = c.fetch("", ["hot", "cold"], now)
+            assert items == [offline.item("hot", now), offline.item("cold", now)], now
+        assert 0 < c.item("cold", last)["views_1h"] < c.item("cold", last)["views_24h"] == 40
     finally:
         c.close()
