@@ -265,6 +265,9 @@ def main(args) -> int:
         if lag is not None:
             lag.close()
         if not args.keep:
+            import shutil
+
+            shutil.rmtree(platform.home / "bench" / f"features-{tag}", ignore_errors=True)
             for f in adm.delete_topics([topic, f"bench.features.metrics.{tag}"], operation_timeout=10).values():
                 try:
                     f.result()

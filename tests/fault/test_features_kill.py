@@ -23,12 +23,13 @@ N_EVENTS = 20_000
 
 
 @pytest.fixture
-def setup(stack, platform_settings, redis_client, unique):
+def setup(stack, platform_settings, redis_client, unique, tmp_path):
     topic, prefix = f"test.features.fault.{unique}", f"test:ff:{unique}:"
     create_topic(platform_settings, topic, 4)
     base_env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_KEY_PREFIX": prefix,
                 "RECPILOT_FEATURES_METRICS_TOPIC": f"test.features.fault.metrics.{unique}",
-                "RECPILOT_FEATURES_SESSION_TIMEOUT_S": "6", "RECPILOT_FEATURES_HEARTBEAT_INTERVAL_S": "1"}
+                "RECPILOT_FEATURES_SESSION_TIMEOUT_S": "6", "RECPILOT_FEATURES_HEARTBEAT_INTERVAL_S": "1",
+                "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")}
     log = platform_settings.home / "logs" / f"test-features-fault-{unique}.log"
     workers: list[WorkerProcess] = []
 

@@ -71,7 +71,8 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
     create_topic(platform_settings, topic, 4)
     worker = WorkerProcess({"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-fr-{unique}",
                             "RECPILOT_FEATURES_REDIS_URL": url, "RECPILOT_FEATURES_KEY_PREFIX": "rp:",
-                            "RECPILOT_FEATURES_METRICS_TOPIC": f"test.features.redis.metrics.{unique}"},
+                            "RECPILOT_FEATURES_METRICS_TOPIC": f"test.features.redis.metrics.{unique}",
+                            "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")},
                            platform_settings.home / "logs" / f"test-features-redis-{unique}.log")
     client = FeatureClient(url, "rp:", socket_timeout=2, socket_connect_timeout=2)
     try:

@@ -60,7 +60,7 @@ def wait_applied(client: FeatureClient, n: int, worker: WorkerProcess, timeout: 
 
 
 @pytest.fixture
-def pipeline(stack, platform_settings, redis_client, unique):
+def pipeline(stack, platform_settings, redis_client, unique, tmp_path):
     """A unique input topic, metrics topic, consumer group and key prefix, and a worker on them."""
     topic, mtopic = f"test.features.{unique}", f"test.features.metrics.{unique}"
     prefix = f"test:fp:{unique}:"
@@ -68,7 +68,7 @@ def pipeline(stack, platform_settings, redis_client, unique):
     create_topic(platform_settings, mtopic, 1)
     env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-features-{unique}",
            "RECPILOT_FEATURES_KEY_PREFIX": prefix, "RECPILOT_FEATURES_METRICS_TOPIC": mtopic,
-           "RECPILOT_FEATURES_METRICS_INTERVAL_S": "1"}
+           "RECPILOT_FEATURES_METRICS_INTERVAL_S": "1", "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")}
     worker = WorkerProcess(env, platform_settings.home / "logs" / f"test-features-{unique}.log")
     client = FeatureClient(platform_settings.redis_url, prefix)
     yield {"topic": topic, "metrics_topic": mtopic, "prefix": prefix, "worker": worker, "client": client,
