@@ -176,3 +176,37 @@ def test_metric_events_published(platform_settings, pipeline, unique):
     assert fresh.summary.count > 0 and fresh.summary.min >= 0
     assert fresh.summary.quantiles["p50"] <= fresh.summary.quantiles["p99"] <= fresh.summary.max
     assert seen["consumer_lag_messages"].labels["topic"] == pipeline["topic"]
+
+
+def test_two_workers_share_partitions_and_counts_stay_exact(platform_settings, pipeline, unique):
+    """Scale-out: a second worker in the same group takes over half the partitions (a rebalance in
+    the middle of the stream); every event is applied exactly once between them."""
+    first = pipeline["worker"].start().wait_ready()
+    syn = ShopSynth(n_users=60, n_items=100, seed=31, tag=f"{unique}-")
+    now = int(time.time() * 1000)
+    events = list(syn.events(8000, now - 3_600_000, step_ms=3_600_000 / 8000))
+    send(platform_settings, pipeline["topic"], events[:4000])
+    second = WorkerProcess(pipeline["env"], first.log_path.with_suffix(".second.log")).start()
+    try:
+        second.wait_ready(60)
+        send(platform_settings, pipeline["topic"], events[4000:])
+        wait_applied(pipeline["client"], len(events), second)
+        t0 = time.monotonic()
+        while True:  # the first worker reports its new (smaller) assignment once the rebalance is done
+            parts = [json.loads(w.get("/readyz")[1]).get("partitions", []) for w in (first, second)]
+            if len(parts[0]) + len(parts[1]) == 4 or time.monotonic() - t0 > 30:
+                break
+            time.sleep(0.2)
+        assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
+        assert sorted(parts[0] + parts[1]) == [f"{pipeline['topic']}[{p}]" for p in range(4)]
+        offline = fs.OfflineFeatureStore()
+        for ev in events:
+            offline.apply(to_dict(ev))
+        item_ids = sorted({e.item_id for e in events if e.item_id})
+        _, items = pipeline["client"].fetch("", item_ids, now)
+        for it in items:
+            assert it == offline.item(it["item_id"], now)
+        for uid in sorted({e.user_id for e in events}):
+            assert pipeline["client"].user(uid) == offline.user(uid)
+    finally:
+        second.stop()
