@@ -9,6 +9,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("recpilot_features_events_total", "events read from the input topic, by outcome",
                  ["outcome"])  # applied | replayed (already applied before a restart) | invalid
+for _outcome in ("applied", "replayed", "invalid"):
+    EVENTS.labels(_outcome)  # exported as 0 from the start
 BATCHES = Counter("recpilot_features_batches_total", "Redis write batches (average batch = events / batches)")
 WRITE_SECONDS = Histogram("recpilot_features_write_seconds", "time of one batch write to Redis",
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
