@@ -124,6 +124,8 @@ class ShopSimulator:
             ev.item_id = item.item_id
             ev.price = item.price
             ctx["category"] = item.category
+            if event_type == VIEW:  # the product page: the shop's tracking sends its title
+                ctx["title"] = item.title
         if query:
             ev.query = query
         return ev
@@ -178,6 +180,8 @@ class ShopSimulator:
                 continue
             if self.rng.random() < cm.click_probability(user, item, pos, elapsed):
                 out.append(self.event(sess, CLICK, now_ms, item, request_id=request_id))
+                # the click opens the product page, which the shop tracks as a VIEW
+                out.append(self.event(sess, VIEW, now_ms, item, request_id=request_id))
                 if self.rng.random() < cm.p_cart:
                     out.append(self.event(sess, ADD_TO_CART, now_ms, item, request_id=request_id))
                     if self.rng.random() < cm.p_purchase:

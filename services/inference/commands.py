@@ -27,28 +27,36 @@ def _print(resp) -> None:
     print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=2))
 
 
-def cmd_recommend(args: argparse.Namespace) -> int:
-    from recpilot.pb import recommend_pb2, recommend_pb2_grpc
+def _call(args, method: str, request) -> int:
+    import sys
+
+    import grpc
+
+    from recpilot.pb import recommend_pb2_grpc
 
     with _channel(args) as ch:
         stub = recommend_pb2_grpc.RecommenderStub(ch)
-        resp = stub.Recommend(recommend_pb2.RecommendRequest(
-            user_id=args.user, k=args.k, candidate_ids=args.candidates or [], model_name=args.model or ""),
-            timeout=args.timeout, metadata=_meta(args))
+        try:
+            resp = getattr(stub, method)(request, timeout=args.timeout, metadata=_meta(args))
+        except grpc.RpcError as err:
+            print(f"recpilot: error: {method} failed: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
     _print(resp)
     return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from recpilot.pb import recommend_pb2
+
+    return _call(args, "Recommend", recommend_pb2.RecommendRequest(
+        user_id=args.user, k=args.k, candidate_ids=args.candidates or [], model_name=args.model or ""))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from recpilot.pb import recommend_pb2, recommend_pb2_grpc
+    from recpilot.pb import recommend_pb2
 
-    with _channel(args) as ch:
-        stub = recommend_pb2_grpc.RecommenderStub(ch)
-        resp = stub.Search(recommend_pb2.SearchRequest(user_id=args.user, query=args.query, k=args.k,
-                                                       model_name=args.model or ""),
-                           timeout=args.timeout, metadata=_meta(args))
-    _print(resp)
-    return 0
+    return _call(args, "Search", recommend_pb2.SearchRequest(
+        user_id=args.user, query=args.query, k=args.k, model_name=args.model or ""))
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:

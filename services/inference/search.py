@@ -146,12 +146,14 @@ class CatalogueRefresher:
 
         log = logging.getLogger(__name__)
         while True:
+            n = 0
             try:
                 n = self.refresh()
                 log.info("search index rebuilt from the feature store", extra={"items": n})
             except Exception as exc:
                 log.warning("search index refresh failed", extra={"error": repr(exc)})
-            if self._stop.wait(self.period_s):
+            # A cold feature store (first start) fills within seconds: look again soon until it has items.
+            if self._stop.wait(self.period_s if n else min(self.period_s, 5.0)):
                 return
 
     def start(self) -> None:
