@@ -102,33 +102,46 @@ def empty_user(user_id: str) -> dict:
 
 
 def build_batch(user: dict, items: list[dict], now_ms: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ranker inputs for one user and N candidate items: dense float32 [N, D], ids int64 [N, K]."""
+    """Ranker inputs for one user and N candidate items: dense float32 [N, D], ids int64 [N, K].
+
+    Column-wise (one pass per feature, numpy for the arithmetic): serving calls this once per
+    request with a few hundred candidates."""
     n = len(items)
-    dense = np.zeros((n, len(DENSE_FEATURES)), dtype=np.float32)
-    ids = np.zeros((n, len(ID_FEATURES)), dtype=np.int64)
+    dense = np.empty((n, len(DENSE_FEATURES)), dtype=np.float32)
+    ids = np.empty((n, len(ID_FEATURES)), dtype=np.int64)
+    if n == 0:
+        return dense, ids
+
+    def col(key: str) -> np.ndarray:
+        return np.fromiter((it.get(key) or 0 for it in items), dtype=np.float64, count=n)
+
+    views, clicks = col("views"), col("clicks")
+    counts = np.stack([views, clicks, col("carts"), col("purchases"), col("views_1h"), col("clicks_1h"),
+                       col("views_24h"), col("clicks_24h"), col("purchases_24h")], axis=1)
+    dense[:, 0:9] = np.log1p(counts)
+    ctr = np.fromiter((it["ctr"] if "ctr" in it else np.nan for it in items), dtype=np.float64, count=n)
+    missing = np.isnan(ctr)
+    if missing.any():
+        ctr[missing] = smoothed_ctr(clicks[missing], views[missing])
+    dense[:, 9] = ctr
+    dense[:, 10] = np.log1p(np.maximum(col("price"), 0.0))
+
     aff = {c: decayed(float(s), int(t), now_ms) for c, (s, t) in (user.get("affinity") or {}).items()}
     aff_total = sum(aff.values())
-    viewed = set(user.get("recent_views") or ())
-    clicked = set(user.get("recent_clicks") or ())
-    bought = set(user.get("recent_purchases") or ())
-    log_session = math.log1p(float(user.get("session_events") or 0))
-    u_hash = stable_hash(str(user.get("user_id", "")), ID_FEATURES[0][1])
-    for i, it in enumerate(items):
-        cat = it.get("category") or ""
-        a = aff.get(cat, 0.0) if cat else 0.0
-        dense[i] = (
-            math.log1p(it.get("views", 0)), math.log1p(it.get("clicks", 0)),
-            math.log1p(it.get("carts", 0)), math.log1p(it.get("purchases", 0)),
-            math.log1p(it.get("views_1h", 0)), math.log1p(it.get("clicks_1h", 0)),
-            math.log1p(it.get("views_24h", 0)), math.log1p(it.get("clicks_24h", 0)),
-            math.log1p(it.get("purchases_24h", 0)),
-            float(it.get("ctr", smoothed_ctr(it.get("clicks", 0), it.get("views", 0)))),
-            math.log1p(max(float(it.get("price") or 0.0), 0.0)),
-            math.log1p(a), a / (aff_total + 1.0),
-            float(it["item_id"] in viewed), float(it["item_id"] in clicked), float(it["item_id"] in bought),
-            log_session,
-        )
-        ids[i] = (u_hash, stable_hash(str(it["item_id"]), ID_FEATURES[1][1]), stable_hash(cat, ID_FEATURES[2][1]))
+    cats = [it.get("category") or "" for it in items]
+    a = np.fromiter((aff.get(c, 0.0) if c else 0.0 for c in cats), dtype=np.float64, count=n)
+    dense[:, 11] = np.log1p(a)
+    dense[:, 12] = a / (aff_total + 1.0)
+    item_ids = [it["item_id"] for it in items]
+    for column, key in ((13, "recent_views"), (14, "recent_clicks"), (15, "recent_purchases")):
+        seen = set(user.get(key) or ())
+        dense[:, column] = np.fromiter((i in seen for i in item_ids), dtype=np.float64, count=n)
+    dense[:, 16] = math.log1p(float(user.get("session_events") or 0))
+
+    (_, user_buckets), (_, item_buckets), (_, cat_buckets) = ID_FEATURES
+    ids[:, 0] = stable_hash(str(user.get("user_id", "")), user_buckets)
+    ids[:, 1] = np.fromiter((zlib.crc32(str(i).encode()) for i in item_ids), dtype=np.int64, count=n) % item_buckets
+    ids[:, 2] = np.fromiter((zlib.crc32(c.encode()) for c in cats), dtype=np.int64, count=n) % cat_buckets
     return dense, ids
 
 
