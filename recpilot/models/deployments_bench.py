@@ -16,8 +16,6 @@ Figures:
 from __future__ import annotations
 
 import argparse
-import os
-import platform as _platform
 import statistics
 import tempfile
 import threading
@@ -25,17 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-
-def machine() -> str:
-    model = _platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}, Python {_platform.python_version()}"
+from recpilot.benchutil import machine
 
 
 def _pct(xs: list[float], q: float) -> float:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform as _platform
 import sys
 import time
+
+from recpilot.benchutil import machine
 
 FRAMEWORK_CHOICES = ("tensorflow", "torch")
 
@@ -216,22 +216,6 @@ def cmd_tune(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0, 0, 0)
-    return (f"{cores} cores, {model}, {_platform.system()} {_platform.release()}, python {_platform.python_version()}, "
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 def cmd_bench_train(args) -> int:

@@ -15,27 +15,14 @@ configured Kafka and Redis, on a fresh topic, key prefix and consumer group.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
 import uuid
 
+from recpilot.benchutil import machine_info as machine
 from recpilot.settings import PlatformSettings, load
 from services.features.process import WorkerProcess
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu": model}
 
 
 def parse_histogram(text: str, name: str) -> tuple[list[float], list[float], float]:

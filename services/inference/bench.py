@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform as pyplatform
 import random
 import socket
 import subprocess
@@ -27,23 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def machine() -> str:
-    model = pyplatform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = ""
-    try:
-        load = Path("/proc/loadavg").read_text().split()[:3]
-        load_s = f", load average {' '.join(load)}"
-    except OSError:
-        load_s = ""
-    return f"{os.cpu_count()} cores, {model}{gpu}, Python {pyplatform.python_version()}{load_s}"
+from recpilot.benchutil import machine
 
 
 def _free_port() -> int:

@@ -19,6 +19,7 @@ import uuid
 
 from recpilot import kafka as rkafka
 from recpilot.settings import PlatformSettings, load
+from recpilot.benchutil import machine
 from recpilot.simulator import ShopSimulator, TrafficMix
 from recpilot.simulator.drive import open_loop
 from services.ingest import tools
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     group = f"bench-ingest-{run_id}"
     names = [raw, clean, dlq, met]
     tools.create_topics(p, names, args.partitions)
-    print(f"machine: {tools.machine()}")
+    print(f"machine: {machine()}")
     print(f"broker {p.kafka_bootstrap}; topics {raw} -> {clean} / {dlq} ({args.partitions} partitions); "
           f"transactions {'on' if args.transactions else 'off'}; batch {args.batch_size}; format {args.format}")
     parts = list(range(args.partitions))

@@ -147,14 +147,3 @@ def peak_rss_mb(pid: int, field: str = "VmHWM") -> float | None:
     return None
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0, 0, 0)
-    return f"{os.cpu_count()} cores, {model}, load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}"
