@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 import zlib
 from collections import defaultdict
+from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 
@@ -101,6 +103,13 @@ def empty_user(user_id: str) -> dict:
             "affinity": {}, "last_event_ms": 0, "session_id": "", "session_events": 0, "events": 0}
 
 
+# The numeric item keys build_batch reads (counts, then price), in one pass.
+_NUMERIC = ("views", "clicks", "carts", "purchases", "views_1h", "clicks_1h", "views_24h", "clicks_24h",
+            "purchases_24h", "price")
+_NUMERIC_GET = itemgetter(*_NUMERIC)
+_CTR_GET = itemgetter("ctr")
+
+
 def build_batch(user: dict, items: list[dict], now_ms: int) -> tuple[np.ndarray, np.ndarray]:
     """Ranker inputs for one user and N candidate items: dense float32 [N, D], ids int64 [N, K].
 
@@ -112,19 +121,24 @@ def build_batch(user: dict, items: list[dict], now_ms: int) -> tuple[np.ndarray,
     if n == 0:
         return dense, ids
 
-    def col(key: str) -> np.ndarray:
-        return np.fromiter((it.get(key) or 0 for it in items), dtype=np.float64, count=n)
-
-    views, clicks = col("views"), col("clicks")
-    counts = np.stack([views, clicks, col("carts"), col("purchases"), col("views_1h"), col("clicks_1h"),
-                       col("views_24h"), col("clicks_24h"), col("purchases_24h")], axis=1)
+    try:  # fast path: every item has every numeric key, none of them None/"" (what the read API returns)
+        num = np.fromiter(chain.from_iterable(map(_NUMERIC_GET, items)), dtype=np.float64,
+                          count=n * len(_NUMERIC)).reshape(n, len(_NUMERIC))
+    except (KeyError, TypeError, ValueError):
+        num = np.stack([np.fromiter((it.get(key) or 0 for it in items), dtype=np.float64, count=n)
+                        for key in _NUMERIC], axis=1)
+    counts = num[:, 0:9]
+    views, clicks = num[:, 0], num[:, 1]
     dense[:, 0:9] = np.log1p(counts)
-    ctr = np.fromiter((it["ctr"] if "ctr" in it else np.nan for it in items), dtype=np.float64, count=n)
+    try:
+        ctr = np.fromiter(map(_CTR_GET, items), dtype=np.float64, count=n)
+    except KeyError:
+        ctr = np.fromiter((it["ctr"] if "ctr" in it else np.nan for it in items), dtype=np.float64, count=n)
     missing = np.isnan(ctr)
     if missing.any():
         ctr[missing] = smoothed_ctr(clicks[missing], views[missing])
     dense[:, 9] = ctr
-    dense[:, 10] = np.log1p(np.maximum(col("price"), 0.0))
+    dense[:, 10] = np.log1p(np.maximum(num[:, 9], 0.0))
 
     aff = {c: decayed(float(s), int(t), now_ms) for c, (s, t) in (user.get("affinity") or {}).items()}
     aff_total = sum(aff.values())

@@ -62,6 +62,15 @@ class DynamicBatcher:
         self.inflight = 0
         self.executions = 0
         self.requests = 0
+        # Prometheus children bound once (labels() takes a lock and builds a key on every call).
+        self._m_rejected = m.QUEUE_REJECTED.labels(label)
+        self._m_depth = m.QUEUE_DEPTH.labels(label)
+        self._m_compute = m.COMPUTE.labels(label)
+        self._m_batch_size = m.BATCH_SIZE.labels(label)
+        self._m_batch_requests = m.BATCH_REQUESTS.labels(label)
+        self._m_batch_executions = m.BATCH_EXECUTIONS.labels(label)
+        self._m_batch_rows = m.BATCH_ROWS.labels(label)
+        self._m_queue = m.QUEUE.labels(label)
 
     # -- API -----------------------------------------------------------------------------------
     async def infer(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -71,20 +80,20 @@ class DynamicBatcher:
         if n == 0:
             return np.zeros((0,), dtype=np.float32)
         if not self.config.enabled and self.inflight >= self.config.max_queue_size:
-            m.QUEUE_REJECTED.labels(self.label).inc()
+            self._m_rejected.inc()
             raise QueueFull(f"{self.label} has {self.inflight} requests in flight (max_queue_size)")
         self.inflight += 1
         try:
             if not self.config.enabled:
                 return await self._run_single(dense, ids)
             if len(self._queue) >= self.config.max_queue_size:
-                m.QUEUE_REJECTED.labels(self.label).inc()
+                self._m_rejected.inc()
                 raise QueueFull(f"queue of {self.label} is full ({self.config.max_queue_size} requests)")
             self._ensure_worker()
             fut = asyncio.get_running_loop().create_future()
             self._queue.append(_Pending(dense, ids, fut, time.perf_counter()))
             self._rows += n
-            m.QUEUE_DEPTH.labels(self.label).set(len(self._queue))
+            self._m_depth.set(len(self._queue))
             self._wakeup.set()
             return await fut
         finally:
@@ -113,7 +122,7 @@ class DynamicBatcher:
     def _timed_predict(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         out = self.predict(dense, ids)
-        m.COMPUTE.labels(self.label).observe(time.perf_counter() - t0)
+        self._m_compute.observe(time.perf_counter() - t0)
         return out
 
     async def _run_single(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -125,10 +134,10 @@ class DynamicBatcher:
     def _count(self, requests: int, rows: int) -> None:
         self.executions += 1
         self.requests += requests
-        m.BATCH_SIZE.labels(self.label).observe(requests)
-        m.BATCH_REQUESTS.labels(self.label).inc(requests)
-        m.BATCH_EXECUTIONS.labels(self.label).inc()
-        m.BATCH_ROWS.labels(self.label).inc(rows)
+        self._m_batch_size.observe(requests)
+        self._m_batch_requests.inc(requests)
+        self._m_batch_executions.inc()
+        self._m_batch_rows.inc(rows)
 
     def _take(self) -> list[_Pending]:
         """Pop requests up to max_batch_size rows (always at least one); drop cancelled callers."""
@@ -146,7 +155,7 @@ class DynamicBatcher:
             self._rows -= n
             batch.append(p)
             rows += n
-        m.QUEUE_DEPTH.labels(self.label).set(len(self._queue))
+        self._m_depth.set(len(self._queue))
         return batch
 
     async def _worker(self) -> None:
@@ -173,7 +182,7 @@ class DynamicBatcher:
                 continue
             now = time.perf_counter()
             for p in batch:
-                m.QUEUE.labels(self.label).observe(now - p.enqueued)
+                self._m_queue.observe(now - p.enqueued)
             try:
                 if len(batch) == 1:
                     dense, ids = batch[0].dense, batch[0].ids

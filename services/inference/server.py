@@ -53,6 +53,8 @@ def _response(res: Result) -> recommend_pb2.RecommendResponse:
 class _Recommender(recommend_pb2_grpc.RecommenderServicer):
     def __init__(self, service: RankingService, settings: InferenceSettings) -> None:
         self.service, self.s = service, settings
+        self._latency: dict[str, object] = {}  # method -> LATENCY child
+        self._requests: dict[tuple, object] = {}  # labels -> REQUESTS child
 
     def _deadline(self, context) -> float:
         left = context.time_remaining()
@@ -81,10 +83,19 @@ class _Recommender(recommend_pb2_grpc.RecommenderServicer):
             self._failed(method, "INTERNAL", t0)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         took = time.perf_counter() - t0
-        m.LATENCY.labels(method).observe(took)
+        lat = self._latency.get(method)
+        if lat is None:
+            lat = self._latency[method] = m.LATENCY.labels(method)
+        lat.observe(took)
         if self.service.telemetry is not None:
             self.service.telemetry.request(method, took, "OK", res.fallback_reason)
-        m.REQUESTS.labels(method, res.model_name, res.model_version or "-", res.variant or "-").inc()
+        key = (method, res.model_name, res.model_version or "-", res.variant or "-")
+        counter = self._requests.get(key)
+        if counter is None:
+            if len(self._requests) > 1024:  # versions come and go: keep the cache bounded
+                self._requests.clear()
+            counter = self._requests[key] = m.REQUESTS.labels(*key)
+        counter.inc()
         return _response(res)
 
     def _failed(self, method: str, code: str, t0: float) -> None:

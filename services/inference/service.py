@@ -29,6 +29,18 @@ from services.inference.settings import InferenceSettings
 log = logging.getLogger(__name__)
 
 
+_SNAPSHOT_KEYS: list[str] = []
+
+
+def _snapshot_keys(n: int) -> list[str]:
+    """``"<position>:<feature>"`` for positions 1..n, row-major (pre-built, grown on demand)."""
+    d = len(DENSE_FEATURES)
+    while len(_SNAPSHOT_KEYS) < n * d:
+        pos = len(_SNAPSHOT_KEYS) // d + 1
+        _SNAPSHOT_KEYS.extend(f"{pos}:{fname}" for fname in DENSE_FEATURES)
+    return _SNAPSHOT_KEYS[: n * d]
+
+
 class InvalidArgument(ValueError):
     pass
 
@@ -219,7 +231,8 @@ class RankingService:
         try:
             t0 = time.perf_counter()
             budget = self._budget(deadline)  # before creating the coroutine (it may raise)
-            user, items = await asyncio.wait_for(self._fetch(req.user_id, candidates), budget)
+            async with asyncio.timeout(budget):  # no extra task per call, unlike wait_for
+                user, items = await self._fetch(req.user_id, candidates)
             m.FEATURE_FETCH.observe(time.perf_counter() - t0)
         except _DeadlineNear:
             return self._fallback(req, "deadline", surface, name, candidates)
@@ -233,14 +246,16 @@ class RankingService:
         try:
             try:
                 left = self._check(deadline)
-                scores = await asyncio.wait_for(mv.score(dense, ids), left)
+                async with asyncio.timeout(left):
+                    scores = await mv.score(dense, ids)
             except BatcherClosed:  # swapped out between routing and scoring: route again
                 routes = self.models.routes(name)
                 mv, variant = routes.choose(req.user_id)
                 if mv is None:
                     return self._fallback(req, "no_model", surface, name, candidates)
                 left = self._check(deadline)
-                scores = await asyncio.wait_for(mv.score(dense, ids), left)
+                async with asyncio.timeout(left):
+                    scores = await mv.score(dense, ids)
         except _DeadlineNear:
             return self._fallback(req, "deadline", surface, name, candidates)
         except (TimeoutError, asyncio.TimeoutError):
@@ -281,10 +296,8 @@ class RankingService:
         plus a few user-level values under ``"user:<name>"``."""
         snap = {"user:session_events": float(user.get("session_events") or 0),
                 "user:events": float(user.get("events") or 0)}
-        for pos, i in enumerate(idx, start=1):
-            row = dense[i]
-            for j, fname in enumerate(DENSE_FEATURES):
-                snap[f"{pos}:{fname}"] = float(row[j])
+        if len(idx):  # float32 -> Python float, exactly as float(row[j]); keys built once per position
+            snap.update(zip(_snapshot_keys(len(idx)), dense[idx].ravel().tolist()))
         return snap
 
     def _log(self, req: Request, res: Result, surface: str, features: dict[str, float]) -> None:
