@@ -74,7 +74,12 @@ def test_simulate_uses_the_recommender_and_survives_its_absence(stack, platform_
     outcomes = [e for e in events if e.request_id]
     assert outcomes, "no shopper acted on a recommendation"
     assert all(e.request_id in issued for e in outcomes)
-    assert all(e.event_type in (events_pb2.CLICK, events_pb2.ADD_TO_CART, events_pb2.PURCHASE) for e in outcomes)
+    assert all(e.event_type in (events_pb2.CLICK, events_pb2.VIEW, events_pb2.ADD_TO_CART, events_pb2.PURCHASE)
+               for e in outcomes)
+    # a VIEW carrying a request id is the product page opened by a click on that recommendation
+    clicked = {(e.request_id, e.item_id) for e in outcomes if e.event_type == events_pb2.CLICK}
+    views = [(e.request_id, e.item_id) for e in outcomes if e.event_type == events_pb2.VIEW]
+    assert views and set(views) <= clicked
     assert {e.item_id for e in outcomes} <= set(servicer.item_ids)
     # after the server stopped: plain open-loop traffic kept flowing
     assert res.kinds.get("open_loop", 0) > 0 and res.recommend_failures >= 1
