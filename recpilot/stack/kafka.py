@@ -68,6 +68,23 @@ def fetch_jars(quiet: bool = True) -> bool:
     return True
 
 
+def new_cluster_id() -> str:
+    """A Kafka cluster id: a base64url UUID (22 chars), as `kafka-storage random-uuid` prints.
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with '-' (a command line would
+    read it as an option)."""
+    import base64
+
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if valid_cluster_id(cid):
+            return cid
+
+
+def valid_cluster_id(cid: str) -> bool:
+    return len(cid) == 22 and not cid.startswith("-")
+
+
 def _classpath() -> str:
     return str(LIBS / "*")
 
@@ -130,13 +147,11 @@ class KafkaBroker:
         if self.formatted():
             return
         cid_file = self.dir / "cluster.id"
-        if not cid_file.exists():
-            # A Kafka cluster id is a base64url UUID (22 chars), what `random-uuid` prints.
-            import base64
-
-            cid_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        if not cid_file.exists() or not valid_cluster_id(cid_file.read_text().strip()):
+            cid_file.write_text(new_cluster_id())
         cmd = [java(), "-Xmx256m", f"-Dlog4j2.configurationFile={LOG4J}", "-cp", _classpath(),
-               "kafka.tools.StorageTool", "format", "-t", cid_file.read_text().strip(), "-c", str(self.config)]
+               "kafka.tools.StorageTool", "format", f"--cluster-id={cid_file.read_text().strip()}",
+               f"--config={self.config}"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise StackError(f"kafka storage format failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
