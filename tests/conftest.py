@@ -49,7 +49,12 @@ def stack(platform_settings):
 
     st = Stack(platform_settings)
     already = st.table.running("kafka") is not None and st.table.running("redis") is not None
-    st.up_infra(echo=lambda *_: None)
+    try:
+        st.up_infra(echo=lambda *_: None)
+    except BaseException:
+        if not already:  # leave nothing half-started behind
+            st.down(echo=lambda *_: None)
+        raise
     yield st
     if not already and os.environ.get("RECPILOT_TEST_KEEP_STACK") != "1":
         st.down(echo=lambda *_: None)
