@@ -12,6 +12,7 @@ traceback.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TypeVar
 
@@ -101,3 +102,14 @@ def load(cls: type[S], **overrides) -> S:
             shown = repr(raw) if raw is not None else repr(err.get("input"))
             lines.append(f"invalid setting {name}={shown}: {err.get('msg')}")
         raise SettingsError("; ".join(lines)) from None
+
+
+def load_service(service: str, cls: type[S]) -> tuple[PlatformSettings, S]:
+    """The platform's and one service's settings for ``python -m services.<service>``.
+
+    A bad value ends the process with exit code 2 and one line naming the variable."""
+    try:
+        return load(PlatformSettings), load(cls)
+    except SettingsError as exc:
+        print(f"{service}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from recpilot.httpserver import HealthServer
 from recpilot.lifecycle import Lifecycle
 from recpilot.log import setup_logging
-from recpilot.settings import PlatformSettings, SettingsError, load
+from recpilot.settings import load_service
 from services.features.settings import FeaturesSettings
 
 log = logging.getLogger("services.features")
 
 
 def main() -> int:
-    try:
-        platform = load(PlatformSettings)
-        settings = load(FeaturesSettings)
-    except SettingsError as exc:
-        print(f"features: {exc}", file=sys.stderr)
-        return 2
+    platform, settings = load_service("features", FeaturesSettings)
     setup_logging("features", platform.log_level)
     from services.features.app import FeaturePipeline
 

@@ -5,26 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from recpilot.httpserver import HealthServer
 from recpilot.lifecycle import Lifecycle
 from recpilot.log import setup_logging
-from recpilot.settings import PlatformSettings, SettingsError, load
+from recpilot.settings import load_service
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger("services.inference")
 
 
 def main() -> int:
-    try:
-        s = load(InferenceSettings)
-        platform = load(PlatformSettings)
-    except SettingsError as exc:
-        print(f"inference: {exc}", file=sys.stderr)
-        return 2
+    platform, s = load_service("inference", InferenceSettings)
     setup_logging("inference", platform.log_level)
 
     from recpilot import kafka

@@ -6,13 +6,12 @@ SIGTERM (then: stop the loop after its batch commits, flush, stop metrics)."""
 from __future__ import annotations
 
 import logging
-import sys
 
 from recpilot import kafka as rkafka
 from recpilot.httpserver import HealthServer
 from recpilot.lifecycle import Lifecycle
 from recpilot.log import setup_logging
-from recpilot.settings import PlatformSettings, SettingsError, load
+from recpilot.settings import load_service
 from services.ingest.dedup import Deduplicator
 from services.ingest.pipeline import Ingestor
 from services.ingest.reporter import MetricReporter
@@ -24,12 +23,7 @@ log = logging.getLogger("services.ingest")
 
 
 def main() -> int:
-    try:
-        platform = load(PlatformSettings)
-        s = load(IngestSettings)
-    except SettingsError as exc:
-        print(f"ingest: {exc}", file=sys.stderr)
-        return 2
+    platform, s = load_service("ingest", IngestSettings)
     setup_logging("ingest", platform.log_level)
 
     ingestor = Ingestor(

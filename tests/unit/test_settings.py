@@ -60,3 +60,16 @@ def test_platform_bad_port(monkeypatch):
     monkeypatch.setenv("RECPILOT_KAFKA_PORT", "abc")
     with pytest.raises(SettingsError, match="RECPILOT_KAFKA_PORT='abc'"):
         load(PlatformSettings)
+
+
+def test_load_service_exits_2_naming_the_variable(monkeypatch, capsys):
+    from recpilot.settings import load_service
+
+    monkeypatch.setenv("RECPILOT_DEMO_BATCH", "many")
+    with pytest.raises(SystemExit) as ex:
+        load_service("demo", DemoSettings)
+    assert ex.value.code == 2
+    assert "demo: invalid setting RECPILOT_DEMO_BATCH='many'" in capsys.readouterr().err
+    monkeypatch.setenv("RECPILOT_DEMO_BATCH", "3")
+    platform, s = load_service("demo", DemoSettings)
+    assert s.batch == 3 and isinstance(platform, PlatformSettings)
