@@ -89,6 +89,27 @@ def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
+def usable(messages: Sequence[Message], on_error: Callable[[KafkaError], None] | None = None) -> list[Message]:
+    """The messages of a ``consume()`` batch that carry data.
+
+    Partition-EOF markers are skipped; a fatal error raises; any other error goes to ``on_error``
+    (logged when there is none) — librdkafka retries those by itself."""
+    good = []
+    for m in messages:
+        err = m.error()
+        if err is None:
+            good.append(m)
+        elif err.code() == KafkaError._PARTITION_EOF:
+            continue
+        elif on_error is not None:
+            on_error(err)
+        elif err.fatal():
+            raise KafkaException(err)
+        else:
+            log.warning("consumer error", extra={"error": str(err)})
+    return good
+
+
 class DeliveryError(RuntimeError):
     pass
 
@@ -171,19 +192,7 @@ class ConsumeLoop:
                 self.last_poll = time.monotonic()
                 if not msgs:
                     continue
-                good = []
-                for m in msgs:
-                    err = m.error()
-                    if err is None:
-                        good.append(m)
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    elif self.on_error is not None:
-                        self.on_error(err)
-                    elif err.fatal():
-                        raise KafkaException(err)
-                    else:
-                        log.warning("consumer error", extra={"error": str(err)})
+                good = usable(msgs, self.on_error)
                 if not good:
                     continue
                 self.handler(good)

@@ -225,17 +225,7 @@ class IngestService:
             self.last_poll = time.monotonic()
             if not msgs:
                 continue
-            good = []
-            for m in msgs:
-                err = m.error()
-                if err is None:
-                    good.append(m)
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                elif err.fatal():
-                    raise KafkaException(err)
-                else:
-                    log.warning("consumer error", extra={"error": str(err)})
+            good = rkafka.usable(msgs)
             if not good:
                 continue
             t0 = time.perf_counter()

@@ -19,3 +19,21 @@ def test_catalogue_uses_partition_settings():
     assert specs[CONTROL_DEPLOYMENTS].config["retention.ms"] == "-1"
     assert specs["metrics.monitor"].partitions == 2
     assert len(specs) == 12
+
+
+def test_usable_skips_eof_reports_errors_and_raises_on_fatal():
+    import pytest
+    from confluent_kafka import KafkaError, KafkaException
+
+    from recpilot.kafka import usable
+
+    data = Message(topic="t", partition=0, offset=1, value=b"x")
+    eof = Message(topic="t", partition=0, offset=2, error=KafkaError(KafkaError._PARTITION_EOF))
+    transient = Message(topic="t", partition=0, error=KafkaError(KafkaError._TRANSPORT))
+    seen = []
+    assert usable([data, eof, transient], seen.append) == [data]
+    assert [e.code() for e in seen] == [KafkaError._TRANSPORT]
+    assert usable([transient, data]) == [data]  # logged, not raised
+    fatal = Message(topic="t", partition=0, error=KafkaError(KafkaError._FATAL, fatal=True))
+    with pytest.raises(KafkaException):
+        usable([fatal])
