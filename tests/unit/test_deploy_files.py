@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
 from recpilot.paths import REPO_ROOT
@@ -31,7 +32,7 @@ def test_compose_file_validates_with_docker_compose_when_installed():
     """`docker-compose config` (Debian's docker-compose) parses the file; the structural test above always runs."""
     exe = shutil.which("docker-compose")
     if exe is None:
-        return  # no engine or compose on this machine; the structural checks above still apply
+        pytest.skip("docker-compose is not installed here; the structural test above still checks the file")
     res = subprocess.run([exe, "-f", str(REPO_ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
