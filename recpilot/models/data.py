@@ -2,7 +2,10 @@
 
 (a) **Open Bandit sample** (``obd``, feature_set "obd"): each log row joined with the
     item_context.csv beside it. dense = [item_feature_0, the user-item affinity for the shown item,
-    position one-hot (3)]; ids = hashed user_feature_0..3, item_id, item_feature_1..3.
+    position one-hot (3), item_ctr]; ids = hashed user_feature_0..3, item_id, item_feature_1..3.
+    ``item_ctr`` is the item's smoothed click rate point in time (:func:`point_in_time_ctr`: only rows
+    with an earlier timestamp); :meth:`Dataset.split_time` freezes it on the later side at the earlier
+    side's counts, so a holdout row knows exactly what the popularity baseline knows.
 (b) **recpilot logged impressions** (feature_set "recpilot"): one row per shown item with the dense
     feature snapshot by name (``featurespec.DENSE_FEATURES``), labelled by later CLICK / PURCHASE
     events with the same request_id. Read from Kafka (``impressions`` + ``events.clean``, bounded
@@ -45,7 +48,8 @@ OBD_ID_FEATURES = (
     ("user_feature_0", 1_000), ("user_feature_1", 1_000), ("user_feature_2", 1_000), ("user_feature_3", 1_000),
     ("item_id", 1_000), ("item_feature_1", 1_000), ("item_feature_2", 1_000), ("item_feature_3", 1_000),
 )
-OBD_DENSE_FEATURES = ("item_feature_0", "user_item_affinity", "position_1", "position_2", "position_3")
+OBD_DENSE_FEATURES = ("item_feature_0", "user_item_affinity", "position_1", "position_2", "position_3", "item_ctr")
+OBD_CTR_FEATURE = "item_ctr"  # the point-in-time item click rate (see point_in_time_ctr)
 OBD_POLICIES = ("random", "bts")
 OUTCOME_TYPES = {"CLICK", "ADD_TO_CART", "PURCHASE"}
 POSITIVE_TYPES = {"CLICK", "PURCHASE"}
@@ -83,6 +87,9 @@ class Dataset:
     feature_set: str
     source: str
     extra: dict = field(default_factory=dict)
+    # the dense column holding the item's smoothed click rate from earlier rows only (point in time);
+    # split_time recomputes it on the later side from the earlier side's rows alone. None: no such column
+    ctr_feature: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -97,6 +104,8 @@ class Dataset:
                 raise ValueError(f"dataset column {name} has {len(arr)} rows, labels {n}")
         if n and not np.isfinite(self.dense).all():
             raise DataError(f"{self.source}: dense features contain NaN/inf")
+        if self.ctr_feature is not None and self.ctr_feature not in self.dense_features:
+            raise ValueError(f"ctr_feature {self.ctr_feature!r} is not a dense feature")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -108,7 +117,7 @@ class Dataset:
     def take(self, idx: np.ndarray, source: str | None = None) -> Dataset:
         return Dataset(self.dense[idx], self.ids[idx], self.labels[idx], self.ts_ms[idx], self.groups[idx],
                        self.items[idx], self.dense_features, self.id_features, self.feature_set,
-                       source or self.source, dict(self.extra))
+                       source or self.source, dict(self.extra), self.ctr_feature)
 
     def window(self) -> dict:
         return {"start_ms": int(self.ts_ms.min()) if len(self) else 0, "end_ms": int(self.ts_ms.max()) if len(self) else 0}
@@ -126,7 +135,11 @@ class Dataset:
 
     def split_time(self, holdout_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
         """Time-based split: the latest ``holdout_fraction`` of rows (by timestamp) are the holdout.
-        Rows with the same timestamp as the cut stay on the same side, so a request never straddles."""
+        Rows with the same timestamp as the cut stay on the same side, so a request never straddles.
+
+        With a ``ctr_feature`` the holdout's item click rates are frozen at the end of the training
+        window: every holdout row gets its item's smoothed rate over the training rows only (exactly
+        the popularity baseline's score), never counts from earlier holdout rows."""
         check_not_empty(self)
         order = np.argsort(self.ts_ms, kind="mergesort")
         cut = int(round(len(self) * (1 - holdout_fraction)))
@@ -138,7 +151,11 @@ class Dataset:
         if len(train) == 0 or len(test) == 0:
             raise DataError(f"{self.source}: cannot split {len(self)} rows into a training window and a holdout "
                             "(all rows share one timestamp?)")
-        return self.take(train, self.source + " [train]"), self.take(test, self.source + " [holdout]")
+        before, after = self.take(train, self.source + " [train]"), self.take(test, self.source + " [holdout]")
+        if self.ctr_feature is not None:
+            j = self.dense_features.index(self.ctr_feature)
+            after.dense[:, j] = frozen_ctr(before.items, before.labels, after.items)
+        return before, after
 
 
 def check_not_empty(ds: Dataset, need_both_classes: bool = True) -> None:
@@ -149,6 +166,55 @@ def check_not_empty(ds: Dataset, need_both_classes: bool = True) -> None:
         if pos == 0 or pos == len(ds):
             raise DataError(f"{ds.source}: {len(ds)} examples but {pos} positives; "
                             "training needs both clicked and not-clicked examples")
+
+
+# --------------------------------------------------------------------------------------------
+# item click rates: point in time, and frozen at the end of a training window
+
+CTR_PRIOR_CLICKS = 1.0
+CTR_PRIOR_VIEWS = 20.0
+
+
+def frozen_ctr(train_items: np.ndarray, train_labels: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Each of ``items``' smoothed click rate over the training rows alone: the popularity baseline's
+    score (``evaluate.popularity_scores``, one definition), as float32."""
+    from recpilot.models.evaluate import popularity_scores
+
+    return popularity_scores(train_items, train_labels, items, CTR_PRIOR_CLICKS, CTR_PRIOR_VIEWS).astype(np.float32)
+
+
+def point_in_time_ctr(items: np.ndarray, labels: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
+    """Per row, its item's smoothed click rate from the rows with a *strictly earlier* timestamp only
+    (never the row's own label, nor rows at the same moment or later), with the popularity baseline's
+    smoothing: global = (C + 1) / (N + 20) over the earlier rows, item = (c + 1) / (v + 1 / global),
+    where c / v are the item's earlier clicks / rows. A row with no history gets 1 / 20 (no rows
+    before it) or the global rate (an item not seen before). float32 [N]."""
+    items = np.asarray(items).astype(str)
+    y = np.asarray(labels, dtype=np.float64)
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    n = len(y)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    _, t_rank = np.unique(ts, return_inverse=True)      # dense time rank: equal timestamps, equal rank
+    _, code = np.unique(items, return_inverse=True)
+    t_rank, code = t_rank.astype(np.int64).ravel(), code.astype(np.int64).ravel()
+    # all rows: how many rows / clicks have a smaller time rank
+    order = np.argsort(t_rank, kind="mergesort")
+    cum = np.concatenate(([0.0], np.cumsum(y[order])))
+    n_before = np.searchsorted(t_rank[order], t_rank, side="left")
+    c_before = cum[n_before]
+    # per item: the same over the key (item, time rank)
+    span = int(t_rank.max()) + 1
+    key = code * span + t_rank
+    korder = np.argsort(key, kind="mergesort")
+    kcum = np.concatenate(([0.0], np.cumsum(y[korder])))
+    ks = key[korder]
+    below = np.searchsorted(ks, key, side="left")         # rows with a smaller key
+    start = np.searchsorted(ks, code * span, side="left")  # the item's first row
+    views = (below - start).astype(np.float64)
+    clicks = kcum[below] - kcum[start]
+    g = (c_before + CTR_PRIOR_CLICKS) / (n_before + CTR_PRIOR_VIEWS)
+    return ((clicks + CTR_PRIOR_CLICKS) / (views + CTR_PRIOR_CLICKS / g)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,12 +272,17 @@ def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES) -> Dataset
                + df["user_feature_2"].astype(str) + "|" + df["user_feature_3"].astype(str)).to_numpy()
         parts.append(dict(dense=dense, ids=ids, labels=df["click"].to_numpy(dtype=np.float32), ts=ts,
                           groups=seg, items=df["item_id"].astype(str).to_numpy()))
+    dense = np.concatenate([p["dense"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts])
+    ts = np.concatenate([p["ts"] for p in parts])
+    items = np.concatenate([p["items"] for p in parts])
+    # both logs together: item_id is the same index in both folders, and so is its click rate
+    dense[:, OBD_DENSE_FEATURES.index(OBD_CTR_FEATURE)] = point_in_time_ctr(items, labels, ts)
     ds = Dataset(
-        np.concatenate([p["dense"] for p in parts]), np.concatenate([p["ids"] for p in parts]),
-        np.concatenate([p["labels"] for p in parts]), np.concatenate([p["ts"] for p in parts]),
-        np.concatenate([p["groups"] for p in parts]), np.concatenate([p["items"] for p in parts]),
+        dense, np.concatenate([p["ids"] for p in parts]), labels, ts,
+        np.concatenate([p["groups"] for p in parts]), items,
         OBD_DENSE_FEATURES, OBD_ID_FEATURES, "obd", f"obd:{'+'.join(policies)} ({obd_dir})",
-        extra={"ranking_groups": "user segment (user_feature_0..3)"},
+        extra={"ranking_groups": "user segment (user_feature_0..3)"}, ctr_feature=OBD_CTR_FEATURE,
     )
     return ds
 

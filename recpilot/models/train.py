@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 FRAMEWORKS = ("torch", "tensorflow")
 DEFAULT_HP = {"embedding_dim": 16, "bottom": [64, 32], "top": [64, 32], "lr": 3e-3, "batch_size": 512,
-              "epochs": 3, "weight_decay": 0.0, "patience": 1, "validation_fraction": 0.1}
+              "epochs": 3, "weight_decay": 0.0, "embedding_l2": 0.0, "item_prior": False, "patience": 1,
+              "validation_fraction": 0.1}
 EXPORT_TOLERANCE = 1e-5
 RANK_K = 10
 
@@ -87,6 +88,10 @@ def make_ranker(framework: str, ds: Dataset, hp: dict, seed: int):
     std = ds.dense.std(axis=0) if len(ds) else np.ones(ds.dense.shape[1], np.float32)
     base = float(ds.labels.mean()) if len(ds) else 0.5
     buckets = [b for _, b in ds.id_features]
+    # wide & deep (hp item_prior): a dataset with a point-in-time item click rate (OBD item_ctr) gives the
+    # model its log-odds as a fixed prior and the network learns the correction. Off by default: on the
+    # OBD sample it did not help on validation inside the training window (docs/models.md)
+    prior = ds.dense_features.index(ds.ctr_feature) if ds.ctr_feature and hp.get("item_prior", False) else -1
     if framework in FRAMEWORKS:
         from recpilot.models.loader import apply_threads
 
@@ -94,11 +99,11 @@ def make_ranker(framework: str, ds: Dataset, hp: dict, seed: int):
     if framework == "torch":
         from recpilot.models.ranker_torch import TorchRanker
 
-        return TorchRanker(ds.dense.shape[1], buckets, hp, seed, mean, std, base)
+        return TorchRanker(ds.dense.shape[1], buckets, hp, seed, mean, std, base, prior)
     if framework == "tensorflow":
         from recpilot.models.ranker_tf import TFRanker
 
-        return TFRanker(ds.dense.shape[1], buckets, hp, seed, mean, std, base)
+        return TFRanker(ds.dense.shape[1], buckets, hp, seed, mean, std, base, prior)
     raise TrainError(f"unknown framework {framework!r} (expected one of {', '.join(FRAMEWORKS)})")
 
 
@@ -117,8 +122,10 @@ def fit(framework: str, train: Dataset, hp: dict, seed: int, val: Dataset | None
 
     With ``val`` (a later slice of the training window) the epoch with the lowest validation log
     loss is kept and training stops after ``hp["patience"]`` epochs without improvement (CTR models
-    with large embedding tables typically overfit after one or two epochs). ``watch`` (e.g. the
-    holdout) is only evaluated and shown per epoch, never used for any decision."""
+    with large embedding tables typically overfit after one or two epochs). A model with a prior
+    (wide & deep) is also scored before training ("epoch 0", the prior alone): when no epoch improves
+    on it, the prior alone is kept. ``watch`` (e.g. the holdout) is only evaluated and shown per
+    epoch, never used for any decision."""
     check_not_empty(train)
     progress = progress or Progress(enabled=False)
     hp = {**DEFAULT_HP, **hp}
@@ -131,6 +138,23 @@ def fit(framework: str, train: Dataset, hp: dict, seed: int, val: Dataset | None
     history = []
     best, best_epoch, best_state, bad = math.inf, 0, None, 0
     patience = int(hp.get("patience", 1))
+
+    def scores(rec: dict) -> str:
+        text = ""
+        for key, ds in (("val", val), ("holdout", watch)):
+            if ds is not None and len(ds):
+                p = ranker.predict(ds.dense, ds.ids)
+                rec[f"{key}_auc"] = ev.auc(ds.labels, p)
+                rec[f"{key}_logloss"] = ev.logloss(ds.labels, p)
+                text += f"  {key}_auc {_f(rec[f'{key}_auc'])}  {key}_logloss {rec[f'{key}_logloss']:.4f}"
+        return text
+
+    if getattr(ranker, "prior", False) and val is not None and len(val):
+        rec = {"epoch": 0, "train_loss": None, "seconds": 0.0}
+        text = "epoch 0 (prior alone):" + scores(rec)
+        history.append(rec)
+        best, best_state = rec["val_logloss"], ranker.get_state()
+        progress.line(text)
     for epoch in range(1, int(hp["epochs"]) + 1):
         t0 = time.monotonic()
         perm = rng.permutation(n)
@@ -145,13 +169,7 @@ def fit(framework: str, train: Dataset, hp: dict, seed: int, val: Dataset | None
             seen += len(idx)
             progress.batch(label, step + 1, steps, total / seen, t0)
         rec = {"epoch": epoch, "train_loss": total / max(seen, 1), "seconds": time.monotonic() - t0}
-        text = f"{label}: train_loss {rec['train_loss']:.4f}"
-        for key, ds in (("val", val), ("holdout", watch)):
-            if ds is not None and len(ds):
-                p = ranker.predict(ds.dense, ds.ids)
-                rec[f"{key}_auc"] = ev.auc(ds.labels, p)
-                rec[f"{key}_logloss"] = ev.logloss(ds.labels, p)
-                text += f"  {key}_auc {_f(rec[f'{key}_auc'])}  {key}_logloss {rec[f'{key}_logloss']:.4f}"
+        text = f"{label}: train_loss {rec['train_loss']:.4f}" + scores(rec)
         history.append(rec)
         stop = False
         if val is not None and len(val):
@@ -164,12 +182,15 @@ def fit(framework: str, train: Dataset, hp: dict, seed: int, val: Dataset | None
         if stop:
             break
     mode = "off"
+    trained = sum(1 for h in history if h["epoch"] > 0)
     if best_state is not None:
-        mode = f"kept epoch {best_epoch} of {len(history)} (lowest validation log loss)"
-        if best_epoch != len(history):
+        mode = (f"kept epoch {best_epoch} of {trained} (lowest validation log loss)" if best_epoch else
+                f"kept the prior alone (epoch 0): no epoch of {trained} lowered the validation log loss")
+        if best_epoch != trained:
             ranker.set_state(best_state)
         progress.line(f"early stopping: {mode}")
-    return FitResult(ranker, history, time.monotonic() - t_start, best_epoch or len(history), mode)
+        return FitResult(ranker, history, time.monotonic() - t_start, best_epoch, mode)
+    return FitResult(ranker, history, time.monotonic() - t_start, trained, mode)
 
 
 def _f(v) -> str:

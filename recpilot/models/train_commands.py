@@ -26,7 +26,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--embedding-dim", type=int, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None, help="L2 on the MLP weights (default 0)")
+    p.add_argument("--embedding-l2", type=float, default=None,
+                   help="L2 on the embedding rows each batch looks up (mean over the batch; default 0)")
+    p.add_argument("--item-prior", action="store_true",
+                   help="wide & deep: add the log-odds of the data's point-in-time item click rate (OBD item_ctr) "
+                        "to the logit as a fixed prior; the network learns the correction (default: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--last-days", type=float, default=None,
                    help="use only the latest D days of the data (by its newest timestamp)")
@@ -72,10 +77,13 @@ def register_bench(benches) -> None:
 def _hp(args) -> dict:
     hp = {}
     for key, attr in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
-                      ("embedding_dim", "embedding_dim"), ("weight_decay", "weight_decay")):
+                      ("embedding_dim", "embedding_dim"), ("weight_decay", "weight_decay"),
+                      ("embedding_l2", "embedding_l2")):
         v = getattr(args, attr, None)
         if v is not None:
             hp[key] = v
+    if getattr(args, "item_prior", False):
+        hp["item_prior"] = True
     if getattr(args, "no_early_stopping", False):
         hp["validation_fraction"] = 0.0
     if getattr(args, "width", None):
@@ -203,7 +211,9 @@ def cmd_tune(args) -> int:
         print("train it: recpilot train --framework {} --data {} --lr {:.6g} --embedding-dim {} --batch-size {} "
               "--weight-decay {:g} --epochs {} --width {} --no-early-stopping --seed {}".format(
                   args.framework, args.data, best_hp["lr"], best_hp["embedding_dim"], best_hp["batch_size"],
-                  best_hp["weight_decay"], best_hp["epochs"], w, args.seed))
+                  best_hp["weight_decay"], best_hp["epochs"], w, args.seed)
+              + (f" --embedding-l2 {best_hp['embedding_l2']:g}" if best_hp.get("embedding_l2") else "")
+              + (" --item-prior" if best_hp.get("item_prior") else ""))
         if args.register:
             prod = resolve_production(name, repo)
             report = train_and_register(ds, args.framework, name=name, hp=best_hp, seed=args.seed,

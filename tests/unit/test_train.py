@@ -209,13 +209,92 @@ def test_obd_features(tmp_path):
     item, pos = int(logs.item_id[r]), int(logs.position[r])
     assert ds.dense[r, 0] == pytest.approx([0.1, 0.2, 0.3][item])
     assert ds.dense[r, 1] == pytest.approx(logs[f"user-item_affinity_{item}"][r])
-    assert list(ds.dense[r, 2:]) == [float(pos == k) for k in (1, 2, 3)]
+    assert list(ds.dense[r, 2:5]) == [float(pos == k) for k in (1, 2, 3)]
     assert ds.ids.shape == (30, 8) and ds.ids.max() < 1000
     assert list(ds.labels) == list(logs.click.astype(float))
+    # item_ctr: the item's smoothed click rate over the earlier rows only (one row a minute, all distinct)
+    j = D.OBD_DENSE_FEATURES.index("item_ctr")
+    assert ds.ctr_feature == "item_ctr"
+    earlier = logs.iloc[:r]
+    g = (earlier.click.sum() + 1) / (r + 20)
+    c, v = earlier.click[earlier.item_id == item].sum(), int((earlier.item_id == item).sum())
+    assert ds.dense[r, j] == pytest.approx((c + 1) / (v + 1 / g), rel=1e-6)
+    assert ds.dense[0, j] == pytest.approx(1 / 20)  # no history at all
     # epoch milliseconds: 2019-11-24T00:00Z, one row a minute
     assert ds.ts_ms[0] == 1_574_553_600_000 and ds.ts_ms[1] - ds.ts_ms[0] == 60_000
     both = D.load_dataset("obd", D.TrainSettings(obd_dir=root))
     assert len(both) == 60
+
+
+def test_point_in_time_ctr_by_hand():
+    """Rows a@t1 (click), b@t1, a@t2, b@t3 (click), c@t3, a@t3: only strictly earlier rows count, with
+    the popularity baseline's smoothing g = (C + 1) / (N + 20), item = (c + 1) / (v + 1 / g)."""
+    items = np.array(["a", "b", "a", "b", "c", "a"])
+    labels = np.array([1, 0, 0, 1, 0, 0], dtype=np.float32)
+    ts = np.array([1, 1, 2, 3, 3, 3])
+    got = D.point_in_time_ctr(items, labels, ts)
+    g2, g3 = 2 / 22, 2 / 23          # before t2: 2 rows, 1 click; before t3: 3 rows, 1 click
+    expected = [1 / 20, 1 / 20,       # t1: nothing earlier (not even the other t1 row)
+                (1 + 1) / (1 + 1 / g2),   # a@t2: a seen once, clicked once
+                (0 + 1) / (1 + 1 / g3),   # b@t3: b seen once (its own click at t3 not counted)
+                g3,                       # c@t3: never seen: the global rate
+                (1 + 1) / (2 + 1 / g3)]   # a@t3: a seen twice, one click
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # no leakage: a row's own label, a label at the same moment or later changes nothing up to that row
+    flipped = labels.copy()
+    flipped[3:] = 1 - flipped[3:]
+    np.testing.assert_array_equal(D.point_in_time_ctr(items, flipped, ts)[:6], got)
+    # row order does not matter, only time
+    perm = np.array([5, 2, 0, 4, 1, 3])
+    np.testing.assert_array_equal(D.point_in_time_ctr(items[perm], labels[perm], ts[perm]), got[perm])
+
+
+def test_split_freezes_the_item_ctr_at_the_training_window(tmp_path):
+    """The holdout's item_ctr is the training window's smoothed rate (= the popularity baseline's
+    score), never counts from earlier holdout rows; the training rows keep their point-in-time values."""
+    from recpilot.models.evaluate import popularity_scores
+
+    ds = D.load_obd(_write_obd(tmp_path / "obd", rows=60), ("random",))
+    j = D.OBD_DENSE_FEATURES.index("item_ctr")
+    train, holdout = ds.split_time(0.3)
+    np.testing.assert_allclose(holdout.dense[:, j], popularity_scores(train.items, train.labels, holdout.items), rtol=1e-6)
+    np.testing.assert_array_equal(train.dense[:, j], ds.dense[:len(train), j])  # rows are in time order here
+    # holdout labels do not reach any holdout feature
+    flipped = holdout.take(np.arange(len(holdout)))
+    flipped.labels[:] = 1 - flipped.labels
+    both = D.Dataset(np.concatenate([train.dense, flipped.dense]), np.concatenate([train.ids, flipped.ids]),
+                     np.concatenate([train.labels, flipped.labels]), np.concatenate([train.ts_ms, flipped.ts_ms]),
+                     np.concatenate([train.groups, flipped.groups]), np.concatenate([train.items, flipped.items]),
+                     ds.dense_features, ds.id_features, "obd", "flipped", ctr_feature="item_ctr")
+    np.testing.assert_array_equal(both.split_time(0.3)[1].dense[:, j], holdout.dense[:, j])
+    # the point-in-time values of the later rows did see earlier holdout rows: freezing changed them
+    assert not np.allclose(ds.dense[len(train) + 1:, j], holdout.dense[1:, j])
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_item_prior_model_starts_at_the_prior_and_exports(framework, tmp_path):
+    """Wide & deep (item_prior): untrained, the score is the item_ctr column itself; trained, the export
+    reloads within 1e-5 and model.json keeps its signature."""
+    from recpilot.models.train import make_ranker
+
+    ds = D.load_obd(_write_obd(tmp_path / "obd", rows=120))
+    j = D.OBD_DENSE_FEATURES.index("item_ctr")
+    r = make_ranker(framework, ds, {**HP, "item_prior": True}, seed=0)
+    np.testing.assert_allclose(r.predict(ds.dense, ds.ids), ds.dense[:, j], rtol=1e-5)
+    plain = make_ranker(framework, ds, HP, seed=0)  # default: no prior
+    assert not np.allclose(plain.predict(ds.dense, ds.ids), ds.dense[:, j], rtol=1e-3)
+    repo = ModelRepository(tmp_path / "repo")
+    report = train_and_register(ds, framework, name="ranker-obd", hp={**HP, "item_prior": True, "embedding_l2": 1e-3},
+                                seed=1, repository=repo, holdout_fraction=0.25)
+    meta = repo.meta("ranker-obd", report.version)
+    assert meta["feature_set"] == "obd" and meta["dense_features"] == list(D.OBD_DENSE_FEATURES)
+    assert meta["inputs"][0]["shape"] == [-1, len(D.OBD_DENSE_FEATURES)]
+    assert meta["training"]["hyperparameters"]["item_prior"] is True
+    assert meta["training"]["export_check_max_abs_diff"] <= 1e-5
+    # with a prior, early stopping also scores the untrained model (epoch 0, the prior alone)
+    assert meta["training"]["validation_rows"] > 0 and meta["training"]["epochs"][0]["epoch"] == 0
+    loaded = load_model(repo.path("ranker-obd", report.version), meta, device="cpu")
+    np.testing.assert_allclose(loaded.predict(ds.dense, ds.ids), report.ranker.predict(ds.dense, ds.ids), atol=1e-5, rtol=0)
 
 
 @pytest.mark.skipif(not (D.TrainSettings().obd_dir / "random" / "all.csv").exists(), reason="OBD sample not present")
@@ -372,6 +451,19 @@ def test_corrupt_production_model_is_skipped_with_a_note(small_ds, tmp_path):
     other = {**meta, "feature_set": "obd"}
     metrics, note = evaluate_production(Production("1", other, bad), holdout)
     assert metrics is None and "uses other features" in note
+
+
+def test_cli_regularisation_and_prior_flags():
+    import argparse
+
+    from recpilot.models.train_commands import _common, _hp
+
+    p = argparse.ArgumentParser()
+    _common(p)
+    args = p.parse_args(["--framework", "torch", "--embedding-l2", "0.01", "--item-prior", "--width", "16",
+                         "--weight-decay", "0.0001"])
+    assert _hp(args) == {"embedding_l2": 0.01, "item_prior": True, "weight_decay": 0.0001, "bottom": [16, 8], "top": [16, 8]}
+    assert "item_prior" not in _hp(p.parse_args(["--framework", "torch"]))
 
 
 def test_last_days_window(small_ds):
