@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
 
@@ -110,17 +111,21 @@ _NUMERIC_GET = itemgetter(*_NUMERIC)
 _CTR_GET = itemgetter("ctr")
 
 
-def build_batch(user: dict, items: list[dict], now_ms: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ranker inputs for one user and N candidate items: dense float32 [N, D], ids int64 [N, K].
+# Columns of DENSE_FEATURES that depend on the item alone (0..ITEM_DENSE-1); the rest depend on the
+# user too. Serving caches the item part per item (``item_columns``) and computes the user part per
+# request (``user_columns``); ``build_batch`` is exactly the two together.
+ITEM_DENSE = 11
 
-    Column-wise (one pass per feature, numpy for the arithmetic): serving calls this once per
-    request with a few hundred candidates."""
+
+def item_columns(items: list[dict]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The item-only part of the ranker inputs for N items: dense float32 [N, ITEM_DENSE] (columns
+    0..10 of DENSE_FEATURES), ids int64 [N, 2] (the item and category id columns of ID_FEATURES) and
+    the item categories (strings, for the user-dependent columns)."""
     n = len(items)
-    dense = np.empty((n, len(DENSE_FEATURES)), dtype=np.float32)
-    ids = np.empty((n, len(ID_FEATURES)), dtype=np.int64)
+    dense = np.empty((n, ITEM_DENSE), dtype=np.float32)
+    ids = np.empty((n, 2), dtype=np.int64)
     if n == 0:
-        return dense, ids
-
+        return dense, ids, []
     try:  # fast path: every item has every numeric key, none of them None/"" (what the read API returns)
         num = np.fromiter(chain.from_iterable(map(_NUMERIC_GET, items)), dtype=np.float64,
                           count=n * len(_NUMERIC)).reshape(n, len(_NUMERIC))
@@ -139,23 +144,49 @@ def build_batch(user: dict, items: list[dict], now_ms: int) -> tuple[np.ndarray,
         ctr[missing] = smoothed_ctr(clicks[missing], views[missing])
     dense[:, 9] = ctr
     dense[:, 10] = np.log1p(np.maximum(num[:, 9], 0.0))
+    cats = [it.get("category") or "" for it in items]
+    (_, _), (_, item_buckets), (_, cat_buckets) = ID_FEATURES
+    ids[:, 0] = np.fromiter((zlib.crc32(str(it["item_id"]).encode()) for it in items), dtype=np.int64,
+                            count=n) % item_buckets
+    ids[:, 1] = np.fromiter((zlib.crc32(c.encode()) for c in cats), dtype=np.int64, count=n) % cat_buckets
+    return dense, ids, cats
 
+
+def user_columns(user: dict, item_ids: Sequence[str], cats: Sequence[str], now_ms: int,
+                 dense: np.ndarray) -> int:
+    """Fill the user-dependent columns (ITEM_DENSE..D-1) of ``dense`` [N, D] for N items with these ids
+    and categories; return the user id column of ID_FEATURES."""
+    n = len(item_ids)
     aff = {c: decayed(float(s), int(t), now_ms) for c, (s, t) in (user.get("affinity") or {}).items()}
     aff_total = sum(aff.values())
-    cats = [it.get("category") or "" for it in items]
     a = np.fromiter((aff.get(c, 0.0) if c else 0.0 for c in cats), dtype=np.float64, count=n)
     dense[:, 11] = np.log1p(a)
     dense[:, 12] = a / (aff_total + 1.0)
-    item_ids = [it["item_id"] for it in items]
     for column, key in ((13, "recent_views"), (14, "recent_clicks"), (15, "recent_purchases")):
         seen = set(user.get(key) or ())
-        dense[:, column] = np.fromiter((i in seen for i in item_ids), dtype=np.float64, count=n)
+        if seen:
+            dense[:, column] = np.fromiter((i in seen for i in item_ids), dtype=np.float64, count=n)
+        else:
+            dense[:, column] = 0.0
     dense[:, 16] = math.log1p(float(user.get("session_events") or 0))
+    return stable_hash(str(user.get("user_id", "")), ID_FEATURES[0][1])
 
-    (_, user_buckets), (_, item_buckets), (_, cat_buckets) = ID_FEATURES
-    ids[:, 0] = stable_hash(str(user.get("user_id", "")), user_buckets)
-    ids[:, 1] = np.fromiter((zlib.crc32(str(i).encode()) for i in item_ids), dtype=np.int64, count=n) % item_buckets
-    ids[:, 2] = np.fromiter((zlib.crc32(c.encode()) for c in cats), dtype=np.int64, count=n) % cat_buckets
+
+def build_batch(user: dict, items: list[dict], now_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ranker inputs for one user and N candidate items: dense float32 [N, D], ids int64 [N, K].
+
+    Column-wise (one pass per feature, numpy for the arithmetic): ``item_columns`` then
+    ``user_columns``. Training calls this; serving calls the same two functions with the item part
+    cached per item (services.inference.itemcache), so both see identical inputs."""
+    n = len(items)
+    dense = np.empty((n, len(DENSE_FEATURES)), dtype=np.float32)
+    ids = np.empty((n, len(ID_FEATURES)), dtype=np.int64)
+    if n == 0:
+        return dense, ids
+    item_dense, item_ids_cols, cats = item_columns(items)
+    dense[:, :ITEM_DENSE] = item_dense
+    ids[:, 1:] = item_ids_cols
+    ids[:, 0] = user_columns(user, [it["item_id"] for it in items], cats, now_ms, dense)
     return dense, ids
 
 

@@ -1,8 +1,9 @@
 """Impression log: every response goes to the ``impressions`` topic, off the request path.
 
-The request handler only appends a small record to an in-memory queue (O(1), no I/O, no
-serialisation); a background thread builds the protobuf ``Impression`` and hands it to the
-idempotent Kafka producer, whose delivery reports are counted. When Kafka is slow the queue
+The request handler only appends a small record to an in-memory deque (O(1), no lock, no
+wake-up, no I/O, no serialisation); a background thread drains it every few milliseconds, builds
+the feature snapshot and the protobuf ``Impression`` and hands it to the idempotent Kafka producer,
+whose delivery reports are counted. When Kafka is slow the queue
 absorbs bursts; when it is full, the newest impressions are dropped and counted rather than
 slowing answers down. On shutdown the queue is drained and the producer flushed.
 """
@@ -10,10 +11,12 @@ slowing answers down. On shutdown the queue is drained and the producer flushed.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from services.inference import metrics as m
 
@@ -36,6 +39,9 @@ class ImpressionRecord:
     fallback: bool
     variant: str
     context: dict[str, str] = field(default_factory=dict)
+    # The ranker's inputs of the shown items, in position order ([k, D] float32); turned into
+    # ``"<position>:<feature>"`` entries of ``features`` off the request path (see snapshot_keys).
+    shown_dense: np.ndarray | None = None
 
     def to_proto(self):
         from recpilot.pb import events_pb2
@@ -49,15 +55,33 @@ class ImpressionRecord:
         for iid, pos, score, prop in self.items:
             imp.items.add(item_id=iid, position=pos, score=score, propensity=prop)
         imp.features.update(self.features)
+        if self.shown_dense is not None and len(self.shown_dense):
+            # float32 -> Python float, exactly as float(row[j]); keys built once per position
+            imp.features.update(zip(snapshot_keys(len(self.shown_dense)), self.shown_dense.ravel().tolist()))
         imp.context.update(self.context)
         return imp
+
+
+_SNAPSHOT_KEYS: list[str] = []
+
+
+def snapshot_keys(n: int) -> list[str]:
+    """``"<position>:<feature>"`` for positions 1..n, row-major (pre-built, grown on demand)."""
+    from recpilot.featurespec import DENSE_FEATURES
+
+    d = len(DENSE_FEATURES)
+    while len(_SNAPSHOT_KEYS) < n * d:
+        pos = len(_SNAPSHOT_KEYS) // d + 1
+        _SNAPSHOT_KEYS.extend(f"{pos}:{fname}" for fname in DENSE_FEATURES)
+    return _SNAPSHOT_KEYS[: n * d]
 
 
 class ImpressionLogger:
     def __init__(self, producer, topic: str, max_pending: int = 100_000) -> None:
         self.producer = producer
         self.topic = topic
-        self._q: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.max_pending = max_pending
+        self._q: deque[ImpressionRecord] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
         self.delivered = 0
@@ -68,12 +92,12 @@ class ImpressionLogger:
         self._thread.start()
 
     def log(self, rec: ImpressionRecord) -> None:
-        """Never blocks: the request path only enqueues."""
-        try:
-            self._q.put_nowait(rec)
-        except queue.Full:
+        """Never blocks: the request path only appends (deque.append is atomic)."""
+        if len(self._q) >= self.max_pending:
             self.dropped += 1
             m.IMPRESSIONS.labels("dropped").inc()
+            return
+        self._q.append(rec)
 
     def _delivery(self, err, _msg) -> None:
         if err is None:
@@ -93,29 +117,30 @@ class ImpressionLogger:
             except BufferError:  # librdkafka queue full: wait for deliveries
                 self.producer.poll(0.05)
 
-    def _run(self) -> None:
-        while True:
-            try:
-                rec = self._q.get(timeout=0.1)
-            except queue.Empty:
-                self.producer.poll(0)
-                if self._stop.is_set():
-                    return
-                continue
+    def _drain(self) -> None:
+        q = self._q
+        while q:
+            rec = q.popleft()
             try:
                 self._send(rec)
             except Exception:
                 self.failed += 1
                 m.IMPRESSIONS.labels("failed").inc()
                 log.exception("impression not produced", extra={"request_id": rec.request_id})
-            self.producer.poll(0)
+        self.producer.poll(0)
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.wait(0.005)  # a batch every 5 ms: no per-request wake-up
+            self._drain()
+            if stopping:
+                return
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
-        t0 = time.monotonic()
-        while not self._q.empty() and time.monotonic() - t0 < timeout:  # thread died: finish here
-            self._send(self._q.get_nowait())
+        if self._q:  # the thread died or timed out: finish here
+            self._drain()
         remaining = self.producer.flush(timeout)
         if remaining:
             log.error("impressions not delivered at shutdown", extra={"count": remaining})

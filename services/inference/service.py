@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+import itertools
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from recpilot.featurespec import DENSE_FEATURES, build_batch
+from recpilot.featurespec import user_columns
 from services.inference import metrics as m
 from services.inference.batching import BatcherClosed, QueueFull
 from services.inference.impressions import ImpressionRecord
+from services.inference.itemcache import ItemCache
 from services.inference.policy import PolicyRegistry
 from services.inference.routing import ModelManager
 from services.inference.search import BM25Index
@@ -29,16 +31,14 @@ from services.inference.settings import InferenceSettings
 log = logging.getLogger(__name__)
 
 
-_SNAPSHOT_KEYS: list[str] = []
+# Request ids: 32 hex digits like uuid4().hex, a random per-process prefix + a counter (unique
+# without a system call per request).
+_ID_PREFIX = os.urandom(10).hex()
+_ID_COUNTER = itertools.count(1)
 
 
-def _snapshot_keys(n: int) -> list[str]:
-    """``"<position>:<feature>"`` for positions 1..n, row-major (pre-built, grown on demand)."""
-    d = len(DENSE_FEATURES)
-    while len(_SNAPSHOT_KEYS) < n * d:
-        pos = len(_SNAPSHOT_KEYS) // d + 1
-        _SNAPSHOT_KEYS.extend(f"{pos}:{fname}" for fname in DENSE_FEATURES)
-    return _SNAPSHOT_KEYS[: n * d]
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 class InvalidArgument(ValueError):
@@ -99,7 +99,7 @@ class RankingService:
         self.impressions = impressions
         self.index = index or BM25Index()
         self.telemetry = telemetry
-        self._items: dict[str, tuple[float, dict]] = {}  # item id -> (expires, item features)
+        self._items = ItemCache(settings.item_cache_ms / 1000, settings.item_cache_max)
         self._popular: list[str] = []
         self._popular_at = 0.0
         self._popular_task: asyncio.Task | None = None
@@ -134,33 +134,18 @@ class RankingService:
         return res
 
     # -- features ------------------------------------------------------------------------------
-    async def _fetch(self, user_id: str, candidates: list[str]) -> tuple[dict, list[dict]]:
-        """User features (always fresh) + item features, in one feature-store round trip.
-
-        Item features change slowly (windowed counts have one-minute resolution), so they are
-        reused for ``item_cache_ms``; only missing or expired items go to Redis with the user.
-        """
-        now_ms = int(time.time() * 1000)
-        ttl = self.s.item_cache_ms / 1000
-        if ttl <= 0:
-            return await self.features.fetch(user_id, candidates, now_ms)
+    async def _inputs(self, user_id: str, candidates: list[str]) -> tuple[dict, np.ndarray, np.ndarray]:
+        """Ranker inputs (dense [N, D], ids [N, K]) for the user and the candidates, with ONE
+        feature-store round trip: the user (always fresh) plus the items that are not in the item
+        cache (``item_cache_ms``; the item-only columns are cached per item, already encoded)."""
         now = time.monotonic()
-        cache = self._items
-        have: dict[str, dict] = {}
-        missing: list[str] = []
-        for i in dict.fromkeys(candidates):
-            e = cache.get(i)
-            if e is not None and e[0] >= now:
-                have[i] = e[1]
-            else:
-                missing.append(i)
-        user, fetched = await self.features.fetch(user_id, missing, now_ms)
-        if len(cache) + len(fetched) > self.s.item_cache_max:
-            cache.clear()
-        for i, d in zip(missing, fetched):
-            have[i] = d
-            cache[i] = (now + ttl, d)
-        return user, [have[i] for i in candidates]
+        dense, ids, cats, missing = self._items.gather(candidates, now)
+        need = [candidates[i] for i in missing.tolist()]
+        now_ms = int(time.time() * 1000)
+        user, fetched = await self.features.fetch(user_id, need, now_ms)
+        self._items.fill(dense, ids, cats, missing, fetched, now)
+        ids[:, 0] = user_columns(user, candidates, cats, now_ms, dense)
+        return user, dense, ids
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self, req: Request, search: bool = False) -> str:
@@ -176,7 +161,7 @@ class RankingService:
         if not self.models.serves(name):
             raise ModelNotFound(f"unknown model {name!r}; this server serves {self.models.model_names}")
         if not req.request_id:
-            req.request_id = uuid.uuid4().hex
+            req.request_id = new_request_id()
         return name
 
     # -- the two surfaces ------------------------------------------------------------------------
@@ -232,7 +217,7 @@ class RankingService:
             t0 = time.perf_counter()
             budget = self._budget(deadline)  # before creating the coroutine (it may raise)
             async with asyncio.timeout(budget):  # no extra task per call, unlike wait_for
-                user, items = await self._fetch(req.user_id, candidates)
+                user, dense, ids = await self._inputs(req.user_id, candidates)
             m.FEATURE_FETCH.observe(time.perf_counter() - t0)
         except _DeadlineNear:
             return self._fallback(req, "deadline", surface, name, candidates)
@@ -241,8 +226,6 @@ class RankingService:
         except Exception as exc:
             log.warning("feature fetch failed", extra={"request_id": req.request_id, "error": repr(exc)})
             return self._fallback(req, "features_unavailable", surface, name, candidates)
-        now_ms = int(time.time() * 1000)
-        dense, ids = build_batch(user, items, now_ms)
         try:
             try:
                 left = self._check(deadline)
@@ -275,7 +258,8 @@ class RankingService:
         out = [(candidates[i], float(scores[i]), pos, float(p)) for pos, (i, p) in enumerate(zip(idx, props), start=1)]
         res = Result(out, req.request_id, name, mv.version, getattr(policy, "version", routes.policy_version),
                      False, "", variant)
-        self._log(req, res, surface, self._snapshot(user, dense, idx))
+        self._log(req, res, surface, {"user:session_events": float(user.get("session_events") or 0),
+                                      "user:events": float(user.get("events") or 0)}, dense[idx])
         return res
 
     async def _shadow(self, mv, req: Request, dense, ids, served: np.ndarray) -> None:
@@ -290,17 +274,10 @@ class RankingService:
         except Exception as exc:
             log.warning("shadow scoring failed", extra={"request_id": req.request_id, "error": repr(exc)})
 
-    @staticmethod
-    def _snapshot(user: dict, dense: np.ndarray, idx: list[int]) -> dict[str, float]:
-        """The features the ranker saw for the shown items: ``"<position>:<feature>"`` -> value,
-        plus a few user-level values under ``"user:<name>"``."""
-        snap = {"user:session_events": float(user.get("session_events") or 0),
-                "user:events": float(user.get("events") or 0)}
-        if len(idx):  # float32 -> Python float, exactly as float(row[j]); keys built once per position
-            snap.update(zip(_snapshot_keys(len(idx)), dense[idx].ravel().tolist()))
-        return snap
-
-    def _log(self, req: Request, res: Result, surface: str, features: dict[str, float]) -> None:
+    def _log(self, req: Request, res: Result, surface: str, features: dict[str, float],
+             shown_dense: np.ndarray | None = None) -> None:
+        """Hand the impression to the logger: the feature snapshot is the user-level values plus
+        the shown items' ranker inputs (``"<position>:<feature>"``, built off the request path)."""
         if self.impressions is None:
             return
         self.impressions.log(ImpressionRecord(
@@ -308,4 +285,4 @@ class RankingService:
             query=req.query, model_name=res.model_name, model_version=res.model_version,
             policy_version=res.policy_version, items=[(i, p, s, q) for i, s, p, q in res.items],
             features=features, timestamp_ms=int(time.time() * 1000), fallback=res.fallback,
-            variant=res.variant, context=dict(req.context)))
+            variant=res.variant, context=dict(req.context), shown_dense=shown_dense))

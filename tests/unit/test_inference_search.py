@@ -94,7 +94,9 @@ def test_metric_events_summarise_scores_features_and_latency():
 def test_item_feature_cache_fetches_only_missing_items_and_user_always():
     import asyncio
 
-    from recpilot.featurespec import OfflineFeatureStore
+    import numpy as np
+
+    from recpilot.featurespec import ITEM_DENSE, OfflineFeatureStore, build_batch
     from services.inference.service import RankingService
 
     store = OfflineFeatureStore()
@@ -104,24 +106,65 @@ def test_item_feature_cache_fetches_only_missing_items_and_user_always():
 
     class OfflineSource:  # the read API computed by featurespec's offline store (no Redis)
         def __init__(self):
-            self.asked = []
+            self.asked, self.now = [], []
 
         async def fetch(self, user_id, item_ids, now_ms):
             self.asked.append(list(item_ids))
+            self.now.append(now_ms)
             return store.user(user_id), [store.item(i, now_ms) for i in item_ids]
 
     src = OfflineSource()
     svc = RankingService(InferenceSettings(item_cache_ms=60_000), src, models=None)
 
     async def run():
-        u1, items1 = await svc._fetch("u", ["a", "b"])
+        first = await svc._inputs("u", ["a", "b"])
+        items_before = {i: store.item(i, src.now[0]) for i in "ab"}
         store.apply({"event_type": "CLICK", "user_id": "u", "item_id": "a", "timestamp_ms": 2000})
-        u2, items2 = await svc._fetch("u", ["b", "c", "a"])
-        return u1, items1, u2, items2
+        second = await svc._inputs("u", ["b", "c", "a"])
+        return first, items_before, second
 
-    u1, items1, u2, items2 = asyncio.run(run())
+    (u1, d1, i1), before, (u2, d2, i2) = asyncio.run(run())
     assert src.asked == [["a", "b"], ["c"]]  # cached items are not asked again
-    assert [i["item_id"] for i in items2] == ["b", "c", "a"]
-    assert items2[2]["clicks"] == 0  # the cached copy (within its TTL)
     assert u1["events"] == 3 and u2["events"] == 4  # the user is always fresh
     assert u2["recent_clicks"] == ["a"]
+    # item columns: the cached copy of "a" (within its TTL, before the click); user columns: fresh
+    want_d, want_i = build_batch(u2, [before["b"], store.item("c", src.now[1]), before["a"]], src.now[1])
+    assert np.array_equal(d2, want_d) and np.array_equal(i2, want_i)
+    assert d2[2, DENSE_FEATURES.index("user_clicked_item")] == 1.0
+    fresh_a = build_batch(u2, [store.item("a", src.now[1])], src.now[1])[0]
+    assert not np.array_equal(d2[2, :ITEM_DENSE], fresh_a[0, :ITEM_DENSE])  # clicks changed, not seen yet
+
+
+def test_item_cache_rows_equal_build_batch_through_expiry_and_clearing():
+    """The serving path (cached item rows + user columns) gives exactly featurespec.build_batch."""
+    import random
+
+    import numpy as np
+
+    from recpilot.featurespec import OfflineFeatureStore, build_batch, user_columns
+    from recpilot.models.data import simulated_events
+    from services.inference.itemcache import ItemCache
+
+    store = OfflineFeatureStore()
+    evs = simulated_events(6000, seed=5)
+    for e in evs:
+        store.apply(e)
+    now_ms = evs[-1]["timestamp_ms"] + 5000
+    rng = random.Random(1)
+    items, users = sorted(store.items), sorted(store.users)
+    cache = ItemCache(ttl_s=10.0, max_items=150)  # small: forces clears while requests go on
+    fetched_total = 0
+    for t in range(60):
+        now = float(t)  # monotonic seconds: entries expire after 10 "seconds"
+        user = store.user(rng.choice(users))
+        cands = rng.sample(items, 40) + ["never-seen-item"]
+        dense, ids, cats, missing = cache.gather(cands, now)
+        fetched = [store.item(cands[i], now_ms) for i in missing.tolist()]
+        fetched_total += len(fetched)
+        cache.fill(dense, ids, cats, missing, fetched, now)
+        ids[:, 0] = user_columns(user, cands, cats, now_ms, dense)
+        want_d, want_i = build_batch(user, [store.item(i, now_ms) for i in cands], now_ms)
+        assert np.array_equal(dense, want_d) and np.array_equal(ids, want_i), t
+        assert len(cache) <= 150
+    assert 0 < fetched_total < 60 * 41  # some hits, some misses
+    assert cache.hits > 0 and cache.misses > 0
