@@ -34,7 +34,7 @@ import math
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
-from itertools import chain
+from itertools import chain, repeat
 from operator import itemgetter
 
 import numpy as np
@@ -159,13 +159,17 @@ def user_columns(user: dict, item_ids: Sequence[str], cats: Sequence[str], now_m
     n = len(item_ids)
     aff = {c: decayed(float(s), int(t), now_ms) for c, (s, t) in (user.get("affinity") or {}).items()}
     aff_total = sum(aff.values())
-    a = np.fromiter((aff.get(c, 0.0) if c else 0.0 for c in cats), dtype=np.float64, count=n)
+    if aff:
+        aff[""] = 0.0  # an item without a category has no affinity
+        a = np.fromiter(map(aff.get, cats, repeat(0.0, n)), dtype=np.float64, count=n)
+    else:
+        a = np.zeros(n)
     dense[:, 11] = np.log1p(a)
     dense[:, 12] = a / (aff_total + 1.0)
     for column, key in ((13, "recent_views"), (14, "recent_clicks"), (15, "recent_purchases")):
         seen = set(user.get(key) or ())
         if seen:
-            dense[:, column] = np.fromiter((i in seen for i in item_ids), dtype=np.float64, count=n)
+            dense[:, column] = np.fromiter(map(seen.__contains__, item_ids), dtype=np.float64, count=n)
         else:
             dense[:, column] = 0.0
     dense[:, 16] = math.log1p(float(user.get("session_events") or 0))

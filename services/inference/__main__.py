@@ -20,6 +20,10 @@ log = logging.getLogger("services.inference")
 def main() -> int:
     platform, s = load_service("inference", InferenceSettings)
     setup_logging("inference", platform.log_level)
+    if s.workers > 1:  # a supervisor of N single-process servers sharing the gRPC port
+        from services.inference.workers import run_supervisor
+
+        return run_supervisor(s, platform)
 
     from recpilot import kafka
     from recpilot.models.deployments import DeploymentFollower
@@ -33,9 +37,14 @@ def main() -> int:
     from services.inference.telemetry import Telemetry
 
     replica = s.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+    if s.worker_index >= 0:
+        log.info("worker of a supervisor", extra={"worker": s.worker_index, "pid": os.getpid()})
     host = s.grpc_host or platform.bind_host
     s = s.model_copy(update={"grpc_host": host})
     configure_threads(s.intra_op_threads, s.inter_op_threads)
+    from services.inference.metrics import install_gc_metrics
+
+    install_gc_metrics()
     executor = ThreadPoolExecutor(s.compute_threads, thread_name_prefix="compute")
     models = ModelManager(platform.model_repo, s.model_names, device=s.device,
                           batching_for=s.batching_for, executor=executor)

@@ -5,13 +5,16 @@ gRPC client in this process (same machine).
 Phases: steady closed-loop at several concurrencies (batching on), the same at the highest
 concurrency with batching off (a second server process), an open-loop phase at a fixed rate, and
 ``--swaps`` PROMOTE commands through ``control.deployments`` under load (p99 during swaps vs steady,
-failed requests counted). The ranker is a real TorchScript MLP (services.inference.toymodel);
-each request asks for k=10 out of ``--candidates`` given candidate ids.
+failed requests counted). The model (``--model``) is either the platform's own ranker, trained by
+``recpilot.models.train`` on synthetic logged impressions (TorchScript or SavedModel, one version
+per seed), or a wider random-weight TorchScript MLP (services.inference.toymodel); each request asks
+for k=10 out of ``--candidates`` given candidate ids.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import random
@@ -29,10 +32,29 @@ import numpy as np
 from recpilot.benchutil import machine
 
 
+CHANNELS = 1  # client connections the load is spread over (set from --channels)
+
+
+def _channels(port: int):
+    """CHANNELS client channels, each with its own TCP connection (grpc shares one connection
+    between identical channels of a process unless each has a local subchannel pool)."""
+    import grpc
+
+    return [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(CHANNELS)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _pct(lat: list[float], q: float) -> float:
@@ -62,16 +84,58 @@ class Server:
             time.sleep(0.3)
         raise RuntimeError(f"inference not ready after {timeout}s; see {self.log}")
 
-    def metric(self, name: str) -> float:
+    def _series(self, name: str):
+        """(labels text, value) of every sample whose name (+ the given labels) matches; a
+        ``worker`` label (several server processes) is ignored for matching."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as r:
             text = r.read().decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name) and not line.startswith("#"))
+        base, _, want = name.partition("{")
+        want = [x for x in want.rstrip("}").split(",") if x]
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            sname, _, labels = series.partition("{")
+            if sname != base:
+                continue
+            have = labels.rstrip("}").split(",") if labels else []
+            if all(w in have for w in want):
+                yield labels, float(value)
+
+    def metric(self, name: str) -> float:
+        return sum(v for _, v in self._series(name))
+
+    def per_worker(self, name: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for labels, v in self._series(name):
+            w = labels.split('worker="', 1)[1].split('"', 1)[0] if 'worker="' in labels else "0"
+            out[w] = out.get(w, 0.0) + v
+        return out
+
+    def buckets(self, name: str, method: str = "Recommend") -> list[tuple[float, float]]:
+        """Cumulative (le, count) of a server histogram, for server-side percentiles."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out = []
+        for line in text.splitlines():
+            if line.startswith(name + "_bucket{") and f'method="{method}"' in line:
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+        summed: dict[float, float] = {}
+        for le, c in out:  # one series per worker when the server runs several
+            summed[le] = summed.get(le, 0.0) + c
+        return sorted(summed.items())
 
     def cpu_seconds(self) -> float:
-        """user+system CPU of the server process so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """user+system CPU of the server process and its workers (if any) so far."""
+        total = 0
+        for pid in [self.proc.pid, *_children(self.proc.pid)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def breakdown(self) -> dict:
         """Mean server-side times (ms) since start: request, feature fetch, queue wait, compute."""
@@ -90,6 +154,28 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _ranker_versions(root: Path, framework: str, count: int, rows: int = 20_000) -> list[str]:
+    """``count`` versions of the platform's ranker (one per seed), trained on synthetic logged
+    impressions exactly as ``recpilot train`` does, in the repository at ``root``."""
+    from recpilot.models.data import examples_from_impressions, synthetic_impressions
+    from recpilot.models.repository import ModelRepository
+    from recpilot.models.train import train_and_register
+
+    ds = examples_from_impressions(synthetic_impressions(rows, seed=0), source="bench:synthetic")
+    repo = ModelRepository(root)
+    out = []
+    for seed in range(1, count + 1):
+        rep = train_and_register(ds, framework, name="ranker", hp={"epochs": 1}, seed=seed, repository=repo)
+        out.append(rep.version)
+    return out
+
+
+def _own_cpu() -> float:
+    """user+system CPU of this process (the load generator) so far."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _infer_requests(n_rows: int, count: int = 64):
@@ -126,14 +212,16 @@ async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], u
     errors: list[str] = []
     ranked: list[float] = []
     fallbacks = 0
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = recommend_pb2_grpc.RecommenderStub(ch)
-        istub = oip_grpc.GRPCInferenceServiceStub(ch)
+    chans = _channels(port)
+    try:
+        stubs = [recommend_pb2_grpc.RecommenderStub(ch) for ch in chans]
+        istubs = [oip_grpc.GRPCInferenceServiceStub(ch) for ch in chans]
         stop_at = time.monotonic() + seconds
 
         async def worker(i: int) -> None:
             nonlocal fallbacks
             j = i
+            stub, istub = stubs[i % len(stubs)], istubs[i % len(istubs)]
             while time.monotonic() < stop_at:
                 t0 = time.perf_counter()
                 try:
@@ -157,6 +245,9 @@ async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], u
         t0 = time.monotonic()
         await asyncio.gather(*(worker(i) for i in range(conc)))
         took = time.monotonic() - t0
+    finally:
+        for ch in chans:
+            await ch.close()
     lats = [x for _, x in lat]
     return {"concurrency": conc, "requests": len(lats), "rps": len(lats) / took, "p50_ms": _pct(lats, 50),
             "p99_ms": _pct(lats, 99), "p999_ms": _pct(lats, 99.9), "errors": len(errors),
@@ -173,17 +264,22 @@ async def _open_loop(port: int, rate: float, seconds: float, items: list[str], u
     reqs = [recommend_pb2.RecommendRequest(user_id=rng.choice(users), k=10, candidate_ids=rng.sample(items, n_cand))
             for _ in range(256)]
     lats: list[float] = []
+    sched: list[float] = []
+    lag: list[float] = []
     errors = 0
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = recommend_pb2_grpc.RecommenderStub(ch)
+    chans = _channels(port)
+    try:
+        stubs = [recommend_pb2_grpc.RecommenderStub(ch) for ch in chans]
 
-        async def one(r, t_sched: float) -> None:
+        async def one(r, t_sched: float, stub) -> None:
             nonlocal errors
+            lag.append(time.perf_counter() - t_sched)  # the generator's own delay in sending it
             try:
                 await stub.Recommend(r, timeout=5.0)
             except grpc.aio.AioRpcError:
                 errors += 1
             lats.append(time.perf_counter() - t_sched)  # from the scheduled send time: no coordinated omission
+            sched.append(t_sched - t0)
 
         tasks = []
         t0 = time.perf_counter()
@@ -193,11 +289,36 @@ async def _open_loop(port: int, rate: float, seconds: float, items: list[str], u
             delay = t_sched - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(reqs[i % len(reqs)], t_sched)))
+            tasks.append(asyncio.ensure_future(one(reqs[i % len(reqs)], t_sched, stubs[i % len(stubs)])))
         await asyncio.gather(*tasks)
         took = time.perf_counter() - t0
+    finally:
+        for ch in chans:
+            await ch.close()
     return {"rate": rate, "requests": len(lats), "achieved_rps": len(lats) / took, "p50_ms": _pct(lats, 50),
-            "p99_ms": _pct(lats, 99), "p999_ms": _pct(lats, 99.9), "errors": errors}
+            "p99_ms": _pct(lats, 99), "p999_ms": _pct(lats, 99.9), "errors": errors,
+            "slow_seconds": _slow_seconds(sched, lats), "send_lag_p99_ms": _pct(lag, 99)}
+
+
+def _hist_pct(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float:
+    """The q-th percentile (ms) of a histogram's observations between two reads, as the upper
+    bound of the bucket it falls in (an upper estimate)."""
+    b = dict(before)
+    delta = [(le, c - b.get(le, 0.0)) for le, c in after]
+    if not delta or delta[-1][1] <= 0:
+        return float("nan")
+    want = delta[-1][1] * q / 100
+    return next(le for le, c in delta if c >= want) * 1000
+
+
+def _slow_seconds(sched: list[float], lats: list[float], slow_s: float = 0.025) -> dict[str, int]:
+    """How many requests took longer than ``slow_s``, by the second of the run they were sent in
+    (shows whether the tail is spread out or comes from a few stalls)."""
+    out: dict[str, int] = {}
+    for t, x in zip(sched, lats):
+        if x > slow_s:
+            out[str(int(t))] = out.get(str(int(t)), 0) + 1
+    return out
 
 
 def _publish(platform, topic: str, action: str, version: str) -> None:
@@ -239,6 +360,19 @@ def _seed_features(platform, prefix: str, n_items: int, n_users: int) -> tuple[l
     return items, users
 
 
+def _delete_topics(platform, topics: list[str]) -> None:
+    from recpilot import kafka
+
+    try:
+        for fut in kafka.admin(platform).delete_topics(topics, operation_timeout=10).values():
+            try:
+                fut.result(15)
+            except Exception:  # a topic that was never created
+                pass
+    except Exception as exc:
+        print(f"could not delete the bench topics {topics}: {exc}")
+
+
 def _clean_features(platform, prefix: str) -> None:
     import redis
 
@@ -252,15 +386,28 @@ def run(args) -> int:
     from recpilot.settings import PlatformSettings, load
     from services.inference.toymodel import write_version
 
+    global CHANNELS
+    CHANNELS = args.channels
     platform = load(PlatformSettings)
     uid = uuid.uuid4().hex[:8]
     prefix, topic = f"bench{uid}:", f"control.bench-{uid}"
     work = Path(tempfile.mkdtemp(prefix="recpilot-bench-inference-"))
     root = work / "models"
     print(f"machine: {machine()}")
+    if args.model == "ranker":
+        t0 = time.monotonic()
+        versions = _ranker_versions(root, args.framework, args.swaps + 1)
+        model_desc = (f"the platform's ranker ({args.framework}, DLRM-style: embeddings 3x16, bottom MLP 64-32, "
+                      f"top MLP 64-32; trained on 20,000 synthetic logged impressions, {len(versions)} versions "
+                      f"in {time.monotonic() - t0:.0f} s)")
+    else:
+        versions = [write_version(root, "ranker", seed=s, hidden=tuple(args.hidden)) for s in range(1, args.swaps + 2)]
+        model_desc = f"toy TorchScript MLP (embeddings 3x8 + 17 dense -> {args.hidden}, random weights)"
     print(f"setup: {args.items} items, {args.users} users in Redis ({platform.redis_url}, prefix {prefix}); "
-          f"TorchScript MLP ranker (embeddings 3x8 + 17 dense -> {args.hidden}); k=10 of {args.candidates} candidates")
-    versions = [write_version(root, "ranker", seed=s, hidden=tuple(args.hidden)) for s in range(1, args.swaps + 2)]
+          f"{model_desc}; k=10 of {args.candidates} candidates; server workers {args.workers}, "
+          f"client connections {args.channels}")
+    results_model = {"model": args.model, "framework": args.framework if args.model == "ranker" else "torch",
+                     "description": model_desc, "workers": args.workers, "channels": args.channels}
     items, users = _seed_features(platform, prefix, args.items, args.users)
     _publish(platform, topic, "deploy", versions[0])
     base_env = {"RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": prefix,
@@ -268,8 +415,9 @@ def run(args) -> int:
                 "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.bench-{uid}",
                 "RECPILOT_INFERENCE_DEVICE": args.device, "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1",
                 "RECPILOT_INFERENCE_ITEM_CACHE_MS": str(args.item_cache_ms),
-                "RECPILOT_INFERENCE_REDIS_TIMEOUT_MS": str(args.redis_timeout_ms)}
-    results: dict = {"machine": machine()}
+                "RECPILOT_INFERENCE_REDIS_TIMEOUT_MS": str(args.redis_timeout_ms),
+                "RECPILOT_INFERENCE_WORKERS": str(args.workers)}
+    results: dict = {"machine": machine(), "model": results_model}
     try:
         def phase(batching: bool, levels: list[int]) -> list[dict]:
             cfg = {"enabled": batching, "max_batch_size": args.max_batch_size,
@@ -282,13 +430,17 @@ def run(args) -> int:
                 for c in levels:
                     e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                         "recpilot_inference_batch_requests_total")
-                    cpu0 = srv.cpu_seconds()
+                    cpu0, ccpu0 = srv.cpu_seconds(), _own_cpu()
                     r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates))
                     r["server_cpu_ms_per_request"] = (srv.cpu_seconds() - cpu0) * 1000 / max(r["requests"], 1)
+                    r["client_cpu_ms_per_request"] = (_own_cpu() - ccpu0) * 1000 / max(r["requests"], 1)
                     e1, r1 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                         "recpilot_inference_batch_requests_total")
                     r["avg_batch"] = (r1 - r0) / max(e1 - e0, 1)
                     r["server"] = srv.breakdown()
+                    if args.workers > 1:
+                        r["requests_per_worker"] = srv.per_worker('recpilot_inference_requests_total{method="Recommend"}')
+                        print(f"      Recommend requests per worker so far: {r['requests_per_worker']}", flush=True)
                     r.pop("timeline")
                     r["batching"] = batching
                     out.append(r)
@@ -298,7 +450,8 @@ def run(args) -> int:
                     print(f"      model-ranked answers only: p50 {r['ranked_p50_ms']:.1f} ms, p99 {r['ranked_p99_ms']:.1f} ms",
                           flush=True)
                     print("      server means: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["server"].items())
-                          + f"; server CPU {r['server_cpu_ms_per_request']:.2f} ms/request", flush=True)
+                          + f"; CPU per request: server {r['server_cpu_ms_per_request']:.2f} ms, "
+                          f"load generator {r['client_cpu_ms_per_request']:.2f} ms", flush=True)
                 c = levels[-1]
                 e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                     "recpilot_inference_batch_requests_total")
@@ -312,10 +465,31 @@ def run(args) -> int:
                       f"{r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
                       f"avg batch {r['avg_batch']:5.1f}  errors {r['errors']}", flush=True)
                 if batching and args.rate > 0:
+                    # warm-up at the same rate, not measured (the ModelInfer phase left the item cache cold)
+                    asyncio.run(_open_loop(srv.grpc_port, args.rate, args.warmup, items, users, args.candidates))
+                    cpu0, ccpu0 = srv.cpu_seconds(), _own_cpu()
+                    h0 = srv.buckets("recpilot_inference_request_latency_seconds")
+                    gc0 = (srv.metric('recpilot_inference_gc_pause_seconds_count{generation="2"}'),
+                           srv.metric('recpilot_inference_gc_pause_seconds_sum{generation="2"}'))
                     o = asyncio.run(_open_loop(srv.grpc_port, args.rate, args.seconds, items, users, args.candidates))
+                    h1 = srv.buckets("recpilot_inference_request_latency_seconds")
+                    gc1 = (srv.metric('recpilot_inference_gc_pause_seconds_count{generation="2"}'),
+                           srv.metric('recpilot_inference_gc_pause_seconds_sum{generation="2"}'))
+                    o["server_full_gc"] = {"collections": gc1[0] - gc0[0], "seconds": gc1[1] - gc0[1]}
+                    o["server_p50_ms_at_most"] = _hist_pct(h0, h1, 50)
+                    o["server_p99_ms_at_most"] = _hist_pct(h0, h1, 99)
+                    o["server_cpu_ms_per_request"] = (srv.cpu_seconds() - cpu0) * 1000 / max(o["requests"], 1)
+                    o["client_cpu_ms_per_request"] = (_own_cpu() - ccpu0) * 1000 / max(o["requests"], 1)
                     results["open_loop"] = o
                     print(f"  open loop at {o['rate']:.0f} req/s: achieved {o['achieved_rps']:.0f} req/s  p50 "
-                          f"{o['p50_ms']:.1f} ms  p99 {o['p99_ms']:.1f} ms  p999 {o['p999_ms']:.1f} ms  errors {o['errors']}",
+                          f"{o['p50_ms']:.1f} ms  p99 {o['p99_ms']:.1f} ms  p999 {o['p999_ms']:.1f} ms  errors {o['errors']}; "
+                          f"CPU per request: server {o['server_cpu_ms_per_request']:.2f} ms, load generator "
+                          f"{o['client_cpu_ms_per_request']:.2f} ms; server-side (in the handler) p50 <= "
+                          f"{o['server_p50_ms_at_most']:g} ms, p99 <= {o['server_p99_ms_at_most']:g} ms; "
+                          f"generator's own send lag p99 {o['send_lag_p99_ms']:.1f} ms; server full GCs "
+                          f"{o['server_full_gc']['collections']:.0f} ({o['server_full_gc']['seconds'] * 1000:.0f} ms); "
+                          f"over 25 ms by second of the run: "
+                          f"{o['slow_seconds'] or 'none'}",
                           flush=True)
                 if batching and args.swaps > 0:
                     results["swaps"] = swaps(srv)
@@ -353,6 +527,8 @@ def run(args) -> int:
                   f"loads {loads:.0f}", flush=True)
             return out
 
+        gc.collect()  # the load generator: no full-collection pauses from the training above
+        gc.freeze()
         print("closed loop, Recommend:")
         results["batching_on"] = phase(True, args.concurrency)
         if not args.skip_unbatched:
@@ -366,6 +542,7 @@ def run(args) -> int:
                       f"{mi[True]['rps'] / max(mi[False]['rps'], 1e-9):.2f}x")
     finally:
         _clean_features(platform, prefix)
+        _delete_topics(platform, [topic, f"impressions.bench-{uid}"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     print(f"machine at the end: {machine()}")

@@ -93,15 +93,24 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--items", type=int, default=2000)
     p.add_argument("--users", type=int, default=500)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 128, 64], help="MLP hidden sizes")
+    p.add_argument("--model", choices=["ranker", "toy-mlp"], default="ranker",
+                   help="ranker: the platform's DLRM-style ranker trained by recpilot's trainer on synthetic "
+                        "logged impressions (what `recpilot train` deploys); toy-mlp: a wider plain MLP with "
+                        "random weights (--hidden)")
+    p.add_argument("--framework", choices=["torch", "tensorflow"], default="torch", help="for --model ranker")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 128, 64], help="toy-mlp hidden sizes")
     p.add_argument("--max-batch-size", type=int, default=8192, help="rows")
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     p.add_argument("--rate", type=float, default=500.0, help="open-loop phase rate (0 = skip)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds at --rate before the open-loop phase is measured")
     p.add_argument("--swaps", type=int, default=10)
     p.add_argument("--swap-interval", type=float, default=1.5)
     p.add_argument("--swap-concurrency", type=int, default=16)
     p.add_argument("--device", default="auto")
-    p.add_argument("--item-cache-ms", type=float, default=1000.0, help="server's item feature cache TTL")
+    p.add_argument("--workers", type=int, default=1, help="server processes (RECPILOT_INFERENCE_WORKERS)")
+    p.add_argument("--channels", type=int, default=8,
+                   help="client connections the load is spread over (SO_REUSEPORT balances connections)")
+    p.add_argument("--item-cache-ms", type=float, default=5000.0, help="server's item feature cache TTL")
     p.add_argument("--redis-timeout-ms", type=float, default=200.0, help="server's feature fetch timeout")
     p.add_argument("--skip-unbatched", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")

@@ -8,6 +8,12 @@ one numpy index instead of re-encoding 200 dicts, then ``featurespec.user_column
 user-dependent columns. The result is exactly ``featurespec.build_batch(user, items, now_ms)``
 (a unit test checks it), so training and serving still share one feature definition.
 
+Every entry lives ``ttl_s`` +- 25 %, so items read together expire spread out.
+
+Stale-while-revalidate: an entry past its TTL but within ``stale_s`` more is still used, and its
+id is reported back so the caller refreshes it in the background (``stale``), off the request
+path. Only items never seen (or older than TTL + stale_s) are read on the request path.
+
 Single-threaded (the event loop's thread). A request copies its rows out before it awaits the
 feature store, so a concurrent ``put`` (which may clear the cache when it is full) never changes
 what an in-flight request sees.
@@ -16,6 +22,8 @@ what an in-flight request sees.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
+from operator import itemgetter
 
 import numpy as np
 
@@ -25,14 +33,16 @@ _D, _K = len(DENSE_FEATURES), len(ID_FEATURES)
 
 
 class ItemCache:
-    def __init__(self, ttl_s: float, max_items: int, initial: int = 1024) -> None:
+    def __init__(self, ttl_s: float, max_items: int, stale_s: float = 0.0, initial: int = 1024) -> None:
         self.ttl_s = ttl_s
+        self.stale_s = stale_s if ttl_s > 0 else 0.0
         self.max_items = max_items
         self._index: dict[str, int] = {}
         self._dense = np.empty((initial, ITEM_DENSE), dtype=np.float32)
         self._ids = np.empty((initial, 2), dtype=np.int64)
         self._cats: list[str] = []
         self._expires = np.empty(initial, dtype=np.float64)
+        self._rng = np.random.default_rng()
         self.hits = 0
         self.misses = 0
 
@@ -43,23 +53,32 @@ class ItemCache:
         self._index.clear()
         self._cats.clear()
 
-    def gather(self, item_ids: Sequence[str], now: float) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-        """Inputs for these items as far as cached and fresh at ``now`` (monotonic seconds):
+    def gather(self, item_ids: Sequence[str], now: float,
+               stale: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+        """Inputs for these items as far as cached and usable at ``now`` (monotonic seconds):
         ``dense [N, D]`` and ``ids [N, K]`` with the item columns filled, the categories, and the
-        positions (into item_ids) of the items that are missing or expired, whose rows are unset."""
+        positions (into item_ids) of the items that are missing or too old, whose rows are unset.
+        Ids used although past their TTL are appended to ``stale`` (to be refreshed)."""
         n = len(item_ids)
         dense = np.empty((n, _D), dtype=np.float32)
         ids = np.empty((n, _K), dtype=np.int64)
-        get = self._index.get
-        rows = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=n)
+        rows = np.fromiter(map(self._index.get, item_ids, repeat(-1, n)), dtype=np.int64, count=n)
         ok = rows >= 0
         if ok.any():
-            ok[ok] = self._expires[rows[ok]] >= now
+            expires = self._expires[rows[ok]]
+            if self.stale_s > 0:
+                old = expires < now
+                if old.any() and stale is not None:
+                    where = np.flatnonzero(ok)[old & (expires + self.stale_s >= now)]
+                    stale.extend(item_ids[i] for i in where.tolist())
+                ok[ok] = expires + self.stale_s >= now
+            else:
+                ok[ok] = expires >= now
         hit = rows[ok]
         if len(hit) == n:
             dense[:, :ITEM_DENSE] = self._dense[rows]
             ids[:, 1:] = self._ids[rows]
-            cats = [self._cats[r] for r in rows.tolist()]
+            cats = list(itemgetter(*rows.tolist())(self._cats)) if n > 1 else [self._cats[int(rows[0])]]
             missing = np.empty(0, dtype=np.int64)
         else:
             dense[ok, :ITEM_DENSE] = self._dense[hit]
@@ -110,4 +129,6 @@ class ItemCache:
         r = np.asarray(rows, dtype=np.int64)
         self._dense[r] = item_dense
         self._ids[r] = item_ids_cols
-        self._expires[r] = now + self.ttl_s
+        # Each entry lives ttl_s +- 25 % (uniform): entries read together do not all expire together,
+        # so background refreshes stay a steady trickle instead of a burst every ttl_s.
+        self._expires[r] = now + self.ttl_s * self._rng.uniform(0.75, 1.25, len(r))

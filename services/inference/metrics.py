@@ -65,3 +65,28 @@ def sample_gpu() -> None:
                 pass
     except Exception:
         pass
+
+
+GC_PAUSE = Histogram("recpilot_inference_gc_pause_seconds", "Python cyclic garbage collector pauses (the GIL is "
+                     "held: every thread of the process waits)", ["generation"],
+                     buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+
+
+def install_gc_metrics() -> None:
+    """Time every collection of the cyclic GC into GC_PAUSE (idempotent)."""
+    import gc
+    import time as _time
+
+    if getattr(install_gc_metrics, "_installed", False):
+        return
+    started: list[float] = [0.0]
+    children = [GC_PAUSE.labels(str(g)) for g in range(3)]
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = _time.perf_counter()
+        else:
+            children[info.get("generation", 2)].observe(_time.perf_counter() - started[0])
+
+    gc.callbacks.append(callback)
+    install_gc_metrics._installed = True

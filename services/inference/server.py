@@ -256,7 +256,7 @@ class InferenceServer:
     async def _serve(self) -> None:
         opts = [("grpc.max_receive_message_length", self.s.grpc_max_message_bytes),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.so_reuseport", 0)]
+                ("grpc.so_reuseport", 1 if self.s.reuse_port else 0)]  # off: a taken port is an error
         server = grpc.aio.server(interceptors=interceptors(self.s), options=opts)
         recommend_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(self.service, self.s), server)
         oip_grpc.add_GRPCInferenceServiceServicer_to_server(_OpenInference(self.models, self), server)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recpilot.featurespec import user_columns
+from recpilot.featurespec import item_columns, user_columns
 from services.inference import metrics as m
 from services.inference.batching import BatcherClosed, QueueFull
 from services.inference.impressions import ImpressionRecord
@@ -99,7 +99,10 @@ class RankingService:
         self.impressions = impressions
         self.index = index or BM25Index()
         self.telemetry = telemetry
-        self._items = ItemCache(settings.item_cache_ms / 1000, settings.item_cache_max)
+        self._items = ItemCache(settings.item_cache_ms / 1000, settings.item_cache_max, settings.item_stale_ms / 1000)
+        self._refresh: dict[str, None] = {}  # stale item ids to re-read in the background (ordered set)
+        self._refreshing: set[str] = set()  # ids of the chunk being re-read now
+        self._refresh_task: asyncio.Task | None = None
         self._popular: list[str] = []
         self._popular_at = 0.0
         self._popular_task: asyncio.Task | None = None
@@ -139,13 +142,40 @@ class RankingService:
         feature-store round trip: the user (always fresh) plus the items that are not in the item
         cache (``item_cache_ms``; the item-only columns are cached per item, already encoded)."""
         now = time.monotonic()
-        dense, ids, cats, missing = self._items.gather(candidates, now)
+        stale: list[str] = []
+        dense, ids, cats, missing = self._items.gather(candidates, now, stale)
+        if stale:
+            self._refresh.update(dict.fromkeys(i for i in stale if i not in self._refreshing))
+            if self._refresh_task is None or self._refresh_task.done():
+                self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_items())
         need = [candidates[i] for i in missing.tolist()]
         now_ms = int(time.time() * 1000)
         user, fetched = await self.features.fetch(user_id, need, now_ms)
         self._items.fill(dense, ids, cats, missing, fetched, now)
         ids[:, 0] = user_columns(user, candidates, cats, now_ms, dense)
         return user, dense, ids
+
+    async def _refresh_items(self, chunk: int = 32) -> None:
+        """Re-read stale cached items in small chunks (short Redis calls that do not hold up the
+        requests' user reads), off the request path."""
+        while self._refresh:
+            if len(self._refresh) < chunk:
+                await asyncio.sleep(0.02)  # let a chunk collect: fewer, larger reads
+            ids = list(itertools.islice(self._refresh, chunk))
+            for i in ids:
+                del self._refresh[i]
+            self._refreshing = set(ids)
+            try:
+                async with asyncio.timeout(self.s.redis_timeout_ms / 1000):
+                    _, items = await self.features.fetch("", ids, int(time.time() * 1000))
+            except Exception as exc:  # stays stale; the next request that uses it asks again
+                log.warning("item feature refresh failed", extra={"items": len(ids), "error": repr(exc)})
+                self._refresh.clear()
+                return
+            finally:
+                self._refreshing = set()
+            d, i_cols, cats = item_columns(items)
+            self._items.put(ids, d, i_cols, cats, time.monotonic())
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self, req: Request, search: bool = False) -> str:

@@ -35,6 +35,10 @@ class InferenceSettings(RecpilotSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="0 picks a free port")
     grpc_host: str | None = Field(default=None, description="default: RECPILOT_BIND_HOST")
     grpc_max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="oversized requests are rejected")
+    workers: int = Field(default=1, ge=1, le=64, description="serving processes behind the gRPC port (SO_REUSEPORT; "
+                         "services/inference/workers.py); 1: this process serves")
+    worker_index: int = Field(default=-1, description="set by the supervisor for its workers")
+    reuse_port: bool = Field(default=False, description="bind the gRPC port with SO_REUSEPORT (set for workers)")
     grace_s: float = Field(default=10.0, ge=0.0, description="drain time for in-flight RPCs on SIGTERM")
 
     # -- models ----------------------------------------------------------------------------
@@ -55,8 +59,10 @@ class InferenceSettings(RecpilotSettings):
     num_candidates: int = Field(default=200, ge=1, le=5000)
     max_candidate_ids: int = Field(default=2000, ge=1, description="request candidate_ids above this are rejected")
     max_k: int = Field(default=1000, ge=1)
-    item_cache_ms: float = Field(default=1000.0, ge=0.0, description="item features reused this long (0: off); "
-                                 "user features are always read fresh")
+    item_cache_ms: float = Field(default=5000.0, ge=0.0, description="item features reused this long, +-25 % "
+                                 "(0: off); user features are always read fresh")
+    item_stale_ms: float = Field(default=30_000.0, ge=0.0, description="an item past item_cache_ms is still used "
+                                 "this much longer while it is re-read in the background (0: read it on the request path)")
     item_cache_max: int = Field(default=200_000, ge=1, description="cached items before the cache is cleared")
     popular_cache_s: float = Field(default=2.0, ge=0.0, description="fallback popularity list refresh")
 

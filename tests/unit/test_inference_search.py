@@ -168,3 +168,61 @@ def test_item_cache_rows_equal_build_batch_through_expiry_and_clearing():
         assert len(cache) <= 150
     assert 0 < fetched_total < 60 * 41  # some hits, some misses
     assert cache.hits > 0 and cache.misses > 0
+
+
+def test_stale_items_are_served_and_refreshed_in_the_background():
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from recpilot.featurespec import OfflineFeatureStore, build_batch
+    from services.inference.itemcache import ItemCache
+    from services.inference.service import RankingService
+
+    # the cache alone: past its TTL an entry is still used (reported stale) until TTL + stale_s
+    c = ItemCache(ttl_s=1.0, max_items=10, stale_s=5.0)
+    store = OfflineFeatureStore()
+    store.apply({"event_type": "VIEW", "user_id": "u", "item_id": "a", "timestamp_ms": 1, "context": {"category": "x"}})
+    d, i, cats, missing = c.gather(["a"], 0.0)
+    c.fill(d, i, cats, missing, [store.item("a", 0)], 0.0)
+    for now, want_missing, want_stale in ((0.5, [], []), (3.0, [], ["a"]), (6.5, [0], [])):
+        stale: list[str] = []
+        _, _, _, missing = c.gather(["a"], now, stale)
+        assert missing.tolist() == want_missing and stale == want_stale, now
+
+    # the service: a stale item is not read on the request path, but re-read right after
+    for n, iid in enumerate(["a", "b"]):
+        store.apply({"event_type": "VIEW", "user_id": "u", "item_id": iid, "timestamp_ms": 1000 + n,
+                     "context": {"category": "x"}})
+
+    class OfflineSource:
+        def __init__(self):
+            self.asked = []
+
+        async def fetch(self, user_id, item_ids, now_ms):
+            self.asked.append((user_id, list(item_ids)))
+            return store.user(user_id), [store.item(i, now_ms) for i in item_ids]
+
+    src = OfflineSource()
+    svc = RankingService(InferenceSettings(item_cache_ms=20, item_stale_ms=60_000), src, models=None)
+
+    async def run():
+        await svc._inputs("u", ["a", "b"])
+        store.apply({"event_type": "CLICK", "user_id": "u", "item_id": "a", "timestamp_ms": 2000})
+        time.sleep(0.05)  # past the 20 ms TTL
+        _, d_stale, _ = await svc._inputs("u", ["a", "b"])
+        await svc._refresh_task  # the background re-read
+        _, d_fresh, _ = await svc._inputs("u", ["a", "b"])
+        return d_stale, d_fresh
+
+    d_stale, d_fresh = asyncio.run(run())
+    assert src.asked[0] == ("u", ["a", "b"])
+    assert src.asked[1] == ("u", [])  # the request itself read only the user
+    assert src.asked[2] == ("", ["a", "b"])  # the background refresh
+    assert src.asked[3] == ("u", [])
+    clicks = DENSE_FEATURES.index("item_log_clicks")
+    assert d_stale[0, clicks] == 0.0 and d_fresh[0, clicks] == np.float32(np.log1p(1))
+    totals = [DENSE_FEATURES.index(f) for f in ("item_log_views", "item_log_clicks", "item_ctr", "item_log_price")]
+    want = build_batch(store.user("u"), [store.item("a", 0), store.item("b", 0)], 0)[0]
+    assert np.array_equal(d_fresh[:, totals], want[:, totals])
