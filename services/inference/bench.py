@@ -51,8 +51,9 @@ def _free_port() -> int:
 
 
 def _children(pid: int) -> list[int]:
+    """Child processes of pid (server workers), whichever of its threads started them."""
     try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [int(x) for t in Path(f"/proc/{pid}/task").iterdir() for x in (t / "children").read_text().split()]
     except OSError:
         return []
 

@@ -91,6 +91,8 @@ class Supervisor:
             "RECPILOT_INFERENCE_HTTP_HOST": "127.0.0.1",
             "RECPILOT_INFERENCE_HTTP_PORT": str(w.http_port),
         })
+        if self.s.replica_id:  # every worker acknowledges control commands as its own replica
+            env["RECPILOT_INFERENCE_REPLICA_ID"] = f"{self.s.replica_id}-w{w.index}"
         if w.index > 0:  # one first-run bootstrap model, not N
             env["RECPILOT_INFERENCE_BOOTSTRAP"] = "false"
         return env
