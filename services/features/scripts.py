@@ -215,13 +215,30 @@ local function window_fields(field, minutes, out)
   return out
 end
 
--- precomputed: per (field, window) the list of bucket names
-local plan = {}
-for fi, f in ipairs(FIELDS) do
-  for _, w in ipairs(WINDOWS) do
-    plan[#plan + 1] = {w, window_fields(f, w, {}), fi}
-  end
+-- How many bucket names window_fields returns for a window (the same for every field).
+local function window_count(minutes)
+  local start = nowb - minutes
+  local hs = math.floor((start + 1 + 59) / 60)
+  local he = math.floor((nowb + 1) / 60) - 1
+  if hs > he then return minutes end
+  return math.max(0, hs * 60 - 1 - start) + (he - hs + 1) + math.max(0, nowb - (he + 1) * 60 + 1)
 end
+
+-- per (field, window) the list of bucket names: built on first use only (a busy item), since
+-- building ~800 names costs far more than a user-only or quiet-items read
+local plan = nil
+local function get_plan()
+  if plan == nil then
+    plan = {}
+    for fi, f in ipairs(FIELDS) do
+      for _, w in ipairs(WINDOWS) do
+        plan[#plan + 1] = {w, window_fields(f, w, {}), fi}
+      end
+    end
+  end
+  return plan
+end
+local nplan = #FIELDS * #WINDOWS
 
 local out = {}
 if uid ~= '' then
@@ -235,7 +252,7 @@ else
 end
 -- total number of bucket names the plan would look up for one item
 local plan_size = 0
-for _, p in ipairs(plan) do plan_size = plan_size + #p[2] end
+for _, w in ipairs(WINDOWS) do plan_size = plan_size + #FIELDS * window_count(w) end
 local field_index = {}
 for fi, f in ipairs(FIELDS) do field_index[f] = fi end
 
@@ -243,7 +260,7 @@ for i = 4, #ARGV do
   local iid = ARGV[i]
   local vals = redis.call('HMGET', P .. 'i:' .. iid, %(item_fields)s)
   local sums = {}
-  for k = 1, #plan do sums[k] = 0 end
+  for k = 1, nplan do sums[k] = 0 end
   local last = tonumber(vals[7] or '')
   local bkey = P .. 'ib:' .. iid
   -- buckets exist only up to the item's newest event: nothing to add if it is older than every window
@@ -269,7 +286,7 @@ for i = 4, #ARGV do
       end
     else
       -- many buckets (busy items): look up exactly the hours and edge minutes of each window
-      for k, p in ipairs(plan) do
+      for k, p in ipairs(get_plan()) do
         local total = tonumber(vals[p[3]] or '0')
         if total and total > 0 and math.floor(last / BUCKET_MS) > nowb - p[1] then
           local s = 0

@@ -45,7 +45,7 @@ def main() -> int:
     from services.inference.metrics import install_gc_metrics
 
     install_gc_metrics()
-    executor = ThreadPoolExecutor(s.compute_threads, thread_name_prefix="compute")
+    executor = ThreadPoolExecutor(s.compute_threads, thread_name_prefix="compute") if s.compute_threads else None
     models = ModelManager(platform.model_repo, s.model_names, device=s.device,
                           batching_for=s.batching_for, executor=executor)
     features = AsyncFeatureClient(platform.redis_url, s.feature_key_prefix)
@@ -89,7 +89,8 @@ def main() -> int:
         life.wait(check=lambda: server.running and sync.follower.running)
     finally:
         life.shutdown()
-        executor.shutdown(wait=False)
+        if executor is not None:
+            executor.shutdown(wait=False)
     return 0
 
 

@@ -119,7 +119,7 @@ class Server:
             text = r.read().decode()
         out = []
         for line in text.splitlines():
-            if line.startswith(name + "_bucket{") and f'method="{method}"' in line:
+            if line.startswith(name + "_bucket{") and (not method or f'method="{method}"' in line):
                 le = line.split('le="', 1)[1].split('"', 1)[0]
                 out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
         summed: dict[float, float] = {}
@@ -267,12 +267,13 @@ async def _open_loop(port: int, rate: float, seconds: float, items: list[str], u
     lats: list[float] = []
     sched: list[float] = []
     lag: list[float] = []
+    slow_by_conn: dict[int, int] = {}
     errors = 0
     chans = _channels(port)
     try:
         stubs = [recommend_pb2_grpc.RecommenderStub(ch) for ch in chans]
 
-        async def one(r, t_sched: float, stub) -> None:
+        async def one(r, t_sched: float, stub, ch: int) -> None:
             nonlocal errors
             lag.append(time.perf_counter() - t_sched)  # the generator's own delay in sending it
             try:
@@ -281,6 +282,8 @@ async def _open_loop(port: int, rate: float, seconds: float, items: list[str], u
                 errors += 1
             lats.append(time.perf_counter() - t_sched)  # from the scheduled send time: no coordinated omission
             sched.append(t_sched - t0)
+            if lats[-1] > 0.025:
+                slow_by_conn[ch] = slow_by_conn.get(ch, 0) + 1
 
         tasks = []
         t0 = time.perf_counter()
@@ -290,7 +293,7 @@ async def _open_loop(port: int, rate: float, seconds: float, items: list[str], u
             delay = t_sched - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(reqs[i % len(reqs)], t_sched, stubs[i % len(stubs)])))
+            tasks.append(asyncio.ensure_future(one(reqs[i % len(reqs)], t_sched, stubs[i % len(stubs)], i % len(stubs))))
         await asyncio.gather(*tasks)
         took = time.perf_counter() - t0
     finally:
@@ -298,7 +301,8 @@ async def _open_loop(port: int, rate: float, seconds: float, items: list[str], u
             await ch.close()
     return {"rate": rate, "requests": len(lats), "achieved_rps": len(lats) / took, "p50_ms": _pct(lats, 50),
             "p99_ms": _pct(lats, 99), "p999_ms": _pct(lats, 99.9), "errors": errors,
-            "slow_seconds": _slow_seconds(sched, lats), "send_lag_p99_ms": _pct(lag, 99)}
+            "slow_seconds": _slow_seconds(sched, lats), "send_lag_p99_ms": _pct(lag, 99),
+            "slow_by_connection": slow_by_conn}
 
 
 def _hist_pct(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float:
@@ -418,6 +422,8 @@ def run(args) -> int:
                 "RECPILOT_INFERENCE_ITEM_CACHE_MS": str(args.item_cache_ms),
                 "RECPILOT_INFERENCE_REDIS_TIMEOUT_MS": str(args.redis_timeout_ms),
                 "RECPILOT_INFERENCE_WORKERS": str(args.workers)}
+    if args.compute_threads is not None:
+        base_env["RECPILOT_INFERENCE_COMPUTE_THREADS"] = str(args.compute_threads)
     results: dict = {"machine": machine(), "model": results_model}
     try:
         def phase(batching: bool, levels: list[int]) -> list[dict]:
@@ -470,6 +476,7 @@ def run(args) -> int:
                     asyncio.run(_open_loop(srv.grpc_port, args.rate, args.warmup, items, users, args.candidates))
                     cpu0, ccpu0 = srv.cpu_seconds(), _own_cpu()
                     h0 = srv.buckets("recpilot_inference_request_latency_seconds")
+                    lag0 = srv.buckets("recpilot_inference_event_loop_lag_seconds", method="")
                     gc0 = (srv.metric('recpilot_inference_gc_pause_seconds_count{generation="2"}'),
                            srv.metric('recpilot_inference_gc_pause_seconds_sum{generation="2"}'))
                     o = asyncio.run(_open_loop(srv.grpc_port, args.rate, args.seconds, items, users, args.candidates))
@@ -477,6 +484,9 @@ def run(args) -> int:
                     gc1 = (srv.metric('recpilot_inference_gc_pause_seconds_count{generation="2"}'),
                            srv.metric('recpilot_inference_gc_pause_seconds_sum{generation="2"}'))
                     o["server_full_gc"] = {"collections": gc1[0] - gc0[0], "seconds": gc1[1] - gc0[1]}
+                    lag1 = srv.buckets("recpilot_inference_event_loop_lag_seconds", method="")
+                    o["server_loop_lag_p99_ms_at_most"] = _hist_pct(lag0, lag1, 99)
+                    o["server_loop_lag_max_ms_at_most"] = _hist_pct(lag0, lag1, 100)
                     o["server_p50_ms_at_most"] = _hist_pct(h0, h1, 50)
                     o["server_p99_ms_at_most"] = _hist_pct(h0, h1, 99)
                     o["server_cpu_ms_per_request"] = (srv.cpu_seconds() - cpu0) * 1000 / max(o["requests"], 1)
@@ -487,10 +497,12 @@ def run(args) -> int:
                           f"CPU per request: server {o['server_cpu_ms_per_request']:.2f} ms, load generator "
                           f"{o['client_cpu_ms_per_request']:.2f} ms; server-side (in the handler) p50 <= "
                           f"{o['server_p50_ms_at_most']:g} ms, p99 <= {o['server_p99_ms_at_most']:g} ms; "
-                          f"generator's own send lag p99 {o['send_lag_p99_ms']:.1f} ms; server full GCs "
+                          f"generator's own send lag p99 {o['send_lag_p99_ms']:.1f} ms; server event-loop lag p99 <= "
+                          f"{o['server_loop_lag_p99_ms_at_most']:g} ms, max <= {o['server_loop_lag_max_ms_at_most']:g} ms; "
+                          f"server full GCs "
                           f"{o['server_full_gc']['collections']:.0f} ({o['server_full_gc']['seconds'] * 1000:.0f} ms); "
                           f"over 25 ms by second of the run: "
-                          f"{o['slow_seconds'] or 'none'}",
+                          f"{o['slow_seconds'] or 'none'}; by connection: {o['slow_by_connection'] or 'none'}",
                           flush=True)
                 if batching and args.swaps > 0:
                     results["swaps"] = swaps(srv)

@@ -107,6 +107,8 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--swap-interval", type=float, default=1.5)
     p.add_argument("--swap-concurrency", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--compute-threads", type=int, default=None,
+                   help="server's RECPILOT_INFERENCE_COMPUTE_THREADS (default: the server's default)")
     p.add_argument("--workers", type=int, default=1, help="server processes (RECPILOT_INFERENCE_WORKERS)")
     p.add_argument("--channels", type=int, default=8,
                    help="client connections the load is spread over (SO_REUSEPORT balances connections)")

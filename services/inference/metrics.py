@@ -67,6 +67,8 @@ def sample_gpu() -> None:
         pass
 
 
+LOOP_LAG = Histogram("recpilot_inference_event_loop_lag_seconds", "how late a 50 ms timer fires on the serving "
+                     "event loop", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 GC_PAUSE = Histogram("recpilot_inference_gc_pause_seconds", "Python cyclic garbage collector pauses (the GIL is "
                      "held: every thread of the process waits)", ["generation"],
                      buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))

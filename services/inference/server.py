@@ -235,6 +235,19 @@ class InferenceServer:
             details["model_version"] = r.production.version
         return ok, details
 
+    async def _lag_loop(self, period: float = 0.05) -> None:
+        """Event-loop lag: how late a 50 ms timer fires. Every request handler, gRPC callback and
+        batch execution runs on this loop, so lag is queueing every request sees before its
+        handler starts (a long GC pause, a CPU-starved process, a blocking call)."""
+        hist = m.LOOP_LAG
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(period)
+            lag = time.perf_counter() - t0 - period
+            hist.observe(max(lag, 0.0))
+            if lag > 0.1:
+                log.warning("event loop lagged", extra={"lag_ms": round(lag * 1000, 1)})
+
     async def _health_loop(self) -> None:
         last = None
         while True:
@@ -273,6 +286,7 @@ class InferenceServer:
         await server.start()
         self._server = server
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+        self._lag_task = asyncio.get_running_loop().create_task(self._lag_loop())
         await self.service.refresh_popular()
         log.info("grpc server listening", extra={"address": f"{self.s.grpc_host}:{self.port}",
                                                   "tls": creds is not None, "auth": bool(self.s.auth_token)})
@@ -280,6 +294,7 @@ class InferenceServer:
         await self._stopped.wait()
         await self._health.enter_graceful_shutdown()
         self._health_task.cancel()
+        self._lag_task.cancel()
         await server.stop(self.s.grace_s)
         await self.models.close()
 

@@ -47,7 +47,9 @@ class InferenceSettings(RecpilotSettings):
     device: str = Field(default="auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
     intra_op_threads: int = Field(default=1, ge=1)
     inter_op_threads: int = Field(default=1, ge=1)
-    compute_threads: int = Field(default=1, ge=1, description="threads that run model executions")
+    compute_threads: int = Field(default=0, ge=0, description="threads that run model executions; 0: on the "
+                                 "event loop's thread (no hand-off and no GIL ping-pong: best for small models on "
+                                 "CPU); 1+: beside it (GPU, or models slow enough that the loop must keep going)")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     batching_per_model: dict[str, BatchingConfig] = Field(default_factory=dict, description="overrides by model name")
     deployments_topic: str = "control.deployments"

@@ -34,19 +34,21 @@ def _inputs(seed: int, n: int):
     return dense, ids
 
 
-def test_batched_scores_equal_unbatched_per_caller(model):
+@pytest.mark.parametrize("threads", [1, 0], ids=["compute-thread", "inline"])
+def test_batched_scores_equal_unbatched_per_caller(model, threads):
     callers = [_inputs(i, n) for i, n in enumerate([1, 7, 200, 3, 50] * 8)]  # 40 concurrent callers
     expected = [model.predict(d, i) for d, i in callers]
 
     async def run(cfg):
-        ex = ThreadPoolExecutor(1)
+        ex = ThreadPoolExecutor(threads) if threads else None  # None: executions on the event loop
         b = DynamicBatcher("t", model.predict, cfg, ex)
         try:
             out = await asyncio.gather(*(b.infer(d, i) for d, i in callers))
             return out, b
         finally:
             await b.close()
-            ex.shutdown()
+            if ex is not None:
+                ex.shutdown()
 
     batched, b_on = asyncio.run(run(BatchingConfig(max_batch_size=4096, max_queue_delay_ms=5)))
     single, b_off = asyncio.run(run(BatchingConfig(enabled=False)))
