@@ -174,6 +174,10 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self.executor is None and delay == 0:
+                # Inline executions block the loop: first let the handlers that are ready to run
+                # (answers from the feature store that arrived meanwhile) reach the queue too.
+                await asyncio.sleep(0)
             # Wait for company: until the batch is full or the oldest request waited `delay`.
             oldest = self._queue[0].enqueued
             while self._rows < self.config.max_batch_size:

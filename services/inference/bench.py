@@ -256,6 +256,29 @@ async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], u
             "ranked_p50_ms": _pct(ranked, 50), "ranked_p99_ms": _pct(ranked, 99)}
 
 
+class _GcWatch:
+    """Full (generation 2) collections of this process while it generates load."""
+
+    def __init__(self) -> None:
+        self.count, self.seconds, self._t0 = 0, 0.0, 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._t0
+
+    def __enter__(self):
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self)
+
+
 async def _open_loop(port: int, rate: float, seconds: float, items: list[str], users: list[str], n_cand: int) -> dict:
     import grpc
 
@@ -462,29 +485,36 @@ def run(args) -> int:
                 c = levels[-1]
                 e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                     "recpilot_inference_batch_requests_total")
-                r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates, infer=True))
+                r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.infer_rows, infer=True))
                 e1, r1 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                     "recpilot_inference_batch_requests_total")
                 r.pop("timeline")
-                r.update(batching=batching, avg_batch=(r1 - r0) / max(e1 - e0, 1), kind="ModelInfer")
+                r.update(batching=batching, avg_batch=(r1 - r0) / max(e1 - e0, 1), kind="ModelInfer", rows=args.infer_rows)
                 results.setdefault("model_infer", []).append(r)
-                print(f"  ModelInfer ({args.candidates} rows) batching={'on ' if batching else 'off'} c={c:<3} "
+                print(f"  ModelInfer ({args.infer_rows} rows) batching={'on ' if batching else 'off'} c={c:<3} "
                       f"{r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
                       f"avg batch {r['avg_batch']:5.1f}  errors {r['errors']}", flush=True)
                 if batching and args.rate > 0:
                     # warm-up at the same rate, not measured (the ModelInfer phase left the item cache cold)
                     asyncio.run(_open_loop(srv.grpc_port, args.rate, args.warmup, items, users, args.candidates))
+                    pending = srv.metric("recpilot_inference_impressions_pending")
                     cpu0, ccpu0 = srv.cpu_seconds(), _own_cpu()
                     h0 = srv.buckets("recpilot_inference_request_latency_seconds")
                     lag0 = srv.buckets("recpilot_inference_event_loop_lag_seconds", method="")
+                    ff0 = srv.buckets("recpilot_inference_feature_fetch_seconds", method="")
                     gc0 = (srv.metric('recpilot_inference_gc_pause_seconds_count{generation="2"}'),
                            srv.metric('recpilot_inference_gc_pause_seconds_sum{generation="2"}'))
-                    o = asyncio.run(_open_loop(srv.grpc_port, args.rate, args.seconds, items, users, args.candidates))
+                    with _GcWatch() as gcw:
+                        o = asyncio.run(_open_loop(srv.grpc_port, args.rate, args.seconds, items, users, args.candidates))
+                    o["generator_full_gc"] = {"collections": gcw.count, "seconds": gcw.seconds}
                     h1 = srv.buckets("recpilot_inference_request_latency_seconds")
                     gc1 = (srv.metric('recpilot_inference_gc_pause_seconds_count{generation="2"}'),
                            srv.metric('recpilot_inference_gc_pause_seconds_sum{generation="2"}'))
+                    o["impressions_pending_at_start"] = pending
                     o["server_full_gc"] = {"collections": gc1[0] - gc0[0], "seconds": gc1[1] - gc0[1]}
                     lag1 = srv.buckets("recpilot_inference_event_loop_lag_seconds", method="")
+                    o["server_feature_fetch_p99_ms_at_most"] = _hist_pct(
+                        ff0, srv.buckets("recpilot_inference_feature_fetch_seconds", method=""), 99)
                     o["server_loop_lag_p99_ms_at_most"] = _hist_pct(lag0, lag1, 99)
                     o["server_loop_lag_max_ms_at_most"] = _hist_pct(lag0, lag1, 100)
                     o["server_p50_ms_at_most"] = _hist_pct(h0, h1, 50)
@@ -496,10 +526,13 @@ def run(args) -> int:
                           f"{o['p50_ms']:.1f} ms  p99 {o['p99_ms']:.1f} ms  p999 {o['p999_ms']:.1f} ms  errors {o['errors']}; "
                           f"CPU per request: server {o['server_cpu_ms_per_request']:.2f} ms, load generator "
                           f"{o['client_cpu_ms_per_request']:.2f} ms; server-side (in the handler) p50 <= "
-                          f"{o['server_p50_ms_at_most']:g} ms, p99 <= {o['server_p99_ms_at_most']:g} ms; "
+                          f"{o['server_p50_ms_at_most']:g} ms, p99 <= {o['server_p99_ms_at_most']:g} ms (feature fetch p99 <= "
+                          f"{o['server_feature_fetch_p99_ms_at_most']:g} ms); "
                           f"generator's own send lag p99 {o['send_lag_p99_ms']:.1f} ms; server event-loop lag p99 <= "
                           f"{o['server_loop_lag_p99_ms_at_most']:g} ms, max <= {o['server_loop_lag_max_ms_at_most']:g} ms; "
-                          f"server full GCs "
+                          f"generator full GCs {o['generator_full_gc']['collections']} "
+                          f"({o['generator_full_gc']['seconds'] * 1000:.0f} ms); impressions queued at the start "
+                          f"{o['impressions_pending_at_start']:.0f}; server full GCs "
                           f"{o['server_full_gc']['collections']:.0f} ({o['server_full_gc']['seconds'] * 1000:.0f} ms); "
                           f"over 25 ms by second of the run: "
                           f"{o['slow_seconds'] or 'none'}; by connection: {o['slow_by_connection'] or 'none'}",

@@ -91,6 +91,7 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--seconds", type=float, default=10.0, help="per phase")
     p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--infer-rows", type=int, default=200, help="rows per ModelInfer request (Open Inference Protocol phase)")
     p.add_argument("--items", type=int, default=2000)
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--model", choices=["ranker", "toy-mlp"], default="ranker",

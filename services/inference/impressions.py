@@ -119,6 +119,7 @@ class ImpressionLogger:
 
     def _drain(self) -> None:
         q = self._q
+        m.IMPRESSIONS_PENDING.set(len(q))
         while q:
             rec = q.popleft()
             try:

@@ -42,6 +42,7 @@ MODEL_UNLOAD_SECONDS = Histogram(
 MODEL_LOADED = Gauge("recpilot_inference_model_loaded_info", "1 for each loaded version and its role", ["model", "version", "role"])
 
 IMPRESSIONS = Counter("recpilot_inference_impressions_total", "impressions by outcome", ["outcome"])
+IMPRESSIONS_PENDING = Gauge("recpilot_inference_impressions_pending", "impressions queued for the producer thread")
 SHADOW = Counter("recpilot_inference_shadow_scored_total", "requests also scored by the shadow", ["model", "version"])
 GPU_UTIL = Gauge("recpilot_inference_gpu_utilization_ratio", "GPU utilisation (0..1)", ["device"])
 GPU_MEMORY = Gauge("recpilot_inference_gpu_memory_bytes", "GPU memory allocated by this process", ["device"])
