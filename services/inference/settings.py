@@ -83,6 +83,7 @@ class InferenceSettings(RecpilotSettings):
 
     # -- impressions / metrics -------------------------------------------------------------
     impressions_topic: str = "impressions"
+    impressions_linger_ms: int = Field(default=50, ge=0, description="producer linger for impressions (batching)")
     impressions_queue: int = Field(default=100_000, ge=1, description="pending impressions before dropping")
     metrics_topic: str = "metrics.inference"
     metrics_interval_s: float = Field(default=10.0, gt=0.0)
