@@ -29,3 +29,19 @@ def machine() -> str:
     m = machine_info()
     la = " ".join(f"{x:.2f}" for x in m["load_average"])
     return f"{m['cores']} cores, {m['cpu']}, {m['os']}, Python {m['python']}, load average {la}"
+
+
+def cpu_probe(iterations: int = 5_000_000) -> float:
+    """Seconds a fixed pure-Python loop takes now (best of 3): a reference for how fast this
+    (possibly shared, virtual) machine runs Python at the moment. Benchmarks print it at the start
+    and end so that runs on a momentarily slower box can be told apart from slower code."""
+    import time
+
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x = 0
+        for i in range(iterations):
+            x += i
+        best = min(best, time.perf_counter() - t0)
+    return best

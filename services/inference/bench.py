@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recpilot.benchutil import machine
+from recpilot.benchutil import cpu_probe, machine
 
 
 CHANNELS = 1  # client connections the load is spread over (set from --channels)
@@ -421,7 +421,8 @@ def run(args) -> int:
     prefix, topic = f"bench{uid}:", f"control.bench-{uid}"
     work = Path(tempfile.mkdtemp(prefix="recpilot-bench-inference-"))
     root = work / "models"
-    print(f"machine: {machine()}")
+    probe0 = cpu_probe()
+    print(f"machine: {machine()}; CPU probe {probe0:.3f} s (a fixed Python loop; higher = slower box now)")
     if args.model == "ranker":
         t0 = time.monotonic()
         versions = _ranker_versions(root, args.framework, args.swaps + 1)
@@ -589,8 +590,10 @@ def run(args) -> int:
     finally:
         _clean_features(platform, prefix)
         _delete_topics(platform, [topic, f"impressions.bench-{uid}"])
+    probe1 = cpu_probe()
+    results["cpu_probe_s"] = [probe0, probe1]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
-    print(f"machine at the end: {machine()}")
+    print(f"machine at the end: {machine()}; CPU probe {probe1:.3f} s")
     print(f"server logs: {work}")
     return 0
