@@ -59,6 +59,35 @@ def _acks(platform, topic, group):
     return out
 
 
+def _server_env(root, topic: str, unique: str, gport: int, hport: int, **extra: str) -> dict:
+    """Environment for `python -m services.inference` on the test stack, isolated by `unique`."""
+    return {**os.environ, "RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": f"t{unique}:",
+            "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "false",
+            "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.test-{unique}",
+            "RECPILOT_INFERENCE_GRPC_PORT": str(gport), "RECPILOT_INFERENCE_HTTP_PORT": str(hport),
+            "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1", **extra}
+
+
+def _start_ready(env: dict, log, hport: int, timeout: float) -> subprocess.Popen:
+    """Start the server process; return it once /readyz answers 200 (fail with the log if it
+    exits or is not ready within `timeout`)."""
+    proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"inference exited ({proc.returncode}): " + log.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except Exception:
+            time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    pytest.fail("not ready: " + log.read_text()[-3000:])
+
+
 @pytest.fixture
 def server(stack, platform_settings, tmp_path, unique):
     root = tmp_path / "models"
@@ -67,27 +96,10 @@ def server(stack, platform_settings, tmp_path, unique):
     topic = f"control.test-{unique}"
     _publish(platform_settings, topic, "deploy", v1)
     gport, hport = _port(), _port()
-    env = {**os.environ, "RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": f"t{unique}:",
-           "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "false",
-           "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.test-{unique}", "RECPILOT_INFERENCE_GRPC_PORT": str(gport),
-           "RECPILOT_INFERENCE_HTTP_PORT": str(hport), "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1",
-           "RECPILOT_INFERENCE_REPLICA_ID": f"test-{unique}", "RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS": "5000",
-           "RECPILOT_INFERENCE_REDIS_TIMEOUT_MS": "3000"}
+    env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_REPLICA_ID=f"test-{unique}",
+                      RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS="5000", RECPILOT_INFERENCE_REDIS_TIMEOUT_MS="3000")
     log = tmp_path / "inference.log"
-    proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 60:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except Exception:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("not ready: " + log.read_text()[-3000:])
+    proc = _start_ready(env, log, hport, 60)
     yield {"proc": proc, "port": gport, "topic": topic, "v1": v1, "v2": v2, "bad": bad, "log": log,
            "replica": f"test-{unique}", "unique": unique}
     if proc.poll() is None:
@@ -176,23 +188,10 @@ def test_first_run_bootstrap_trains_and_deploys_a_model(stack, platform_settings
     root = tmp_path / "models"
     topic = f"control.test-boot-{unique}"
     gport, hport = _port(), _port()
-    env = {**os.environ, "RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": f"t{unique}:",
-           "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "true",
-           "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.test-{unique}", "RECPILOT_INFERENCE_GRPC_PORT": str(gport),
-           "RECPILOT_INFERENCE_HTTP_PORT": str(hport), "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1"}
+    env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_BOOTSTRAP="true")
     log = tmp_path / "inference.log"
-    proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+    proc = _start_ready(env, log, hport, 50)
     try:
-        t0, ready = time.monotonic(), False
-        while time.monotonic() - t0 < 50 and not ready:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=1) as r:
-                    ready = r.status == 200
-            except Exception:
-                time.sleep(0.5)
-        assert ready, log.read_text()[-3000:]
         repo = ModelRepository(root)
         assert repo.versions("ranker") == ["1"] and repo.meta("ranker", "1")["feature_set"] == "recpilot"
         with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
@@ -239,23 +238,10 @@ print("RESULT", json.dumps({{"version": rep.version, "dense": dense.tolist(), "i
     topic = f"control.test-tf-{unique}"
     _publish(platform_settings, topic, "deploy", res["version"])
     gport, hport = _port(), _port()
-    env = {**os.environ, "RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": f"t{unique}:",
-           "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "false",
-           "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.test-{unique}", "RECPILOT_INFERENCE_GRPC_PORT": str(gport),
-           "RECPILOT_INFERENCE_HTTP_PORT": str(hport), "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1"}
+    env = _server_env(root, topic, unique, gport, hport)
     log = tmp_path / "inference.log"
-    proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+    proc = _start_ready(env, log, hport, 90)
     try:
-        t0, ready = time.monotonic(), False
-        while time.monotonic() - t0 < 90 and not ready:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=1) as r:
-                    ready = r.status == 200
-            except Exception:
-                time.sleep(0.5)
-        assert ready, log.read_text()[-3000:]
         dense = np.asarray(res["dense"], np.float32)
         ids = np.asarray(res["ids"], np.int64)
         req = oip.ModelInferRequest(model_name="ranker")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
 from services.inference.toymodel import write_version
-from tests.integration.test_inference_process import _port, _publish
+from tests.integration.test_inference_process import _port, _publish, _server_env, _start_ready
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -71,17 +69,12 @@ def test_two_workers_share_the_port_restart_and_stop(stack, platform_settings, t
     topic = f"control.test-{unique}"
     _publish(platform_settings, topic, "deploy", v1)
     gport, hport = _port(), _port()
-    env = {**os.environ, "RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": f"t{unique}:",
-           "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "false",
-           "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.test-{unique}", "RECPILOT_INFERENCE_GRPC_PORT": str(gport),
-           "RECPILOT_INFERENCE_HTTP_PORT": str(hport), "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1",
-           "RECPILOT_INFERENCE_REPLICA_ID": f"test-{unique}", "RECPILOT_INFERENCE_WORKERS": "2",
-           "RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS": "10000", "RECPILOT_INFERENCE_REDIS_TIMEOUT_MS": "5000"}
+    env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_REPLICA_ID=f"test-{unique}",
+                      RECPILOT_INFERENCE_WORKERS="2", RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS="10000",
+                      RECPILOT_INFERENCE_REDIS_TIMEOUT_MS="5000")
     log = tmp_path / "inference.log"
-    proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+    proc = _start_ready(env, log, hport, 120)  # the supervisor's /readyz: both workers ready
     try:
-        _wait(lambda: proc.poll() is None and _get(hport, "/readyz")[0] == 200, 120, "both workers ready", log)
         workers = _children(proc.pid)
         assert len(workers) == 2
 
