@@ -256,6 +256,37 @@ async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], u
             "ranked_p50_ms": _pct(ranked, 50), "ranked_p99_ms": _pct(ranked, 99)}
 
 
+async def _floor(port: int, conc: int, seconds: float) -> dict:
+    """Closed loop of ServerLive (an empty request the server answers without any work): the most
+    requests/s any method can reach on this box with this load generator and gRPC on both sides.
+    A batching speed-up can be at most floor / (throughput with batching off)."""
+    from recpilot.pb import open_inference_grpc_pb2 as oip
+    from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
+
+    chans = _channels(port)
+    n = 0
+    try:
+        stubs = [oip_grpc.GRPCInferenceServiceStub(ch) for ch in chans]
+        req = oip.ServerLiveRequest()
+        stop_at = time.monotonic() + seconds
+
+        async def worker(i: int) -> None:
+            nonlocal n
+            stub = stubs[i % len(stubs)]
+            while time.monotonic() < stop_at:
+                await stub.ServerLive(req, timeout=5.0)
+                n += 1
+
+        t0, c0 = time.monotonic(), _own_cpu()
+        await asyncio.gather(*(worker(i) for i in range(conc)))
+        took = time.monotonic() - t0
+    finally:
+        for ch in chans:
+            await ch.close()
+    return {"concurrency": conc, "requests": n, "rps": n / took,
+            "client_cpu_ms_per_request": (_own_cpu() - c0) * 1000 / max(n, 1)}
+
+
 class _GcWatch:
     """Full (generation 2) collections of this process while it generates load."""
 
@@ -495,6 +526,11 @@ def run(args) -> int:
                 print(f"  ModelInfer ({args.infer_rows} rows) batching={'on ' if batching else 'off'} c={c:<3} "
                       f"{r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
                       f"avg batch {r['avg_batch']:5.1f}  errors {r['errors']}", flush=True)
+                if batching:
+                    f = asyncio.run(_floor(srv.grpc_port, c, min(args.seconds, 5.0)))
+                    results["grpc_floor"] = f
+                    print(f"  gRPC floor (ServerLive, no work) c={c:<3} {f['rps']:7.0f} req/s; load generator CPU "
+                          f"{f['client_cpu_ms_per_request']:.2f} ms per request", flush=True)
                 if batching and args.rate > 0:
                     # warm-up at the same rate, not measured (the ModelInfer phase left the item cache cold)
                     asyncio.run(_open_loop(srv.grpc_port, args.rate, args.warmup, items, users, args.candidates))
@@ -582,12 +618,19 @@ def run(args) -> int:
             results["batching_off"] = phase(False, [args.concurrency[-1]])
             on = next(r for r in results["batching_on"] if r["concurrency"] == args.concurrency[-1])
             off = results["batching_off"][0]
-            print(f"batching speed-up at c={on['concurrency']}: Recommend {on['rps'] / max(off['rps'], 1e-9):.2f}x")
+            floor = results.get("grpc_floor", {}).get("rps", 0.0)
+
+            def ceiling(off_rps: float) -> str:  # no batcher can beat the gRPC floor
+                return f" (ceiling on this box: gRPC floor / off = {floor / max(off_rps, 1e-9):.2f}x)" if floor else ""
+
+            print(f"batching speed-up at c={on['concurrency']}: Recommend {on['rps'] / max(off['rps'], 1e-9):.2f}x"
+                  + ceiling(off["rps"]))
             mi = {r["batching"]: r for r in results.get("model_infer", [])}
             if True in mi and False in mi:
                 print(f"batching speed-up at c={on['concurrency']}: ModelInfer "
-                      f"{mi[True]['rps'] / max(mi[False]['rps'], 1e-9):.2f}x")
+                      f"{mi[True]['rps'] / max(mi[False]['rps'], 1e-9):.2f}x" + ceiling(mi[False]["rps"]))
     finally:
+        gc.unfreeze()  # frozen objects outlive teardown: nanobind (triton, under torch) reports them as leaks
         _clean_features(platform, prefix)
         _delete_topics(platform, [topic, f"impressions.bench-{uid}"])
     probe1 = cpu_probe()
