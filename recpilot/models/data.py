@@ -593,7 +593,7 @@ def simulated_events(n: int, seed: int = 0, start_ms: int = 1_760_000_000_000, g
         raise DataError("the simulator was asked for 0 events: the dataset is empty")
     from recpilot.simulator import ShopSimulator
 
-    sim = ShopSimulator(seed=seed)
+    sim = ShopSimulator(seed=seed, run_id=f"train{seed}")  # fixed ids: the same seed, the same dataset
     out, now = [], start_ms
     for _ in range(n):
         now += gap_ms

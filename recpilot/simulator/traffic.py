@@ -14,6 +14,7 @@ returned by the Recommender into the shopper's clicks with the position-bias mod
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ class ShopSimulator:
     search_share: float = 0.08
     click_model: ClickModel = field(default_factory=ClickModel)
     start_ms: int | None = None
+    # Prefix of event and session ids. None: fresh for every simulator, so two runs with the same seed
+    # (a second `make run`) never reuse an event id, which ingest would drop as a duplicate. The
+    # shoppers' behaviour depends on the seed only; pass a run_id for byte-identical streams.
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -77,7 +82,8 @@ class ShopSimulator:
         self.queries = category_queries()
         self.sessions: list[_Session] = []
         self._event_seq = 0
-        self._run = f"{self.rng.getrandbits(32):08x}"
+        self.rng.getrandbits(32)  # drawn as before run_id existed: the same seed gives the same behaviour
+        self._run = self.run_id or os.urandom(4).hex()
 
     # -- helpers ---------------------------------------------------------------------------
     def _elapsed_s(self, now_ms: int) -> float:
