@@ -22,6 +22,10 @@ from recpilot.settings import PlatformSettings
 from recpilot.topics import TopicSpec
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines (broker connects and failures) as JSON records of this logger instead
+# of raw lines on stderr; recpilot.log collapses their repeats while a broker is down. They are
+# delivered by poll()/flush(), which every client here calls anyway.
+client_log = logging.getLogger("recpilot.kafka.client")
 
 
 def producer(settings: PlatformSettings, **overrides) -> Producer:
@@ -33,6 +37,7 @@ def producer(settings: PlatformSettings, **overrides) -> Producer:
         "batch.num.messages": 10000,
         "compression.type": "lz4",
         "client.id": overrides.pop("client.id", "recpilot"),
+        "logger": client_log,
     }
     conf.update(overrides)
     return Producer(conf)
@@ -46,6 +51,7 @@ def consumer(settings: PlatformSettings, group_id: str, **overrides) -> Consumer
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
+        "logger": client_log,
     }
     conf.update(overrides)
     return Consumer(conf)

@@ -34,10 +34,14 @@ class Lifecycle:
         log.info("signal received, shutting down", extra={"signal": signal.Signals(signum).name})
         self.stopping.set()
 
-    def wait(self, poll: float = 0.5, check: Callable[[], bool] | None = None) -> None:
-        """Block until a signal arrives or ``check()`` returns False (a component died)."""
+    def wait(self, poll: float = 0.5, check: Callable[[], bool] | None = None, on_stop: bool = True) -> None:
+        """Block until a signal arrives or ``check()`` returns False (a component died). With
+        ``on_stop=False`` a dead component only ends the wait (the caller may restart it);
+        otherwise it also sets :attr:`stopping`."""
         while not self.stopping.wait(poll):
             if check is not None and not check():
+                if not on_stop:
+                    return
                 log.error("a component stopped unexpectedly; shutting down")
                 self.stopping.set()
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import time
 from typing import Any
 
@@ -39,6 +41,51 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+# Loggers of Kafka clients: while a broker is down they repeat the same complaint many times a
+# second (aiokafka ~70 lines/s in the features service, librdkafka's reconnects ~20/s).
+REPEAT_LOGGERS = ("aiokafka", "kafka", "faust", "mode", "recpilot.kafka.client", "recpilot.deployments.kafka")
+_DIGITS = re.compile(r"\d+")
+
+
+class RepeatFilter(logging.Filter):
+    """Collapses a Kafka client's repeated complaints: the first record of a kind passes; the same
+    kind again (same logger and level, same message with digits ignored) within ``window_s`` is
+    counted instead, and the first one after the window passes with ``repeated`` = how many were
+    held back. Records of other loggers are never touched."""
+
+    def __init__(self, window_s: float = 30.0, loggers: tuple[str, ...] = REPEAT_LOGGERS, max_kinds: int = 1000,
+                 clock=time.monotonic) -> None:
+        super().__init__()
+        self.window_s, self.loggers, self.max_kinds, self.clock = window_s, loggers, max_kinds, clock
+        self._seen: dict[tuple, list] = {}  # kind -> [time the last record passed, held back since]
+        self._lock = threading.Lock()
+
+    def _ours(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in self.loggers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._ours(record.name):
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is the handler's problem, not ours
+            return True
+        kind = (record.name, record.levelno, _DIGITS.sub("#", text)[:200])
+        now = self.clock()
+        with self._lock:
+            entry = self._seen.get(kind)
+            if entry is not None and now - entry[0] < self.window_s:
+                entry[1] += 1
+                return False
+            if entry is not None and entry[1]:
+                record.repeated = entry[1]
+                record.repeated_window_s = round(now - entry[0], 1)
+            if len(self._seen) >= self.max_kinds:
+                self._seen.clear()
+            self._seen[kind] = [now, 0]
+        return True
+
+
 def setup_logging(service: str = "", level: str | int = "INFO", stream=None) -> None:
     """Route the root logger to JSON lines on ``stream`` (stdout by default). Idempotent."""
     root = logging.getLogger()
@@ -47,6 +94,7 @@ def setup_logging(service: str = "", level: str | int = "INFO", stream=None) -> 
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(RepeatFilter())
     handler._recpilot = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())

@@ -73,3 +73,7 @@ def redis_client(stack, platform_settings):
     client = redis.Redis.from_url(platform_settings.redis_url)
     yield client
     client.close()
+
+
+# a Kafka broker of a test's own, for tests that kill it (tests/private_broker.py)
+from tests.private_broker import private_broker  # noqa: E402, F401

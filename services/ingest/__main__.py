@@ -12,6 +12,7 @@ from recpilot.httpserver import HealthServer
 from recpilot.lifecycle import Lifecycle
 from recpilot.log import setup_logging
 from recpilot.settings import load_service
+from services.ingest import metrics as M
 from services.ingest.dedup import Deduplicator
 from services.ingest.pipeline import Ingestor
 from services.ingest.reporter import MetricReporter
@@ -26,35 +27,64 @@ def main() -> int:
     platform, s = load_service("ingest", IngestSettings)
     setup_logging("ingest", platform.log_level)
 
-    ingestor = Ingestor(
-        Validator(s.max_payload_bytes, s.max_future_ms, int(s.max_age_s * 1000), s.max_id_length),
-        Deduplicator(s.dedup_capacity, int(s.dedup_ttl_s * 1000)),
-    )
-    service = IngestService(s, platform, ingestor)
+    def build() -> IngestService:  # a fresh service: new clients, a new de-duplicator (warmed at start)
+        ingestor = Ingestor(
+            Validator(s.max_payload_bytes, s.max_future_ms, int(s.max_age_s * 1000), s.max_id_length),
+            Deduplicator(s.dedup_capacity, int(s.dedup_ttl_s * 1000)),
+        )
+        return IngestService(s, platform, ingestor)
+
+    current = [build()]
     reporter = MetricReporter(
         rkafka.producer(platform, **{"client.id": f"ingest-metrics-{s.instance_id}", "linger.ms": 50}),
         s.metrics_topic, s.metrics_interval_s, s.instance_id,
-        lambda: (service.snapshot, service.lag, len(ingestor.dedup)),
+        lambda: (current[0].snapshot, current[0].lag, len(current[0].ingestor.dedup)),
     )
-    http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=service.ready)
+    http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=lambda: current[0].ready())
 
     life = Lifecycle()
     life.install_signal_handlers()
     http.start()
     life.add("http", http.stop)
     try:
-        service.start()
+        current[0].start()
     except Exception:
         log.exception("ingest failed to start")
         life.shutdown()
         return 1
     life.add("metric-reporter", reporter.stop)
     reporter.start()
-    life.add("ingest", service.stop)
-    life.wait(check=lambda: service.running)
+    life.add("ingest", lambda: current[0].stop())
+    delay = 1.0
+    while True:
+        life.wait(check=lambda: current[0].running, on_stop=False)
+        failed = current[0]
+        if life.stopping.is_set() or failed.error is None or not s.restart_on_error:
+            if not life.stopping.is_set():
+                log.error("the ingest loop stopped; shutting down", extra={"error": repr(failed.error)})
+            break
+        # The failed batch was not committed: start afresh, as a process restart would. The delay
+        # doubles while restarts make no progress (a batch that keeps failing) and is 1 s again
+        # after a run that committed batches.
+        if failed.batches:
+            delay = 1.0
+        log.error("ingest loop failed; restarting", extra={"error": repr(failed.error), "in_s": delay})
+        failed.stop()
+        while not life.stopping.wait(delay):
+            delay = min(delay * 2, s.restart_backoff_max_s)
+            M.RESTARTS.inc()
+            nxt = build()
+            try:
+                nxt.start()
+            except Exception as exc:
+                log.error("ingest restart failed", extra={"error": repr(exc), "next_in_s": delay})
+                continue
+            current[0] = nxt
+            log.info("ingest restarted")
+            break
     life.shutdown()
-    if service.error is not None:
-        log.error("ingest stopped on an error", extra={"error": repr(service.error)})
+    if current[0].error is not None:
+        log.error("ingest stopped on an error", extra={"error": repr(current[0].error)})
         return 1
     return 0
 

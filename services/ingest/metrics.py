@@ -10,6 +10,7 @@ REJECTED = Counter("recpilot_ingest_events_rejected_total", "messages sent to th
 DUPLICATES = Counter("recpilot_ingest_events_duplicate_total", "valid events dropped as duplicates of an event_id")
 MISSING = Counter("recpilot_ingest_missing_fields_total", "messages rejected for a missing required field", ["field"])
 MISSING_RATE = Gauge("recpilot_ingest_missing_field_ratio", "share of messages with a missing required field (last interval)")
+RESTARTS = Counter("recpilot_ingest_restarts_total", "in-process restarts of the ingest loop after a failed batch")
 BATCHES = Counter("recpilot_ingest_batches_total", "batches processed and committed")
 BATCH_SECONDS = Histogram(
     "recpilot_ingest_batch_seconds", "process + deliver + commit time of one batch",

@@ -15,8 +15,9 @@ kept), or drops a duplicate. The consumer offsets move only with the output:
 Either way, at start the de-duplicator is warmed with the event ids published to the clean topic
 during the last TTL, so a replayed batch and duplicates that straddle a restart are still dropped.
 
-Any failure in a batch stops the loop without committing; the service exits non-zero and the
-batch is replayed by the next start.
+Any failure in a batch stops the loop without committing; the entry point (``__main__``) then
+starts a fresh service in-process with backoff (or exits non-zero when ``restart_on_error`` is
+off) and the batch is replayed by the next start.
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ class IngestService:
     def _run_guarded(self) -> None:
         try:
             self._run()
-        except BaseException as exc:  # recorded; the entry point exits non-zero
+        except BaseException as exc:  # recorded; the entry point restarts the service or exits non-zero
             self.error = exc
             log.exception("ingest loop failed; nothing of the failed batch was committed")
         finally:

@@ -56,6 +56,13 @@ class IngestSettings(BaseSettings):
     poll_timeout_s: float = Field(default=0.05, gt=0)
     flush_timeout_s: float = Field(default=30.0, gt=0)
 
+    # A failed batch (e.g. the broker unreachable for flush_timeout_s) stops the loop without a
+    # commit; the service then starts afresh in-process, as a process restart would: new clients,
+    # the de-duplicator re-warmed from the clean topic, the batch replayed.
+    restart_on_error: bool = Field(default=True, description="restart the loop after a failed batch "
+                                   "(False: exit non-zero and leave it to a supervisor)")
+    restart_backoff_max_s: float = Field(default=30.0, gt=0, description="restarts back off 1 s doubling to this")
+
     metrics_interval_s: float = Field(default=5.0, gt=0)
     stall_after_s: float = Field(default=30.0, gt=0, description="/readyz fails when the loop did not poll for this long")
 

@@ -1,17 +1,14 @@
 """Deployment state survives a kill -9 of the Kafka broker.
 
 The shared test broker is never restarted (other engineers' tests run on it): this test starts a
-*private* single-node KRaft broker with the project's own stack manager, in a tmp home on free
-ports, kills it with SIGKILL while a follower is attached, starts it again on the same data, and
+*private* single-node KRaft broker (``tests/private_broker.py``), kills it with SIGKILL while a
+follower is attached, starts it again on the same data, and
 checks that the follower reconnects by itself and that a fresh replay rebuilds the same state.
 Marked ``fault`` as well (``-m "not fault"`` skips it); it needs Java like the test stack.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import time
 
 import pytest
@@ -19,46 +16,10 @@ import pytest
 from recpilot.models.deployments import DeploymentController, DeploymentFollower, DeploymentSettings, replay
 from recpilot.models.repository import ModelRepository
 from recpilot.pb import deployments_pb2 as pb
-from recpilot.settings import PlatformSettings
-from recpilot.stack.kafka import KafkaBroker
-from recpilot.stack.process import ProcessTable
+from tests.private_broker import kill9
 from tests.unit.test_repository import tiny_writer
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def private_broker(stack, tmp_path):
-    """A broker of our own (stack: the shared test stack must exist, so Java and the jars do)."""
-    settings = PlatformSettings(home=tmp_path / "home", kafka_port=_free_port(), kafka_controller_port=_free_port(),
-                                kafka_heap_mb=256, kafka_ready_timeout_s=90)
-    table = ProcessTable(settings.home / "run")
-    broker = KafkaBroker(settings, table)
-    broker.start()
-    broker.wait_ready()
-    yield settings, broker, table
-    table.stop("kafka", timeout=20)
-
-
-def _kill9(table: ProcessTable) -> None:
-    rec = table.get("kafka")
-    assert rec is not None and rec.alive()
-    os.killpg(rec.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while rec.alive() and time.monotonic() < deadline:
-        try:
-            os.waitpid(rec.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.1)
-    assert not rec.alive()
-    table.path("kafka").unlink(missing_ok=True)
 
 
 def test_state_survives_broker_kill_and_follower_reconnects(private_broker, tmp_path, unique):
@@ -82,7 +43,7 @@ def test_state_survives_broker_kill_and_follower_reconnects(private_broker, tmp_
         before = replay(settings, topic).state("ranker")
         assert (before.production_version, before.canary_version, before.revision) == ("2", "3", 3)
 
-        _kill9(table)
+        kill9(table)
         assert broker.ready(timeout=1.0) is False
         broker.start()
         broker.wait_ready()

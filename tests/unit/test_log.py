@@ -28,3 +28,36 @@ def test_setup_is_idempotent():
     setup_logging("a", stream=buf)
     logging.getLogger("x").warning("once")
     assert len(buf.getvalue().splitlines()) == 1
+
+
+def test_kafka_client_repeats_are_collapsed_with_a_count_and_others_untouched():
+    from recpilot.log import JsonFormatter, RepeatFilter
+
+    now = [100.0]
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter("t"))
+    handler.addFilter(RepeatFilter(window_s=30.0, clock=lambda: now[0]))
+    for name in ("aiokafka.conn", "recpilot.kafka.client", "recpilot.mine"):
+        lg = logging.getLogger(name)
+        lg.propagate = False
+        lg.handlers[:] = [handler]
+    kafka, client, mine = (logging.getLogger(n) for n in ("aiokafka.conn", "recpilot.kafka.client", "recpilot.mine"))
+    for i in range(50):  # a broker down: the same complaint, only numbers differ
+        kafka.error("Unable connect to node with id 1: [Errno 111] Connection refused (attempt %d)", i)
+        client.error("FAIL [c#consumer-%d] connect to 127.0.0.1:9092 failed", i)
+        mine.warning("event loop lagged")
+        now[0] += 0.1
+    kafka.error("Unable to update metadata from [1]")  # another kind passes at once
+    now[0] += 30.0
+    kafka.error("Unable connect to node with id 1: [Errno 111] Connection refused (attempt %d)", 99)
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    by = lambda logger: [x for x in lines if x["logger"] == logger]  # noqa: E731
+    assert len(by("recpilot.mine")) == 50  # not a Kafka client: never collapsed
+    assert len(by("recpilot.kafka.client")) == 1
+    k = by("aiokafka.conn")
+    assert [x["msg"][:20] for x in k] == ["Unable connect to no", "Unable to update met", "Unable connect to no"]
+    assert "repeated" not in k[0] and k[2]["repeated"] == 49 and k[2]["repeated_window_s"] == 35.0
+    for lg in (kafka, client, mine):
+        lg.handlers[:] = []
+        lg.propagate = True

@@ -1,0 +1,149 @@
+"""Ingest keeps going through failures that used to make it exit:
+
+* the broker dies (kill -9) in the middle of a backlog and comes back 15 s later. Depending on where
+  the kill lands, ingest either waits in its offset commit until the broker is back, or its batch
+  fails (delivery not confirmed within flush_timeout_s, nothing committed) and it restarts
+  in-process with backoff. Either way it must not exit, and every event reaches the clean topic
+  (at most one batch twice);
+* a batch that can never be delivered (the clean topic's max.message.bytes set too small): ingest
+  restarts with backoff, not ready meanwhile, commits nothing, and finishes once the topic is fixed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from recpilot import kafka as rkafka
+from recpilot.kafka import producer
+from recpilot.pb import events_pb2
+from recpilot.simulator import ShopSimulator
+from recpilot.topics import TopicSpec
+from services.ingest import tools
+from tests.private_broker import kill9
+
+pytestmark = pytest.mark.timeout(300)
+BATCH = 20
+
+
+def test_ingest_survives_a_broker_outage_mid_batch_and_loses_nothing(private_broker, unique, tmp_path):
+    settings, broker, table = private_broker
+    names = {x: f"test-ingest-outage-{unique}.{x}" for x in ("raw", "clean", "dlq", "metrics")}
+    tools.create_topics(settings, list(names.values()), 2)
+    group = f"test-ingest-outage-{unique}"
+
+    # a backlog in the raw topic before ingest starts: small batches keep it busy for a while
+    sim = ShopSimulator(seed=31, n_users=500, n_items=200)
+    sent = []
+    prod = producer(settings, **{"linger.ms": 5})
+    now = int(time.time() * 1000)
+    for i in range(20_000):
+        ev = sim.next_event(now - 60_000 + i)
+        sent.append(ev.event_id)
+        prod.produce(names["raw"], key=ev.user_id.encode(), value=ev.SerializeToString())
+        if i % 1000 == 0:
+            prod.poll(0)
+    assert prod.flush(30) == 0
+
+    env = tools.ingest_env(names["raw"], names["clean"], names["dlq"], names["metrics"], group,
+                           batch_size=str(BATCH), flush_timeout_s="3", restart_backoff_max_s="2",
+                           dedup_warmup_timeout_s="20",
+                           RECPILOT_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap)
+    log = tmp_path / "ingest.log"
+    proc = tools.spawn_ingest(env, log)
+    try:
+        tools.wait_ready(tools.http_address(log, proc=proc), proc=proc)
+        t0 = time.monotonic()
+        while sum(tools.committed(settings, group, names["raw"], [0, 1]).values()) < 1000:
+            assert time.monotonic() - t0 < 60, "ingest made no progress"
+            time.sleep(0.05)
+
+        kill9(table)  # mid-backlog: the consumer holds prefetched records, the next flush cannot finish
+        time.sleep(15)
+        assert proc.poll() is None, "ingest exited during the outage:\n" + log.read_text()[-3000:]
+        broker.start()
+        broker.wait_ready()
+
+        t0 = time.monotonic()
+        while sum(tools.committed(settings, group, names["raw"], [0, 1]).values()) < len(sent):
+            assert proc.poll() is None, "ingest exited after the outage:\n" + log.read_text()[-3000:]
+            assert time.monotonic() - t0 < 120, "ingest did not finish the backlog after the broker came back"
+            time.sleep(0.25)
+        text = log.read_text()
+        proc.terminate()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    clean = tools.read_all(settings, names["clean"], idle_s=1.0)
+    ids = Counter(events_pb2.UserEvent.FromString(m.value()).event_id for m in clean)
+    duplicates = sum(n - 1 for n in ids.values())
+    path = "restarted in-process" if '"ingest restarted"' in text else "waited in its commit"
+    print(f"\nsent {len(sent)}; clean {len(clean)} ({len(ids)} distinct, {duplicates} twice); ingest {path}")
+    assert set(ids) == set(sent), f"lost {len(set(sent) - set(ids))}"
+    assert duplicates <= BATCH
+
+
+def test_undeliverable_batch_restarts_with_backoff_until_fixed(stack, platform_settings, unique, tmp_path):
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    p = platform_settings
+    names = {x: f"test-ingest-restart-{unique}.{x}" for x in ("raw", "clean", "dlq", "metrics")}
+    adm = rkafka.admin(p)
+    rkafka.ensure_topics(adm, [TopicSpec(names["raw"], 1), TopicSpec(names["dlq"], 1), TopicSpec(names["metrics"], 1),
+                               TopicSpec(names["clean"], 1, {"max.message.bytes": "64"})])  # smaller than any event
+    group = f"test-ingest-restart-{unique}"
+    sim = ShopSimulator(seed=32, n_users=50, n_items=50)
+    prod = producer(p)
+    now = int(time.time() * 1000)
+    sent = []
+    for i in range(200):
+        ev = sim.next_event(now - 10_000 + i)
+        sent.append(ev.event_id)
+        prod.produce(names["raw"], key=ev.user_id.encode(), value=ev.SerializeToString())
+    assert prod.flush(30) == 0
+
+    env = tools.ingest_env(names["raw"], names["clean"], names["dlq"], names["metrics"], group,
+                           flush_timeout_s="3", restart_backoff_max_s="2")
+    log = tmp_path / "ingest.log"
+    proc = tools.spawn_ingest(env, log)
+    try:
+        address = tools.http_address(log, proc=proc)
+        t0 = time.monotonic()
+        while log.read_text().count('"ingest loop failed; restarting"') < 2:
+            assert proc.poll() is None, "ingest exited:\n" + log.read_text()[-3000:]
+            assert time.monotonic() - t0 < 90, "no failed batch and restart:\n" + log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert "MSG_SIZE_TOO_LARGE" in log.read_text() or "too large" in log.read_text().lower()
+        assert sum(tools.committed(p, group, names["raw"], [0]).values()) == 0  # nothing of it committed
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError):  # not ready while failing
+            urllib.request.urlopen(f"http://{address}/readyz", timeout=5)
+
+        res = ConfigResource("topic", names["clean"], incremental_configs=[
+            ConfigEntry("max.message.bytes", "1048588", incremental_operation=AlterConfigOpType.SET)])
+        for f in adm.incremental_alter_configs([res]).values():
+            f.result()
+        t0 = time.monotonic()
+        while sum(tools.committed(p, group, names["raw"], [0]).values()) < len(sent):
+            assert proc.poll() is None, "ingest exited:\n" + log.read_text()[-3000:]
+            assert time.monotonic() - t0 < 90, "ingest did not recover after the fix:\n" + log.read_text()[-3000:]
+            time.sleep(0.2)
+        tools.wait_ready(address, timeout=30, proc=proc)
+        text = log.read_text()
+        assert '"ingest restarted"' in text
+        proc.terminate()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    clean = tools.read_all(p, names["clean"], idle_s=1.0)
+    ids = Counter(events_pb2.UserEvent.FromString(m.value()).event_id for m in clean)
+    print(f"\nrestarts: {text.count('ingest loop failed; restarting')} failed batches, "
+          f"{text.count('ingest restarted')} restarts; clean {len(clean)} of {len(sent)}")
+    assert set(ids) == set(sent) and sum(ids.values()) == len(sent)
+    tools.delete_topics(p, list(names.values()))
