@@ -48,10 +48,11 @@ _DIGITS = re.compile(r"\d+")
 
 
 class RepeatFilter(logging.Filter):
-    """Collapses a Kafka client's repeated complaints: the first record of a kind passes; the same
-    kind again (same logger and level, same message with digits ignored) within ``window_s`` is
+    """Collapses repeated complaints: the first record of a kind passes; the same kind again (same
+    logger and level, same message and ``error`` field with digits ignored) within ``window_s`` is
     counted instead, and the first one after the window passes with ``repeated`` = how many were
-    held back. Records of other loggers are never touched."""
+    held back. Applies to the Kafka clients' loggers and to records logged with
+    ``extra={"collapse": True}`` (a per-request warning during an outage); others are untouched."""
 
     def __init__(self, window_s: float = 30.0, loggers: tuple[str, ...] = REPEAT_LOGGERS, max_kinds: int = 1000,
                  clock=time.monotonic) -> None:
@@ -64,13 +65,15 @@ class RepeatFilter(logging.Filter):
         return any(name == p or name.startswith(p + ".") for p in self.loggers)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._ours(record.name):
+        collapse = record.__dict__.pop("collapse", False)
+        if not (collapse or self._ours(record.name)):
             return True
         try:
             text = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken record is the handler's problem, not ours
             return True
-        kind = (record.name, record.levelno, _DIGITS.sub("#", text)[:200])
+        error = str(record.__dict__.get("error", ""))
+        kind = (record.name, record.levelno, _DIGITS.sub("#", text)[:200], _DIGITS.sub("#", error)[:200])
         now = self.clock()
         with self._lock:
             entry = self._seen.get(kind)

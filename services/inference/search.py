@@ -151,7 +151,7 @@ class CatalogueRefresher:
                 n = self.refresh()
                 log.info("search index rebuilt from the feature store", extra={"items": n})
             except Exception as exc:
-                log.warning("search index refresh failed", extra={"error": repr(exc)})
+                log.warning("search index refresh failed", extra={"error": repr(exc), "collapse": True})
             # A cold feature store (first start) fills within seconds: look again soon until it has items.
             if self._stop.wait(self.period_s if n else min(self.period_s, 5.0)):
                 return

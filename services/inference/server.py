@@ -79,7 +79,8 @@ class _Recommender(recommend_pb2_grpc.RecommenderServicer):
             self._failed(method, "CANCELLED", t0)
             raise
         except Exception as exc:  # a bug: say so, count it, keep serving
-            log.exception("request failed", extra={"method": method, "request_id": req.request_id})
+            log.exception("request failed", extra={"method": method, "request_id": req.request_id,
+                                                   "error": repr(exc), "collapse": True})
             self._failed(method, "INTERNAL", t0)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         took = time.perf_counter() - t0

@@ -114,7 +114,7 @@ class RankingService:
             self._popular = list(await asyncio.wait_for(self.features.popular(self.s.max_k), self.s.redis_timeout_ms / 1000))
             self._popular_at = time.monotonic()
         except Exception as exc:
-            log.warning("popularity refresh failed", extra={"error": repr(exc)})
+            log.warning("popularity refresh failed", extra={"error": repr(exc), "collapse": True})
         return self._popular
 
     def _maybe_refresh_popular(self) -> None:
@@ -169,7 +169,7 @@ class RankingService:
                 async with asyncio.timeout(self.s.redis_timeout_ms / 1000):
                     _, items = await self.features.fetch("", ids, int(time.time() * 1000))
             except Exception as exc:  # stays stale; the next request that uses it asks again
-                log.warning("item feature refresh failed", extra={"items": len(ids), "error": repr(exc)})
+                log.warning("item feature refresh failed", extra={"items": len(ids), "error": repr(exc), "collapse": True})
                 self._refresh.clear()
                 return
             finally:
@@ -209,7 +209,8 @@ class RankingService:
             except (TimeoutError, asyncio.TimeoutError):
                 return self._fallback(req, "features_timeout", "recommend", name)
             except Exception as exc:
-                log.warning("candidate generation failed", extra={"request_id": req.request_id, "error": repr(exc)})
+                log.warning("candidate generation failed", extra={"request_id": req.request_id, "error": repr(exc),
+                                                                  "collapse": True})
                 return self._fallback(req, "features_unavailable", "recommend", name)
         if not candidates:  # a cold feature store: nothing to rank
             return self._fallback(req, "no_candidates", "recommend", name)
@@ -254,7 +255,7 @@ class RankingService:
         except (TimeoutError, asyncio.TimeoutError):
             return self._fallback(req, "features_timeout", surface, name, candidates)
         except Exception as exc:
-            log.warning("feature fetch failed", extra={"request_id": req.request_id, "error": repr(exc)})
+            log.warning("feature fetch failed", extra={"request_id": req.request_id, "error": repr(exc), "collapse": True})
             return self._fallback(req, "features_unavailable", surface, name, candidates)
         try:
             try:
@@ -277,7 +278,7 @@ class RankingService:
             return self._fallback(req, "overloaded", surface, name, candidates)
         except Exception as exc:
             log.error("model failed", extra={"request_id": req.request_id, "model": name,
-                                             "model_version": mv.version, "error": repr(exc)})
+                                             "model_version": mv.version, "error": repr(exc), "collapse": True})
             return self._fallback(req, "model_error", surface, name, candidates)
         if self.telemetry is not None:
             self.telemetry.scored(name, mv.version, variant, mv.meta, scores, dense)
@@ -302,7 +303,7 @@ class RankingService:
                 "top1_agree": bool(int(np.argmax(s)) == int(np.argmax(served))),
                 "max_abs_diff": round(float(np.max(np.abs(s - served))), 6)})
         except Exception as exc:
-            log.warning("shadow scoring failed", extra={"request_id": req.request_id, "error": repr(exc)})
+            log.warning("shadow scoring failed", extra={"request_id": req.request_id, "error": repr(exc), "collapse": True})
 
     def _log(self, req: Request, res: Result, surface: str, features: dict[str, float],
              shown_dense: np.ndarray | None = None) -> None:

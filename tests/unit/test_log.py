@@ -61,3 +61,27 @@ def test_kafka_client_repeats_are_collapsed_with_a_count_and_others_untouched():
     for lg in (kafka, client, mine):
         lg.handlers[:] = []
         lg.propagate = True
+
+
+def test_records_marked_collapse_are_collapsed_per_message_and_error():
+    from recpilot.log import JsonFormatter, RepeatFilter
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter("t"))
+    handler.addFilter(RepeatFilter(window_s=30.0, clock=lambda: 0.0))
+    lg = logging.getLogger("services.some.service")
+    lg.propagate = False
+    lg.handlers[:] = [handler]
+    try:
+        for i in range(100):  # one warning per request while Redis is down
+            lg.warning("feature fetch failed", extra={"request_id": f"r{i}", "error": "ConnectionError()", "collapse": True})
+        lg.warning("feature fetch failed", extra={"request_id": "x", "error": "TimeoutError()", "collapse": True})
+        lg.warning("feature fetch failed", extra={"request_id": "y", "error": "TimeoutError()"})  # not marked
+    finally:
+        lg.handlers[:] = []
+        lg.propagate = True
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert [(x["request_id"], x["error"]) for x in lines] == [("r0", "ConnectionError()"), ("x", "TimeoutError()"),
+                                                               ("y", "TimeoutError()")]
+    assert all("collapse" not in x for x in lines)
