@@ -58,7 +58,9 @@ def consumer(settings: PlatformSettings, group_id: str, **overrides) -> Consumer
 
 
 def admin(settings: PlatformSettings, **overrides) -> AdminClient:
-    conf = {"bootstrap.servers": settings.kafka_bootstrap}
+    # log_level 4: warnings and errors only (a short-lived admin client's teardown says "Purging 1
+    # unserved events from background queue" at info level on stderr)
+    conf = {"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4}
     conf.update(overrides)
     return AdminClient(conf)
 
