@@ -118,3 +118,6 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-unbatched", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
     p.set_defaults(func=cmd_bench)
+    from services.inference.floor import register
+
+    register(bench)

@@ -1,0 +1,109 @@
+"""`recpilot bench grpc-floor`: what gRPC in Python costs on this box, with no recpilot code.
+
+Starts a bare grpc.aio Open Inference Protocol server in its own process whose ``ServerLive`` and
+``ModelInfer`` answer at once (no parsing, no model), and drives it with the same load generator
+as ``recpilot bench inference`` (grpc.aio, 8 connections, closed loop). The throughput is the most
+any recpilot method can reach here; ``bench inference`` prints the same floor against the real
+server (ServerLive) and the batching ceiling it implies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+from recpilot.benchutil import machine
+
+
+async def _serve(port: int) -> None:
+    import grpc
+
+    from recpilot.pb import open_inference_grpc_pb2 as oip
+    from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
+
+    class NoOp(oip_grpc.GRPCInferenceServiceServicer):
+        async def ServerLive(self, request, context):  # noqa: N802
+            return oip.ServerLiveResponse(live=True)
+
+        async def ModelInfer(self, request, context):  # noqa: N802 - a fixed 200-score answer
+            out = oip.ModelInferResponse(model_name="noop", model_version="1")
+            out.outputs.add(name="score", datatype="FP32", shape=[200])
+            out.raw_output_contents.append(b"\0" * 800)
+            return out
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(NoOp(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+async def _load(port: int, kind: str, rows: int, conc: int, seconds: float) -> dict:
+    from recpilot.pb import open_inference_grpc_pb2 as oip
+    from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
+    from services.inference.bench import _channels, _infer_requests, _own_cpu
+
+    chans = _channels(port)
+    n = 0
+    try:
+        stubs = [oip_grpc.GRPCInferenceServiceStub(ch) for ch in chans]
+        reqs = _infer_requests(rows) if kind == "ModelInfer" else [oip.ServerLiveRequest()]
+        stop_at = time.monotonic() + seconds
+
+        async def worker(i: int) -> None:
+            nonlocal n
+            stub, j = stubs[i % len(stubs)], i
+            call = stub.ModelInfer if kind == "ModelInfer" else stub.ServerLive
+            while time.monotonic() < stop_at:
+                await call(reqs[j % len(reqs)], timeout=5.0)
+                n += 1
+                j += conc
+
+        t0, c0 = time.monotonic(), _own_cpu()
+        await asyncio.gather(*(worker(i) for i in range(conc)))
+        took = time.monotonic() - t0
+    finally:
+        for ch in chans:
+            await ch.close()
+    return {"kind": kind, "rows": rows, "rps": n / took, "client_cpu_ms": (_own_cpu() - c0) * 1000 / max(n, 1)}
+
+
+def run(args) -> int:
+    from services.inference.bench import _free_port
+
+    port = _free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "services.inference.floor", "--serve", str(port)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        if srv.stdout.readline().strip() != "ready":
+            print("the no-op server did not start", file=sys.stderr)
+            return 1
+        print(f"machine: {machine()}; no-op grpc.aio server pid {srv.pid}, c={args.concurrency}, {args.seconds:g} s each")
+        for kind, rows in (("ServerLive", 0), ("ModelInfer", 200), ("ModelInfer", 1)):
+            asyncio.run(_load(port, kind, rows or 1, args.concurrency, 1.0))  # warm
+            r = asyncio.run(_load(port, kind, rows or 1, args.concurrency, args.seconds))
+            what = f"{kind} ({rows} rows)" if rows else kind
+            print(f"  {what:<22} {r['rps']:7.0f} req/s; load generator CPU {r['client_cpu_ms']:.2f} ms per request",
+                  flush=True)
+    finally:
+        srv.terminate()
+        srv.wait(10)
+    return 0
+
+
+def register(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("grpc-floor", help="gRPC's own cost here: a no-op server under the inference bench's load")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        asyncio.run(_serve(int(sys.argv[2])))
