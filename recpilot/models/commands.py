@@ -337,6 +337,24 @@ def _common(p: argparse.ArgumentParser, state_changing: bool = True) -> None:
         p.add_argument("--actor", help="who (default: user@host)")
 
 
+def _positional(p: argparse.ArgumentParser, name: str) -> None:
+    """``recpilot models promote 3`` as well as ``--version 3`` (and ``status ranker`` as well as
+    ``--model ranker``): an optional positional that fills the option; both and different is an error."""
+    p.add_argument(f"{name}_positional", nargs="?", metavar=name.upper(), help=f"same as --{name}")
+    func = p.get_default("func")
+
+    def merged(args: argparse.Namespace) -> int:
+        pos = getattr(args, f"{name}_positional")
+        opt = getattr(args, name)
+        if pos is not None and opt is not None and pos != opt:
+            return _err(f"{name} given twice: {pos!r} and --{name} {opt!r}")
+        if pos is not None:
+            setattr(args, name, pos)
+        return func(args)
+
+    p.set_defaults(func=merged)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     mp = sub.add_parser("models", help="model repository and deployment control (deploy, canary, promote, ...)")
     ms = mp.add_subparsers(dest="models_command", metavar="ACTION")
@@ -355,11 +373,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version")
     p.add_argument("--repo")
     p.set_defaults(func=cmd_verify)
+    _positional(p, "version")
 
     p = ms.add_parser("deploy", help="make a version available (it becomes production if there is none)")
     _common(p)
     p.add_argument("--version", help="default: the latest version")
     p.set_defaults(func=cmd_deploy)
+    _positional(p, "version")
 
     p = ms.add_parser("promote", help="make a version production (refused if its offline metrics are worse)")
     _common(p)
@@ -370,6 +390,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logloss-tolerance", type=float, default=None,
                    help="refuse if logloss > production logloss + this (default RECPILOT_DEPLOY_LOGLOSS_TOLERANCE=0.01)")
     p.set_defaults(func=cmd_promote)
+    _positional(p, "version")
 
     p = ms.add_parser("canary", help="send a share of users to a version (stable_hash(user) routing)")
     _common(p)
@@ -377,23 +398,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--percent", type=float, help="share of users, 0 < P <= 100 (0 clears the canary)")
     p.add_argument("--clear", action="store_true", help="stop the canary")
     p.set_defaults(func=cmd_canary)
+    _positional(p, "version")
 
     p = ms.add_parser("shadow", help="score every request with a version too, log it, never serve it")
     _common(p)
     p.add_argument("--version", help="default: the latest version")
     p.add_argument("--clear", action="store_true", help="stop shadowing")
     p.set_defaults(func=cmd_shadow)
+    _positional(p, "version")
 
     p = ms.add_parser("rollback", help="return production to the previous production version")
     _common(p)
     p.add_argument("--version", help="optional: the version you expect to return to (refused if it is not)")
     p.set_defaults(func=cmd_rollback)
+    _positional(p, "version")
 
     p = ms.add_parser("status", help="deployment state, history (who/why/when) and replica acknowledgements")
     _common(p, state_changing=False)
     p.add_argument("--history", type=int, default=10, metavar="N", help="last N commands per model (default 10)")
     p.add_argument("--all", action="store_true", help="the whole history")
     p.set_defaults(func=cmd_status)
+    _positional(p, "model")
 
 
 def register_bench(benches: argparse._SubParsersAction) -> None:

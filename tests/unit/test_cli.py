@@ -21,3 +21,17 @@ def test_bad_setting_stops_startup_with_the_variable_name():
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_models_commands_take_the_version_or_model_as_a_positional(tmp_path, capsys):
+    # `recpilot models verify 3` == `--version 3`; both and different is a clear error (exit 1)
+    from recpilot.models.repository import ModelRepository
+    from tests.unit.test_repository import tiny_writer
+
+    repo = ModelRepository(tmp_path / "models")
+    repo.create_version("ranker", tiny_writer(auc=0.7))
+    assert main(["models", "verify", "1", "--repo", str(tmp_path / "models")]) == 0
+    assert main(["models", "verify", "1", "--version", "2", "--repo", str(tmp_path / "models")]) == 1
+    assert "version given twice: '1' and --version '2'" in capsys.readouterr().err
+    args = build_parser().parse_args(["models", "status", "ranker"])
+    assert args.model_positional == "ranker"
