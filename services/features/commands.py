@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 
@@ -36,6 +37,8 @@ def cmd_user(args) -> int:
     finally:
         c.close()
     _print(user, args.json)
+    if not user.get("events"):
+        print(f"(no events stored for user {args.user_id!r}: the defaults a new user gets)", file=sys.stderr)
     return 0
 
 
@@ -47,6 +50,8 @@ def cmd_item(args) -> int:
     finally:
         c.close()
     _print(item, args.json)
+    if not item.get("last_event_ms") and not item.get("title"):
+        print(f"(nothing stored for item {args.item_id!r}: no events and not in the catalogue)", file=sys.stderr)
     return 0
 
 
