@@ -114,7 +114,7 @@ def usable(messages: Sequence[Message], on_error: Callable[[KafkaError], None] |
         elif err.fatal():
             raise KafkaException(err)
         else:
-            log.warning("consumer error", extra={"error": str(err)})
+            log.warning("consumer error", extra={"error": str(err), "collapse": True})
     return good
 
 

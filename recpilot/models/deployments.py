@@ -488,7 +488,7 @@ class TopicReader:
                 return 0
             if err.fatal():
                 raise KafkaException(err)
-            log.warning("control topic consumer error", extra={"error": str(err)})
+            log.warning("control topic consumer error", extra={"error": str(err), "collapse": True})
             return 0
         if self.on_before is not None:
             self.on_before(m.partition(), m.offset())
@@ -658,7 +658,8 @@ class DeploymentFollower:
                         lows, ends = reader.watermarks(5.0)
                         break
                 except Exception as exc:
-                    log.warning("control topic not available yet", extra={"topic": self.topic, "error": str(exc)})
+                    log.warning("control topic not available yet", extra={"topic": self.topic, "error": str(exc),
+                                                                          "collapse": True})
                 self._stop.wait(1.0)
             if ends is None:
                 return

@@ -244,7 +244,7 @@ class FeaturePipeline:
                 delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
                 attempt += 1
                 log.warning("redis write failed, retrying", extra={"error": repr(exc), "attempt": attempt,
-                                                                   "retry_in_s": delay})
+                                                                   "retry_in_s": delay, "collapse": True})
                 await asyncio.sleep(delay)
             except Exception as exc:
                 m.WRITE_ERRORS.inc()
@@ -258,7 +258,7 @@ class FeaturePipeline:
         try:
             await self._update_lag()
         except Exception as exc:
-            log.warning("lag update failed", extra={"error": repr(exc)})
+            log.warning("lag update failed", extra={"error": repr(exc), "collapse": True})
         self.publish_metrics()
 
     async def _update_lag(self) -> None:
@@ -315,7 +315,7 @@ class FeaturePipeline:
                 prod.produce(self.settings.metrics_topic, key=b"features", value=ev.SerializeToString())
             prod.poll(0)
         except Exception as exc:  # metrics must never stop the pipeline
-            log.warning("metric events not published", extra={"error": repr(exc)})
+            log.warning("metric events not published", extra={"error": repr(exc), "collapse": True})
 
     # -- health ------------------------------------------------------------------------
     def ready(self) -> tuple[bool, dict]:

@@ -105,7 +105,7 @@ class ImpressionLogger:
         else:
             self.failed += 1
             m.IMPRESSIONS.labels("failed").inc()
-            log.warning("impression not delivered", extra={"error": str(err)})
+            log.warning("impression not delivered", extra={"error": str(err), "collapse": True})
 
     def _send(self, rec: ImpressionRecord) -> None:
         data = rec.to_proto().SerializeToString()

@@ -247,7 +247,7 @@ class InferenceServer:
             lag = time.perf_counter() - t0 - period
             hist.observe(max(lag, 0.0))
             if lag > 0.1:
-                log.warning("event loop lagged", extra={"lag_ms": round(lag * 1000, 1)})
+                log.warning("event loop lagged", extra={"lag_ms": round(lag * 1000, 1), "collapse": True})
 
     async def _health_loop(self) -> None:
         last = None

@@ -85,7 +85,7 @@ class MetricReporter:
             try:
                 self.producer.produce(self.topic, e.SerializeToString(), b"ingest")
             except BufferError:
-                log.warning("metric event dropped: producer queue full")
+                log.warning("metric event dropped: producer queue full", extra={"collapse": True})
         self.producer.poll(0)
         self.sent += len(events)
 
