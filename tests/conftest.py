@@ -26,6 +26,15 @@ for _k, _v in TEST_ENV.items():
     os.environ.setdefault(_k, _v)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    # In-process inference servers gc.freeze() after loading a model (services/inference/routing.py);
+    # frozen objects are never finalized, and nanobind (in triton, imported with TensorFlow) then
+    # prints pages of "leaked" lines at exit. Unfrozen, the interpreter's teardown frees them.
+    import gc
+
+    gc.unfreeze()
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = item.path.parts

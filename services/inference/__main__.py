@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -94,6 +95,9 @@ def main() -> int:
         life.shutdown()
         if executor is not None:
             executor.shutdown(wait=False)
+        # model loads gc.freeze() (routing.py); frozen objects are never finalized and nanobind (triton,
+        # imported with TensorFlow) would print pages of "leaked" lines into the log at exit
+        gc.unfreeze()
     return 0
 
 
