@@ -44,3 +44,19 @@ def test_k8s_manifests_cover_every_service():
     deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
     assert deployments == set(SERVICES)
     assert any(d["kind"] == "HorizontalPodAutoscaler" for d in docs)
+
+
+def test_local_prometheus_targets_do_not_collide_with_the_local_stack_ports():
+    from recpilot.settings import PlatformSettings
+
+    doc = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    alert = {t for am in doc["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]}
+    scraped = {t for job in doc["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    d = PlatformSettings.model_fields
+    stack_ports = {d["kafka_port"].default, d["kafka_controller_port"].default, d["redis_port"].default, 50051}
+    alert_ports = {int(t.rsplit(":", 1)[1]) for t in alert}
+    assert not alert_ports & stack_ports, f"Alertmanager target {alert} is a port of the local stack"
+    from recpilot.stack.manager import services
+
+    scraped_ports = {int(t.rsplit(":", 1)[1]) for t in scraped}
+    assert {spec.http_port() for spec in services()} <= scraped_ports  # every runnable service is scraped
