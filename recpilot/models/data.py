@@ -74,6 +74,16 @@ class TrainSettings(RecpilotSettings):
     inter_op_threads: int = Field(default=1, ge=1)
 
 
+def _str_column(values) -> np.ndarray:
+    """A column of strings: an object array of str is kept as it is (8 bytes a row, equal strings
+    may share one object), anything else becomes str. A fixed-width numpy str array would cost
+    4 bytes per character of the longest value on every row (552 bytes a row for OBD segments)."""
+    arr = np.asarray(values)
+    if arr.dtype == object and all(type(v) is str for v in arr):
+        return arr
+    return arr.astype(str)
+
+
 @dataclass
 class Dataset:
     dense: np.ndarray                # float32 [N, D]
@@ -97,8 +107,8 @@ class Dataset:
         self.ids = np.ascontiguousarray(self.ids, dtype=np.int64).reshape(n, len(self.id_features))
         self.labels = np.asarray(self.labels, dtype=np.float32)
         self.ts_ms = np.asarray(self.ts_ms, dtype=np.int64)
-        self.groups = np.asarray(self.groups).astype(str)
-        self.items = np.asarray(self.items).astype(str)
+        self.groups = _str_column(self.groups)
+        self.items = _str_column(self.items)
         for name, arr in (("ts_ms", self.ts_ms), ("groups", self.groups), ("items", self.items)):
             if len(arr) != n:
                 raise ValueError(f"dataset column {name} has {len(arr)} rows, labels {n}")
@@ -221,11 +231,74 @@ def point_in_time_ctr(items: np.ndarray, labels: np.ndarray, ts_ms: np.ndarray) 
 # (a) Open Bandit Dataset
 
 
-def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES) -> Dataset:
+OBD_CHUNK_ROWS = 200_000  # rows of a log CSV held as a full DataFrame at a time (the full data has 26M)
+
+
+def _obd_rows(df, policy: str, hash_cache: dict) -> dict:
+    """The compact per-row arrays of one chunk of a log joined with its item_context."""
+    import pandas as pd
+
+    n = len(df)
+    # the user's affinity for the shown item: column user-item_affinity_<item_id> of the same row
+    item_ids = df["item_id"].to_numpy().astype(np.int64)
+    aff_names = [c for c in df.columns if str(c).startswith("user-item_affinity_")]
+    affinity = np.zeros(n, dtype=np.float64)
+    if aff_names:
+        by_item = {int(str(c).rsplit("_", 1)[1]): j for j, c in enumerate(aff_names)}
+        col_of = np.array([by_item.get(int(i), -1) for i in range(int(item_ids.max()) + 1)], dtype=np.int64)
+        cols = col_of[item_ids]
+        block = df[aff_names].to_numpy(dtype=np.float64)
+        have = cols >= 0
+        affinity[have] = block[np.flatnonzero(have), cols[have]]
+    pos = df["position"].to_numpy().astype(int)
+    dense = np.zeros((n, len(OBD_DENSE_FEATURES)), dtype=np.float32)
+    dense[:, 0] = df["item_feature_0"].to_numpy(dtype=np.float64)
+    dense[:, 1] = affinity
+    for k in (1, 2, 3):
+        dense[:, 1 + k] = (pos == k)
+    ids = np.zeros((n, len(OBD_ID_FEATURES)), dtype=np.int64)
+    for j, (name, buckets) in enumerate(OBD_ID_FEATURES):
+        col = df[name].astype(str)
+        # the hashed categoricals of the two folders were hashed separately: namespace them by policy
+        # so their vocabularies do not mix. item_id is the same 0..79 index in both (item_feature_0
+        # agrees item by item), so it is shared. Hashed once per distinct value.
+        ns = "" if name == "item_id" else f"{policy}:"
+        uniq, inverse = np.unique(col.to_numpy(), return_inverse=True)
+        codes = np.empty(len(uniq), dtype=np.int64)
+        for u, v in enumerate(uniq):
+            key = f"{ns}{name}:{v}"
+            h = hash_cache.get((key, buckets))
+            if h is None:
+                h = hash_cache[(key, buckets)] = featurespec.stable_hash(key, buckets)
+            codes[u] = h
+        ids[:, j] = codes[inverse]
+    # explicit unit: pandas' default datetime resolution differs between versions (ns / us)
+    ts = pd.to_datetime(df["timestamp"], utc=True).dt.as_unit("ms").astype("int64").to_numpy()
+    seg = (policy + ":" + df["user_feature_0"].astype(str) + "|" + df["user_feature_1"].astype(str) + "|"
+           + df["user_feature_2"].astype(str) + "|" + df["user_feature_3"].astype(str)).to_numpy()
+    return dict(dense=dense, ids=ids, labels=df["click"].to_numpy(dtype=np.float32), ts=ts,
+                groups=_shared_strings(seg), items=_shared_strings(df["item_id"].astype(str).to_numpy()))
+
+
+def _shared_strings(values: np.ndarray) -> np.ndarray:
+    """The same object array, but every equal string is one object (80 items, a few thousand user
+    segments): 8 bytes a row instead of a ~60-120 byte string object each."""
+    uniq, inverse = np.unique(values, return_inverse=True)
+    return uniq[inverse.reshape(-1)]
+
+
+def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES, chunk_rows: int = OBD_CHUNK_ROWS) -> Dataset:
+    """The Open Bandit logs of ``policies`` (``<obd_dir>/<policy>/all.csv`` + ``item_context.csv``).
+
+    The logs are read ``chunk_rows`` at a time and only compact per-row arrays are kept: ~120
+    bytes a row (dense, ids, label, time, and shared item / segment strings) against ~1 KB a row for
+    a whole 100-column frame, so the full dataset (26M rows, ~3 GB this way) fits in memory on an
+    ordinary machine. The result does not depend on the chunk size (tested)."""
     import pandas as pd
 
     obd_dir = Path(obd_dir)
     parts = []
+    hash_cache: dict = {}
     for policy in policies:
         if policy not in OBD_POLICIES:
             raise DataError(f"unknown Open Bandit policy {policy!r} (expected one of {', '.join(OBD_POLICIES)})")
@@ -234,44 +307,27 @@ def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES) -> Dataset
             if not p.is_file():
                 raise DataError(f"Open Bandit data file not found: {p} (set RECPILOT_TRAIN_OBD_DIR)")
         try:
-            logs = pd.read_csv(log_path, index_col=0)
             ctx = pd.read_csv(ctx_path, index_col=0)
+            chunks = pd.read_csv(log_path, index_col=0, chunksize=max(1, int(chunk_rows)))
+            rows = 0
+            need = {"timestamp", "item_id", "position", "click"} | {f"user_feature_{i}" for i in range(4)}
+            for logs in chunks:
+                if logs.empty:
+                    continue
+                missing = need - set(logs.columns)
+                if missing:
+                    raise DataError(f"{log_path}: missing columns {sorted(missing)}")
+                df = logs.merge(ctx, on="item_id", how="left", validate="many_to_one")
+                if df["item_feature_0"].isna().any():
+                    raise DataError(f"{log_path}: items without a row in {ctx_path}")
+                parts.append(_obd_rows(df, policy, hash_cache))
+                rows += len(df)
+        except DataError:
+            raise
         except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
             raise DataError(f"cannot read Open Bandit data in {obd_dir / policy}: {exc}") from exc
-        if logs.empty:
+        if rows == 0:
             raise DataError(f"{log_path}: the dataset is empty (0 rows)")
-        need = {"timestamp", "item_id", "position", "click"} | {f"user_feature_{i}" for i in range(4)}
-        missing = need - set(logs.columns)
-        if missing:
-            raise DataError(f"{log_path}: missing columns {sorted(missing)}")
-        df = logs.merge(ctx, on="item_id", how="left", validate="many_to_one")
-        if df["item_feature_0"].isna().any():
-            raise DataError(f"{log_path}: items without a row in {ctx_path}")
-        n = len(df)
-        aff_cols = [f"user-item_affinity_{int(i)}" for i in df["item_id"]]
-        cols = {c: j for j, c in enumerate(df.columns)}
-        vals = df.to_numpy()
-        affinity = np.array([vals[r, cols[c]] if c in cols else 0.0 for r, c in enumerate(aff_cols)], dtype=np.float64)
-        pos = df["position"].to_numpy().astype(int)
-        dense = np.zeros((n, len(OBD_DENSE_FEATURES)), dtype=np.float32)
-        dense[:, 0] = df["item_feature_0"].to_numpy(dtype=np.float64)
-        dense[:, 1] = affinity
-        for k in (1, 2, 3):
-            dense[:, 1 + k] = (pos == k)
-        ids = np.zeros((n, len(OBD_ID_FEATURES)), dtype=np.int64)
-        for j, (name, buckets) in enumerate(OBD_ID_FEATURES):
-            col = df[name].astype(str)
-            # the hashed categoricals of the two folders were hashed separately: namespace them by policy
-            # so their vocabularies do not mix. item_id is the same 0..79 index in both (item_feature_0
-            # agrees item by item), so it is shared.
-            ns = "" if name == "item_id" else f"{policy}:"
-            ids[:, j] = [featurespec.stable_hash(f"{ns}{name}:{v}", buckets) for v in col]
-        # explicit unit: pandas' default datetime resolution differs between versions (ns / us)
-        ts = pd.to_datetime(df["timestamp"], utc=True).dt.as_unit("ms").astype("int64").to_numpy()
-        seg = (policy + ":" + df["user_feature_0"].astype(str) + "|" + df["user_feature_1"].astype(str) + "|"
-               + df["user_feature_2"].astype(str) + "|" + df["user_feature_3"].astype(str)).to_numpy()
-        parts.append(dict(dense=dense, ids=ids, labels=df["click"].to_numpy(dtype=np.float32), ts=ts,
-                          groups=seg, items=df["item_id"].astype(str).to_numpy()))
     dense = np.concatenate([p["dense"] for p in parts])
     labels = np.concatenate([p["labels"] for p in parts])
     ts = np.concatenate([p["ts"] for p in parts])

@@ -305,6 +305,23 @@ def test_real_obd_sample_loads():
     assert train.ts_ms.max() <= test.ts_ms.min()
 
 
+@pytest.mark.skipif(not (D.TrainSettings().obd_dir / "random" / "all.csv").exists(), reason="OBD sample not present")
+def test_obd_loads_the_same_in_chunks_of_any_size():
+    # the full dataset (26M rows) is read in chunks; the chunk size must not change a single value
+    whole = D.load_obd(D.TrainSettings().obd_dir)
+    chunked = D.load_obd(D.TrainSettings().obd_dir, chunk_rows=777)
+    for name in ("dense", "ids", "labels", "ts_ms", "groups", "items"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name), err_msg=name)
+
+
+def test_obd_header_only_log_is_an_empty_dataset(tmp_path):
+    root = _write_obd(tmp_path / "obd", rows=10)
+    log = root / "random" / "all.csv"
+    log.write_text(log.read_text().splitlines()[0] + "\n")
+    with pytest.raises(D.DataError, match="empty"):
+        D.load_obd(root, ("random",))
+
+
 # ---------------------------------------------------------------------------------------------
 # bad inputs: clear errors, nothing written
 
