@@ -260,31 +260,10 @@ async def _floor(port: int, conc: int, seconds: float) -> dict:
     """Closed loop of ServerLive (an empty request the server answers without any work): the most
     requests/s any method can reach on this box with this load generator and gRPC on both sides.
     A batching speed-up can be at most floor / (throughput with batching off)."""
-    from recpilot.pb import open_inference_grpc_pb2 as oip
-    from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
+    from services.inference.floor import closed_loop
 
-    chans = _channels(port)
-    n = 0
-    try:
-        stubs = [oip_grpc.GRPCInferenceServiceStub(ch) for ch in chans]
-        req = oip.ServerLiveRequest()
-        stop_at = time.monotonic() + seconds
-
-        async def worker(i: int) -> None:
-            nonlocal n
-            stub = stubs[i % len(stubs)]
-            while time.monotonic() < stop_at:
-                await stub.ServerLive(req, timeout=5.0)
-                n += 1
-
-        t0, c0 = time.monotonic(), _own_cpu()
-        await asyncio.gather(*(worker(i) for i in range(conc)))
-        took = time.monotonic() - t0
-    finally:
-        for ch in chans:
-            await ch.close()
-    return {"concurrency": conc, "requests": n, "rps": n / took,
-            "client_cpu_ms_per_request": (_own_cpu() - c0) * 1000 / max(n, 1)}
+    r = await closed_loop(port, "ServerLive", 1, conc, seconds)
+    return {"concurrency": conc, "requests": r["requests"], "rps": r["rps"], "client_cpu_ms_per_request": r["client_cpu_ms"]}
 
 
 class _GcWatch:

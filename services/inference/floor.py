@@ -43,7 +43,8 @@ async def _serve(port: int) -> None:
     await server.wait_for_termination()
 
 
-async def _load(port: int, kind: str, rows: int, conc: int, seconds: float) -> dict:
+async def closed_loop(port: int, kind: str, rows: int, conc: int, seconds: float) -> dict:
+    """``kind`` ("ServerLive" | "ModelInfer" with ``rows`` per request) at ``conc`` in flight for ``seconds``."""
     from recpilot.pb import open_inference_grpc_pb2 as oip
     from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
     from services.inference.bench import _channels, _infer_requests, _own_cpu
@@ -70,7 +71,8 @@ async def _load(port: int, kind: str, rows: int, conc: int, seconds: float) -> d
     finally:
         for ch in chans:
             await ch.close()
-    return {"kind": kind, "rows": rows, "rps": n / took, "client_cpu_ms": (_own_cpu() - c0) * 1000 / max(n, 1)}
+    return {"kind": kind, "rows": rows, "requests": n, "rps": n / took,
+            "client_cpu_ms": (_own_cpu() - c0) * 1000 / max(n, 1)}
 
 
 def run(args) -> int:
@@ -85,8 +87,8 @@ def run(args) -> int:
             return 1
         print(f"machine: {machine()}; no-op grpc.aio server pid {srv.pid}, c={args.concurrency}, {args.seconds:g} s each")
         for kind, rows in (("ServerLive", 0), ("ModelInfer", 200), ("ModelInfer", 1)):
-            asyncio.run(_load(port, kind, rows or 1, args.concurrency, 1.0))  # warm
-            r = asyncio.run(_load(port, kind, rows or 1, args.concurrency, args.seconds))
+            asyncio.run(closed_loop(port, kind, rows or 1, args.concurrency, 1.0))  # warm
+            r = asyncio.run(closed_loop(port, kind, rows or 1, args.concurrency, args.seconds))
             what = f"{kind} ({rows} rows)" if rows else kind
             print(f"  {what:<22} {r['rps']:7.0f} req/s; load generator CPU {r['client_cpu_ms']:.2f} ms per request",
                   flush=True)

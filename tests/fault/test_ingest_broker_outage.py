@@ -28,6 +28,11 @@ pytestmark = pytest.mark.timeout(300)
 BATCH = 20
 
 
+def _clean_ids(platform, topic: str) -> tuple[list, Counter]:
+    clean = tools.read_all(platform, topic, idle_s=1.0)
+    return clean, Counter(events_pb2.UserEvent.FromString(m.value()).event_id for m in clean)
+
+
 def test_ingest_survives_a_broker_outage_mid_batch_and_loses_nothing(private_broker, unique, tmp_path):
     settings, broker, table = private_broker
     names = {x: f"test-ingest-outage-{unique}.{x}" for x in ("raw", "clean", "dlq", "metrics")}
@@ -78,8 +83,7 @@ def test_ingest_survives_a_broker_outage_mid_batch_and_loses_nothing(private_bro
         if proc.poll() is None:
             proc.kill()
 
-    clean = tools.read_all(settings, names["clean"], idle_s=1.0)
-    ids = Counter(events_pb2.UserEvent.FromString(m.value()).event_id for m in clean)
+    clean, ids = _clean_ids(settings, names["clean"])
     duplicates = sum(n - 1 for n in ids.values())
     path = "restarted in-process" if '"ingest restarted"' in text else "waited in its commit"
     print(f"\nsent {len(sent)}; clean {len(clean)} ({len(ids)} distinct, {duplicates} twice); ingest {path}")
@@ -141,8 +145,7 @@ def test_undeliverable_batch_restarts_with_backoff_until_fixed(stack, platform_s
     finally:
         if proc.poll() is None:
             proc.kill()
-    clean = tools.read_all(p, names["clean"], idle_s=1.0)
-    ids = Counter(events_pb2.UserEvent.FromString(m.value()).event_id for m in clean)
+    clean, ids = _clean_ids(p, names["clean"])
     print(f"\nrestarts: {text.count('ingest loop failed; restarting')} failed batches, "
           f"{text.count('ingest restarted')} restarts; clean {len(clean)} of {len(sent)}")
     assert set(ids) == set(sent) and sum(ids.values()) == len(sent)
