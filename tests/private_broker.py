@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 
 import pytest
@@ -18,12 +17,7 @@ import pytest
 from recpilot.settings import PlatformSettings
 from recpilot.stack.kafka import KafkaBroker
 from recpilot.stack.process import ProcessTable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from recpilot.net import free_port
 
 
 @pytest.fixture

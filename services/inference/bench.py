@@ -18,7 +18,6 @@ import gc
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,24 +29,19 @@ from pathlib import Path
 import numpy as np
 
 from recpilot.benchutil import cpu_probe, machine
+from recpilot.net import free_port
 
 
 CHANNELS = 1  # client connections the load is spread over (set from --channels)
 
 
-def _channels(port: int):
+def channels(port: int):
     """CHANNELS client channels, each with its own TCP connection (grpc shares one connection
     between identical channels of a process unless each has a local subchannel pool)."""
     import grpc
 
     return [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
             for _ in range(CHANNELS)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -64,7 +58,7 @@ def _pct(lat: list[float], q: float) -> float:
 
 class Server:
     def __init__(self, env: dict, log: Path) -> None:
-        self.grpc_port, self.http_port = _free_port(), _free_port()
+        self.grpc_port, self.http_port = free_port(), free_port()
         env = {**os.environ, **env, "RECPILOT_INFERENCE_GRPC_PORT": str(self.grpc_port),
                "RECPILOT_INFERENCE_HTTP_PORT": str(self.http_port), "PYTHONUNBUFFERED": "1"}
         self.log = log
@@ -173,13 +167,13 @@ def _ranker_versions(root: Path, framework: str, count: int, rows: int = 20_000)
     return out
 
 
-def _own_cpu() -> float:
+def own_cpu() -> float:
     """user+system CPU of this process (the load generator) so far."""
     t = os.times()
     return t.user + t.system
 
 
-def _infer_requests(n_rows: int, count: int = 64):
+def infer_requests(n_rows: int, count: int = 64):
     from recpilot.featurespec import DENSE_FEATURES, ID_FEATURES
     from recpilot.pb import open_inference_grpc_pb2 as oip
 
@@ -205,7 +199,7 @@ async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], u
 
     rng = random.Random(conc)
     if infer:
-        reqs = _infer_requests(n_cand)
+        reqs = infer_requests(n_cand)
     else:
         reqs = [recommend_pb2.RecommendRequest(user_id=rng.choice(users), k=10, candidate_ids=rng.sample(items, n_cand))
                 for _ in range(256)]
@@ -213,7 +207,7 @@ async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], u
     errors: list[str] = []
     ranked: list[float] = []
     fallbacks = 0
-    chans = _channels(port)
+    chans = channels(port)
     try:
         stubs = [recommend_pb2_grpc.RecommenderStub(ch) for ch in chans]
         istubs = [oip_grpc.GRPCInferenceServiceStub(ch) for ch in chans]
@@ -302,7 +296,7 @@ async def _open_loop(port: int, rate: float, seconds: float, items: list[str], u
     lag: list[float] = []
     slow_by_conn: dict[int, int] = {}
     errors = 0
-    chans = _channels(port)
+    chans = channels(port)
     try:
         stubs = [recommend_pb2_grpc.RecommenderStub(ch) for ch in chans]
 
@@ -471,10 +465,10 @@ def run(args) -> int:
                 for c in levels:
                     e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                         "recpilot_inference_batch_requests_total")
-                    cpu0, ccpu0 = srv.cpu_seconds(), _own_cpu()
+                    cpu0, ccpu0 = srv.cpu_seconds(), own_cpu()
                     r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates))
                     r["server_cpu_ms_per_request"] = (srv.cpu_seconds() - cpu0) * 1000 / max(r["requests"], 1)
-                    r["client_cpu_ms_per_request"] = (_own_cpu() - ccpu0) * 1000 / max(r["requests"], 1)
+                    r["client_cpu_ms_per_request"] = (own_cpu() - ccpu0) * 1000 / max(r["requests"], 1)
                     e1, r1 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                         "recpilot_inference_batch_requests_total")
                     r["avg_batch"] = (r1 - r0) / max(e1 - e0, 1)
@@ -514,7 +508,7 @@ def run(args) -> int:
                     # warm-up at the same rate, not measured (the ModelInfer phase left the item cache cold)
                     asyncio.run(_open_loop(srv.grpc_port, args.rate, args.warmup, items, users, args.candidates))
                     pending = srv.metric("recpilot_inference_impressions_pending")
-                    cpu0, ccpu0 = srv.cpu_seconds(), _own_cpu()
+                    cpu0, ccpu0 = srv.cpu_seconds(), own_cpu()
                     h0 = srv.buckets("recpilot_inference_request_latency_seconds")
                     lag0 = srv.buckets("recpilot_inference_event_loop_lag_seconds", method="")
                     ff0 = srv.buckets("recpilot_inference_feature_fetch_seconds", method="")
@@ -536,7 +530,7 @@ def run(args) -> int:
                     o["server_p50_ms_at_most"] = _hist_pct(h0, h1, 50)
                     o["server_p99_ms_at_most"] = _hist_pct(h0, h1, 99)
                     o["server_cpu_ms_per_request"] = (srv.cpu_seconds() - cpu0) * 1000 / max(o["requests"], 1)
-                    o["client_cpu_ms_per_request"] = (_own_cpu() - ccpu0) * 1000 / max(o["requests"], 1)
+                    o["client_cpu_ms_per_request"] = (own_cpu() - ccpu0) * 1000 / max(o["requests"], 1)
                     results["open_loop"] = o
                     print(f"  open loop at {o['rate']:.0f} req/s: achieved {o['achieved_rps']:.0f} req/s  p50 "
                           f"{o['p50_ms']:.1f} ms  p99 {o['p99_ms']:.1f} ms  p999 {o['p999_ms']:.1f} ms  errors {o['errors']}; "

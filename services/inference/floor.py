@@ -47,13 +47,13 @@ async def closed_loop(port: int, kind: str, rows: int, conc: int, seconds: float
     """``kind`` ("ServerLive" | "ModelInfer" with ``rows`` per request) at ``conc`` in flight for ``seconds``."""
     from recpilot.pb import open_inference_grpc_pb2 as oip
     from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
-    from services.inference.bench import _channels, _infer_requests, _own_cpu
+    from services.inference.bench import channels, infer_requests, own_cpu
 
-    chans = _channels(port)
+    chans = channels(port)
     n = 0
     try:
         stubs = [oip_grpc.GRPCInferenceServiceStub(ch) for ch in chans]
-        reqs = _infer_requests(rows) if kind == "ModelInfer" else [oip.ServerLiveRequest()]
+        reqs = infer_requests(rows) if kind == "ModelInfer" else [oip.ServerLiveRequest()]
         stop_at = time.monotonic() + seconds
 
         async def worker(i: int) -> None:
@@ -65,20 +65,20 @@ async def closed_loop(port: int, kind: str, rows: int, conc: int, seconds: float
                 n += 1
                 j += conc
 
-        t0, c0 = time.monotonic(), _own_cpu()
+        t0, c0 = time.monotonic(), own_cpu()
         await asyncio.gather(*(worker(i) for i in range(conc)))
         took = time.monotonic() - t0
     finally:
         for ch in chans:
             await ch.close()
     return {"kind": kind, "rows": rows, "requests": n, "rps": n / took,
-            "client_cpu_ms": (_own_cpu() - c0) * 1000 / max(n, 1)}
+            "client_cpu_ms": (own_cpu() - c0) * 1000 / max(n, 1)}
 
 
 def run(args) -> int:
-    from services.inference.bench import _free_port
+    from recpilot.net import free_port
 
-    port = _free_port()
+    port = free_port()
     srv = subprocess.Popen([sys.executable, "-m", "services.inference.floor", "--serve", str(port)],
                            stdout=subprocess.PIPE, text=True)
     try:

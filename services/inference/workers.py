@@ -24,7 +24,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from recpilot.net import free_port
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class _Worker:
@@ -71,8 +65,8 @@ class Supervisor:
     def __init__(self, s: InferenceSettings, grpc_host: str) -> None:
         self.s = s
         self.grpc_host = grpc_host
-        self.grpc_port = s.grpc_port or _free_port(grpc_host)
-        self.workers = [_Worker(i, _free_port("127.0.0.1")) for i in range(s.workers)]
+        self.grpc_port = s.grpc_port or free_port(grpc_host)
+        self.workers = [_Worker(i, free_port("127.0.0.1")) for i in range(s.workers)]
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="workers", daemon=True)

@@ -16,18 +16,13 @@ from confluent_kafka import Producer
 
 from recpilot import featurespec as fs
 from recpilot.stack.redis import redis_server_binary
+from recpilot.net import free_port
 from services.features.client import FeatureClient
 from services.features.process import WorkerProcess
 from services.features.synth import ShopSynth, to_dict
 from tests.integration.test_features_pipeline import create_topic, delete_topics, wait_applied
 
 N_EVENTS = 12_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrivateRedis:
@@ -63,7 +58,7 @@ class PrivateRedis:
 
 @pytest.mark.skipif(redis_server_binary() is None, reason="redis-server not installed")
 def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_path, unique):
-    rport = _free_port()
+    rport = free_port()
     rds = PrivateRedis(tmp_path, rport)
     rds.start()
     url = f"redis://127.0.0.1:{rport}/0"

@@ -350,11 +350,9 @@ def test_controller_without_repository_access(stack, platform_settings, repo, to
 
 
 def test_unreachable_broker_is_a_clear_error(capsys, repo, monkeypatch, unique):
-    import socket
+    from recpilot.net import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there once closed
+    port = free_port()  # nothing listens there once closed
     monkeypatch.setenv("RECPILOT_KAFKA_PORT", str(port))
     monkeypatch.setenv("RECPILOT_DEPLOY_REPLAY_TIMEOUT_S", "2")
     t = f"test.deployments.{unique}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,16 +17,11 @@ import pytest
 
 from recpilot import kafka
 from recpilot.models.deployments import new_command
+from recpilot.net import free_port
 from recpilot.pb import deployments_pb2 as dpb
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
 from services.inference.routing import is_canary
 from services.inference.toymodel import write_version
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _publish(platform, topic, action, version, percent=0.0):
@@ -95,7 +89,7 @@ def server(stack, platform_settings, tmp_path, unique):
     bad = write_version(root, "ranker", corrupt=True)
     topic = f"control.test-{unique}"
     _publish(platform_settings, topic, "deploy", v1)
-    gport, hport = _port(), _port()
+    gport, hport = free_port(), free_port()
     env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_REPLICA_ID=f"test-{unique}",
                       RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS="5000", RECPILOT_INFERENCE_REDIS_TIMEOUT_MS="3000")
     log = tmp_path / "inference.log"
@@ -187,7 +181,7 @@ def test_first_run_bootstrap_trains_and_deploys_a_model(stack, platform_settings
 
     root = tmp_path / "models"
     topic = f"control.test-boot-{unique}"
-    gport, hport = _port(), _port()
+    gport, hport = free_port(), free_port()
     env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_BOOTSTRAP="true")
     log = tmp_path / "inference.log"
     proc = _start_ready(env, log, hport, 50)
@@ -237,7 +231,7 @@ print("RESULT", json.dumps({{"version": rep.version, "dense": dense.tolist(), "i
     res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][0][7:])
     topic = f"control.test-tf-{unique}"
     _publish(platform_settings, topic, "deploy", res["version"])
-    gport, hport = _port(), _port()
+    gport, hport = free_port(), free_port()
     env = _server_env(root, topic, unique, gport, hport)
     log = tmp_path / "inference.log"
     proc = _start_ready(env, log, hport, 90)

@@ -13,9 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from recpilot.net import free_port
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
 from services.inference.toymodel import write_version
-from tests.integration.test_inference_process import _port, _publish, _server_env, _start_ready
+from tests.integration.test_inference_process import _publish, _server_env, _start_ready
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -68,7 +69,7 @@ def test_two_workers_share_the_port_restart_and_stop(stack, platform_settings, t
     v1 = write_version(root, "ranker", seed=1)
     topic = f"control.test-{unique}"
     _publish(platform_settings, topic, "deploy", v1)
-    gport, hport = _port(), _port()
+    gport, hport = free_port(), free_port()
     env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_REPLICA_ID=f"test-{unique}",
                       RECPILOT_INFERENCE_WORKERS="2", RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS="10000",
                       RECPILOT_INFERENCE_REDIS_TIMEOUT_MS="5000")
