@@ -45,3 +45,13 @@ def cpu_probe(iterations: int = 5_000_000) -> float:
             x += i
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def process_cpu(pid: int) -> float:
+    """user+system CPU seconds of process ``pid`` so far (0.0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

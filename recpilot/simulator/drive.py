@@ -132,8 +132,6 @@ class RecommenderProbe:
         if self.backing_off:
             return None
         try:
-            import grpc
-
             from recpilot.pb import recommend_pb2
 
             if self._stub is None:

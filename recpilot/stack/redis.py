@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 
 from recpilot.settings import PlatformSettings
+from recpilot.stack.apt import apt_install
 from recpilot.stack.kafka import StackError
 from recpilot.stack.process import PidRecord, ProcessTable, tail
 
@@ -21,15 +21,7 @@ def ensure_installed() -> str:
     found = redis_server_binary()
     if found:
         return found
-    if os.geteuid() != 0:
-        raise StackError(
-            "redis-server not found. Install it with: sudo apt-get update && sudo apt-get install -y redis-server"
-        )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if res.returncode != 0:
-            raise StackError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    apt_install(["redis-server"], "redis-server")
     found = redis_server_binary()
     if not found:
         raise StackError("apt-get installed redis-server but the binary is not on PATH")

@@ -94,12 +94,9 @@ class WorkerProcess:
 
     def cpu_seconds(self) -> float:
         """user + system CPU time of the worker so far."""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, AttributeError, IndexError):
-            return 0.0
+        from recpilot.benchutil import process_cpu
+
+        return process_cpu(self.proc.pid) if self.proc is not None else 0.0
 
     def rss_mb(self) -> float:
         return self._status_kb("VmRSS:") / 1024

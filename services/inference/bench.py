@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from recpilot.benchutil import cpu_probe, machine
+from recpilot.benchutil import cpu_probe, machine, process_cpu
 from recpilot.net import free_port
 
 
 CHANNELS = 1  # client connections the load is spread over (set from --channels)
+GENERATOR = "python"  # closed-loop load generator: "python" (grpc.aio) or "native" (services/inference/native)
 
 
 def channels(port: int):
@@ -123,14 +124,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """user+system CPU of the server process and its workers (if any) so far."""
-        total = 0
-        for pid in [self.proc.pid, *_children(self.proc.pid)]:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(process_cpu(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
 
     def breakdown(self) -> dict:
         """Mean server-side times (ms) since start: request, feature fetch, queue wait, compute."""
@@ -191,7 +185,9 @@ def infer_requests(n_rows: int, count: int = 64):
 
 
 async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], users: list[str], n_cand: int,
-                       infer: bool = False) -> dict:
+                       infer: bool = False, generator: str | None = None) -> dict:
+    """Closed loop of Recommend (or ModelInfer with ``infer``); ``generator`` overrides GENERATOR
+    (the swap phase needs the Python one: it runs beside the swap commands in this event loop)."""
     import grpc
 
     from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
@@ -203,6 +199,8 @@ async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], u
     else:
         reqs = [recommend_pb2.RecommendRequest(user_id=rng.choice(users), k=10, candidate_ids=rng.sample(items, n_cand))
                 for _ in range(256)]
+    if (generator or GENERATOR) == "native":
+        return _native_closed_loop(port, conc, seconds, reqs, infer)
     lat: list[tuple[float, float]] = []
     errors: list[str] = []
     ranked: list[float] = []
@@ -250,12 +248,34 @@ async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], u
             "ranked_p50_ms": _pct(ranked, 50), "ranked_p99_ms": _pct(ranked, 99)}
 
 
+def _native_closed_loop(port: int, conc: int, seconds: float, reqs: list, infer: bool) -> dict:
+    """The same closed loop driven by the native generator (responses are not parsed: fallbacks
+    come from the server's counter in the phase, latency from the generator)."""
+    from services.inference import native
+
+    method = ("/inference.GRPCInferenceService/ModelInfer" if infer else "/recpilot.v1.Recommender/Recommend")
+    r = native.closed_loop(port, method, reqs, conc, seconds, connections=CHANNELS, warmup=0.5)
+    return {"concurrency": conc, "requests": r["requests"], "rps": r["rps"], "p50_ms": r["p50_ms"],
+            "p99_ms": r["p99_ms"], "p999_ms": r["p999_ms"], "errors": r["errors"],
+            "error_kinds": sorted(r["error_kinds"])[:5], "fallbacks": None, "timeline": [],
+            "ranked_p50_ms": float("nan"), "ranked_p99_ms": float("nan"), "generator": "native",
+            "generator_cpu_ms_per_request": r["client_cpu_ms_per_request"]}
+
+
 async def _floor(port: int, conc: int, seconds: float) -> dict:
     """Closed loop of ServerLive (an empty request the server answers without any work): the most
     requests/s any method can reach on this box with this load generator and gRPC on both sides.
     A batching speed-up can be at most floor / (throughput with batching off)."""
     from services.inference.floor import closed_loop
 
+    if GENERATOR == "native":
+        from recpilot.pb import open_inference_grpc_pb2 as oip
+        from services.inference import native
+
+        r = native.closed_loop(port, "/inference.GRPCInferenceService/ServerLive", [oip.ServerLiveRequest()], conc,
+                               seconds, connections=CHANNELS, warmup=0.5)
+        return {"concurrency": conc, "requests": r["requests"], "rps": r["rps"],
+                "client_cpu_ms_per_request": r["client_cpu_ms_per_request"]}
     r = await closed_loop(port, "ServerLive", 1, conc, seconds)
     return {"concurrency": conc, "requests": r["requests"], "rps": r["rps"], "client_cpu_ms_per_request": r["client_cpu_ms"]}
 
@@ -418,8 +438,17 @@ def run(args) -> int:
     from recpilot.settings import PlatformSettings, load
     from services.inference.toymodel import write_version
 
-    global CHANNELS
-    CHANNELS = args.channels
+    global CHANNELS, GENERATOR
+    CHANNELS, GENERATOR = args.channels, args.generator
+    if GENERATOR == "native":
+        from services.inference import native
+
+        try:
+            print(f"load generator: native ({native.binary().name}) for the closed loops and the gRPC floor; "
+                  "grpc.aio for the open loop and the swaps")
+        except native.NativeUnavailable as exc:
+            print(f"--generator native: {exc}", file=sys.stderr)
+            return 2
     platform = load(PlatformSettings)
     uid = uuid.uuid4().hex[:8]
     prefix, topic = f"bench{uid}:", f"control.bench-{uid}"
@@ -466,9 +495,13 @@ def run(args) -> int:
                     e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                         "recpilot_inference_batch_requests_total")
                     cpu0, ccpu0 = srv.cpu_seconds(), own_cpu()
+                    fb0 = srv.metric('recpilot_inference_fallbacks_total{method="Recommend"}')
                     r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates))
                     r["server_cpu_ms_per_request"] = (srv.cpu_seconds() - cpu0) * 1000 / max(r["requests"], 1)
-                    r["client_cpu_ms_per_request"] = (own_cpu() - ccpu0) * 1000 / max(r["requests"], 1)
+                    r["client_cpu_ms_per_request"] = r.get("generator_cpu_ms_per_request",
+                                                           (own_cpu() - ccpu0) * 1000 / max(r["requests"], 1))
+                    if r["fallbacks"] is None:  # native generator: the server's count (incl. its warm-up)
+                        r["fallbacks"] = srv.metric('recpilot_inference_fallbacks_total{method="Recommend"}') - fb0
                     e1, r1 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                         "recpilot_inference_batch_requests_total")
                     r["avg_batch"] = (r1 - r0) / max(e1 - e0, 1)
@@ -482,23 +515,30 @@ def run(args) -> int:
                     print(f"  batching={'on ' if batching else 'off'} c={c:<3} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms"
                           f"  p99 {r['p99_ms']:6.1f} ms  p999 {r['p999_ms']:6.1f} ms  avg batch {r['avg_batch']:5.1f}"
                           f"  errors {r['errors']}  fallbacks {r['fallbacks']}", flush=True)
-                    print(f"      model-ranked answers only: p50 {r['ranked_p50_ms']:.1f} ms, p99 {r['ranked_p99_ms']:.1f} ms",
-                          flush=True)
+                    if r["ranked_p50_ms"] == r["ranked_p50_ms"]:  # not NaN: the Python generator reads answers
+                        print(f"      model-ranked answers only: p50 {r['ranked_p50_ms']:.1f} ms, "
+                              f"p99 {r['ranked_p99_ms']:.1f} ms", flush=True)
                     print("      server means: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["server"].items())
                           + f"; CPU per request: server {r['server_cpu_ms_per_request']:.2f} ms, "
                           f"load generator {r['client_cpu_ms_per_request']:.2f} ms", flush=True)
                 c = levels[-1]
                 e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                     "recpilot_inference_batch_requests_total")
+                cpu0, ccpu0 = srv.cpu_seconds(), own_cpu()
                 r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.infer_rows, infer=True))
                 e1, r1 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                     "recpilot_inference_batch_requests_total")
                 r.pop("timeline")
-                r.update(batching=batching, avg_batch=(r1 - r0) / max(e1 - e0, 1), kind="ModelInfer", rows=args.infer_rows)
+                r.update(batching=batching, avg_batch=(r1 - r0) / max(e1 - e0, 1), kind="ModelInfer", rows=args.infer_rows,
+                         server_cpu_ms_per_request=(srv.cpu_seconds() - cpu0) * 1000 / max(r["requests"], 1),
+                         client_cpu_ms_per_request=r.get("generator_cpu_ms_per_request",
+                                                         (own_cpu() - ccpu0) * 1000 / max(r["requests"], 1)))
                 results.setdefault("model_infer", []).append(r)
                 print(f"  ModelInfer ({args.infer_rows} rows) batching={'on ' if batching else 'off'} c={c:<3} "
                       f"{r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
-                      f"avg batch {r['avg_batch']:5.1f}  errors {r['errors']}", flush=True)
+                      f"avg batch {r['avg_batch']:5.1f}  errors {r['errors']}; CPU per request: server "
+                      f"{r['server_cpu_ms_per_request']:.2f} ms, load generator {r['client_cpu_ms_per_request']:.2f} ms",
+                      flush=True)
                 if batching:
                     f = asyncio.run(_floor(srv.grpc_port, c, min(args.seconds, 5.0)))
                     results["grpc_floor"] = f
@@ -555,11 +595,12 @@ def run(args) -> int:
 
         def swaps(srv: Server) -> dict:
             c = args.swap_concurrency
-            steady = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates))
+            steady = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.candidates,
+                                              generator="python"))
 
             async def under_swaps():
                 load = asyncio.ensure_future(_closed_loop(srv.grpc_port, c, args.swap_interval * (args.swaps + 1) + 1,
-                                                          items, users, args.candidates))
+                                                          items, users, args.candidates, generator="python"))
                 loop = asyncio.get_running_loop()
                 windows = []
                 for v in versions[1:]:

@@ -2,7 +2,8 @@
 
 Starts a bare grpc.aio Open Inference Protocol server in its own process whose ``ServerLive`` and
 ``ModelInfer`` answer at once (no parsing, no model), and drives it with the same load generator
-as ``recpilot bench inference`` (grpc.aio, 8 connections, closed loop). The throughput is the most
+as ``recpilot bench inference`` (grpc.aio, 8 connections, closed loop; ``--generator native`` for the
+C++ one in ``services/inference/native``). The throughput is the most
 any recpilot method can reach here; ``bench inference`` prints the same floor against the real
 server (ServerLive) and the batching ceiling it implies.
 """
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from recpilot.benchutil import machine
+from recpilot.benchutil import machine, process_cpu
 
 
 async def _serve(port: int) -> None:
@@ -75,6 +76,19 @@ async def closed_loop(port: int, kind: str, rows: int, conc: int, seconds: float
             "client_cpu_ms": (own_cpu() - c0) * 1000 / max(n, 1)}
 
 
+def _native(port: int, kind: str, rows: int, conc: int, seconds: float) -> dict:
+    from recpilot.pb import open_inference_grpc_pb2 as oip
+    from services.inference import native
+    from services.inference.bench import infer_requests
+
+    reqs = infer_requests(rows) if kind == "ModelInfer" else [oip.ServerLiveRequest()]
+    r = native.closed_loop(port, f"/inference.GRPCInferenceService/{kind}", reqs, conc, seconds, warmup=0)
+    if r["errors"]:
+        raise RuntimeError(f"{kind}: {r['errors']} failed calls {r['error_kinds']}")
+    return {"kind": kind, "rows": rows, "requests": r["requests"], "rps": r["rps"],
+            "client_cpu_ms": r["client_cpu_ms_per_request"]}
+
+
 def run(args) -> int:
     from recpilot.net import free_port
 
@@ -85,12 +99,29 @@ def run(args) -> int:
         if srv.stdout.readline().strip() != "ready":
             print("the no-op server did not start", file=sys.stderr)
             return 1
-        print(f"machine: {machine()}; no-op grpc.aio server pid {srv.pid}, c={args.concurrency}, {args.seconds:g} s each")
+        if args.generator == "native":
+            from services.inference import native
+
+            try:
+                native.binary()
+            except native.NativeUnavailable as exc:
+                print(f"--generator native: {exc}", file=sys.stderr)
+                return 2
+        print(f"machine: {machine()}; no-op grpc.aio server pid {srv.pid}, c={args.concurrency}, "
+              f"{args.seconds:g} s each, {args.generator} load generator")
         for kind, rows in (("ServerLive", 0), ("ModelInfer", 200), ("ModelInfer", 1)):
-            asyncio.run(closed_loop(port, kind, rows or 1, args.concurrency, 1.0))  # warm
-            r = asyncio.run(closed_loop(port, kind, rows or 1, args.concurrency, args.seconds))
+            if args.generator == "native":
+                _native(port, kind, rows or 1, args.concurrency, 1.0)  # warm
+                cpu0 = process_cpu(srv.pid)
+                r = _native(port, kind, rows or 1, args.concurrency, args.seconds)
+            else:
+                asyncio.run(closed_loop(port, kind, rows or 1, args.concurrency, 1.0))  # warm
+                cpu0 = process_cpu(srv.pid)
+                r = asyncio.run(closed_loop(port, kind, rows or 1, args.concurrency, args.seconds))
+            r["server_cpu_ms"] = (process_cpu(srv.pid) - cpu0) * 1000 / max(r["requests"], 1)
             what = f"{kind} ({rows} rows)" if rows else kind
-            print(f"  {what:<22} {r['rps']:7.0f} req/s; load generator CPU {r['client_cpu_ms']:.2f} ms per request",
+            print(f"  {what:<22} {r['rps']:7.0f} req/s; CPU per request: server {r['server_cpu_ms']:.3f} ms "
+                  f"({r['server_cpu_ms'] * r['rps'] / 1000:.2f} cores), load generator {r['client_cpu_ms']:.3f} ms",
                   flush=True)
     finally:
         srv.terminate()
@@ -102,6 +133,9 @@ def register(bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser("grpc-floor", help="gRPC's own cost here: a no-op server under the inference bench's load")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--generator", choices=["python", "native"], default="python",
+                   help="python: grpc.aio, as bench inference's default; native: the C++ generator "
+                        "(services/inference/native), whose own CPU per call is ~0.08 ms")
     p.set_defaults(func=run)
 
 

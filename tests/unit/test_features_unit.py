@@ -112,7 +112,7 @@ def test_merge_candidates_order_and_dedupe():
 
 def test_top_categories_use_decay_at_now():
     h = fs.AFFINITY_HALF_LIFE_MS
-    flat = [b"old", f"10|0".encode(), b"new", f"6|{4 * h}".encode()]
+    flat = [b"old", b"10|0", b"new", f"6|{4 * h}".encode()]
     # at 4 half-lives 'old' has decayed to 10/16 < 6
     assert fc._top_categories(flat, 4 * h, 2) == ["new", "old"]
     assert fc._top_categories(flat, 0, 1) == ["old"]

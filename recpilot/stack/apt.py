@@ -1,0 +1,25 @@
+"""Debian packages the platform needs from the system (redis-server; the native load generator's
+libgrpc++-dev): installed with apt-get when missing and running as root, else a clear error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from recpilot.stack.kafka import StackError
+
+
+def apt_install(packages: list[str], why: str) -> None:
+    """``apt-get update && apt-get install -y PACKAGES``; StackError saying how to do it by hand when
+    not root or when apt-get fails. ``why`` names what needs them, for the message."""
+    hint = f"sudo apt-get update && sudo apt-get install -y {' '.join(packages)}"
+    if os.geteuid() != 0:
+        raise StackError(f"{why} not found. Install it with: {hint}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *packages]):
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        except FileNotFoundError:
+            raise StackError(f"{why} not found and apt-get is not available. Install it with: {hint}") from None
+        if res.returncode != 0:
+            raise StackError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
