@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def binary(install: bool = True) -> Path:
         from recpilot.stack.apt import apt_install
         from recpilot.stack.kafka import StackError
 
+        print(f"native load generator: installing {' '.join(PACKAGES)} from Debian (first use)", file=sys.stderr,
+              flush=True)
         try:
             apt_install(PACKAGES, "g++ / libgrpc++ (for the native load generator)")
         except StackError as exc:
@@ -61,6 +64,8 @@ def binary(install: bool = True) -> Path:
         flags = _grpc_flags()
         if flags is None:
             raise NativeUnavailable(f"apt-get ran but g++ or libgrpc++ is still missing; try: {INSTALL_HINT}")
+    print(f"native load generator: building {out.name} from {SOURCE.name} (first use, a few seconds)", file=sys.stderr,
+          flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     cc = subprocess.run(["g++", "-O2", "-std=c++17", str(SOURCE), "-o", str(tmp), *flags],
