@@ -119,12 +119,15 @@ def _tensor(req, i: int, t) -> np.ndarray:
     dtype = _DTYPES.get(t.datatype)
     if dtype is None:
         raise InvalidArgument(f"input {t.name!r}: datatype {t.datatype} not supported (FP32, INT64, FP64, INT32)")
-    shape = tuple(int(d) for d in t.shape)
+    shape = tuple(t.shape)
     if len(req.raw_input_contents) > i:
         arr = np.frombuffer(req.raw_input_contents[i], dtype=dtype)
     else:
         arr = np.asarray(getattr(t.contents, _CONTENTS[t.datatype]), dtype=dtype)
-    if int(np.prod(shape)) != arr.size:
+    size = 1
+    for d in shape:
+        size *= d
+    if size != arr.size or any(d < 0 for d in shape):
         raise InvalidArgument(f"input {t.name!r}: shape {list(shape)} does not match {arr.size} values")
     return arr.reshape(shape)
 
@@ -132,6 +135,7 @@ def _tensor(req, i: int, t) -> np.ndarray:
 class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
     def __init__(self, models: ModelManager, server: "InferenceServer") -> None:
         self.models, self.server = models, server
+        self._metrics: dict[tuple[str, str], tuple] = {}
 
     async def ServerLive(self, request, context):  # noqa: N802
         return oip.ServerLiveResponse(live=True)
@@ -166,13 +170,27 @@ class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
             out.outputs.add(name=t["name"], datatype=t["datatype"], shape=[int(x) for x in t["shape"]])
         return out
 
+    def _infer_metrics(self, name: str, version: str):
+        """(LATENCY, REQUESTS) children for ModelInfer of this version, bound once (labels() takes
+        a lock and builds a key on every call)."""
+        key = (name, version)
+        got = self._metrics.get(key)
+        if got is None:
+            if len(self._metrics) > 1024:  # versions come and go: keep the cache bounded
+                self._metrics.clear()
+            got = self._metrics[key] = (m.LATENCY.labels("ModelInfer"), m.REQUESTS.labels("ModelInfer", name, version, "-"))
+        return got
+
     async def ModelInfer(self, request, context):  # noqa: N802
         t0 = time.perf_counter()
-        mv = await self._version(request.model_name, request.model_version, context)
+        mv = self.models.find(request.model_name, request.model_version)
+        if mv is None:  # unknown model or version not loaded: the precise status
+            mv = await self._version(request.model_name, request.model_version, context)
         try:
-            got = {t.name: _tensor(request, i, t) for i, t in enumerate(request.inputs)}
-            if set(got) != {"dense", "ids"}:
-                raise InvalidArgument(f"inputs must be 'dense' (FP32) and 'ids' (INT64), got {sorted(got)}")
+            inputs = request.inputs
+            if len(inputs) != 2 or {inputs[0].name, inputs[1].name} != {"dense", "ids"}:
+                raise InvalidArgument(f"inputs must be 'dense' (FP32) and 'ids' (INT64), got {sorted(t.name for t in inputs)}")
+            got = {t.name: _tensor(request, i, t) for i, t in enumerate(inputs)}
             dense = np.array(got["dense"], dtype=np.float32)  # a writable copy (frombuffer is read-only)
             ids = np.array(got["ids"], dtype=np.int64)
             if dense.ndim != 2 or dense.shape[1] != mv.dense_dim:
@@ -194,10 +212,11 @@ class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
             m.FAILURES.labels("ModelInfer", "INTERNAL").inc()
             await context.abort(grpc.StatusCode.INTERNAL, f"model execution failed: {exc}")
         out = oip.ModelInferResponse(model_name=mv.name, model_version=mv.version, id=request.id)
-        out.outputs.add(name="score", datatype="FP32", shape=[int(scores.shape[0])])
-        out.raw_output_contents.append(np.ascontiguousarray(scores, dtype=np.float32).tobytes())
-        m.LATENCY.labels("ModelInfer").observe(time.perf_counter() - t0)
-        m.REQUESTS.labels("ModelInfer", mv.name, mv.version, "-").inc()
+        out.outputs.add(name="score", datatype="FP32", shape=[scores.shape[0]])
+        out.raw_output_contents.append(scores.astype(np.float32, copy=False).tobytes())
+        latency, requests = self._infer_metrics(mv.name, mv.version)
+        latency.observe(time.perf_counter() - t0)
+        requests.inc()
         return out
 
 
