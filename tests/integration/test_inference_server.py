@@ -264,6 +264,38 @@ def test_invalid_arguments_get_their_status_codes(srv):
     bad.raw_input_contents.append(np.zeros(3, np.float32).tobytes())
     assert code(srv.oip.ModelInfer, bad)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
+    D, K = len(fs.DENSE_FEATURES), len(fs.ID_FEATURES)
+
+    def infer(dense_shape, ids_shape, dense_bytes=None, ids_bytes=None, dense_type="FP32", names=("dense", "ids")):
+        r = oip.ModelInferRequest(model_name="ranker")
+        r.inputs.add(name=names[0], datatype=dense_type, shape=dense_shape)
+        r.inputs.add(name=names[1], datatype="INT64", shape=ids_shape)
+        n = max(dense_shape[0], 0) if dense_shape else 0
+        r.raw_input_contents.extend([np.zeros((n, D), np.float32).tobytes() if dense_bytes is None else dense_bytes,
+                                     np.zeros((n, K), np.int64).tobytes() if ids_bytes is None else ids_bytes])
+        return r
+
+    cases = {
+        "a wrong input name": (infer([2, D], [2, K], names=("dense", "idz")), "inputs must be"),
+        "a duplicated input": (infer([2, D], [2, K], names=("dense", "dense")), "inputs must be"),
+        "an unsupported datatype": (infer([2, D], [2, K], dense_type="BYTES"), "not supported"),
+        "shape vs values": (infer([3, D], [2, K], dense_bytes=np.zeros((2, D), np.float32).tobytes()),
+                            "does not match"),
+        "a negative dimension": (infer([-2, -D], [2, K], dense_bytes=np.zeros((2, D), np.float32).tobytes()),
+                                 "does not match"),
+        "a raw buffer not a multiple of the dtype": (infer([2, D], [2, K], dense_bytes=b"\0" * 7), ""),
+        "the wrong feature count": (infer([2, D + 1], [2, K], dense_bytes=np.zeros((2, D + 1), np.float32).tobytes()),
+                                    f"dense must be [N, {D}]"),
+        "row counts that differ": (infer([2, D], [3, K], ids_bytes=np.zeros((3, K), np.int64).tobytes()),
+                                   "ids must be"),
+    }
+    for what, (req, message) in cases.items():
+        c, msg = code(srv.oip.ModelInfer, req)
+        assert c == grpc.StatusCode.INVALID_ARGUMENT, (what, c, msg)
+        assert message in msg, (what, msg)
+    ok = srv.oip.ModelInfer(infer([2, D], [2, K]))  # and the server still answers
+    assert list(ok.outputs[0].shape) == [2] and len(ok.raw_output_contents[0]) == 8
+
 
 def test_response_request_id_appears_in_impressions(srv, world):
     from recpilot import kafka
