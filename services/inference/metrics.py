@@ -13,7 +13,9 @@ from prometheus_client import Counter, Gauge, Histogram
 _LAT = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 REQUESTS = Counter("recpilot_inference_requests_total", "RPCs answered", ["method", "model", "version", "variant"])
-FAILURES = Counter("recpilot_inference_failures_total", "RPCs that failed, by gRPC status", ["method", "code"])
+FAILURES = Counter("recpilot_inference_failures_total", "RPCs that failed, by gRPC status (model: the requested "
+                   "model, 'unknown' when not served; version: the one that failed, '-' when none was chosen)",
+                   ["method", "model", "version", "code"])
 FALLBACKS = Counter("recpilot_inference_fallbacks_total", "answers from popularity", ["method", "reason"])
 LATENCY = Histogram("recpilot_inference_request_latency_seconds", "RPC latency (total)", ["method"], buckets=_LAT)
 QUEUE = Histogram("recpilot_inference_queue_latency_seconds", "wait in the batch queue", ["model"], buckets=_LAT)

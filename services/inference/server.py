@@ -70,18 +70,18 @@ class _Recommender(recommend_pb2_grpc.RecommenderServicer):
             else:
                 res = await self.service.recommend(req, self._deadline(context))
         except InvalidArgument as exc:
-            self._failed(method, "INVALID_ARGUMENT", t0)
+            self._failed(method, "INVALID_ARGUMENT", t0, req)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except ModelNotFound as exc:
-            self._failed(method, "NOT_FOUND", t0)
+            self._failed(method, "NOT_FOUND", t0, req)
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except asyncio.CancelledError:  # the client went away or the server is stopping
-            self._failed(method, "CANCELLED", t0)
+            self._failed(method, "CANCELLED", t0, req)
             raise
         except Exception as exc:  # a bug: say so, count it, keep serving
             log.exception("request failed", extra={"method": method, "request_id": req.request_id,
                                                    "error": repr(exc), "collapse": True})
-            self._failed(method, "INTERNAL", t0)
+            self._failed(method, "INTERNAL", t0, req)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         took = time.perf_counter() - t0
         lat = self._latency.get(method)
@@ -99,8 +99,9 @@ class _Recommender(recommend_pb2_grpc.RecommenderServicer):
         counter.inc()
         return _response(res)
 
-    def _failed(self, method: str, code: str, t0: float) -> None:
-        m.FAILURES.labels(method, code).inc()
+    def _failed(self, method: str, code: str, t0: float, req: Request) -> None:
+        name = req.model_name or self.s.default_model
+        m.FAILURES.labels(method, name if self.service.models.serves(name) else "unknown", "-", code).inc()
         if self.service.telemetry is not None:
             self.service.telemetry.request(method, time.perf_counter() - t0, code)
 
@@ -149,17 +150,22 @@ class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request, context):  # noqa: N802
         return oip.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
 
-    async def _version(self, name: str, version: str, context):
+    def _failed(self, method: str, code: str, name: str, version: str = "-") -> None:
+        m.FAILURES.labels(method, name if self.models.serves(name) else "unknown", version, code).inc()
+
+    async def _version(self, name: str, version: str, context, method: str):
         if not self.models.serves(name):
+            self._failed(method, "NOT_FOUND", name)
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}")
         mv = self.models.find(name, version)
         if mv is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND if version else grpc.StatusCode.UNAVAILABLE,
-                                f"model {name!r} version {version or '(production)'} is not loaded")
+            code = grpc.StatusCode.NOT_FOUND if version else grpc.StatusCode.UNAVAILABLE
+            self._failed(method, code.name, name)
+            await context.abort(code, f"model {name!r} version {version or '(production)'} is not loaded")
         return mv
 
     async def ModelMetadata(self, request, context):  # noqa: N802
-        mv = await self._version(request.name, request.version, context)
+        mv = await self._version(request.name, request.version, context, "ModelMetadata")
         r = self.models.routes(request.name)
         out = oip.ModelMetadataResponse(name=mv.name, versions=sorted(r.versions(), key=lambda v: (len(v), v)),
                                         platform={"torch": "pytorch_torchscript",
@@ -185,7 +191,7 @@ class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
         t0 = time.perf_counter()
         mv = self.models.find(request.model_name, request.model_version)
         if mv is None:  # unknown model or version not loaded: the precise status
-            mv = await self._version(request.model_name, request.model_version, context)
+            mv = await self._version(request.model_name, request.model_version, context, "ModelInfer")
         try:
             inputs = request.inputs
             if len(inputs) != 2 or {inputs[0].name, inputs[1].name} != {"dense", "ids"}:
@@ -198,18 +204,18 @@ class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
             if ids.ndim != 2 or ids.shape[1] != mv.ids_dim or ids.shape[0] != dense.shape[0]:
                 raise InvalidArgument(f"ids must be [{dense.shape[0]}, {mv.ids_dim}], got {list(ids.shape)}")
         except (InvalidArgument, ValueError) as exc:  # ValueError: a raw buffer of the wrong size
-            m.FAILURES.labels("ModelInfer", "INVALID_ARGUMENT").inc()
+            self._failed("ModelInfer", "INVALID_ARGUMENT", mv.name, mv.version)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             scores = await mv.score(dense, ids)
         except QueueFull as exc:
-            m.FAILURES.labels("ModelInfer", "RESOURCE_EXHAUSTED").inc()
+            self._failed("ModelInfer", "RESOURCE_EXHAUSTED", mv.name, mv.version)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except BatcherClosed:  # swapped out while queued: the new version answers
-            mv = await self._version(request.model_name, "", context)
+            mv = await self._version(request.model_name, "", context, "ModelInfer")
             scores = await mv.score(dense, ids)
         except Exception as exc:
-            m.FAILURES.labels("ModelInfer", "INTERNAL").inc()
+            self._failed("ModelInfer", "INTERNAL", mv.name, mv.version)
             await context.abort(grpc.StatusCode.INTERNAL, f"model execution failed: {exc}")
         out = oip.ModelInferResponse(model_name=mv.name, model_version=mv.version, id=request.id)
         out.outputs.add(name="score", datatype="FP32", shape=[scores.shape[0]])

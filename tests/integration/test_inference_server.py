@@ -244,6 +244,17 @@ def test_invalid_arguments_get_their_status_codes(srv):
             fn(req)
         return ei.value.code(), ei.value.details()
 
+    from prometheus_client import REGISTRY
+
+    def failures(method, model, version, status):
+        return REGISTRY.get_sample_value("recpilot_inference_failures_total", {
+            "method": method, "model": model, "version": version, "code": status}) or 0.0
+
+    before = {k: failures(*k) for k in [("Recommend", "ranker", "-", "INVALID_ARGUMENT"),
+                                        ("Recommend", "unknown", "-", "NOT_FOUND"),
+                                        ("ModelInfer", "unknown", "-", "NOT_FOUND"),
+                                        ("ModelInfer", "ranker", "-", "NOT_FOUND"),
+                                        ("ModelInfer", "ranker", "1", "INVALID_ARGUMENT")]}
     R = recommend_pb2.RecommendRequest
     assert code(srv.reco.Recommend, R(user_id="u", k=0))[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert code(srv.reco.Recommend, R(user_id="u", k=1001))[0] == grpc.StatusCode.INVALID_ARGUMENT
@@ -295,6 +306,14 @@ def test_invalid_arguments_get_their_status_codes(srv):
         assert message in msg, (what, msg)
     ok = srv.oip.ModelInfer(infer([2, D], [2, K]))  # and the server still answers
     assert list(ok.outputs[0].shape) == [2] and len(ok.raw_output_contents[0]) == 8
+    assert ok.model_version == "1"
+    # every failure counted by method, model (unknown names collapse to "unknown") and version
+    assert {k: failures(*k) - v for k, v in before.items()} == {
+        ("Recommend", "ranker", "-", "INVALID_ARGUMENT"): 4,  # k=0, k=1001, empty user, 2,001 candidates
+        ("Recommend", "unknown", "-", "NOT_FOUND"): 1,
+        ("ModelInfer", "unknown", "-", "NOT_FOUND"): 1,
+        ("ModelInfer", "ranker", "-", "NOT_FOUND"): 1,  # version 99 is not loaded
+        ("ModelInfer", "ranker", "1", "INVALID_ARGUMENT"): 1 + len(cases)}
 
 
 def test_response_request_id_appears_in_impressions(srv, world):
