@@ -266,17 +266,12 @@ async def _floor(port: int, conc: int, seconds: float) -> dict:
     """Closed loop of ServerLive (an empty request the server answers without any work): the most
     requests/s any method can reach on this box with this load generator and gRPC on both sides.
     A batching speed-up can be at most floor / (throughput with batching off)."""
-    from services.inference.floor import closed_loop
+    from services.inference.floor import closed_loop, native_closed_loop
 
     if GENERATOR == "native":
-        from recpilot.pb import open_inference_grpc_pb2 as oip
-        from services.inference import native
-
-        r = native.closed_loop(port, "/inference.GRPCInferenceService/ServerLive", [oip.ServerLiveRequest()], conc,
-                               seconds, connections=CHANNELS, warmup=0.5)
-        return {"concurrency": conc, "requests": r["requests"], "rps": r["rps"],
-                "client_cpu_ms_per_request": r["client_cpu_ms_per_request"]}
-    r = await closed_loop(port, "ServerLive", 1, conc, seconds)
+        r = native_closed_loop(port, "ServerLive", 1, conc, seconds, connections=CHANNELS, warmup=0.5)
+    else:
+        r = await closed_loop(port, "ServerLive", 1, conc, seconds)
     return {"concurrency": conc, "requests": r["requests"], "rps": r["rps"], "client_cpu_ms_per_request": r["client_cpu_ms"]}
 
 

@@ -33,6 +33,17 @@ def _clean_ids(platform, topic: str) -> tuple[list, Counter]:
     return clean, Counter(events_pb2.UserEvent.FromString(m.value()).event_id for m in clean)
 
 
+def _wait_committed(platform, group: str, topic: str, partitions: list[int], n: int, proc, log, timeout: float,
+                    what: str) -> None:
+    """Until ingest's group has committed ``n`` offsets of ``topic``; fails when ingest exits or
+    ``timeout`` seconds pass (with ``what`` and the end of its log)."""
+    t0 = time.monotonic()
+    while sum(tools.committed(platform, group, topic, partitions).values()) < n:
+        assert proc.poll() is None, "ingest exited:\n" + log.read_text()[-3000:]
+        assert time.monotonic() - t0 < timeout, f"{what}:\n" + log.read_text()[-3000:]
+        time.sleep(0.25)
+
+
 def test_ingest_survives_a_broker_outage_mid_batch_and_loses_nothing(private_broker, unique, tmp_path):
     settings, broker, table = private_broker
     names = {x: f"test-ingest-outage-{unique}.{x}" for x in ("raw", "clean", "dlq", "metrics")}
@@ -71,11 +82,8 @@ def test_ingest_survives_a_broker_outage_mid_batch_and_loses_nothing(private_bro
         broker.start()
         broker.wait_ready()
 
-        t0 = time.monotonic()
-        while sum(tools.committed(settings, group, names["raw"], [0, 1]).values()) < len(sent):
-            assert proc.poll() is None, "ingest exited after the outage:\n" + log.read_text()[-3000:]
-            assert time.monotonic() - t0 < 120, "ingest did not finish the backlog after the broker came back"
-            time.sleep(0.25)
+        _wait_committed(settings, group, names["raw"], [0, 1], len(sent), proc, log, 120,
+                        "ingest did not finish the backlog after the broker came back")
         text = log.read_text()
         proc.terminate()
         assert proc.wait(60) == 0
@@ -132,11 +140,7 @@ def test_undeliverable_batch_restarts_with_backoff_until_fixed(stack, platform_s
             ConfigEntry("max.message.bytes", "1048588", incremental_operation=AlterConfigOpType.SET)])
         for f in adm.incremental_alter_configs([res]).values():
             f.result()
-        t0 = time.monotonic()
-        while sum(tools.committed(p, group, names["raw"], [0]).values()) < len(sent):
-            assert proc.poll() is None, "ingest exited:\n" + log.read_text()[-3000:]
-            assert time.monotonic() - t0 < 90, "ingest did not recover after the fix:\n" + log.read_text()[-3000:]
-            time.sleep(0.2)
+        _wait_committed(p, group, names["raw"], [0], len(sent), proc, log, 90, "ingest did not recover after the fix")
         tools.wait_ready(address, timeout=30, proc=proc)
         text = log.read_text()
         assert '"ingest restarted"' in text

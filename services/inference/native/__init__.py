@@ -40,18 +40,16 @@ def _grpc_flags() -> list[str] | None:
     return flags.stdout.split() if flags.returncode == 0 else None
 
 
-def binary(install: bool = True) -> Path:
+def binary() -> Path:
     """Path of the compiled generator, built once per version of ``loadgen.cc``. When g++ or
-    libgrpc++ is missing it is installed from Debian (``install`` and running as root, as the stack
-    does for redis-server); otherwise :class:`NativeUnavailable` says how."""
+    libgrpc++ is missing it is installed from Debian when running as root (as the stack does for
+    redis-server); otherwise :class:`NativeUnavailable` says how."""
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
     out = _cache_dir() / f"loadgen-{digest}"
     if out.exists():
         return out
     flags = _grpc_flags()
     if flags is None:
-        if not install:
-            raise NativeUnavailable(f"g++ and libgrpc++ are needed; install with: {INSTALL_HINT}")
         from recpilot.stack.apt import apt_install
         from recpilot.stack.kafka import StackError
 
