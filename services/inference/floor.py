@@ -20,28 +20,67 @@ import time
 from recpilot.benchutil import machine, process_cpu
 
 
-async def _serve(port: int) -> None:
-    import grpc
-
+def _noop_servicer(sync: bool):
+    """An OIP servicer whose ServerLive and ModelInfer (a fixed 200-score answer) do no work."""
     from recpilot.pb import open_inference_grpc_pb2 as oip
     from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
 
-    class NoOp(oip_grpc.GRPCInferenceServiceServicer):
+    def live(request, context):
+        return oip.ServerLiveResponse(live=True)
+
+    def infer(request, context):
+        out = oip.ModelInferResponse(model_name="noop", model_version="1")
+        out.outputs.add(name="score", datatype="FP32", shape=[200])
+        out.raw_output_contents.append(b"\0" * 800)
+        return out
+
+    class NoOpSync(oip_grpc.GRPCInferenceServiceServicer):
+        def ServerLive(self, request, context):  # noqa: N802
+            return live(request, context)
+
+        def ModelInfer(self, request, context):  # noqa: N802
+            return infer(request, context)
+
+    class NoOpAio(oip_grpc.GRPCInferenceServiceServicer):
         async def ServerLive(self, request, context):  # noqa: N802
-            return oip.ServerLiveResponse(live=True)
+            return live(request, context)
 
-        async def ModelInfer(self, request, context):  # noqa: N802 - a fixed 200-score answer
-            out = oip.ModelInferResponse(model_name="noop", model_version="1")
-            out.outputs.add(name="score", datatype="FP32", shape=[200])
-            out.raw_output_contents.append(b"\0" * 800)
-            return out
+        async def ModelInfer(self, request, context):  # noqa: N802
+            return infer(request, context)
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(NoOp(), server)
+    return NoOpSync() if sync else NoOpAio()
+
+
+_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+async def _serve(port: int) -> None:
+    import grpc
+
+    from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
+
+    server = grpc.aio.server(options=_OPTIONS)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(_noop_servicer(sync=False), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print("ready", flush=True)
     await server.wait_for_termination()
+
+
+def _serve_sync(port: int, threads: int) -> None:
+    """The same no-op servicer on grpcio's synchronous server (handlers in a thread pool)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
+
+    server = grpc.server(ThreadPoolExecutor(threads), options=_OPTIONS)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(_noop_servicer(sync=True), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
 
 
 async def closed_loop(port: int, kind: str, rows: int, conc: int, seconds: float) -> dict:
@@ -76,13 +115,16 @@ async def closed_loop(port: int, kind: str, rows: int, conc: int, seconds: float
             "client_cpu_ms": (own_cpu() - c0) * 1000 / max(n, 1)}
 
 
-def _native(port: int, kind: str, rows: int, conc: int, seconds: float) -> dict:
+def native_closed_loop(port: int, kind: str, rows: int, conc: int, seconds: float, connections: int = 8,
+                       warmup: float = 0.0) -> dict:
+    """:func:`closed_loop`, driven by the native generator (same result keys)."""
     from recpilot.pb import open_inference_grpc_pb2 as oip
     from services.inference import native
     from services.inference.bench import infer_requests
 
     reqs = infer_requests(rows) if kind == "ModelInfer" else [oip.ServerLiveRequest()]
-    r = native.closed_loop(port, f"/inference.GRPCInferenceService/{kind}", reqs, conc, seconds, warmup=0)
+    r = native.closed_loop(port, f"/inference.GRPCInferenceService/{kind}", reqs, conc, seconds,
+                           connections=connections, warmup=warmup)
     if r["errors"]:
         raise RuntimeError(f"{kind}: {r['errors']} failed calls {r['error_kinds']}")
     return {"kind": kind, "rows": rows, "requests": r["requests"], "rps": r["rps"],
@@ -93,8 +135,8 @@ def run(args) -> int:
     from recpilot.net import free_port
 
     port = free_port()
-    srv = subprocess.Popen([sys.executable, "-m", "services.inference.floor", "--serve", str(port)],
-                           stdout=subprocess.PIPE, text=True)
+    serve = ["--serve", str(port)] if args.server == "aio" else ["--serve-sync", str(port), str(args.sync_threads)]
+    srv = subprocess.Popen([sys.executable, "-m", "services.inference.floor", *serve], stdout=subprocess.PIPE, text=True)
     try:
         if srv.stdout.readline().strip() != "ready":
             print("the no-op server did not start", file=sys.stderr)
@@ -107,13 +149,14 @@ def run(args) -> int:
             except native.NativeUnavailable as exc:
                 print(f"--generator native: {exc}", file=sys.stderr)
                 return 2
-        print(f"machine: {machine()}; no-op grpc.aio server pid {srv.pid}, c={args.concurrency}, "
+        kind = "grpc.aio" if args.server == "aio" else f"synchronous grpc ({args.sync_threads} handler threads)"
+        print(f"machine: {machine()}; no-op {kind} server pid {srv.pid}, c={args.concurrency}, "
               f"{args.seconds:g} s each, {args.generator} load generator")
         for kind, rows in (("ServerLive", 0), ("ModelInfer", 200), ("ModelInfer", 1)):
             if args.generator == "native":
-                _native(port, kind, rows or 1, args.concurrency, 1.0)  # warm
+                native_closed_loop(port, kind, rows or 1, args.concurrency, 1.0)  # warm
                 cpu0 = process_cpu(srv.pid)
-                r = _native(port, kind, rows or 1, args.concurrency, args.seconds)
+                r = native_closed_loop(port, kind, rows or 1, args.concurrency, args.seconds)
             else:
                 asyncio.run(closed_loop(port, kind, rows or 1, args.concurrency, 1.0))  # warm
                 cpu0 = process_cpu(srv.pid)
@@ -136,10 +179,15 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--generator", choices=["python", "native"], default="python",
                    help="python: grpc.aio, as bench inference's default; native: the C++ generator "
                         "(services/inference/native), whose own CPU per call is ~0.08 ms")
+    p.add_argument("--server", choices=["aio", "sync"], default="aio",
+                   help="the no-op server: grpc.aio (as the inference server) or grpcio's synchronous server")
+    p.add_argument("--sync-threads", type=int, default=4, help="handler threads of --server sync")
     p.set_defaults(func=run)
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         asyncio.run(_serve(int(sys.argv[2])))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--serve-sync":
+        _serve_sync(int(sys.argv[2]), int(sys.argv[3]))
