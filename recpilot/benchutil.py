@@ -55,3 +55,32 @@ def process_cpu(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """user+system CPU seconds so far of process ``pid``'s threads, summed by thread name (the
+    OS-level name: ``/proc/<pid>/task/<tid>/comm``); empty when the process is gone."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                name = fh.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def busy_cores(before: dict[str, float], after: dict[str, float], seconds: float, top: int = 6) -> str:
+    """``name 0.71, name 0.28, ...``: cores each thread name kept busy between two
+    :func:`thread_cpu` readings ``seconds`` apart, busiest first."""
+    diff = {k: (v - before.get(k, 0.0)) / seconds for k, v in after.items()}
+    busiest = sorted(((v, k) for k, v in diff.items() if v >= 0.01), reverse=True)[:top]
+    return ", ".join(f"{k} {v:.2f}" for v, k in busiest) or "none"

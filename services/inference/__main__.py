@@ -10,7 +10,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from recpilot.httpserver import HealthServer
-from recpilot.lifecycle import Lifecycle
+from recpilot.lifecycle import Lifecycle, name_os_thread
 from recpilot.log import setup_logging
 from recpilot.settings import load_service
 from services.inference.settings import InferenceSettings
@@ -46,7 +46,8 @@ def main() -> int:
     from services.inference.metrics import install_gc_metrics
 
     install_gc_metrics()
-    executor = ThreadPoolExecutor(s.compute_threads, thread_name_prefix="compute") if s.compute_threads else None
+    executor = (ThreadPoolExecutor(s.compute_threads, thread_name_prefix="compute", initializer=name_os_thread)
+                if s.compute_threads else None)
     models = ModelManager(platform.model_repo, s.model_names, device=s.device,
                           batching_for=s.batching_for, executor=executor)
     features = AsyncFeatureClient(platform.redis_url, s.feature_key_prefix)

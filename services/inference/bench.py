@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recpilot.benchutil import cpu_probe, machine, process_cpu
+from recpilot.benchutil import busy_cores, cpu_probe, machine, process_cpu, thread_cpu
 from recpilot.net import free_port
 
 
@@ -519,21 +519,24 @@ def run(args) -> int:
                 c = levels[-1]
                 e0, r0 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                     "recpilot_inference_batch_requests_total")
-                cpu0, ccpu0 = srv.cpu_seconds(), own_cpu()
+                cpu0, ccpu0, th0, t0 = srv.cpu_seconds(), own_cpu(), thread_cpu(srv.proc.pid), time.monotonic()
                 r = asyncio.run(_closed_loop(srv.grpc_port, c, args.seconds, items, users, args.infer_rows, infer=True))
+                threads = busy_cores(th0, thread_cpu(srv.proc.pid), time.monotonic() - t0)
                 e1, r1 = srv.metric("recpilot_inference_batch_executions_total"), srv.metric(
                     "recpilot_inference_batch_requests_total")
                 r.pop("timeline")
                 r.update(batching=batching, avg_batch=(r1 - r0) / max(e1 - e0, 1), kind="ModelInfer", rows=args.infer_rows,
                          server_cpu_ms_per_request=(srv.cpu_seconds() - cpu0) * 1000 / max(r["requests"], 1),
                          client_cpu_ms_per_request=r.get("generator_cpu_ms_per_request",
-                                                         (own_cpu() - ccpu0) * 1000 / max(r["requests"], 1)))
+                                                         (own_cpu() - ccpu0) * 1000 / max(r["requests"], 1)),
+                         server_threads=threads)
                 results.setdefault("model_infer", []).append(r)
                 print(f"  ModelInfer ({args.infer_rows} rows) batching={'on ' if batching else 'off'} c={c:<3} "
                       f"{r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  "
                       f"avg batch {r['avg_batch']:5.1f}  errors {r['errors']}; CPU per request: server "
                       f"{r['server_cpu_ms_per_request']:.2f} ms, load generator {r['client_cpu_ms_per_request']:.2f} ms",
                       flush=True)
+                print(f"      server threads, cores busy: {threads}", flush=True)
                 if batching:
                     f = asyncio.run(_floor(srv.grpc_port, c, min(args.seconds, 5.0)))
                     results["grpc_floor"] = f

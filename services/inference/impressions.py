@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recpilot.lifecycle import name_os_thread
 from services.inference import metrics as m
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class ImpressionLogger:
         self.producer.poll(0)
 
     def _run(self) -> None:
+        name_os_thread()
         while True:
             stopping = self._stop.wait(0.005)  # a batch every 5 ms: no per-request wake-up
             self._drain()

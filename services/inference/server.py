@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from recpilot.lifecycle import name_os_thread
 from recpilot.pb import open_inference_grpc_pb2 as oip
 from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
@@ -325,6 +326,7 @@ class InferenceServer:
         await self.models.close()
 
     def _run(self) -> None:
+        name_os_thread("grpc-loop")
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_until_complete(self._serve())

@@ -24,6 +24,7 @@ from collections import defaultdict
 import numpy as np
 
 from recpilot.featurespec import DENSE_FEATURES
+from recpilot.lifecycle import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Telemetry:
         return len(evs)
 
     def _run(self) -> None:
+        name_os_thread()
         while not self._stop.wait(self.interval_s):
             try:
                 self.flush_once()

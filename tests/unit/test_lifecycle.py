@@ -36,3 +36,35 @@ def test_wait_returns_when_a_component_dies():
     threading.Timer(0.2, alive.clear).start()
     lc.wait(poll=0.05, check=alive.is_set)
     assert lc.stopping.is_set()
+
+
+def test_os_thread_names_show_in_per_thread_cpu():
+    """name_os_thread makes a thread visible by name in /proc, where the benches' per-thread CPU
+    (recpilot.benchutil.thread_cpu / busy_cores) reads it."""
+    import os
+    import threading
+    import time
+
+    from recpilot.benchutil import busy_cores, thread_cpu
+    from recpilot.lifecycle import name_os_thread
+
+    before = thread_cpu(os.getpid())
+    started = threading.Event()
+
+    def spin():
+        name_os_thread()
+        started.set()
+        t_end = time.monotonic() + 0.3
+        while time.monotonic() < t_end:
+            pass
+
+    t = threading.Thread(target=spin, name="rp-spinner-thread-long")  # longer than the OS's 15 bytes
+    t.start()
+    started.wait(5)
+    time.sleep(0.1)
+    during = thread_cpu(os.getpid())
+    t.join()
+    assert "rp-spinner-thre" in during  # truncated to 15 bytes
+    assert during["rp-spinner-thre"] > 0
+    assert "rp-spinner-thre" in busy_cores(before, during, 0.1)
+    assert thread_cpu(-1) == {}  # a process that does not exist
