@@ -7,6 +7,7 @@ work, finish the batch, commit), then flushes the producer, then stops metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -27,6 +28,38 @@ def name_os_thread(name: str | None = None) -> None:
         libc.prctl(15, (name or threading.current_thread().name).encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _uvloop(choice: str):
+    """uvloop's module when ``choice`` is "uvloop", or "auto" and it is installed; else None."""
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"event loop must be auto, uvloop or asyncio, not {choice!r}")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop
+
+
+def use_event_loop(choice: str) -> str:
+    """Install uvloop's event loop policy process-wide (before a framework such as faust creates its
+    loop) when ``choice`` asks for it or, for "auto", when it is installed; returns the loop's name."""
+    uv = _uvloop(choice)
+    if uv is None:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uv.EventLoopPolicy())
+    return "uvloop"
+
+
+def new_event_loop(choice: str) -> tuple[asyncio.AbstractEventLoop, str]:
+    """A new event loop of the kind ``choice`` names ("auto" = uvloop when installed), and its name,
+    without touching the process-wide policy (for a loop that runs in its own thread)."""
+    uv = _uvloop(choice)
+    return (asyncio.new_event_loop(), "asyncio") if uv is None else (uv.new_event_loop(), "uvloop")
 
 
 class Lifecycle:

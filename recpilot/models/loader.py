@@ -166,6 +166,10 @@ def _load_torch(path: Path, meta: dict, device: str):
         raise ModelLoadError(f"{art}: not a loadable TorchScript model ({type(exc).__name__}: {str(exc)[:300]})") from None
 
     def fn(dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if not dense.flags.writeable:  # views of a request's bytes; torch wants memory it may write
+            dense = dense.copy()
+        if not ids.flags.writeable:
+            ids = ids.copy()
         with torch.inference_mode():
             out = module(torch.from_numpy(dense).to(dev), torch.from_numpy(ids).to(dev))
         return out.float().cpu().numpy()

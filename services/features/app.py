@@ -19,6 +19,7 @@ import socket
 import time
 from pathlib import Path
 
+from recpilot.lifecycle import use_event_loop
 from recpilot.pb import events_pb2
 from recpilot.settings import PlatformSettings
 from services.features import metrics as m
@@ -35,20 +36,6 @@ def freshness_seconds(events: list[events_pb2.UserEvent], now_ms: int) -> list[f
     """Event time -> visible, per event; events stamped in the future (clock skew, which ingest
     tolerates up to 5 minutes) count as 0 rather than negative."""
     return [max(0.0, (now_ms - ev.timestamp_ms) / 1000.0) for ev in events if ev.timestamp_ms > 0]
-
-
-def use_event_loop(choice: str) -> str:
-    """Install uvloop's event loop policy (before faust creates its loop) when asked or available."""
-    if choice == "asyncio":
-        return "asyncio"
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise
-        return "asyncio"
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
 
 
 class FeaturePipeline:

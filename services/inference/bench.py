@@ -476,6 +476,8 @@ def run(args) -> int:
                 "RECPILOT_INFERENCE_WORKERS": str(args.workers)}
     if args.compute_threads is not None:
         base_env["RECPILOT_INFERENCE_COMPUTE_THREADS"] = str(args.compute_threads)
+    if args.event_loop is not None:
+        base_env["RECPILOT_INFERENCE_EVENT_LOOP"] = args.event_loop
     results: dict = {"machine": machine(), "model": results_model}
     try:
         def phase(batching: bool, levels: list[int]) -> list[dict]:

@@ -111,6 +111,8 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--compute-threads", type=int, default=None,
                    help="server's RECPILOT_INFERENCE_COMPUTE_THREADS (default: the server's default)")
     p.add_argument("--workers", type=int, default=1, help="server processes (RECPILOT_INFERENCE_WORKERS)")
+    p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default=None,
+                   help="server's RECPILOT_INFERENCE_EVENT_LOOP (default: the server's default, auto = uvloop)")
     p.add_argument("--channels", type=int, default=8,
                    help="client connections the load is spread over (SO_REUSEPORT balances connections)")
     p.add_argument("--item-cache-ms", type=float, default=5000.0, help="server's item feature cache TTL")

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from recpilot.lifecycle import name_os_thread
+from recpilot.lifecycle import name_os_thread, new_event_loop
 from recpilot.pb import open_inference_grpc_pb2 as oip
 from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
@@ -134,6 +134,35 @@ def _tensor(req, i: int, t) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def _infer_inputs(request, dense_dim: int, ids_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """ModelInfer's ``dense [N, dense_dim]`` (FP32) and ``ids [N, ids_dim]`` (INT64) from a request,
+    or :class:`InvalidArgument` (``ValueError`` for a raw buffer whose size is not a multiple of its
+    datatype's). The common case (both as raw contents, in that order and with those datatypes) is
+    read in place: read-only views of the request's bytes, no copies; anything else takes the
+    general path, which also converts other datatypes and typed contents."""
+    inputs, raw = request.inputs, request.raw_input_contents
+    if len(inputs) == 2 and len(raw) == 2:
+        d, i = inputs
+        ds, is_ = d.shape, i.shape
+        if (d.name == "dense" and i.name == "ids" and d.datatype == "FP32" and i.datatype == "INT64"
+                and len(ds) == 2 and len(is_) == 2 and ds[1] == dense_dim and is_[1] == ids_dim
+                and ds[0] == is_[0] and ds[0] >= 0):
+            dense = np.frombuffer(raw[0], dtype=np.float32)
+            ids = np.frombuffer(raw[1], dtype=np.int64)
+            if dense.size == ds[0] * dense_dim and ids.size == is_[0] * ids_dim:
+                return dense.reshape(ds[0], dense_dim), ids.reshape(is_[0], ids_dim)
+    if len(inputs) != 2 or {inputs[0].name, inputs[1].name} != {"dense", "ids"}:
+        raise InvalidArgument(f"inputs must be 'dense' (FP32) and 'ids' (INT64), got {sorted(t.name for t in inputs)}")
+    got = {t.name: _tensor(request, i, t) for i, t in enumerate(inputs)}
+    dense = np.asarray(got["dense"], dtype=np.float32)
+    ids = np.asarray(got["ids"], dtype=np.int64)
+    if dense.ndim != 2 or dense.shape[1] != dense_dim:
+        raise InvalidArgument(f"dense must be [N, {dense_dim}], got {list(dense.shape)}")
+    if ids.ndim != 2 or ids.shape[1] != ids_dim or ids.shape[0] != dense.shape[0]:
+        raise InvalidArgument(f"ids must be [{dense.shape[0]}, {ids_dim}], got {list(ids.shape)}")
+    return dense, ids
+
+
 class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
     def __init__(self, models: ModelManager, server: "InferenceServer") -> None:
         self.models, self.server = models, server
@@ -194,16 +223,7 @@ class _OpenInference(oip_grpc.GRPCInferenceServiceServicer):
         if mv is None:  # unknown model or version not loaded: the precise status
             mv = await self._version(request.model_name, request.model_version, context, "ModelInfer")
         try:
-            inputs = request.inputs
-            if len(inputs) != 2 or {inputs[0].name, inputs[1].name} != {"dense", "ids"}:
-                raise InvalidArgument(f"inputs must be 'dense' (FP32) and 'ids' (INT64), got {sorted(t.name for t in inputs)}")
-            got = {t.name: _tensor(request, i, t) for i, t in enumerate(inputs)}
-            dense = np.array(got["dense"], dtype=np.float32)  # a writable copy (frombuffer is read-only)
-            ids = np.array(got["ids"], dtype=np.int64)
-            if dense.ndim != 2 or dense.shape[1] != mv.dense_dim:
-                raise InvalidArgument(f"dense must be [N, {mv.dense_dim}], got {list(dense.shape)}")
-            if ids.ndim != 2 or ids.shape[1] != mv.ids_dim or ids.shape[0] != dense.shape[0]:
-                raise InvalidArgument(f"ids must be [{dense.shape[0]}, {mv.ids_dim}], got {list(ids.shape)}")
+            dense, ids = _infer_inputs(request, mv.dense_dim, mv.ids_dim)
         except (InvalidArgument, ValueError) as exc:  # ValueError: a raw buffer of the wrong size
             self._failed("ModelInfer", "INVALID_ARGUMENT", mv.name, mv.version)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -237,7 +257,7 @@ class InferenceServer:
         self.models = models
         self.extra_ready = extra_ready  # () -> (bool, dict), e.g. deployment follower caught up
         self.port: int | None = None
-        self.loop = asyncio.new_event_loop()
+        self.loop, self.loop_name = new_event_loop(settings.event_loop)
         self._thread = threading.Thread(target=self._run, name="grpc", daemon=True)
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -316,7 +336,8 @@ class InferenceServer:
         self._lag_task = asyncio.get_running_loop().create_task(self._lag_loop())
         await self.service.refresh_popular()
         log.info("grpc server listening", extra={"address": f"{self.s.grpc_host}:{self.port}",
-                                                  "tls": creds is not None, "auth": bool(self.s.auth_token)})
+                                                  "tls": creds is not None, "auth": bool(self.s.auth_token),
+                                                  "event_loop": self.loop_name})
         self._started.set()
         await self._stopped.wait()
         await self._health.enter_graceful_shutdown()

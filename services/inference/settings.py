@@ -40,6 +40,9 @@ class InferenceSettings(RecpilotSettings):
     worker_index: int = Field(default=-1, description="set by the supervisor for its workers")
     reuse_port: bool = Field(default=False, description="bind the gRPC port with SO_REUSEPORT (set for workers)")
     grace_s: float = Field(default=10.0, ge=0.0, description="drain time for in-flight RPCs on SIGTERM")
+    event_loop: str = Field(default="auto", pattern="^(auto|uvloop|asyncio)$",
+                            description="the gRPC server's event loop; auto = uvloop when installed (less "
+                                        "CPU per call than asyncio's: docs/benchmarks.md)")
 
     # -- models ----------------------------------------------------------------------------
     model_names: list[str] = Field(default_factory=lambda: ["ranker"], description="models this replica serves")

@@ -237,6 +237,26 @@ def test_model_infer_scores_raw_tensors(srv, world):
     md = srv.oip.ModelMetadata(oip.ModelMetadataRequest(name="ranker"))
     assert md.platform == "pytorch_torchscript" and [t.name for t in md.inputs] == ["dense", "ids"]
 
+    # The same rows in every other form the protocol allows (the server reads raw FP32 + INT64 in
+    # that order in place, everything else on a converting path): the same scores.
+    typed = oip.ModelInferRequest(model_name="ranker")
+    t = typed.inputs.add(name="dense", datatype="FP32", shape=list(dense.shape))
+    t.contents.fp32_contents.extend(dense.ravel().tolist())
+    t = typed.inputs.add(name="ids", datatype="INT64", shape=list(ids.shape))
+    t.contents.int64_contents.extend(ids.ravel().tolist())
+    swapped = oip.ModelInferRequest(model_name="ranker")
+    swapped.inputs.add(name="ids", datatype="INT64", shape=list(ids.shape))
+    swapped.inputs.add(name="dense", datatype="FP32", shape=list(dense.shape))
+    swapped.raw_input_contents.extend([ids.tobytes(), dense.tobytes()])
+    wide = oip.ModelInferRequest(model_name="ranker")
+    wide.inputs.add(name="dense", datatype="FP64", shape=list(dense.shape))
+    wide.inputs.add(name="ids", datatype="INT32", shape=list(ids.shape))
+    wide.raw_input_contents.extend([dense.astype(np.float64).tobytes(), ids.astype(np.int32).tobytes()])
+    for other in (typed, swapped, wide):
+        r = srv.oip.ModelInfer(other)
+        np.testing.assert_allclose(np.frombuffer(r.raw_output_contents[0], dtype=np.float32), exp,
+                                   rtol=1e-5, atol=1e-6)
+
 
 def test_invalid_arguments_get_their_status_codes(srv):
     def code(fn, req):
