@@ -2,6 +2,8 @@ import os
 import signal
 import threading
 
+import pytest
+
 from recpilot.lifecycle import Lifecycle
 
 
@@ -75,3 +77,22 @@ def test_os_thread_names_show_in_per_thread_cpu():
     assert during["rp-spinner-thre"] > 0
     assert "rp-spinner-thre" in busy_cores(before, during, time.monotonic() - t0 + 0.001)
     assert thread_cpu(-1) == {}  # a process that does not exist
+
+
+def test_new_event_loop_kinds():
+    import asyncio
+
+    import uvloop  # a dependency (pyproject), so "auto" means uvloop here
+
+    from recpilot.lifecycle import new_event_loop
+
+    for choice, kind, name in (("auto", uvloop.Loop, "uvloop"), ("uvloop", uvloop.Loop, "uvloop"),
+                               ("asyncio", asyncio.BaseEventLoop, "asyncio")):
+        loop, got = new_event_loop(choice)
+        try:
+            assert isinstance(loop, kind) and got == name
+            assert loop.run_until_complete(asyncio.sleep(0, result=7)) == 7
+        finally:
+            loop.close()
+    with pytest.raises(ValueError, match="auto, uvloop or asyncio"):
+        new_event_loop("trio")
