@@ -135,7 +135,8 @@ def run(args) -> int:
     from recpilot.net import free_port
 
     port = free_port()
-    serve = ["--serve", str(port)] if args.server == "aio" else ["--serve-sync", str(port), str(args.sync_threads)]
+    serve = (["--serve", str(port), args.event_loop] if args.server == "aio"
+             else ["--serve-sync", str(port), str(args.sync_threads)])
     srv = subprocess.Popen([sys.executable, "-m", "services.inference.floor", *serve], stdout=subprocess.PIPE, text=True)
     try:
         if srv.stdout.readline().strip() != "ready":
@@ -149,7 +150,8 @@ def run(args) -> int:
             except native.NativeUnavailable as exc:
                 print(f"--generator native: {exc}", file=sys.stderr)
                 return 2
-        kind = "grpc.aio" if args.server == "aio" else f"synchronous grpc ({args.sync_threads} handler threads)"
+        kind = (f"grpc.aio ({args.event_loop} loop)" if args.server == "aio"
+                else f"synchronous grpc ({args.sync_threads} handler threads)")
         print(f"machine: {machine()}; no-op {kind} server pid {srv.pid}, c={args.concurrency}, "
               f"{args.seconds:g} s each, {args.generator} load generator")
         for kind, rows in (("ServerLive", 0), ("ModelInfer", 200), ("ModelInfer", 1)):
@@ -182,12 +184,18 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--server", choices=["aio", "sync"], default="aio",
                    help="the no-op server: grpc.aio (as the inference server) or grpcio's synchronous server")
     p.add_argument("--sync-threads", type=int, default=4, help="handler threads of --server sync")
+    p.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                   help="the event loop of --server aio (the inference server's default is uvloop)")
     p.set_defaults(func=run)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        asyncio.run(_serve(int(sys.argv[2])))
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        from recpilot.lifecycle import new_event_loop
+
+        loop = new_event_loop(sys.argv[3])[0]
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(_serve(int(sys.argv[2])))
     elif len(sys.argv) == 4 and sys.argv[1] == "--serve-sync":
         _serve_sync(int(sys.argv[2]), int(sys.argv[3]))

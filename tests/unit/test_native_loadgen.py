@@ -24,7 +24,7 @@ def noop_server():
     except native.NativeUnavailable as exc:
         pytest.fail(f"native load generator unavailable: {exc}")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "services.inference.floor", "--serve", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "services.inference.floor", "--serve", str(port), "uvloop"],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
