@@ -463,6 +463,9 @@ def run(args) -> int:
     print(f"setup: {args.items} items, {args.users} users in Redis ({platform.redis_url}, prefix {prefix}); "
           f"{model_desc}; k=10 of {args.candidates} candidates; server workers {args.workers}, "
           f"client connections {args.channels}")
+    print(f"server settings: compute threads {args.compute_threads if args.compute_threads is not None else 'default'}, "
+          f"event loop {args.event_loop or 'default'}, batching (when on) max_batch_size {args.max_batch_size} rows, "
+          f"max_queue_delay_ms {args.max_queue_delay_ms:g}; ModelInfer phases {args.infer_rows} rows per request")
     results_model = {"model": args.model, "framework": args.framework if args.model == "ranker" else "torch",
                      "description": model_desc, "workers": args.workers, "channels": args.channels}
     items, users = _seed_features(platform, prefix, args.items, args.users)
