@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import Field
 
 from recpilot import featurespec
-from recpilot.paths import SHARED_DIR
+from recpilot.paths import CACHE_DIR, SHARED_DIR
 from pydantic_settings import SettingsConfigDict
 
 from recpilot.settings import RecpilotSettings
@@ -51,6 +51,8 @@ OBD_ID_FEATURES = (
 OBD_DENSE_FEATURES = ("item_feature_0", "user_item_affinity", "position_1", "position_2", "position_3", "item_ctr")
 OBD_CTR_FEATURE = "item_ctr"  # the point-in-time item click rate (see point_in_time_ctr)
 OBD_POLICIES = ("random", "bts")
+OBD_CAMPAIGNS = ("all", "men", "women")  # the dataset's three campaigns: 80, 34 and 46 items
+OBD_SAMPLE_DIR = CACHE_DIR / "obd-sample"  # `recpilot setup --obd-sample` (recpilot.models.obd_sample)
 OUTCOME_TYPES = {"CLICK", "ADD_TO_CART", "PURCHASE"}
 POSITIVE_TYPES = {"CLICK", "PURCHASE"}
 
@@ -289,8 +291,33 @@ def _shared_strings(values: np.ndarray) -> np.ndarray:
     return uniq[inverse.reshape(-1)]
 
 
-def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES, chunk_rows: int = OBD_CHUNK_ROWS) -> Dataset:
-    """The Open Bandit logs of ``policies`` (``<obd_dir>/<policy>/all.csv`` + ``item_context.csv``).
+def obd_files(obd_dir: Path, policy: str, campaign: str = "all") -> tuple[Path, Path]:
+    """The log and item_context.csv of one policy and campaign. Two layouts are read: the dataset's own,
+    ``<dir>/<policy>/<campaign>/<campaign>.csv`` (the full download, and the sample that the ``obp``
+    package ships, see ``recpilot setup --obd-sample``), and the flat one of the sample beside the
+    checkout, ``<dir>/<policy>/<campaign>.csv``; ``item_context.csv`` lies beside the log."""
+    if policy not in OBD_POLICIES:
+        raise DataError(f"unknown Open Bandit policy {policy!r} (expected one of {', '.join(OBD_POLICIES)})")
+    if campaign not in OBD_CAMPAIGNS:
+        raise DataError(f"unknown Open Bandit campaign {campaign!r} (expected one of {', '.join(OBD_CAMPAIGNS)})")
+    tried = [obd_dir / policy / campaign / f"{campaign}.csv", obd_dir / policy / f"{campaign}.csv"]
+    for log_path in tried:
+        if log_path.is_file():
+            ctx_path = log_path.parent / "item_context.csv"
+            if not ctx_path.is_file():
+                raise DataError(f"Open Bandit data file not found: {ctx_path} (the item features beside {log_path.name})")
+            return log_path, ctx_path
+    hint = " (set RECPILOT_TRAIN_OBD_DIR)"
+    if campaign != "all":
+        hint = (f" (the sample beside the checkout has the 'all' campaign only: `recpilot setup --obd-sample` "
+                f"fetches the sample of all three campaigns into {OBD_SAMPLE_DIR}; then set "
+                f"RECPILOT_TRAIN_OBD_DIR={OBD_SAMPLE_DIR})")
+    raise DataError(f"Open Bandit data file not found: {' or '.join(str(t) for t in tried)}{hint}")
+
+
+def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES, chunk_rows: int = OBD_CHUNK_ROWS,
+             campaign: str = "all") -> Dataset:
+    """The Open Bandit logs of ``policies`` for one ``campaign`` (files: ``obd_files``).
 
     The logs are read ``chunk_rows`` at a time and only compact per-row arrays are kept: ~120
     bytes a row (dense, ids, label, time, and shared item / segment strings) against ~1 KB a row for
@@ -302,12 +329,7 @@ def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES, chunk_rows
     parts = []
     hash_cache: dict = {}
     for policy in policies:
-        if policy not in OBD_POLICIES:
-            raise DataError(f"unknown Open Bandit policy {policy!r} (expected one of {', '.join(OBD_POLICIES)})")
-        log_path, ctx_path = obd_dir / policy / "all.csv", obd_dir / policy / "item_context.csv"
-        for p in (log_path, ctx_path):
-            if not p.is_file():
-                raise DataError(f"Open Bandit data file not found: {p} (set RECPILOT_TRAIN_OBD_DIR)")
+        log_path, ctx_path = obd_files(obd_dir, policy, campaign)
         try:
             ctx = pd.read_csv(ctx_path, index_col=0)
             chunks = pd.read_csv(log_path, index_col=0, chunksize=max(1, int(chunk_rows)))
@@ -327,7 +349,7 @@ def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES, chunk_rows
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
-            raise DataError(f"cannot read Open Bandit data in {obd_dir / policy}: {exc}") from exc
+            raise DataError(f"cannot read Open Bandit data in {log_path.parent}: {exc}") from exc
         if rows == 0:
             raise DataError(f"{log_path}: the dataset is empty (0 rows)")
     dense = np.concatenate([p["dense"] for p in parts])
@@ -336,13 +358,31 @@ def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES, chunk_rows
     items = np.concatenate([p["items"] for p in parts])
     # both logs together: item_id is the same index in both folders, and so is its click rate
     dense[:, OBD_DENSE_FEATURES.index(OBD_CTR_FEATURE)] = point_in_time_ctr(items, labels, ts)
+    where = "" if campaign == "all" else f"/{campaign}"
     ds = Dataset(
         dense, np.concatenate([p["ids"] for p in parts]), labels, ts,
         np.concatenate([p["groups"] for p in parts]), items,
-        OBD_DENSE_FEATURES, OBD_ID_FEATURES, "obd", f"obd:{'+'.join(policies)} ({obd_dir})",
-        extra={"ranking_groups": "user segment (user_feature_0..3)"}, ctr_feature=OBD_CTR_FEATURE,
+        OBD_DENSE_FEATURES, OBD_ID_FEATURES, "obd", f"obd{where}:{'+'.join(policies)} ({obd_dir})",
+        extra={"ranking_groups": "user segment (user_feature_0..3)", "obd_campaign": campaign},
+        ctr_feature=OBD_CTR_FEATURE,
     )
     return ds
+
+
+def parse_obd_spec(spec: str) -> tuple[str, tuple[str, ...]]:
+    """``obd[/CAMPAIGN][:POLICY[+POLICY]]`` -> (campaign, policies); e.g. ``obd``, ``obd:bts``,
+    ``obd/men``, ``obd/women:random``."""
+    head, _, pols = spec.partition(":")
+    campaign = head.split("/", 1)[1] if "/" in head else "all"
+    if head.split("/", 1)[0] != "obd" or not campaign:
+        raise DataError(f"bad Open Bandit spec {spec!r} (expected obd[/CAMPAIGN][:POLICY[+POLICY]])")
+    policies = tuple(pols.split("+")) if pols else OBD_POLICIES
+    for p in policies:
+        if p not in OBD_POLICIES:
+            raise DataError(f"unknown Open Bandit policy {p!r} in {spec!r} (expected one of {', '.join(OBD_POLICIES)})")
+    if campaign not in OBD_CAMPAIGNS:
+        raise DataError(f"unknown Open Bandit campaign {campaign!r} in {spec!r} (expected one of {', '.join(OBD_CAMPAIGNS)})")
+    return campaign, policies
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,13 +648,13 @@ def read_kafka(settings, impressions_topic: str, events_topic: str, timeout_s: f
 
 
 def load_dataset(spec: str, settings: TrainSettings, platform=None, events_path: str | None = None) -> Dataset:
-    """``spec``: ``obd`` | ``obd:random`` | ``obd:bts`` | ``kafka`` | ``sim[:EVENTS[:SEED]]`` (raw events
+    """``spec``: ``obd[/CAMPAIGN][:POLICY[+POLICY]]`` (``parse_obd_spec``) | ``kafka`` | ``sim[:EVENTS[:SEED]]`` (raw events
     from the shopper simulator) | a .parquet/.csv path (raw events or logged impressions, told apart by
     their columns)."""
     spec = str(spec)
-    if spec == "obd" or spec.startswith("obd:"):
-        pols = tuple(spec.split(":", 1)[1].split("+")) if ":" in spec else OBD_POLICIES
-        return load_obd(settings.obd_dir, pols)
+    if spec == "obd" or spec.startswith(("obd:", "obd/")):
+        campaign, pols = parse_obd_spec(spec)
+        return load_obd(settings.obd_dir, pols, campaign=campaign)
     if spec == "sim" or spec.startswith("sim:"):
         parts = spec.split(":")
         try:

@@ -327,6 +327,9 @@ def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp:
         if isinstance(p_end, int) and p_end >= holdout.window()["start_ms"]:
             notes.append(f"production version {production.version} was trained on data up to {p_end}, which overlaps "
                          "this holdout: its metrics here are optimistic")
+    flat = constant_score_note(p_model)
+    if flat:
+        notes.append(flat)
     if holdout.positives < 100:
         notes.append(f"only {holdout.positives} positives in the holdout: metrics are noisy, see auc_ci")
     meta = {
@@ -390,6 +393,17 @@ def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp:
         version = repository.create_version(name, writer)
         meta = repository.meta(name, version)
     return TrainReport(name, version, framework, meta, res.history, res.seconds, ranker)
+
+
+def constant_score_note(scores: np.ndarray, tol: float = 1e-7) -> str | None:
+    """A note when the model scores every holdout row (nearly) the same: it ranks nothing, and its AUC of
+    0.5 is by construction. On data without a learnable signal, early stopping on validation log loss
+    can pick such a model (the base rate is the best calibrated answer there); say so, do not hide it."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) and float(np.ptp(scores)) <= tol:
+        return (f"the model gives every holdout row the same score ({scores[0]:.6g}): it ranks nothing "
+                "(AUC 0.5 by construction): it learned no signal from this data")
+    return None
 
 
 def export_check(directory: Path, meta: dict, dense: np.ndarray, ids: np.ndarray, expected: np.ndarray) -> float:

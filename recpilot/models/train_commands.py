@@ -18,10 +18,11 @@ FRAMEWORK_CHOICES = ("tensorflow", "torch")
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--framework", choices=FRAMEWORK_CHOICES, required=True)
     p.add_argument("--data", default="obd",
-                   help="obd | obd:random | obd:bts | kafka | sim[:EVENTS[:SEED]] (shopper simulator) | PATH "
+                   help="obd[/CAMPAIGN][:POLICY[+POLICY]] (Open Bandit: campaign all|men|women, default all; policies random, bts, "
+                        "default both) | kafka | sim[:EVENTS[:SEED]] (shopper simulator) | PATH "
                         "(.parquet/.csv: raw events, or logged impressions with a label column / --events) (default: obd)")
     p.add_argument("--events", default=None, help="events table (.parquet/.csv) with the outcomes of logged impressions")
-    p.add_argument("--name", default=None, help="model name (default: ranker, or ranker-obd for the Open Bandit data)")
+    p.add_argument("--name", default=None, help="model name (default: ranker, or ranker-obd[-CAMPAIGN] for the Open Bandit data)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -105,9 +106,17 @@ def _setup(args):
     ds = load_dataset(args.data, ts, plat, events_path=args.events)
     if args.last_days is not None:
         ds = ds.last(args.last_days)
-    name = args.name or ("ranker-obd" if ds.feature_set == "obd" else "ranker")
+    name = args.name or _default_name(ds)
     holdout = args.holdout if args.holdout is not None else ts.holdout_fraction
     return ts, plat, repo, ds, name, holdout
+
+
+def _default_name(ds) -> str:
+    """ranker; ranker-obd for the Open Bandit "all" campaign, ranker-obd-men / -women for the others."""
+    if ds.feature_set != "obd":
+        return "ranker"
+    campaign = ds.extra.get("obd_campaign", "all")
+    return "ranker-obd" if campaign == "all" else f"ranker-obd-{campaign}"
 
 
 def _errors():
@@ -153,6 +162,8 @@ def cmd_train(args) -> int:
     bci_s = f"[{bci[0]:.3f}, {bci[1]:.3f}]" if bci else "[n/a]"
     print(f"holdout auc {_fmt(m.get('auc'))} {ci_s}  popularity {_fmt(m['baseline'].get('auc'))} {bci_s}  "
           f"production {_fmt((m.get('production') or {}).get('auc'))} ({m.get('production_note')})")
+    for note in m.get("notes") or []:
+        print(f"note: {note}")
     return 0
 
 

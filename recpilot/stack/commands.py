@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _stack():
@@ -12,6 +13,19 @@ def _stack():
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
+    if args.obd_sample:
+        from recpilot.models import obd_sample
+        from recpilot.models.data import DataError
+
+        try:
+            fetched = obd_sample.fetch()
+        except DataError as exc:
+            print(f"recpilot: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"Open Bandit sample (3 campaigns x 2 policies): {'downloaded' if fetched else 'cached'} in "
+              f"{obd_sample.OBD_SAMPLE_DIR}\nuse it: RECPILOT_TRAIN_OBD_DIR={obd_sample.OBD_SAMPLE_DIR} "
+              "recpilot train --data obd/men ...")
+        return 0
     from recpilot.stack import kafka, redis
 
     fetched = kafka.fetch_jars(quiet=not args.verbose)
@@ -65,6 +79,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("setup", help="fetch the Kafka broker jars and install redis-server (idempotent)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--obd-sample", action="store_true",
+                   help="only fetch the Open Bandit sample of all three campaigns (all, men, women) from PyPI "
+                        "(the obp 0.4.1 wheel, SHA-256 checked) into .cache/obd-sample")
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("up", help="start Kafka, Redis and the services; wait until each is ready")

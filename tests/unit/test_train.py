@@ -181,10 +181,12 @@ def test_impression_snapshot_as_logged_by_inference():
     assert list(ds.groups) == ["r1", "r1"]
 
 
-def _write_obd(root, rows=30):
+def _write_obd(root, rows=30, campaign="all", nested=False):
+    """A tiny OBD folder: flat (<policy>/<campaign>.csv, the sample beside the checkout) or nested
+    (<policy>/<campaign>/<campaign>.csv, the dataset's own layout)."""
     rng = np.random.default_rng(0)
     for policy in ("random", "bts"):
-        d = root / policy
+        d = root / policy / campaign if nested else root / policy
         d.mkdir(parents=True)
         logs = pd.DataFrame({
             "timestamp": pd.date_range("2019-11-24", periods=rows, freq="min", tz="UTC").astype(str),
@@ -193,7 +195,7 @@ def _write_obd(root, rows=30):
             **{f"user_feature_{k}": [f"h{k}{x}" for x in rng.integers(0, 2, rows)] for k in range(4)},
             **{f"user-item_affinity_{k}": rng.random(rows) * (k + 1) for k in range(3)},
         })
-        logs.to_csv(d / "all.csv")
+        logs.to_csv(d / f"{campaign}.csv")
         pd.DataFrame({"item_id": [0, 1, 2], "item_feature_0": [0.1, 0.2, 0.3], "item_feature_1": ["a", "b", "c"],
                       "item_feature_2": ["d", "e", "f"], "item_feature_3": ["g", "h", "i"]}).to_csv(d / "item_context.csv")
     return root
@@ -224,6 +226,80 @@ def test_obd_features(tmp_path):
     assert ds.ts_ms[0] == 1_574_553_600_000 and ds.ts_ms[1] - ds.ts_ms[0] == 60_000
     both = D.load_dataset("obd", D.TrainSettings(obd_dir=root))
     assert len(both) == 60
+
+
+def test_obd_campaigns_and_both_layouts(tmp_path):
+    flat = D.load_obd(_write_obd(tmp_path / "flat"), ("random",))
+    nested = D.load_obd(_write_obd(tmp_path / "nested", nested=True), ("random",))
+    for name in ("dense", "ids", "labels", "ts_ms", "items"):
+        np.testing.assert_array_equal(getattr(nested, name), getattr(flat, name), err_msg=name)
+    root = _write_obd(tmp_path / "full", rows=40, campaign="men", nested=True)
+    ds = D.load_dataset("obd/men:bts", D.TrainSettings(obd_dir=root))
+    assert len(ds) == 40 and ds.extra["obd_campaign"] == "men" and ds.source.startswith("obd/men:bts ")
+    assert len(D.load_dataset("obd/men", D.TrainSettings(obd_dir=root))) == 80
+    assert D.parse_obd_spec("obd") == ("all", ("random", "bts"))
+    assert D.parse_obd_spec("obd/women:random") == ("women", ("random",))
+    for bad, msg in (("obd/kids", "unknown Open Bandit campaign 'kids'"), ("obd:greedy", "unknown Open Bandit policy"),
+                     ("obd/", "bad Open Bandit spec")):
+        with pytest.raises(D.DataError, match=msg):
+            D.load_dataset(bad, D.TrainSettings(obd_dir=root))
+    # a campaign the folder lacks: both paths tried are named, and where the three-campaign sample comes from
+    with pytest.raises(D.DataError, match=r"women\.csv.*recpilot setup --obd-sample"):
+        D.load_dataset("obd/women", D.TrainSettings(obd_dir=root))
+    (root / "bts" / "men" / "item_context.csv").unlink()
+    with pytest.raises(D.DataError, match="item_context.csv"):
+        D.load_dataset("obd/men:bts", D.TrainSettings(obd_dir=root))
+
+
+def test_default_model_name_names_the_obd_campaign(tmp_path):
+    from recpilot.models.train_commands import _default_name
+
+    assert _default_name(D.load_obd(_write_obd(tmp_path / "a"))) == "ranker-obd"
+    assert _default_name(D.load_obd(_write_obd(tmp_path / "m", campaign="men", nested=True), campaign="men")) == "ranker-obd-men"
+    assert _default_name(D.load_dataset("sim:300", D.TrainSettings())) == "ranker"
+
+
+def _fake_obp_wheel(path, files):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for f in files:
+            z.writestr("obp/dataset/obd/" + f, f"content of {f}\n")
+        z.writestr("obp/dataset/obd/.DS_Store", "junk")
+    return path
+
+
+def test_obd_sample_unpacks_only_a_wheel_with_the_pinned_digest(tmp_path):
+    import hashlib
+
+    from recpilot.models import obd_sample
+
+    wheel = _fake_obp_wheel(tmp_path / "obp.whl", obd_sample.FILES)
+    dest = tmp_path / "cache" / "obd-sample"
+    dest.mkdir(parents=True)
+    (dest / "keep").write_text("old")
+    with pytest.raises(D.DataError, match="SHA-256 .* is not the expected"):
+        obd_sample.extract(wheel, dest)
+    assert (dest / "keep").read_text() == "old" and not obd_sample.present(dest)   # untouched
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    short = _fake_obp_wheel(tmp_path / "short.whl", obd_sample.FILES[:-1])
+    with pytest.raises(D.DataError, match="lacks bts/women/item_context.csv"):
+        obd_sample.extract(short, dest, sha256=hashlib.sha256(short.read_bytes()).hexdigest())
+    assert (dest / "keep").exists()
+    obd_sample.extract(wheel, dest, sha256=digest)
+    assert obd_sample.present(dest) and not (dest / "keep").exists() and not (dest / ".DS_Store").exists()
+    assert (dest / "random" / "men" / "men.csv").read_text() == "content of random/men/men.csv\n"
+    assert [p.name for p in dest.parent.iterdir()] == ["obd-sample"]    # no staging folder left behind
+    # the layout is the one load_obd reads
+    assert D.obd_files(dest, "bts", "women")[0] == dest / "bts" / "women" / "women.csv"
+
+
+def test_constant_scores_are_called_out():
+    from recpilot.models.train import constant_score_note
+
+    assert "same score" in constant_score_note(np.full(50, 0.0042, np.float32))
+    assert constant_score_note(np.linspace(0.001, 0.002, 50)) is None
+    assert constant_score_note(np.zeros(0)) is None
 
 
 def test_point_in_time_ctr_by_hand():
