@@ -355,6 +355,33 @@ def _positional(p: argparse.ArgumentParser, name: str) -> None:
     p.set_defaults(func=merged)
 
 
+def _target(p: argparse.ArgumentParser) -> None:
+    """``recpilot models promote ranker 3``, ``promote 3``, ``promote ranker`` and ``--model ranker
+    --version 3`` alike. Versions are whole numbers (``repository.VERSION_RE``), so a lone positional
+    that is one is the version, anything else the model (a model named like a number: ``--model``).
+    A positional and its option both given and different is an error."""
+    p.add_argument("target", nargs="*", metavar="[MODEL] [VERSION]", help="same as --model / --version")
+    func = p.get_default("func")
+
+    def merged(args: argparse.Namespace) -> int:
+        from recpilot.models.repository import VERSION_RE
+
+        t = list(args.target)
+        if len(t) > 2 or (len(t) == 2 and not VERSION_RE.match(t[1])):
+            return _err(f"expected [MODEL] [VERSION] (a version is a whole number), got {' '.join(t)!r}")
+        model = t[0] if len(t) == 2 or (t and not VERSION_RE.match(t[0])) else None
+        version = t[-1] if t and VERSION_RE.match(t[-1]) else None
+        for name, pos in (("model", model), ("version", version)):
+            opt = getattr(args, name)
+            if pos is not None and opt is not None and pos != opt:
+                return _err(f"{name} given twice: {pos!r} and --{name} {opt!r}")
+            if pos is not None:
+                setattr(args, name, pos)
+        return func(args)
+
+    p.set_defaults(func=merged)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     mp = sub.add_parser("models", help="model repository and deployment control (deploy, canary, promote, ...)")
     ms = mp.add_subparsers(dest="models_command", metavar="ACTION")
@@ -373,13 +400,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version")
     p.add_argument("--repo")
     p.set_defaults(func=cmd_verify)
-    _positional(p, "version")
+    _target(p)
 
     p = ms.add_parser("deploy", help="make a version available (it becomes production if there is none)")
     _common(p)
     p.add_argument("--version", help="default: the latest version")
     p.set_defaults(func=cmd_deploy)
-    _positional(p, "version")
+    _target(p)
 
     p = ms.add_parser("promote", help="make a version production (refused if its offline metrics are worse)")
     _common(p)
@@ -390,7 +417,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logloss-tolerance", type=float, default=None,
                    help="refuse if logloss > production logloss + this (default RECPILOT_DEPLOY_LOGLOSS_TOLERANCE=0.01)")
     p.set_defaults(func=cmd_promote)
-    _positional(p, "version")
+    _target(p)
 
     p = ms.add_parser("canary", help="send a share of users to a version (stable_hash(user) routing)")
     _common(p)
@@ -398,20 +425,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--percent", type=float, help="share of users, 0 < P <= 100 (0 clears the canary)")
     p.add_argument("--clear", action="store_true", help="stop the canary")
     p.set_defaults(func=cmd_canary)
-    _positional(p, "version")
+    _target(p)
 
     p = ms.add_parser("shadow", help="score every request with a version too, log it, never serve it")
     _common(p)
     p.add_argument("--version", help="default: the latest version")
     p.add_argument("--clear", action="store_true", help="stop shadowing")
     p.set_defaults(func=cmd_shadow)
-    _positional(p, "version")
+    _target(p)
 
     p = ms.add_parser("rollback", help="return production to the previous production version")
     _common(p)
     p.add_argument("--version", help="optional: the version you expect to return to (refused if it is not)")
     p.set_defaults(func=cmd_rollback)
-    _positional(p, "version")
+    _target(p)
 
     p = ms.add_parser("status", help="deployment state, history (who/why/when) and replica acknowledgements")
     _common(p, state_changing=False)

@@ -33,5 +33,17 @@ def test_models_commands_take_the_version_or_model_as_a_positional(tmp_path, cap
     assert main(["models", "verify", "1", "--repo", str(tmp_path / "models")]) == 0
     assert main(["models", "verify", "1", "--version", "2", "--repo", str(tmp_path / "models")]) == 1
     assert "version given twice: '1' and --version '2'" in capsys.readouterr().err
+    # `models verify ranker 1` (model, version), `models verify ranker` (a lone name is the model)
+    root = ["--repo", str(tmp_path / "models")]
+    capsys.readouterr()
+    assert main(["models", "verify", "ranker", "1", *root]) == 0
+    assert main(["models", "verify", "ranker", *root]) == 0
+    assert main(["models", "verify", "nope", "1", *root]) == 1
+    assert "no model 'nope'" in capsys.readouterr().out
+    assert main(["models", "verify", "ranker", "1", "--model", "other", *root]) == 1
+    assert "model given twice: 'ranker' and --model 'other'" in capsys.readouterr().err
+    for bad in (["ranker", "x"], ["ranker", "1", "2"]):
+        assert main(["models", "verify", *bad, *root]) == 1
+        assert "expected [MODEL] [VERSION]" in capsys.readouterr().err
     args = build_parser().parse_args(["models", "status", "ranker"])
     assert args.model_positional == "ranker"
