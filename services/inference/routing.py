@@ -217,7 +217,8 @@ class DeploymentSync:
     The follower calls ``on_change`` from its own thread for every applied command (also while
     replaying history); we only note which models changed and a reconciler thread brings each
     to its *latest* state, so a replay of 100 commands loads the final versions once. Commands
-    seen after the follower caught up are acknowledged (APPLIED, or FAILED with the reason).
+    seen after the follower caught up are acknowledged (APPLIED, or FAILED with the reason); once
+    caught up, the replica also acknowledges each served model's latest command ("at startup: ...").
     """
 
     def __init__(self, manager: ModelManager, follower_factory: Callable[[Callable], object]) -> None:
@@ -246,7 +247,7 @@ class DeploymentSync:
         live = bool(getattr(self.follower, "ready", False))
         self._todo.put((state.model_name, command if live else None))
 
-    def _apply(self, model: str, commands: list) -> None:
+    def _apply(self, model: str, commands: list, startup: bool = False) -> None:
         if not self.manager.serves(model):
             return
         from recpilot.pb import deployments_pb2 as dpb
@@ -262,7 +263,7 @@ class DeploymentSync:
                 ok, msg = True, f"serving production={state.production_version} canary={state.canary_version}" \
                                 f"@{state.canary_percent:g}% shadow={state.shadow_version}"
             try:
-                self.follower.ack(cmd, dpb.APPLIED if ok else dpb.FAILED, msg)
+                self.follower.ack(cmd, dpb.APPLIED if ok else dpb.FAILED, ("at startup: " if startup else "") + msg)
             except Exception:
                 log.exception("could not publish the deployment ack", extra={"model": model})
 
@@ -271,7 +272,10 @@ class DeploymentSync:
             if not self._initial_done.is_set() and getattr(self.follower, "ready", False):
                 for name in self.manager.model_names:  # caught up: serve the replayed state
                     try:
-                        self._apply(name, [])
+                        # and acknowledge its latest command, so `recpilot models status` shows what this
+                        # replica serves now, not only what replicas that are gone once applied
+                        history = self.follower.state(name).history
+                        self._apply(name, [history[-1]] if len(history) else [], startup=True)
                     except Exception:
                         log.exception("initial reconcile failed", extra={"model": name})
                 self._initial_done.set()

@@ -88,14 +88,14 @@ def server(stack, platform_settings, tmp_path, unique):
     v1, v2 = write_version(root, "ranker", seed=1), write_version(root, "ranker", seed=2)
     bad = write_version(root, "ranker", corrupt=True)
     topic = f"control.test-{unique}"
-    _publish(platform_settings, topic, "deploy", v1)
+    deploy_cmd = _publish(platform_settings, topic, "deploy", v1)
     gport, hport = free_port(), free_port()
     env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_REPLICA_ID=f"test-{unique}",
                       RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS="5000", RECPILOT_INFERENCE_REDIS_TIMEOUT_MS="3000")
     log = tmp_path / "inference.log"
     proc = _start_ready(env, log, hport, 60)
     yield {"proc": proc, "port": gport, "topic": topic, "v1": v1, "v2": v2, "bad": bad, "log": log,
-           "replica": f"test-{unique}", "unique": unique}
+           "replica": f"test-{unique}", "unique": unique, "deploy_cmd": deploy_cmd}
     if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -152,6 +152,9 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
     by_cmd = {a.command_id: a for a in acks}
     assert by_cmd[bad_cmd].status == dpb.FAILED and "TorchScript" in by_cmd[bad_cmd].message
     assert any(a.status == dpb.APPLIED and a.version == server["v2"] for a in acks)
+    # the deploy was published before the replica started: it acknowledges it once caught up
+    startup = by_cmd[server["deploy_cmd"]]
+    assert startup.status == dpb.APPLIED and startup.message == f"at startup: serving production={server['v1']} canary=@0% shadow="
 
     # canary: v1 to 30 % of users, decided by the stable hash
     _publish(platform_settings, server["topic"], "canary", server["v1"], percent=30.0)
