@@ -401,8 +401,8 @@ def constant_score_note(scores: np.ndarray, tol: float = 1e-7) -> str | None:
     can pick such a model (the base rate is the best calibrated answer there); say so, do not hide it."""
     scores = np.asarray(scores, dtype=np.float64)
     if len(scores) and float(np.ptp(scores)) <= tol:
-        return (f"the model gives every holdout row the same score ({scores[0]:.6g}): it ranks nothing "
-                "(AUC 0.5 by construction): it learned no signal from this data")
+        return (f"the model gives every holdout row the same score ({scores[0]:.6g}): it ranks nothing, "
+                "and its AUC of 0.5 is by construction; it learned no signal from this data")
     return None
 
 
