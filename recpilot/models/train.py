@@ -276,7 +276,8 @@ def evaluate_production(prod: Production, holdout: Dataset) -> tuple[dict | None
         p = model.predict(holdout.dense, holdout.ids)
     except (ModelLoadError, ValueError) as exc:
         return None, f"production version {prod.version} could not be scored: {exc}"
-    return ev.evaluate_scores(holdout.labels, p, holdout.groups, RANK_K), f"production version {prod.version}"
+    # the scores ride along for the paired AUC difference (_metric_block leaves them out of model.json)
+    return {**ev.evaluate_scores(holdout.labels, p, holdout.groups, RANK_K), "scores": p}, f"production version {prod.version}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,6 +320,8 @@ def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp:
     p_pop = ev.popularity_scores(train.items, train.labels, holdout.items)
     m_pop = ev.evaluate_scores(holdout.labels, p_pop, holdout.groups, RANK_K, seed=seed)
     m_prod, prod_note = evaluate_production(production or Production(note="no production model given"), holdout)
+    vs_pop = ev.auc_diff(holdout.labels, p_model, p_pop, seed=seed)
+    vs_prod = None if m_prod is None else ev.auc_diff(holdout.labels, p_model, m_prod["scores"], seed=seed)
     all_scores = ranker.predict(ds.dense, ds.ids)
     inputs, outputs = signature(ds)
     notes = []
@@ -361,8 +364,13 @@ def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp:
         },
         "metrics": {
             **_metric_block(m_model),
-            "baseline": {**_metric_block(m_pop), "kind": "popularity (smoothed item CTR in the training window)"},
-            "production": (None if m_prod is None else {**_metric_block(m_prod), "version": production.version}),
+            "baseline": {**_metric_block(m_pop), "kind": "popularity (smoothed item CTR in the training window)",
+                         "auc_diff": None if vs_pop is None else vs_pop["diff"],  # model minus baseline, paired CI
+                         "auc_diff_ci": None if vs_pop is None else vs_pop["ci"]},
+            "production": (None if m_prod is None else {
+                **_metric_block(m_prod), "version": production.version,
+                "auc_diff": None if vs_prod is None else vs_prod["diff"],  # model minus production, paired CI
+                "auc_diff_ci": None if vs_prod is None else vs_prod["ci"]}),
             "production_note": prod_note,
             "ranking_groups": m_model["ranking_groups"],
             "ranking_group_kind": ds.extra.get("ranking_groups", ""),

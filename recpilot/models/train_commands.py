@@ -162,6 +162,12 @@ def cmd_train(args) -> int:
     bci_s = f"[{bci[0]:.3f}, {bci[1]:.3f}]" if bci else "[n/a]"
     print(f"holdout auc {_fmt(m.get('auc'))} {ci_s}  popularity {_fmt(m['baseline'].get('auc'))} {bci_s}  "
           f"production {_fmt((m.get('production') or {}).get('auc'))} ({m.get('production_note')})")
+    for label, block in (("popularity", m["baseline"]), ("production", m.get("production"))):
+        d = (block or {}).get("auc_diff")
+        if d is not None:
+            dci = block.get("auc_diff_ci")
+            dci_s = f"[{dci[0]:+.3f}, {dci[1]:+.3f}]" if dci else "[n/a]"
+            print(f"auc minus {label}: {d:+.4f} {dci_s} (paired bootstrap)")
     for note in m.get("notes") or []:
         print(f"note: {note}")
     return 0

@@ -42,6 +42,20 @@ def test_auc_ci_brackets_the_estimate_and_is_seeded():
     assert ev.auc_ci(labels, scores, n_boot=100, seed=3) == [lo, hi]
 
 
+def test_auc_difference_with_a_paired_bootstrap():
+    y = np.array([1, 0, 1, 0, 0, 1, 0, 0])
+    good = np.array([0.9, 0.1, 0.8, 0.3, 0.2, 0.7, 0.4, 0.35])   # every positive above every negative: 1.0
+    worse = np.array([0.9, 0.1, 0.3, 0.8, 0.2, 0.7, 0.4, 0.35])  # 0.3 beats 2 of 5 negatives, 0.7 beats 4: 11 / 15
+    d = ev.auc_diff(y, good, worse, n_boot=300, seed=1)
+    assert d["diff"] == pytest.approx(1.0 - ev.auc(y, worse)) and ev.auc(y, worse) == pytest.approx(11 / 15)
+    lo, hi = d["ci"]
+    assert 0 <= lo <= d["diff"] <= hi <= 1          # good is never worse on any resample
+    assert ev.auc_diff(y, good, worse, n_boot=300, seed=1) == d   # seeded
+    assert ev.auc_diff(y, good, good) == {"diff": 0.0, "ci": [0.0, 0.0]}
+    assert ev.auc_diff(y, good, 1 - good) == {"diff": 1.0, "ci": [1.0, 1.0]}  # perfect minus reversed, on every resample
+    assert ev.auc_diff(np.zeros(8), good, worse) is None
+
+
 def test_logloss_by_hand():
     # -(ln 0.8 + ln(1 - 0.4)) / 2
     expected = -(math.log(0.8) + math.log(0.6)) / 2

@@ -475,6 +475,11 @@ def test_cli_train_then_second_version_compared_with_production(small_ds, tmp_pa
     assert prod["version"] == "1"
     # same data, same seed, same hyperparameters: the production model scores exactly like the new one
     assert prod["auc"] == pytest.approx(meta["metrics"]["auc"], abs=1e-6)
+    assert prod["auc_diff"] == pytest.approx(0.0, abs=1e-6) and prod["auc_diff_ci"] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert "scores" not in prod                      # the scores served the paired difference only
+    base = meta["metrics"]["baseline"]
+    assert base["auc_diff"] == pytest.approx(meta["metrics"]["auc"] - base["auc"])
+    assert base["auc_diff_ci"][0] <= base["auc_diff"] <= base["auc_diff_ci"][1]
     assert not any("overlaps" in n for n in meta["metrics"]["notes"])
     # a model trained on a later window (overlapping this holdout) is flagged as optimistic
     later = D.synthetic_impressions(600, seed=5, n_users=100, n_items=60)
