@@ -281,11 +281,13 @@ def cmd_bench_train(args) -> int:
             tr = report.meta["training"]
             rows = tr["fit_rows"] * len(tr["epochs"])
             results.append((fw, tr["seconds"], total, rows / tr["seconds"], report.meta["metrics"]["auc"],
-                            report.meta["metrics"]["baseline"]["auc"], tr["parameters"]))
+                            report.meta["metrics"]["baseline"]["auc"], tr["parameters"],
+                            f"{len(tr['epochs'])} (kept {tr['best_epoch']})"))
     print()
     print("fit s: training incl. per-epoch validation/holdout scoring; rows/s = fit rows x epochs run / fit s")
-    print(f"{'framework':<12}{'fit s':>8}{'fit+eval+export s':>20}{'rows/s':>10}{'holdout auc':>13}{'popularity auc':>16}{'params':>10}")
-    for fw, fit_s, total, rps, auc, base, params in results:
-        print(f"{fw:<12}{fit_s:>8.1f}{total:>20.1f}{rps:>10.0f}{auc:>13.4f}{base:>16.4f}{params:>10}")
+    print(f"{'framework':<12}{'fit s':>8}{'fit+eval+export s':>20}{'rows/s':>10}{'epochs run':>14}{'holdout auc':>13}"
+          f"{'popularity auc':>16}{'params':>10}")
+    for fw, fit_s, total, rps, auc, base, params, epochs in results:
+        print(f"{fw:<12}{fit_s:>8.1f}{total:>20.1f}{rps:>10.0f}{epochs:>14}{auc:>13.4f}{base:>16.4f}{params:>10}")
     print(f"machine at the end: {machine()}")
     return 0
