@@ -337,20 +337,25 @@ def _common(p: argparse.ArgumentParser, state_changing: bool = True) -> None:
         p.add_argument("--actor", help="who (default: user@host)")
 
 
+def _fill(args: argparse.Namespace, name: str, pos: str | None) -> str | None:
+    """Put a positional into option ``name``; an error text when both are given and differ."""
+    opt = getattr(args, name)
+    if pos is not None and opt is not None and pos != opt:
+        return f"{name} given twice: {pos!r} and --{name} {opt!r}"
+    if pos is not None:
+        setattr(args, name, pos)
+    return None
+
+
 def _positional(p: argparse.ArgumentParser, name: str) -> None:
-    """``recpilot models promote 3`` as well as ``--version 3`` (and ``status ranker`` as well as
-    ``--model ranker``): an optional positional that fills the option; both and different is an error."""
+    """``recpilot models status ranker`` as well as ``--model ranker``: an optional positional that
+    fills the option; both and different is an error."""
     p.add_argument(f"{name}_positional", nargs="?", metavar=name.upper(), help=f"same as --{name}")
     func = p.get_default("func")
 
     def merged(args: argparse.Namespace) -> int:
-        pos = getattr(args, f"{name}_positional")
-        opt = getattr(args, name)
-        if pos is not None and opt is not None and pos != opt:
-            return _err(f"{name} given twice: {pos!r} and --{name} {opt!r}")
-        if pos is not None:
-            setattr(args, name, pos)
-        return func(args)
+        error = _fill(args, name, getattr(args, f"{name}_positional"))
+        return _err(error) if error else func(args)
 
     p.set_defaults(func=merged)
 
@@ -371,13 +376,8 @@ def _target(p: argparse.ArgumentParser) -> None:
             return _err(f"expected [MODEL] [VERSION] (a version is a whole number), got {' '.join(t)!r}")
         model = t[0] if len(t) == 2 or (t and not VERSION_RE.match(t[0])) else None
         version = t[-1] if t and VERSION_RE.match(t[-1]) else None
-        for name, pos in (("model", model), ("version", version)):
-            opt = getattr(args, name)
-            if pos is not None and opt is not None and pos != opt:
-                return _err(f"{name} given twice: {pos!r} and --{name} {opt!r}")
-            if pos is not None:
-                setattr(args, name, pos)
-        return func(args)
+        error = _fill(args, "model", model) or _fill(args, "version", version)
+        return _err(error) if error else func(args)
 
     p.set_defaults(func=merged)
 

@@ -60,24 +60,29 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
+def _bootstrap_ci(n: int, stat: Callable[[np.ndarray], float | None], n_boot: int, level: float,
+                  seed: int) -> list[float] | None:
+    """Percentile CI of ``stat(idx)`` over ``n_boot`` seeded row resamples; resamples where it is
+    undefined (``None``) are skipped."""
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        v = stat(rng.integers(0, n, n))
+        if v is not None:
+            vals.append(v)
+    if not vals:
+        return None
+    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
 def auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 200, level: float = 0.95,
            seed: int = 0) -> list[float] | None:
     y = np.asarray(labels, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     if auc(y, s) is None:
         return None
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        a = auc(y[idx], s[idx])
-        if a is not None:
-            vals.append(a)
-    if not vals:
-        return None
-    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return [float(lo), float(hi)]
+    return _bootstrap_ci(len(y), lambda idx: auc(y[idx], s[idx]), n_boot, level, seed)
 
 
 def auc_diff(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n_boot: int = 200,
@@ -88,19 +93,12 @@ def auc_diff(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n_b
     auc_a, auc_b = auc(y, a), auc(y, b)
     if auc_a is None or auc_b is None:
         return None
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        ra, rb = auc(y[idx], a[idx]), auc(y[idx], b[idx])
-        if ra is not None and rb is not None:
-            vals.append(ra - rb)
-    ci = None
-    if vals:
-        lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
-        ci = [float(lo), float(hi)]
-    return {"diff": float(auc_a - auc_b), "ci": ci}
+
+    def diff(idx: np.ndarray) -> float | None:
+        ra = auc(y[idx], a[idx])
+        return None if ra is None else ra - auc(y[idx], b[idx])   # same rows: defined for both or neither
+
+    return {"diff": float(auc_a - auc_b), "ci": _bootstrap_ci(len(y), diff, n_boot, level, seed)}
 
 
 def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
