@@ -255,25 +255,35 @@ def promotion_gate(candidate: dict, production: dict | None, auc_tolerance: floa
     """Reasons to refuse promoting ``candidate`` over ``production`` (model.json dicts); empty: pass.
     auc is higher-better (refused if below production - auc_tolerance), logloss lower-better
     (refused if above production + logloss_tolerance). A metric that is missing/undefined on the
-    candidate while production has it counts as a failure (it cannot be shown not to be worse)."""
+    candidate while production has it counts as a failure (it cannot be shown not to be worse).
+
+    Head to head when possible: if the candidate's model.json scored this very production version on
+    the candidate's holdout (``metrics.production``, written by ``recpilot train``), both are judged
+    on those same rows. Otherwise each model's own figures are compared, which come from different
+    holdouts (different weeks): the message says which."""
     if production is None:
         return []
-    cm, pm = candidate.get("metrics") or {}, production.get("metrics") or {}
+    cm = candidate.get("metrics") or {}
     cname = f"{candidate.get('name')}/{candidate.get('version')}"
     pname = f"production {production.get('name')}/{production.get('version')}"
+    same = cm.get("production")
+    if isinstance(same, dict) and str(same.get("version")) == str(production.get("version")):
+        pm, basis = same, f"both scored on {cname}'s holdout"
+    else:
+        pm, basis = production.get("metrics") or {}, "each on its own holdout"
     problems = []
     for key, tol, higher in (("auc", auc_tolerance, True), ("logloss", logloss_tolerance, False)):
         c, p = cm.get(key), pm.get(key)
         if p is None:
             continue
         if c is None:
-            problems.append(f"{key} of {cname} is undefined while {pname} has {p:.4f}")
+            problems.append(f"{key} of {cname} is undefined while {pname} has {p:.4f} ({basis})")
         elif higher and c < p - tol:
             problems.append(f"{key} {c:.4f} of {cname} is below {pname}'s {p:.4f} by {p - c:.4f} "
-                            f"(tolerance {tol:g})")
+                            f"(tolerance {tol:g}; {basis})")
         elif not higher and c > p + tol:
             problems.append(f"{key} {c:.4f} of {cname} is above {pname}'s {p:.4f} by {c - p:.4f} "
-                            f"(tolerance {tol:g})")
+                            f"(tolerance {tol:g}; {basis})")
     if candidate.get("feature_set") and production.get("feature_set") and \
             candidate["feature_set"] != production["feature_set"] and not problems:
         log.warning("promotion gate compares models trained on different feature sets",

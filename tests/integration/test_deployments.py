@@ -130,7 +130,7 @@ def test_refused_promotion_and_forced_override(stack, platform_settings, capsys,
     rc, out, err = run_cli(capsys, repo, topic, "promote", "--version", "3")
     assert rc == 1
     assert "promotion of ranker/3 refused" in err
-    assert "auc 0.6000 of ranker/3 is below production ranker/1's 0.7000 by 0.1000 (tolerance 0.005)" in err
+    assert "auc 0.6000 of ranker/3 is below production ranker/1's 0.7000 by 0.1000 (tolerance 0.005; each on its own holdout)" in err
     assert "logloss 0.5000 of ranker/3 is above production ranker/1's 0.4000" in err
     assert "--force --reason" in err
     assert log_size(platform_settings, topic) == before  # nothing published
@@ -147,7 +147,7 @@ def test_refused_promotion_and_forced_override(stack, platform_settings, capsys,
     assert rc == 0, err  # 1 is better than 4: passes
     rc, out, err = run_cli(capsys, repo, topic, "promote", "--version", "4", "--auc-tolerance", "0",
                            "--logloss-tolerance", "0")
-    assert rc == 1 and "auc 0.6980 of ranker/4 is below production ranker/1's 0.7000 by 0.0020 (tolerance 0)" in err
+    assert rc == 1 and "auc 0.6980 of ranker/4 is below production ranker/1's 0.7000 by 0.0020 (tolerance 0; each on its own holdout)" in err
 
     rc, out, err = run_cli(capsys, repo, topic, "promote", "--version", "3", "--force", "--reason", "hotfix for bug 42",
                            "--json")

@@ -152,10 +152,27 @@ def test_promotion_gate():
     assert promotion_gate(_meta("2", 0.696, 0.409), prod, 0.005, 0.01) == []  # within tolerance
     problems = promotion_gate(_meta("2", 0.65, 0.45), prod, 0.005, 0.01)
     assert problems == [
-        "auc 0.6500 of ranker/2 is below production ranker/1's 0.7000 by 0.0500 (tolerance 0.005)",
-        "logloss 0.4500 of ranker/2 is above production ranker/1's 0.4000 by 0.0500 (tolerance 0.01)",
+        "auc 0.6500 of ranker/2 is below production ranker/1's 0.7000 by 0.0500 (tolerance 0.005; each on its own holdout)",
+        "logloss 0.4500 of ranker/2 is above production ranker/1's 0.4000 by 0.0500 (tolerance 0.01; each on its own holdout)",
     ]
     assert promotion_gate(_meta("2", 0.65, 0.45), prod, 0.1, 0.1) == []
     assert promotion_gate(_meta("2", None, 0.40), prod, 0.005, 0.01) == [
-        "auc of ranker/2 is undefined while production ranker/1 has 0.7000"]
+        "auc of ranker/2 is undefined while production ranker/1 has 0.7000 (each on its own holdout)"]
     assert promotion_gate(_meta("2", 0.1, 9.0), None, 0.0, 0.0) == []  # nothing in production yet
+
+
+def test_promotion_gate_compares_head_to_head_on_the_candidates_holdout():
+    """When the candidate's model.json scored this production version on its own holdout, those
+    same-rows figures decide, not production's figures from another week."""
+    prod = _meta("1", 0.80, 0.30)               # production looked better on its own (easier) week
+    cand = _meta("2", 0.70, 0.40)
+    cand["metrics"]["production"] = {"version": "1", "auc": 0.68, "logloss": 0.41}   # same rows: worse
+    assert promotion_gate(cand, prod, 0.005, 0.01) == []
+    cand["metrics"]["production"] = {"version": "1", "auc": 0.72, "logloss": 0.40}
+    assert promotion_gate(cand, prod, 0.005, 0.01) == [
+        "auc 0.7000 of ranker/2 is below production ranker/1's 0.7200 by 0.0200 (tolerance 0.005; "
+        "both scored on ranker/2's holdout)"]
+    # scored against another version (production moved since): back to each model's own figures
+    cand["metrics"]["production"] = {"version": "7", "auc": 0.50, "logloss": 0.9}
+    assert [x.split(" (")[1] for x in promotion_gate(cand, prod, 0.005, 0.01)] == [
+        "tolerance 0.005; each on its own holdout)", "tolerance 0.01; each on its own holdout)"]
