@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -133,8 +134,15 @@ class ConsumeLoop:
     """Poll batches, hand each to ``handler``, commit only after the handler returned.
 
     ``handler(messages)`` must finish its side effect before returning (for a producer:
-    produce then :func:`flush_or_raise`). If it raises, nothing is committed and the loop
-    stops with the error (the service exits non-zero; the batch is replayed on restart).
+    produce then :func:`flush_or_raise`). Then the batch's offsets are committed: synchronously
+    by the consumer, or by ``commit(offsets)`` when given (e.g. ``send_offsets_to_transaction`` +
+    ``commit_transaction`` for a handler that produced inside a Kafka transaction). Then
+    ``after_batch(messages)`` runs, if given (metrics). If any of these raises, the loop stops
+    with the error in :attr:`error` (the batch was not committed and is replayed by the next
+    consumer of the group); the owner exits non-zero or starts a fresh loop.
+
+    Exposed for health checks: :attr:`last_poll` (monotonic time of the last ``consume`` return),
+    :attr:`assigned` (the partitions held, as ``(topic, partition)``), :attr:`batches`.
     """
 
     def __init__(
@@ -143,6 +151,8 @@ class ConsumeLoop:
         topics: Sequence[str],
         handler: Callable[[list[Message]], None],
         *,
+        commit: Callable[[list[TopicPartition]], None] | None = None,
+        after_batch: Callable[[list[Message]], None] | None = None,
         batch_size: int = 500,
         poll_timeout: float = 0.2,
         on_error: Callable[[KafkaError], None] | None = None,
@@ -151,6 +161,8 @@ class ConsumeLoop:
         self.consumer = kafka_consumer
         self.topics = list(topics)
         self.handler = handler
+        self.commit = commit or self._commit
+        self.after_batch = after_batch
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.on_error = on_error
@@ -161,7 +173,7 @@ class ConsumeLoop:
         self.batches = 0
         self.messages = 0
         self.last_poll = 0.0
-        self.assigned = False
+        self.assigned: set[tuple[str, int]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -181,31 +193,56 @@ class ConsumeLoop:
     def _run_guarded(self) -> None:
         try:
             self.run()
-        except BaseException as exc:  # recorded for the service to exit non-zero
+        except BaseException as exc:  # recorded for the owner to exit non-zero or restart
             self.error = exc
-            log.exception("consume loop failed", extra={"loop": self.name})
+            log.exception("consume loop failed; the failed batch was not committed", extra={"loop": self.name})
 
     def _on_assign(self, _consumer, partitions) -> None:
-        self.assigned = True
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
         log.info("partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
 
     def _on_revoke(self, _consumer, partitions) -> None:
+        self.assigned -= {(p.topic, p.partition) for p in partitions}
         log.info("partitions revoked", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
 
+    def _commit(self, offsets: list[TopicPartition]) -> None:
+        self.consumer.commit(offsets=offsets, asynchronous=False)
+
     def run(self) -> None:
-        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        consumer = self.consumer
+        consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
+        consume, batch_size, poll_timeout, on_error = consumer.consume, self.batch_size, self.poll_timeout, self.on_error
+        handler, commit, after_batch, stop = self.handler, self.commit, self.after_batch, self._stop
         try:
-            while not self._stop.is_set():
-                msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
+            while not stop.is_set():
+                msgs = consume(batch_size, poll_timeout)
                 self.last_poll = time.monotonic()
                 if not msgs:
                     continue
-                good = usable(msgs, self.on_error)
+                good = usable(msgs, on_error)
                 if not good:
                     continue
-                self.handler(good)
-                self.consumer.commit(offsets=commit_offsets(good), asynchronous=False)
+                handler(good)
+                commit(commit_offsets(good))
                 self.batches += 1
                 self.messages += len(good)
+                if after_batch is not None:
+                    after_batch(good)
         finally:
-            self.consumer.close()
+            try:
+                consumer.close()
+            except Exception:
+                log.exception("consumer close failed", extra={"loop": self.name})
+
+
+# -- consumer statistics -----------------------------------------------------------------------
+def consumer_lag(stats_json: str, topic: str) -> int | None:
+    """The lag summed over the partitions of ``topic`` in a librdkafka statistics document (the
+    argument of the consumer's ``stats_cb``); None when the document cannot be read."""
+    try:
+        st = json.loads(stats_json)
+        parts = st.get("topics", {}).get(topic, {}).get("partitions", {})
+        return sum(max(0, p.get("consumer_lag", -1)) for k, p in parts.items() if k != "-1")
+    except (ValueError, AttributeError):
+        return None

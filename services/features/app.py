@@ -17,9 +17,11 @@ import logging
 import os
 import socket
 import time
+from functools import partial
 from pathlib import Path
 
 from recpilot.lifecycle import use_event_loop
+from recpilot.metricevents import MetricPublisher, metric_event, summary
 from recpilot.pb import events_pb2
 from recpilot.settings import PlatformSettings
 from services.features import metrics as m
@@ -81,7 +83,7 @@ class FeaturePipeline:
         self.invalid_total = 0
         self.fresh = m.Reservoir()
         self.crash_reason: BaseException | None = None
-        self._producer = None
+        self._metrics: MetricPublisher | None = None
 
     # -- faust callbacks ---------------------------------------------------------------
     async def _on_assigned(self, _sender=None, assigned=None, **_kw) -> None:
@@ -263,44 +265,32 @@ class FeaturePipeline:
         m.LAG.set(lag)
 
     # -- metric events for the monitor -------------------------------------------------------
-    def producer(self):
-        if self._producer is None:
+    def metric_publisher(self) -> MetricPublisher:
+        if self._metrics is None:
             from recpilot.kafka import producer
 
-            self._producer = producer(self.platform, **{"client.id": "recpilot-features"})
-        return self._producer
+            self._metrics = MetricPublisher(producer(self.platform, **{"client.id": "recpilot-features"}),
+                                            "features", self.instance, topic=self.settings.metrics_topic)
+        return self._metrics
 
     def metric_events(self, now_ms: int) -> list[events_pb2.MetricEvent]:
         labels = {"topic": self.settings.input_topic}
+        ev = partial(metric_event, "features", self.instance, labels=labels, timestamp_ms=now_ms)
         out = [
-            events_pb2.MetricEvent(service="features", name="events_applied_total", value=self.applied_total,
-                                   labels=labels, timestamp_ms=now_ms, instance=self.instance),
-            events_pb2.MetricEvent(service="features", name="events_invalid_total", value=self.invalid_total,
-                                   labels=labels, timestamp_ms=now_ms, instance=self.instance),
-            events_pb2.MetricEvent(service="features", name="consumer_lag_messages",
-                                   value=m.LAG._value.get(), labels=labels, timestamp_ms=now_ms,
-                                   instance=self.instance),
+            ev("events_applied_total", self.applied_total),
+            ev("events_invalid_total", self.invalid_total),
+            ev("consumer_lag_messages", m.LAG._value.get()),
         ]
-        summary = self.fresh.drain()
-        if summary:
-            ev = events_pb2.MetricEvent(service="features", name="freshness_ms",
-                                        value=summary["quantiles"]["p99"] * 1000.0, labels=labels,
-                                        timestamp_ms=now_ms, instance=self.instance)
-            ev.summary.count = summary["count"]
-            ev.summary.sum = summary["sum"] * 1000.0
-            ev.summary.min = summary["min"] * 1000.0
-            ev.summary.max = summary["max"] * 1000.0
-            for k, v in summary["quantiles"].items():
-                ev.summary.quantiles[k] = v * 1000.0
-            out.append(ev)
+        fresh = self.fresh.drain()
+        if fresh:  # seconds in the reservoir, milliseconds in the event
+            out.append(ev("freshness_ms", fresh["quantiles"]["p99"] * 1000.0,
+                          summary=summary(fresh["count"], fresh["sum"], fresh["min"], fresh["max"],
+                                          fresh["quantiles"], scale=1000.0)))
         return out
 
     def publish_metrics(self) -> None:
         try:
-            prod = self.producer()
-            for ev in self.metric_events(int(time.time() * 1000)):
-                prod.produce(self.settings.metrics_topic, key=b"features", value=ev.SerializeToString())
-            prod.poll(0)
+            self.metric_publisher().publish(self.metric_events(int(time.time() * 1000)))
         except Exception as exc:  # metrics must never stop the pipeline
             log.warning("metric events not published", extra={"error": repr(exc), "collapse": True})
 
@@ -340,9 +330,7 @@ class FeaturePipeline:
         return 1 if self.crash_reason is not None else 0
 
     def close(self) -> None:
-        if self._producer is not None:
+        if self._metrics is not None:
             self.publish_metrics()
-            from recpilot.kafka import flush_or_raise
-
-            flush_or_raise(self._producer, 10.0)
+            self._metrics.close(10.0)
         self.sync_redis.close()

@@ -11,11 +11,12 @@ from recpilot import kafka as rkafka
 from recpilot.httpserver import HealthServer
 from recpilot.lifecycle import Lifecycle
 from recpilot.log import setup_logging
+from recpilot.metricevents import MetricPublisher
 from recpilot.settings import load_service
 from services.ingest import metrics as M
 from services.ingest.dedup import Deduplicator
 from services.ingest.pipeline import Ingestor
-from services.ingest.reporter import MetricReporter
+from services.ingest.reporter import IntervalMetrics
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import Validator
@@ -35,11 +36,11 @@ def main() -> int:
         return IngestService(s, platform, ingestor)
 
     current = [build()]
-    reporter = MetricReporter(
+    metric_events = MetricPublisher(
         rkafka.producer(platform, **{"client.id": f"ingest-metrics-{s.instance_id}", "linger.ms": 50}),
-        s.metrics_topic, s.metrics_interval_s, s.instance_id,
-        lambda: (current[0].snapshot, current[0].lag, len(current[0].ingestor.dedup)),
-    )
+        "ingest", s.instance_id, topic=s.metrics_topic)
+    interval_metrics = IntervalMetrics(
+        s.instance_id, lambda: (current[0].snapshot, current[0].lag, len(current[0].ingestor.dedup)))
     http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=lambda: current[0].ready())
 
     life = Lifecycle()
@@ -52,8 +53,8 @@ def main() -> int:
         log.exception("ingest failed to start")
         life.shutdown()
         return 1
-    life.add("metric-reporter", reporter.stop)
-    reporter.start()
+    life.add("metric-events", lambda: metric_events.close(5))
+    metric_events.start(s.metrics_interval_s, interval_metrics)
     life.add("ingest", lambda: current[0].stop())
     delay = 1.0
     while True:

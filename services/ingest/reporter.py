@@ -1,5 +1,6 @@
 """Data-quality metric events for the monitor: every ``interval_s`` a few ``MetricEvent`` messages
-on ``metrics.ingest`` (key "ingest") built from the ingest counters.
+on ``metrics.ingest`` (key "ingest") built from the ingest counters and published by
+:class:`recpilot.metricevents.MetricPublisher`.
 
 Names (``value``; ``labels`` in brackets):
   received_total, accepted_total, duplicates_total, rejected_total      cumulative counts
@@ -12,29 +13,21 @@ Names (``value``; ``labels`` in brackets):
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
-from confluent_kafka import Producer
-
+from recpilot import metricevents
 from recpilot.pb import events_pb2
 from services.ingest import metrics as M
 from services.ingest.pipeline import Stats
-
-log = logging.getLogger(__name__)
 
 
 def metric_events(cur: Stats, prev: Stats, seconds: float, now_ms: int, instance: str,
                   lag: int | None = None, dedup_entries: int | None = None) -> list[events_pb2.MetricEvent]:
     """The metric events for one interval (pure function)."""
     d = cur.minus(prev)
-
-    def ev(name: str, value: float, **labels: str) -> events_pb2.MetricEvent:
-        return events_pb2.MetricEvent(service="ingest", name=name, value=float(value), labels=labels,
-                                      timestamp_ms=now_ms, instance=instance)
-
+    ev = partial(metricevents.metric_event, "ingest", instance, timestamp_ms=now_ms)
     out = [
         ev("received_total", cur.received), ev("accepted_total", cur.accepted),
         ev("duplicates_total", cur.duplicates), ev("rejected_total", cur.rejected_total),
@@ -43,7 +36,7 @@ def metric_events(cur: Stats, prev: Stats, seconds: float, now_ms: int, instance
         ev("duplicate_rate", d.duplicates / d.received if d.received else 0.0),
         ev("events_per_s", d.received / seconds if seconds > 0 else 0.0),
     ]
-    out += [ev("rejected_total", n, reason=r) for r, n in sorted(cur.rejected.items()) if n]
+    out += [ev("rejected_total", n, {"reason": r}) for r, n in sorted(cur.rejected.items()) if n]
     if lag is not None:
         out.append(ev("consumer_lag", lag))
     if dedup_entries is not None:
@@ -51,47 +44,19 @@ def metric_events(cur: Stats, prev: Stats, seconds: float, now_ms: int, instance
     return out
 
 
-class MetricReporter:
-    def __init__(self, producer: Producer, topic: str, interval_s: float, instance: str,
-                 source: Callable[[], tuple[Stats, int | None, int | None]]) -> None:
-        self.producer, self.topic, self.interval_s, self.instance = producer, topic, interval_s, instance
-        self.source = source
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+class IntervalMetrics:
+    """The collect function for the publisher: each call returns the events of the interval since
+    the previous call (and sets the missing-field-rate gauge)."""
+
+    def __init__(self, instance: str, source: Callable[[], tuple[Stats, int | None, int | None]]) -> None:
+        self.instance, self.source = instance, source
         self._prev = Stats()
         self._prev_t = time.monotonic()
-        self.sent = 0
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ingest-metrics", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-        self.report()  # the last interval
-        self.producer.flush(5)
-
-    def report(self) -> None:
+    def __call__(self) -> list[events_pb2.MetricEvent]:
         cur, lag, entries = self.source()
         t = time.monotonic()
-        events = metric_events(cur, self._prev, t - self._prev_t, time.time_ns() // 1_000_000,
-                               self.instance, lag, entries)
-        d = cur.minus(self._prev)
-        M.MISSING_RATE.set(d.missing_field_rate)
+        events = metric_events(cur, self._prev, t - self._prev_t, metricevents.now_ms(), self.instance, lag, entries)
+        M.MISSING_RATE.set(cur.minus(self._prev).missing_field_rate)
         self._prev, self._prev_t = cur, t
-        for e in events:
-            try:
-                self.producer.produce(self.topic, e.SerializeToString(), b"ingest")
-            except BufferError:
-                log.warning("metric event dropped: producer queue full", extra={"collapse": True})
-        self.producer.poll(0)
-        self.sent += len(events)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.report()
-            except Exception:
-                log.exception("metric report failed")
+        return events

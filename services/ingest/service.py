@@ -15,19 +15,19 @@ kept), or drops a duplicate. The consumer offsets move only with the output:
 Either way, at start the de-duplicator is warmed with the event ids published to the clean topic
 during the last TTL, so a replayed batch and duplicates that straddle a restart are still dropped.
 
-Any failure in a batch stops the loop without committing; the entry point (``__main__``) then
-starts a fresh service in-process with backoff (or exits non-zero when ``restart_on_error`` is
-off) and the batch is replayed by the next start.
+The loop is :class:`recpilot.kafka.ConsumeLoop`: the batch handler produces (and, without a
+transaction, flushes); the loop then commits the offsets, or hands them to the transaction. Any
+failure in a batch stops the loop without committing; the entry point (``__main__``) then starts
+a fresh service in-process with backoff (or exits non-zero when ``restart_on_error`` is off) and
+the batch is replayed by the next start.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from recpilot import kafka as rkafka
 from recpilot.pb import events_pb2
@@ -50,16 +50,11 @@ class IngestService:
         self.platform = platform
         self.ingestor = ingestor
         self.producer: Producer | None = None
-        self.consumer: Consumer | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self.loop: rkafka.ConsumeLoop | None = None
         self.started = False
-        self.last_poll = 0.0
-        self.assigned: set[tuple[str, int]] = set()
         self.lag: int | None = None
-        self.batches = 0
         self.warmed = 0
+        self._batch_t0 = 0.0
         self._published = Stats()  # what the Prometheus counters already hold
         self.snapshot = Stats()    # latest stats, copied by the loop thread after each batch
         self._delivery_errors: list[str] = []
@@ -83,11 +78,11 @@ class IngestService:
                 "queued.max.messages.kbytes": 32 * 1024}  # prefetch bound: keeps RSS flat under a backlog
         if s.static_membership:
             conf["group.instance.id"] = s.instance_id
-        self.consumer = rkafka.consumer(p, s.group_id, **conf)
-        self.consumer.subscribe([s.raw_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
-        self._thread = threading.Thread(target=self._run_guarded, name="ingest-loop", daemon=True)
-        self._thread.start()
+        self.loop = rkafka.ConsumeLoop(
+            rkafka.consumer(p, s.group_id, **conf), [s.raw_topic], self._handle_batch,
+            commit=self._commit_transaction if s.transactional else None, after_batch=self._after_batch,
+            batch_size=s.batch_size, poll_timeout=s.poll_timeout_s, name="ingest-loop")
+        self.loop.start()
         self.started = True
         log.info("ingest started", extra={"raw": s.raw_topic, "clean": s.clean_topic, "dlq": s.dlq_topic,
                                           "group": s.group_id, "transactional": s.transactional,
@@ -95,21 +90,29 @@ class IngestService:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop taking batches; the current one finishes and commits; then close the consumer."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self.loop is not None:
+            self.loop.stop(timeout)
         if self.producer is not None:
             self.producer.flush(10)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self.loop is not None and self.loop.running
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.loop.error if self.loop is not None else None
+
+    @property
+    def batches(self) -> int:
+        return self.loop.batches if self.loop is not None else 0
 
     def ready(self) -> tuple[bool, dict]:
-        stalled = time.monotonic() - self.last_poll > self.s.stall_after_s
+        loop = self.loop
+        stalled = loop is None or time.monotonic() - loop.last_poll > self.s.stall_after_s
         ok_broker = self._broker_reachable()
         details = {"loop_running": self.running, "stalled": stalled, "broker": ok_broker,
-                   "assigned_partitions": len(self.assigned), "consumer_lag": self.lag,
+                   "assigned_partitions": len(loop.assigned) if loop is not None else 0, "consumer_lag": self.lag,
                    "dedup_entries": len(self.ingestor.dedup)}
         if self.error is not None:
             details["error"] = repr(self.error)
@@ -132,23 +135,11 @@ class IngestService:
         if err is not None:
             self._delivery_errors.append(f"{msg.topic()}: {err}")
 
-    def _on_assign(self, _c, parts) -> None:
-        self.assigned |= {(tp.topic, tp.partition) for tp in parts}
-        log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in parts]})
-
-    def _on_revoke(self, _c, parts) -> None:
-        self.assigned -= {(tp.topic, tp.partition) for tp in parts}
-        log.info("partitions revoked", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in parts]})
-
     def _on_stats(self, raw: str) -> None:
-        try:
-            st = json.loads(raw)
-            parts = st.get("topics", {}).get(self.s.raw_topic, {}).get("partitions", {})
-            lag = sum(max(0, p.get("consumer_lag", -1)) for k, p in parts.items() if k != "-1")
+        lag = rkafka.consumer_lag(raw, self.s.raw_topic)
+        if lag is not None:
             self.lag = lag
             M.LAG.set(lag)
-        except (ValueError, AttributeError):
-            pass
 
     # -- dedup warm-up ------------------------------------------------------------------------------
     def _warm_dedup(self) -> None:
@@ -204,48 +195,33 @@ class IngestService:
             M.DEDUP_ENTRIES.set(len(dedup))
             log.info("dedup warm-up done", extra={"event_ids": n, "seconds": round(time.monotonic() - t0, 3)})
 
-    # -- the loop ---------------------------------------------------------------------------------
-    def _run_guarded(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:  # recorded; the entry point restarts the service or exits non-zero
-            self.error = exc
-            log.exception("ingest loop failed; nothing of the failed batch was committed")
-        finally:
-            try:
-                self.consumer.close()
-            except Exception:
-                log.exception("consumer close failed")
+    # -- one batch, on the consume loop ----------------------------------------------------------
+    def _handle_batch(self, msgs: list) -> None:
+        """Produce the batch's outputs; without a transaction, wait until the broker has them."""
+        self._batch_t0 = time.perf_counter()
+        prod = self.producer
+        if self.s.transactional:
+            prod.begin_transaction()
+            self._handle(msgs, prod)
+        else:
+            self._handle(msgs, prod)
+            rkafka.flush_or_raise(prod, self.s.flush_timeout_s)
+            self._raise_delivery_errors()
 
-    def _run(self) -> None:
-        s = self.s
-        consumer, prod = self.consumer, self.producer
-        txn = s.transactional
-        while not self._stop.is_set():
-            msgs = consumer.consume(s.batch_size, s.poll_timeout_s)
-            self.last_poll = time.monotonic()
-            if not msgs:
-                continue
-            good = rkafka.usable(msgs)
-            if not good:
-                continue
-            t0 = time.perf_counter()
-            if txn:
-                prod.begin_transaction()
-            self._handle(good, prod)
-            offsets = rkafka.commit_offsets(good)
-            if txn:
-                prod.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), s.flush_timeout_s)
-                prod.commit_transaction(s.flush_timeout_s)
-            else:
-                rkafka.flush_or_raise(prod, s.flush_timeout_s)
-            if self._delivery_errors:
-                raise rkafka.DeliveryError(f"{len(self._delivery_errors)} messages failed: {self._delivery_errors[:3]}")
-            if not txn:
-                consumer.commit(offsets=offsets, asynchronous=False)
-            self.batches += 1
-            M.BATCH_SECONDS.observe(time.perf_counter() - t0)
-            self._publish_stats()
+    def _commit_transaction(self, offsets: list[TopicPartition]) -> None:
+        """The consumer offsets go into the batch's transaction, which is then committed."""
+        timeout = self.s.flush_timeout_s
+        self.producer.send_offsets_to_transaction(offsets, self.loop.consumer.consumer_group_metadata(), timeout)
+        self.producer.commit_transaction(timeout)
+        self._raise_delivery_errors()
+
+    def _raise_delivery_errors(self) -> None:
+        if self._delivery_errors:
+            raise rkafka.DeliveryError(f"{len(self._delivery_errors)} messages failed: {self._delivery_errors[:3]}")
+
+    def _after_batch(self, _msgs: list) -> None:
+        M.BATCH_SECONDS.observe(time.perf_counter() - self._batch_t0)
+        self._publish_stats()
 
     def _handle(self, msgs: list, prod: Producer) -> None:
         s = self.s

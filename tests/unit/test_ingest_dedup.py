@@ -88,3 +88,14 @@ def test_metric_events_for_an_interval():
     assert by[("events_per_s", ())] == 100.0
     assert by[("consumer_lag", ())] == 7
     assert all(e.service == "ingest" and e.instance == "i1" and e.timestamp_ms == NOW for e in evs)
+
+
+def test_interval_metrics_report_the_interval_since_the_previous_call():
+    from services.ingest.reporter import IntervalMetrics
+
+    stats = [Stats(received=100, accepted=100), Stats(received=400, accepted=300, duplicates=100)]
+    collect = IntervalMetrics("i1", lambda: (stats.pop(0), 3, 50))
+    collect()
+    by = {e.name: e.value for e in collect() if not e.labels}
+    assert by["received_total"] == 400 and by["duplicate_rate"] == 100 / 300
+    assert by["consumer_lag"] == 3 and by["dedup_entries"] == 50

@@ -37,3 +37,101 @@ def test_usable_skips_eof_reports_errors_and_raises_on_fatal():
     fatal = Message(topic="t", partition=0, error=KafkaError(KafkaError._FATAL, fatal=True))
     with pytest.raises(KafkaException):
         usable([fatal])
+
+
+class _FakeConsumer:
+    """Serves scripted ``consume`` results (a callable entry runs instead, e.g. a rebalance
+    callback) and records commits; asks the loop to stop once the script is used up."""
+
+    def __init__(self, script, log):
+        self.script, self.log = list(script), log
+        self.loop = None
+        self.callbacks = {}
+        self.closed = False
+
+    def subscribe(self, topics, **callbacks):
+        self.topics, self.callbacks = topics, callbacks
+
+    def consume(self, n, timeout):
+        while self.script and callable(self.script[0]):
+            self.script.pop(0)(self)
+        if not self.script:
+            self.loop.stop()
+            return []
+        return self.script.pop(0)
+
+    def commit(self, offsets, asynchronous):
+        assert asynchronous is False
+        self.log.append(("commit", sorted((tp.topic, tp.partition, tp.offset) for tp in offsets)))
+
+    def close(self):
+        self.closed = True
+
+
+def _loop(script, handler=None, **kw):
+    from recpilot.kafka import ConsumeLoop
+
+    log = []
+    c = _FakeConsumer(script, log)
+    loop = ConsumeLoop(c, ["t"], handler or (lambda b: log.append(("handle", [m.offset() for m in b]))),
+                       after_batch=lambda b: log.append(("after", len(b))), **kw)
+    c.loop = loop
+    return loop, c, log
+
+
+def _tp(topic, partition):
+    from confluent_kafka import TopicPartition
+
+    return TopicPartition(topic, partition)
+
+
+def test_consume_loop_commits_each_batch_after_its_handler():
+    from confluent_kafka import KafkaError
+
+    eof = Message(topic="t", partition=0, offset=3, error=KafkaError(KafkaError._PARTITION_EOF))
+    batch1 = [Message(topic="t", partition=0, offset=o) for o in (0, 1, 2)] + [eof]
+    batch2 = [Message(topic="t", partition=1, offset=7)]
+    loop, c, log = _loop([
+        lambda c: c.callbacks["on_assign"](c, [_tp("t", 0), _tp("t", 1)]),
+        batch1, [], [eof], batch2,
+        lambda c: c.callbacks["on_revoke"](c, [_tp("t", 1)]),
+    ])
+    loop.run()
+    assert log == [("handle", [0, 1, 2]), ("commit", [("t", 0, 3)]), ("after", 3),
+                   ("handle", [7]), ("commit", [("t", 1, 8)]), ("after", 1)]
+    assert (loop.batches, loop.messages) == (2, 4)
+    assert c.topics == ["t"] and c.callbacks["on_lost"] == c.callbacks["on_revoke"]
+    assert loop.assigned == {("t", 0)} and c.closed and loop.last_poll > 0
+
+
+def test_consume_loop_failing_handler_commits_nothing_and_records_the_error():
+    def failing(_batch):
+        raise RuntimeError("side effect failed")
+
+    loop, c, log = _loop([[Message(topic="t", partition=0, offset=0)]], failing)
+    loop.start()
+    loop._thread.join(5)
+    assert not loop.running and isinstance(loop.error, RuntimeError)
+    assert log == [] and loop.batches == 0 and c.closed
+
+
+def test_consume_loop_commit_callback_replaces_the_consumer_commit():
+    committed = []
+    loop, c, log = _loop([[Message(topic="t", partition=2, offset=4), Message(topic="t", partition=2, offset=5)]],
+                         commit=lambda offsets: committed.append([(tp.partition, tp.offset) for tp in offsets]))
+    loop.run()
+    assert committed == [[(2, 6)]]
+    assert log == [("handle", [4, 5]), ("after", 2)]  # the consumer itself committed nothing
+
+
+def test_consumer_lag_sums_the_topic_partitions_of_a_statistics_document():
+    import json
+
+    from recpilot.kafka import consumer_lag
+
+    doc = {"topics": {"raw": {"partitions": {"0": {"consumer_lag": 5}, "1": {"consumer_lag": -1},
+                                             "2": {"consumer_lag": 7}, "-1": {"consumer_lag": 100}}},
+                      "other": {"partitions": {"0": {"consumer_lag": 50}}}}}
+    assert consumer_lag(json.dumps(doc), "raw") == 12
+    assert consumer_lag(json.dumps(doc), "missing") == 0
+    assert consumer_lag("not json", "raw") is None
