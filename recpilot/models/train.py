@@ -27,7 +27,7 @@ from typing import TextIO
 import numpy as np
 
 from recpilot.models import evaluate as ev
-from recpilot.models.data import Dataset, DataError, check_not_empty
+from recpilot.models.data.dataset import Dataset, DataError, check_not_empty
 
 log = logging.getLogger(__name__)
 
