@@ -22,37 +22,13 @@ Code outside ``recpilot.models`` imports from this package; inside it, from the 
 """
 
 from recpilot.models.deployments.controller import DeploymentController, PromotionRefused, Submitted, promotion_gate
-from recpilot.models.deployments.log import (
-    ControlTopicUnavailable,
-    DeploymentFollower,
-    PublishError,
-    TopicReader,
-    control_topic_spec,
-    ensure_control_topic,
-    publish_message,
-    replay,
-)
-from recpilot.models.deployments.state import (
-    ACK_NAMES,
-    ACTION_NAMES,
-    ACTIONS,
-    CANARY_BUCKETS,
-    CommandRejected,
-    DeploymentBook,
-    DeploymentError,
-    DeploymentSettings,
-    InvalidCommand,
-    Outcome,
-    apply_command,
-    check_command,
-    default_actor,
-    lineage,
-    new_command,
-    now_ms,
-    previous_production,
-    routes_to_canary,
-    serving_version,
-)
+from recpilot.models.deployments.log import (ControlTopicUnavailable, DeploymentFollower, PublishError, TopicReader,
+                                             control_topic_spec, ensure_control_topic, publish_message, replay)
+from recpilot.models.deployments.state import (ACK_NAMES, ACTION_NAMES, ACTIONS, CANARY_BUCKETS, CommandRejected,
+                                               DeploymentBook, DeploymentError, DeploymentSettings, InvalidCommand,
+                                               Outcome, apply_command, check_command, default_actor, lineage,
+                                               new_command, now_ms, previous_production, routes_to_canary,
+                                               serving_version)
 
 __all__ = [
     # state
