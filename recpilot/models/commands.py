@@ -38,7 +38,7 @@ def _quiet_kafka() -> None:
 def _context(args: argparse.Namespace):
     """Platform settings, deployment settings (with --topic), the repository (with --repo)."""
     _quiet_kafka()
-    from recpilot.models.deployments import DeploymentSettings
+    from recpilot.models.deployments.state import DeploymentSettings
     from recpilot.models.repository import ModelRepository
     from recpilot.settings import PlatformSettings, load
 
@@ -52,14 +52,14 @@ def _context(args: argparse.Namespace):
 
 
 def _controller(args: argparse.Namespace):
-    from recpilot.models.deployments import DeploymentController
+    from recpilot.models.deployments.controller import DeploymentController
 
     platform, deploy, repo = _context(args)
     return DeploymentController(platform, repo, deploy, actor=getattr(args, "actor", None) or None)
 
 
 def _resolve_model(args: argparse.Namespace, repo) -> str:
-    from recpilot.models.deployments import DeploymentError
+    from recpilot.models.deployments.state import DeploymentError
 
     if args.model:
         return args.model
@@ -72,7 +72,7 @@ def _resolve_model(args: argparse.Namespace, repo) -> str:
 
 
 def command_dict(cmd) -> dict:
-    from recpilot.models.deployments import ACTION_NAMES
+    from recpilot.models.deployments.state import ACTION_NAMES
     from recpilot.pb import deployments_pb2 as pb
 
     return {
@@ -84,7 +84,7 @@ def command_dict(cmd) -> dict:
 
 
 def ack_dict(ack) -> dict:
-    from recpilot.models.deployments import ACK_NAMES
+    from recpilot.models.deployments.state import ACK_NAMES
 
     return {"replica": ack.replica, "status": ACK_NAMES.get(ack.status, str(ack.status)), "message": ack.message,
             "version": ack.version, "revision": ack.revision, "timestamp_ms": ack.timestamp_ms,
@@ -124,7 +124,8 @@ def state_dict(state, book=None, history: int | None = None) -> dict:
 # list / verify
 # --------------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
-    from recpilot.models.deployments import DeploymentError, replay
+    from recpilot.models.deployments.log import replay
+    from recpilot.models.deployments.state import DeploymentError
 
     platform, deploy, repo = _context(args)
     models = repo.describe()
@@ -183,7 +184,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from recpilot.models.deployments import DeploymentError
+    from recpilot.models.deployments.state import DeploymentError
     from recpilot.models.repository import ModelRepositoryError
 
     _platform, _deploy, repo = _context(args)
@@ -232,7 +233,9 @@ def _print_submitted(args: argparse.Namespace, sub) -> None:
 
 
 def _run_action(args: argparse.Namespace, action: str) -> int:
-    from recpilot.models.deployments import DeploymentError, PromotionRefused, PublishError
+    from recpilot.models.deployments.controller import PromotionRefused
+    from recpilot.models.deployments.log import PublishError
+    from recpilot.models.deployments.state import DeploymentError
 
     try:
         with _controller(args) as ctl:
@@ -286,7 +289,7 @@ def cmd_rollback(args):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from recpilot.models.deployments import DeploymentError
+    from recpilot.models.deployments.state import DeploymentError
 
     try:
         with _controller(args) as ctl:

@@ -49,14 +49,9 @@ def _tiny_version(stage: Path, auc: float) -> dict:
 def run(args: argparse.Namespace) -> int:
     from recpilot.kafka import admin, flush_or_raise, producer
     from recpilot.models.commands import _quiet_kafka
-    from recpilot.models.deployments import (
-        DeploymentController,
-        DeploymentFollower,
-        DeploymentSettings,
-        ensure_control_topic,
-        new_command,
-        replay,
-    )
+    from recpilot.models.deployments.controller import DeploymentController
+    from recpilot.models.deployments.log import DeploymentFollower, ensure_control_topic, replay
+    from recpilot.models.deployments.state import DeploymentSettings, new_command
     from recpilot.models.repository import ModelRepository
     from recpilot.pb import deployments_pb2 as pb
     from recpilot.settings import PlatformSettings, load

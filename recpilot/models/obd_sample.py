@@ -18,7 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from recpilot.models.data import OBD_CAMPAIGNS, OBD_POLICIES, OBD_SAMPLE_DIR, DataError
+from recpilot.models.data.dataset import DataError
+from recpilot.models.data.obd import OBD_CAMPAIGNS, OBD_POLICIES, OBD_SAMPLE_DIR
 
 WHEEL_REQUIREMENT = "obp==0.4.1"
 WHEEL_NAME = "obp-0.4.1-py3-none-any.whl"

@@ -27,7 +27,7 @@ from typing import TextIO
 import numpy as np
 
 from recpilot.models import evaluate as ev
-from recpilot.models.data import Dataset, DataError, check_not_empty
+from recpilot.models.data.dataset import Dataset, DataError, check_not_empty
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +242,11 @@ class Production:
 
 
 def production_version_from_deployments(name: str, timeout_s: float = 10.0, platform=None) -> tuple[str | None, str]:
-    """Replay the control topic (``deployments.replay``) and return the production version of
+    """Replay the control topic (``deployments.log.replay``) and return the production version of
     ``name``; ``(None, why)`` when it cannot be read."""
     try:
-        from recpilot.models.deployments import DeploymentSettings, replay
+        from recpilot.models.deployments.log import replay
+        from recpilot.models.deployments.state import DeploymentSettings
     except ImportError as exc:
         return None, f"deployment state not available ({exc})"
     try:

@@ -94,7 +94,8 @@ def _hp(args) -> dict:
 
 def _setup(args):
     """Settings, threads, repository, dataset. Raises DataError & co."""
-    from recpilot.models.data import TrainSettings, load_dataset
+    from recpilot.models.data.dataset import TrainSettings
+    from recpilot.models.data.load import load_dataset
     from recpilot.models.loader import configure_threads
     from recpilot.models.repository import ModelRepository
     from recpilot.settings import PlatformSettings, load
@@ -120,7 +121,7 @@ def _default_name(ds) -> str:
 
 
 def _errors():
-    from recpilot.models.data import DataError
+    from recpilot.models.data.dataset import DataError
     from recpilot.models.loader import ModelLoadError
     from recpilot.models.repository import ModelRepositoryError
     from recpilot.models.train import TrainError
@@ -249,7 +250,9 @@ def cmd_bench_train(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from recpilot.models.data import TrainSettings, examples_from_impressions, synthetic_impressions
+    from recpilot.models.data.dataset import TrainSettings
+    from recpilot.models.data.synthetic import synthetic_impressions
+    from recpilot.models.data.table import examples_from_impressions
     from recpilot.models.loader import configure_threads
     from recpilot.models.repository import ModelRepository
     from recpilot.models.train import DEFAULT_HP, Progress, train_and_register

@@ -1,0 +1,45 @@
+"""Deployment control: the state of every model, event-sourced on ``control.deployments``.
+
+Three layers, each importing only the ones above it:
+
+* :mod:`.state` — pure, no I/O: building commands (:func:`new_command`), checking and applying them
+  (:func:`check_command`, :func:`apply_command`), canary routing, and :class:`DeploymentBook`, which
+  replays a sequence of control messages (commands and acks) into states, outcomes and acks;
+  :class:`DeploymentSettings`; the action and ack names.
+* :mod:`.log` — the control topic: :class:`TopicReader` and :func:`replay` read it from the
+  beginning, :class:`DeploymentFollower` keeps a serving replica's state current and publishes its
+  acks, :func:`ensure_control_topic` and :func:`publish_message` write to it.
+* :mod:`.controller` — :class:`DeploymentController` validates a command against the replayed state
+  and the model repository (the offline-metric :func:`promotion_gate` included), publishes it,
+  reads back its outcome and waits for replica acks.
+
+Errors: every one is a :class:`DeploymentError` (a :class:`recpilot.errors.RecpilotError`):
+:class:`InvalidCommand` (malformed request), :class:`CommandRejected` and :class:`PromotionRefused`
+(the state or the gate does not allow it), :class:`ControlTopicUnavailable` and
+:class:`PublishError` (the broker could not be read or written).
+
+Code outside ``recpilot.models`` imports from this package; inside it, from the submodules.
+"""
+
+from recpilot.models.deployments.controller import DeploymentController, PromotionRefused, Submitted, promotion_gate
+from recpilot.models.deployments.log import (ControlTopicUnavailable, DeploymentFollower, PublishError, TopicReader,
+                                             control_topic_spec, ensure_control_topic, publish_message, replay)
+from recpilot.models.deployments.state import (ACK_NAMES, ACTION_NAMES, ACTIONS, CANARY_BUCKETS, CommandRejected,
+                                               DeploymentBook, DeploymentError, DeploymentSettings, InvalidCommand,
+                                               Outcome, apply_command, check_command, default_actor, lineage,
+                                               new_command, now_ms, previous_production, routes_to_canary,
+                                               serving_version)
+
+__all__ = [
+    # state
+    "ACK_NAMES", "ACTION_NAMES", "ACTIONS", "CANARY_BUCKETS", "DeploymentBook", "DeploymentSettings", "Outcome",
+    "apply_command", "check_command", "default_actor", "lineage", "new_command", "now_ms", "previous_production",
+    "routes_to_canary", "serving_version",
+    # log
+    "DeploymentFollower", "TopicReader", "control_topic_spec", "ensure_control_topic", "publish_message", "replay",
+    # controller
+    "DeploymentController", "Submitted", "promotion_gate",
+    # errors
+    "CommandRejected", "ControlTopicUnavailable", "DeploymentError", "InvalidCommand", "PromotionRefused",
+    "PublishError",
+]

@@ -1,0 +1,290 @@
+"""Deployment state and commands: pure functions over protobuf messages, no I/O.
+
+The state of a model (production, canary, shadow, policy versions and the history) is what the
+commands of the control topic make of it, applied in log order by :func:`apply_command`. A command
+that is invalid against the state it meets (:func:`check_command` says why) is *rejected*: it
+stays in the log for the audit trail but changes nothing, and the revision only counts applied
+commands. Because only the state and the command decide, every replayer (the CLI, each serving
+replica, a fresh process after a restart) rebuilds the same state: :class:`DeploymentBook` does it
+for a sequence of control messages (commands, acknowledgements), wherever they were read from.
+
+Nothing here imports a Kafka client: reading and writing the topic is :mod:`.log`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from recpilot.errors import FailedPrecondition, InvalidArgument, RecpilotError
+from recpilot.pb import deployments_pb2 as pb
+from recpilot.settings import RecpilotSettings
+from recpilot.topics import CONTROL_DEPLOYMENTS
+
+log = logging.getLogger(__name__)
+
+ACTIONS = {
+    "deploy": pb.DEPLOY, "promote": pb.PROMOTE, "canary": pb.CANARY, "shadow": pb.SHADOW,
+    "rollback": pb.ROLLBACK, "clear_canary": pb.CLEAR_CANARY, "clear_shadow": pb.CLEAR_SHADOW,
+}
+ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+ACK_NAMES = {pb.APPLIED: "APPLIED", pb.REJECTED: "REJECTED", pb.FAILED: "FAILED",
+             pb.ACK_STATUS_UNSPECIFIED: "UNSPECIFIED"}
+CANARY_BUCKETS = 10_000
+
+
+class DeploymentSettings(RecpilotSettings):
+    """Deployment control. Environment prefix ``RECPILOT_DEPLOY_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECPILOT_DEPLOY_", extra="forbid", case_sensitive=False)
+
+    topic: str = Field(default=CONTROL_DEPLOYMENTS, min_length=1, description="the control topic (tests override it)")
+    auc_tolerance: float = Field(default=0.005, ge=0, description="promotion refused if auc < production auc - this")
+    logloss_tolerance: float = Field(default=0.01, ge=0,
+                                     description="promotion refused if logloss > production logloss + this")
+    replay_timeout_s: float = Field(default=20.0, gt=0, description="how long a replay of the topic may take")
+    publish_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class DeploymentError(RecpilotError):
+    """A deployment command was refused before publishing (nothing was published), or could not be
+    published / confirmed. The message says why; the subclasses say which kind of failure it is."""
+
+
+class InvalidCommand(DeploymentError, InvalidArgument):
+    """The command itself is malformed (unknown action, a missing version, ``force`` without a
+    reason): the caller must change what they asked for."""
+
+
+class CommandRejected(DeploymentError, FailedPrecondition):
+    """The command is invalid against the current deployment state."""
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_command(action: str | int, model_name: str, version: str = "", *, percent: float = 0.0,
+                actor: str | None = None, reason: str = "", force: bool = False,
+                kind: int = pb.RANKER, timestamp_ms: int | None = None) -> pb.DeploymentCommand:
+    act = ACTIONS[action] if isinstance(action, str) else action
+    return pb.DeploymentCommand(
+        command_id=uuid.uuid4().hex, action=act, kind=kind, model_name=model_name, version=str(version or ""),
+        percent=float(percent), actor=actor or default_actor(), reason=reason, force=force,
+        timestamp_ms=timestamp_ms if timestamp_ms is not None else now_ms(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# pure state machine
+# --------------------------------------------------------------------------------------------
+def _kind(cmd: pb.DeploymentCommand) -> int:
+    return cmd.kind or pb.RANKER
+
+
+def lineage(state: pb.DeploymentState, kind: int = pb.RANKER) -> list[str]:
+    """The stack of production versions (oldest first); the last one is current. PROMOTE (and the
+    first DEPLOY) push, ROLLBACK pops, so repeated rollbacks walk back through production history."""
+    stack: list[str] = []
+    for h in state.history:
+        if _kind(h) != kind:
+            continue
+        if h.action == pb.DEPLOY and not stack:
+            stack.append(h.version)
+        elif h.action == pb.PROMOTE:
+            stack.append(h.version)
+        elif h.action == pb.ROLLBACK and stack:
+            stack.pop()
+    return stack
+
+
+def previous_production(state: pb.DeploymentState, kind: int = pb.RANKER) -> str | None:
+    stack = lineage(state, kind)
+    return stack[-2] if len(stack) >= 2 else None
+
+
+def check_command(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> str | None:
+    """Why ``cmd`` cannot be applied to ``state`` (None: it can). Deterministic: only the state and
+    the command decide, so every replayer agrees."""
+    if not cmd.model_name:
+        return "model_name is empty"
+    if not cmd.command_id:
+        return "command_id is empty"
+    act, kind = cmd.action, _kind(cmd)
+    if act not in ACTION_NAMES:
+        return f"unknown action {act}"
+    if cmd.force and not cmd.reason.strip():
+        return "--force needs a --reason (it is recorded)"
+    current = state.production_version if kind == pb.RANKER else state.policy_version
+    what = "model" if kind == pb.RANKER else "policy"
+    if act in (pb.DEPLOY, pb.PROMOTE, pb.CANARY, pb.SHADOW) and not cmd.version:
+        return f"{ACTION_NAMES[act]} needs a version"
+    if kind == pb.POLICY and act not in (pb.DEPLOY, pb.PROMOTE, pb.ROLLBACK):
+        return f"{ACTION_NAMES[act]} is not supported for policies"
+    if act in (pb.DEPLOY, pb.PROMOTE) and cmd.version == current:
+        return f"version {cmd.version} of {what} {cmd.model_name} is already production"
+    if act in (pb.CANARY, pb.SHADOW):
+        if not current:
+            return f"{cmd.model_name} has no production version yet; deploy one first"
+        if cmd.version == current:
+            return f"version {cmd.version} is production; a {ACTION_NAMES[act]} must be another version"
+    if act == pb.CANARY and not 0.0 < cmd.percent <= 100.0:
+        return f"canary percent must be in (0, 100], got {cmd.percent:g} (use clear_canary to stop a canary)"
+    if act == pb.CLEAR_CANARY and not state.canary_version:
+        return f"{cmd.model_name} has no canary"
+    if act == pb.CLEAR_SHADOW and not state.shadow_version:
+        return f"{cmd.model_name} has no shadow"
+    if act == pb.ROLLBACK:
+        prev = previous_production(state, kind)
+        if prev is None:
+            return f"{what} {cmd.model_name} has no previous production version to roll back to"
+        if cmd.version and cmd.version != prev:
+            return f"rollback target {cmd.version} is not the previous production version {prev} (state changed?)"
+    return None
+
+
+def apply_command(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> pb.DeploymentState:
+    """The state after ``cmd`` (a new message; ``state`` is not modified). Raises
+    :class:`CommandRejected` with :func:`check_command`'s reason."""
+    problem = check_command(state, cmd)
+    if problem:
+        raise CommandRejected(problem)
+    new = pb.DeploymentState()
+    new.CopyFrom(state)
+    _apply_in_place(new, cmd)
+    return new
+
+
+def _apply_in_place(new: pb.DeploymentState, cmd: pb.DeploymentCommand) -> None:
+    """Apply a command :func:`check_command` accepted, modifying ``new``."""
+    act, kind = cmd.action, _kind(cmd)
+    target = previous_production(new, kind) if act == pb.ROLLBACK else cmd.version
+    new.model_name = cmd.model_name
+    entry = new.history.add()
+    entry.CopyFrom(cmd)
+    entry.version = target  # a rollback records where it went
+    if kind == pb.POLICY:
+        if act == pb.PROMOTE or act == pb.ROLLBACK or (act == pb.DEPLOY and not new.policy_version):
+            new.policy_version = target
+    else:
+        if act == pb.PROMOTE or act == pb.ROLLBACK or (act == pb.DEPLOY and not new.production_version):
+            new.production_version = target
+            if new.canary_version == target:
+                new.canary_version, new.canary_percent = "", 0.0
+            if new.shadow_version == target:
+                new.shadow_version = ""
+        elif act == pb.CANARY:
+            new.canary_version, new.canary_percent = target, cmd.percent
+        elif act == pb.SHADOW:
+            new.shadow_version = target
+        elif act == pb.CLEAR_CANARY:
+            new.canary_version, new.canary_percent = "", 0.0
+        elif act == pb.CLEAR_SHADOW:
+            new.shadow_version = ""
+    new.revision += 1
+    new.updated_ms = cmd.timestamp_ms
+
+
+def routes_to_canary(state: pb.DeploymentState, user_id: str) -> bool:
+    """Canary routing everywhere: ``stable_hash(user_id, 10_000) < percent * 100``."""
+    if not state.canary_version or state.canary_percent <= 0:
+        return False
+    from recpilot.featurespec import stable_hash
+
+    return stable_hash(str(user_id), CANARY_BUCKETS) < state.canary_percent * 100
+
+
+def serving_version(state: pb.DeploymentState, user_id: str) -> str:
+    """The version that answers ``user_id``: the canary for its share of users, else production."""
+    return state.canary_version if routes_to_canary(state, user_id) else state.production_version
+
+
+# --------------------------------------------------------------------------------------------
+# replay: control messages, in log order, into states
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What happened to one command in the log."""
+
+    command: pb.DeploymentCommand
+    applied: bool
+    reason: str = ""                     # why it was rejected
+    revision: int = 0                    # the state's revision after it (applied only)
+    offset: int = -1
+
+
+@dataclass
+class DeploymentBook:
+    """States, outcomes and acknowledgements rebuilt from the messages of the control topic."""
+
+    states: dict[str, pb.DeploymentState] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)          # command_id -> outcome
+    acks: dict[str, dict[str, pb.DeploymentAck]] = field(default_factory=dict)  # command_id -> replica -> ack
+    messages: int = 0
+    undecodable: int = 0
+
+    def state(self, model_name: str) -> pb.DeploymentState:
+        st = self.states.get(model_name)
+        if st is None:
+            return pb.DeploymentState(model_name=model_name)
+        out = pb.DeploymentState()
+        out.CopyFrom(st)
+        return out
+
+    def apply_bytes(self, value: bytes | None, offset: int = -1) -> tuple[str, object]:
+        """Apply one message; returns ("command", Outcome) | ("ack", DeploymentAck) | ("state", _) | ("bad", None)."""
+        self.messages += 1
+        msg = pb.ControlMessage()
+        try:
+            msg.ParseFromString(value or b"")
+        except Exception:
+            self.undecodable += 1
+            log.warning("undecodable message on the control topic", extra={"offset": offset})
+            return "bad", None
+        body = msg.WhichOneof("body")
+        if body == "command":
+            return "command", self.apply_command(msg.command, offset)
+        if body == "ack":
+            a = msg.ack
+            self.acks.setdefault(a.command_id, {})[a.replica] = a
+            return "ack", a
+        if body == "state":
+            return "state", msg.state  # informational snapshots; the commands are the source of truth
+        self.undecodable += 1
+        return "bad", None
+
+    def apply_command(self, cmd: pb.DeploymentCommand, offset: int = -1) -> Outcome:
+        if cmd.command_id in self.outcomes:  # a producer retry: the same command twice changes nothing
+            return self.outcomes[cmd.command_id]
+        state = self.states.get(cmd.model_name)
+        if state is None:
+            state = pb.DeploymentState(model_name=cmd.model_name)
+        problem = check_command(state, cmd)
+        if problem:
+            out = Outcome(cmd, False, problem, state.revision, offset)
+        else:
+            _apply_in_place(state, cmd)  # in place: replaying N commands stays O(N), not O(N^2) copies
+            self.states[cmd.model_name] = state
+            out = Outcome(cmd, True, "", state.revision, offset)
+        self.outcomes[cmd.command_id] = out
+        return out
+
+    def commands(self, model_name: str | None = None) -> list[Outcome]:
+        """Every command in log order (applied and rejected)."""
+        outs = [o for o in self.outcomes.values() if model_name is None or o.command.model_name == model_name]
+        return sorted(outs, key=lambda o: o.offset)
