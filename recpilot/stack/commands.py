@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from recpilot.errors import RecpilotError, Unavailable
 
 
 def _stack():
@@ -20,8 +21,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
         try:
             fetched = obd_sample.fetch()
         except DataError as exc:
-            print(f"recpilot: error: {exc}", file=sys.stderr)
-            return 2
+            if isinstance(exc, RecpilotError):
+                raise
+            raise Unavailable(str(exc)) from exc  # a download or checksum failure, not a usage error
         print(f"Open Bandit sample (3 campaigns x 2 policies): {'downloaded' if fetched else 'cached'} in "
               f"{obd_sample.OBD_SAMPLE_DIR}\nuse it: RECPILOT_TRAIN_OBD_DIR={obd_sample.OBD_SAMPLE_DIR} "
               "recpilot train --data obd/men ...")
@@ -36,6 +38,10 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from recpilot.stack.manager import services
+
+    if args.only:
+        services(args.only)  # an unknown name is a usage error before anything starts
     stack = _stack()
     stack.up(services=not args.no_services)
     if args.only:
