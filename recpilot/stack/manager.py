@@ -118,7 +118,7 @@ class Stack:
     def down(self, echo=print) -> dict[str, str]:
         """Stop what `up` started (by pid record), services first; data stays."""
         result = {}
-        for spec in reversed(_ALL_SERVICES):
+        for spec in reversed(SERVICES):
             if self.table.get(spec.name):
                 result[spec.name] = self.table.stop(spec.name, timeout=30)
         for name in ("redis", "kafka"):

@@ -172,3 +172,9 @@ def test_only_a_missing_bench_package_is_forgiven(monkeypatch):
     monkeypatch.setattr(cli.importlib, "import_module", broken_bench)
     with pytest.raises(ModuleNotFoundError, match="grpc_tools"):
         build_parser()
+
+
+def test_down_with_nothing_running_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RECPILOT_HOME", str(tmp_path / "home"))
+    assert main(["down"]) == 0
+    assert capsys.readouterr().out == "nothing of ours was running\n"
