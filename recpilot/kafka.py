@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from recpilot.errors import Unavailable
 from recpilot.settings import PlatformSettings
 from recpilot.topics import TopicSpec
 
@@ -119,8 +120,8 @@ def usable(messages: Sequence[Message], on_error: Callable[[KafkaError], None] |
     return good
 
 
-class DeliveryError(RuntimeError):
-    pass
+class DeliveryError(Unavailable, RuntimeError):
+    """The broker did not acknowledge every message in time."""
 
 
 def flush_or_raise(prod: Producer, timeout: float = 30.0) -> None:

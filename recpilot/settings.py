@@ -19,11 +19,12 @@ from typing import TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recpilot.errors import UsageError
 from recpilot.paths import REPO_ROOT
 
 
-class SettingsError(ValueError):
-    """A setting from the environment (or an override) is invalid."""
+class SettingsError(UsageError):
+    """A setting from the environment (or an override) is invalid (exit 2: fix the setting)."""
 
 
 class RecpilotSettings(BaseSettings):

@@ -2,16 +2,17 @@
 
 Every command that changes deployment state is validated against the state replayed from the
 control topic and against the model repository before anything is published; on a refusal the
-command prints the reason, publishes nothing and exits 1. Light to import (no Kafka client, no
-frameworks at module level).
+command raises, publishes nothing, and ``recpilot.cli.main`` prints the reason and exits 1 (2 for
+a malformed command line). Light to import (no Kafka client, no frameworks at module level).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
+
+from recpilot.errors import FailedPrecondition, InvalidArgument, NotFound, RecpilotError
 
 
 def _iso(ms: int) -> str:
@@ -20,9 +21,11 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
-def _err(msg: str) -> int:
-    print(f"recpilot: error: {msg}", file=sys.stderr)
-    return 1
+def _deployment_error(exc: RecpilotError, note: str | None = None) -> RecpilotError:
+    """A deployment error as ``recpilot.cli.main`` reports it, with ``note`` appended."""
+    if note:
+        exc.add_note(note)
+    return exc
 
 
 def _quiet_kafka() -> None:
@@ -36,7 +39,7 @@ def _quiet_kafka() -> None:
 
 
 def _context(args: argparse.Namespace):
-    """Platform settings, deployment settings (with --topic), the repository (with --repo)."""
+    """Platform settings, deployment settings (with --topic), the repository (with --repository)."""
     _quiet_kafka()
     from recpilot.models.deployments.state import DeploymentSettings
     from recpilot.models.repository import ModelRepository
@@ -47,7 +50,7 @@ def _context(args: argparse.Namespace):
     if getattr(args, "topic", None):
         overrides["topic"] = args.topic
     deploy = load(DeploymentSettings, **overrides)
-    repo = ModelRepository(args.repo if getattr(args, "repo", None) else platform.model_repo)
+    repo = ModelRepository(getattr(args, "repository", None) or platform.model_repo)
     return platform, deploy, repo
 
 
@@ -59,16 +62,14 @@ def _controller(args: argparse.Namespace):
 
 
 def _resolve_model(args: argparse.Namespace, repo) -> str:
-    from recpilot.models.deployments.state import DeploymentError
-
     if args.model:
         return args.model
     models = repo.models()
     if len(models) == 1:
         return models[0]
     if not models:
-        raise DeploymentError(f"no models in the repository {repo.root}; train one first (recpilot train)")
-    raise DeploymentError(f"several models in {repo.root} ({', '.join(models)}): name one with --model")
+        raise NotFound(f"no models in the repository {repo.root}; train one first (recpilot train)")
+    raise InvalidArgument(f"several models in {repo.root} ({', '.join(models)}): name one with --model")
 
 
 def command_dict(cmd) -> dict:
@@ -184,14 +185,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from recpilot.models.deployments.state import DeploymentError
     from recpilot.models.repository import ModelRepositoryError
 
     _platform, _deploy, repo = _context(args)
-    try:
-        model = _resolve_model(args, repo)
-    except DeploymentError as exc:
-        return _err(str(exc))
+    model = _resolve_model(args, repo)
     versions = [args.version] if args.version else repo.versions(model)
     bad = 0
     for v in versions:
@@ -248,19 +245,20 @@ def _run_action(args: argparse.Namespace, action: str) -> int:
                 if not version:
                     version = ctl.state(model).canary_version
                     if not version:
-                        raise DeploymentError(f"promote needs --version (no canary of {model} to promote)")
+                        raise InvalidArgument(f"promote needs --version (no canary of {model} to promote)")
                 kw.update(auc_tolerance=args.auc_tolerance, logloss_tolerance=args.logloss_tolerance)
             if action == "canary":
                 kw["percent"] = args.percent
             sub = ctl.submit(action, model, version, reason=args.reason or "", force=getattr(args, "force", False),
                              wait_acks_s=args.wait, replicas=args.replicas, **kw)
     except (PromotionRefused, PublishError) as exc:
-        return _err(str(exc))
+        raise _deployment_error(exc) from None
     except DeploymentError as exc:
-        return _err(f"{exc} (nothing published)")
+        raise _deployment_error(exc, "nothing published") from None
     _print_submitted(args, sub)
     if not sub.outcome.applied:
-        return _err(f"the command was rejected when applied (the state changed meanwhile): {sub.outcome.reason}")
+        raise FailedPrecondition(f"the command was rejected when applied (the state changed meanwhile): "
+                                 f"{sub.outcome.reason}")
     return 0
 
 
@@ -276,7 +274,7 @@ def cmd_canary(args):
     if args.clear or args.percent == 0:
         return _run_action(args, "clear_canary")
     if args.percent is None:
-        return _err("canary needs --percent P (0 < P <= 100), or --clear")
+        raise InvalidArgument("canary needs --percent P (0 < P <= 100), or --clear")
     return _run_action(args, "canary")
 
 
@@ -303,7 +301,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                         ctl.wait_acks(st.history[-1].command_id, args.wait, args.replicas)
             out = [state_dict(book.state(n), book, None if args.all else args.history) for n in names]
     except DeploymentError as exc:
-        return _err(str(exc))
+        raise _deployment_error(exc) from None
     if args.json:
         print(json.dumps({"topic": ctl.topic, "models": out}, indent=2))
         return 0
@@ -327,11 +325,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-def _common(p: argparse.ArgumentParser, state_changing: bool = True) -> None:
-    p.add_argument("--model", help="model name (default: the only model in the repository)")
-    p.add_argument("--repo", help="model repository root (default: RECPILOT_MODEL_REPOSITORY or <home>/models)")
+def _repository(p: argparse.ArgumentParser) -> None:
+    """``--repository`` as `recpilot train` spells it; ``--repo``, the former spelling, still works."""
+    p.add_argument("--repository", help="model repository root (default: RECPILOT_MODEL_REPOSITORY or <home>/models)")
+    p.add_argument("--repo", dest="repository", help=argparse.SUPPRESS)
+
+
+def _topic_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", help="control topic (default: RECPILOT_DEPLOY_TOPIC or control.deployments)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _common(p: argparse.ArgumentParser, state_changing: bool = True) -> None:
+    p.add_argument("--model", help="model name (default: the only model in the repository)")
+    _repository(p)
+    _topic_json(p)
     p.add_argument("--wait", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for acknowledgements from serving replicas")
     p.add_argument("--replicas", type=int, default=1, metavar="N", help="with --wait: how many acks to wait for")
@@ -340,14 +348,13 @@ def _common(p: argparse.ArgumentParser, state_changing: bool = True) -> None:
         p.add_argument("--actor", help="who (default: user@host)")
 
 
-def _fill(args: argparse.Namespace, name: str, pos: str | None) -> str | None:
-    """Put a positional into option ``name``; an error text when both are given and differ."""
+def _fill(args: argparse.Namespace, name: str, pos: str | None) -> None:
+    """Put a positional into option ``name``; a usage error when both are given and differ."""
     opt = getattr(args, name)
     if pos is not None and opt is not None and pos != opt:
-        return f"{name} given twice: {pos!r} and --{name} {opt!r}"
+        raise InvalidArgument(f"{name} given twice: {pos!r} and --{name} {opt!r}")
     if pos is not None:
         setattr(args, name, pos)
-    return None
 
 
 def _positional(p: argparse.ArgumentParser, name: str) -> None:
@@ -357,8 +364,8 @@ def _positional(p: argparse.ArgumentParser, name: str) -> None:
     func = p.get_default("func")
 
     def merged(args: argparse.Namespace) -> int:
-        error = _fill(args, name, getattr(args, f"{name}_positional"))
-        return _err(error) if error else func(args)
+        _fill(args, name, getattr(args, f"{name}_positional"))
+        return func(args)
 
     p.set_defaults(func=merged)
 
@@ -376,11 +383,12 @@ def _target(p: argparse.ArgumentParser) -> None:
 
         t = list(args.target)
         if len(t) > 2 or (len(t) == 2 and not VERSION_RE.match(t[1])):
-            return _err(f"expected [MODEL] [VERSION] (a version is a whole number), got {' '.join(t)!r}")
+            raise InvalidArgument(f"expected [MODEL] [VERSION] (a version is a whole number), got {' '.join(t)!r}")
         model = t[0] if len(t) == 2 or (t and not VERSION_RE.match(t[0])) else None
         version = t[-1] if t and VERSION_RE.match(t[-1]) else None
-        error = _fill(args, "model", model) or _fill(args, "version", version)
-        return _err(error) if error else func(args)
+        _fill(args, "model", model)
+        _fill(args, "version", version)
+        return func(args)
 
     p.set_defaults(func=merged)
 
@@ -391,17 +399,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     mp.set_defaults(func=lambda a: (mp.print_help(), 2)[1])
 
     p = ms.add_parser("list", help="models and versions in the repository, with metrics and roles")
-    p.add_argument("--repo", help="model repository root")
-    p.add_argument("--topic", help="control topic")
-    p.add_argument("--json", action="store_true")
+    _repository(p)
+    _topic_json(p)
     p.add_argument("--no-state", action="store_true", help="do not read the deployment state from Kafka")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for Kafka")
     p.set_defaults(func=cmd_list)
 
     p = ms.add_parser("verify", help="re-hash a model's files against the manifest written with each version")
-    p.add_argument("--model")
-    p.add_argument("--version")
-    p.add_argument("--repo")
+    p.add_argument("--model", help="model name (default: the only model in the repository)")
+    p.add_argument("--version", help="default: every version")
+    _repository(p)
     p.set_defaults(func=cmd_verify)
     _target(p)
 

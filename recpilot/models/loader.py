@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recpilot.errors import RecpilotError
+
 log = logging.getLogger(__name__)
 
 _threads: dict[str, int] = {}
@@ -28,7 +30,7 @@ _applied: set[str] = set()
 _lock = threading.Lock()
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(RecpilotError, RuntimeError):
     """The model artifact is missing, corrupt or does not match its model.json."""
 
 

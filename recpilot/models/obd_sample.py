@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from recpilot.models.data.dataset import DataError
+from recpilot.models.data.dataset import DataUnavailable
 from recpilot.models.data.obd import OBD_CAMPAIGNS, OBD_POLICIES, OBD_SAMPLE_DIR
 
 WHEEL_REQUIREMENT = "obp==0.4.1"
@@ -40,7 +40,7 @@ def extract(wheel: Path, dest: Path, sha256: str = WHEEL_SHA256) -> None:
     wheel, dest = Path(wheel), Path(dest)
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     if digest != sha256:
-        raise DataError(f"{wheel.name}: SHA-256 {digest} is not the expected {sha256}; nothing unpacked")
+        raise DataUnavailable(f"{wheel.name}: SHA-256 {digest} is not the expected {sha256}; nothing unpacked")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
@@ -48,7 +48,7 @@ def extract(wheel: Path, dest: Path, sha256: str = WHEEL_SHA256) -> None:
             names = set(z.namelist())
             missing = [f for f in FILES if PREFIX + f not in names]
             if missing:
-                raise DataError(f"{wheel.name} lacks {', '.join(missing)}; nothing unpacked")
+                raise DataUnavailable(f"{wheel.name} lacks {', '.join(missing)}; nothing unpacked")
             for f in FILES:
                 out = tmp / f
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +75,6 @@ def fetch(dest: Path = OBD_SAMPLE_DIR, python: str = sys.executable) -> bool:
         r = subprocess.run(cmd, capture_output=True, text=True)
         wheel = Path(d) / WHEEL_NAME
         if r.returncode != 0 or not wheel.is_file():
-            raise DataError(f"pip could not download {WHEEL_REQUIREMENT}: {(r.stderr or r.stdout).strip()[-500:]}")
+            raise DataUnavailable(f"pip could not download {WHEEL_REQUIREMENT}: {(r.stderr or r.stdout).strip()[-500:]}")
         extract(wheel, dest)
     return True

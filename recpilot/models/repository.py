@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from recpilot.errors import InvalidArgument, NotFound, RecpilotError
+
 MODEL_JSON = "model.json"
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"
@@ -50,8 +52,17 @@ METRIC_KEYS = ("auc", "auc_ci", "logloss", "recall@10", "ndcg@10")
 GATED_METRICS = {"auc": "higher", "logloss": "lower"}
 
 
-class ModelRepositoryError(Exception):
-    """A repository operation failed; the message says what and where."""
+class ModelRepositoryError(RecpilotError):
+    """A repository operation failed; the message says what and where. The base every caller
+    catches: a corrupt version or a broken write is this (a failure); the kinds below say more."""
+
+
+class ModelNotFound(ModelRepositoryError, NotFound):
+    """No such model, or no such version of it."""
+
+
+class InvalidModelName(ModelRepositoryError, InvalidArgument):
+    """A model name that can never exist (characters or length)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,14 +314,14 @@ class ModelRepository:
         """The directory of a version; :class:`ModelRepositoryError` if there is none."""
         version = str(version)
         if not NAME_RE.match(name):
-            raise ModelRepositoryError(f"invalid model name {name!r} (letters, digits, '_', '.', '-')")
+            raise InvalidModelName(f"invalid model name {name!r} (letters, digits, '_', '.', '-')")
         if not (self.root / name).is_dir():
             known = ", ".join(self.models()) or "none"
-            raise ModelRepositoryError(f"no model {name!r} in {self.root} (models: {known})")
+            raise ModelNotFound(f"no model {name!r} in {self.root} (models: {known})")
         p = self.root / name / version
         if not VERSION_RE.match(version) or not p.is_dir():
             known = ", ".join(self.versions(name)) or "none"
-            raise ModelRepositoryError(f"model {name!r} has no version {version!r} in {self.root} (versions: {known})")
+            raise ModelNotFound(f"model {name!r} has no version {version!r} in {self.root} (versions: {known})")
         return p
 
     def meta(self, name: str, version: str) -> dict:
@@ -421,7 +432,7 @@ class ModelRepository:
         (:class:`ModelRepositoryError` for validation problems).
         """
         if not NAME_RE.match(name):
-            raise ModelRepositoryError(f"invalid model name {name!r} (letters, digits, '_', '.', '-'; at most 64)")
+            raise InvalidModelName(f"invalid model name {name!r} (letters, digits, '_', '.', '-'; at most 64)")
         staging_root = self.root / STAGING_DIR
         staging_root.mkdir(parents=True, exist_ok=True)
         self.clean_staging()

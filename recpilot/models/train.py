@@ -26,6 +26,7 @@ from typing import TextIO
 
 import numpy as np
 
+from recpilot.errors import RecpilotError
 from recpilot.models import evaluate as ev
 from recpilot.models.data.dataset import Dataset, DataError, check_not_empty
 
@@ -39,8 +40,8 @@ EXPORT_TOLERANCE = 1e-5
 RANK_K = 10
 
 
-class TrainError(RuntimeError):
-    pass
+class TrainError(RecpilotError, RuntimeError):
+    """Training or evaluation could not produce a model (the message says why)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ Light to import: numpy/pandas/torch/tensorflow/optuna are imported inside the co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import sys
 import time
 
 from recpilot.benchutil import machine
+from recpilot.errors import RecpilotError
 
 FRAMEWORK_CHOICES = ("tensorflow", "torch")
 
@@ -120,24 +121,19 @@ def _default_name(ds) -> str:
     return "ranker-obd" if campaign == "all" else f"ranker-obd-{campaign}"
 
 
-def _errors():
-    from recpilot.models.data.dataset import DataError
-    from recpilot.models.loader import ModelLoadError
-    from recpilot.models.repository import ModelRepositoryError
-    from recpilot.models.train import TrainError
-
-    return (DataError, TrainError, ModelRepositoryError, ModelLoadError)
-
-
-def _fail(exc: BaseException) -> int:
-    print(f"recpilot: error: {exc}", file=sys.stderr)
-    print("nothing was written to the model repository", file=sys.stderr)
-    return 2
+@contextlib.contextmanager
+def _nothing_written():
+    """An error out of training says that the repository was not written to; ``recpilot.cli.main``
+    reports it."""
+    try:
+        yield
+    except RecpilotError as exc:
+        exc.add_note("nothing was written to the model repository")
+        raise
 
 
 def cmd_train(args) -> int:
-    errors = _errors()
-    try:
+    with _nothing_written():
         from recpilot.models.train import Production, Progress, resolve_production, train_and_register
 
         ts, plat, repo, ds, name, holdout = _setup(args)
@@ -148,8 +144,6 @@ def cmd_train(args) -> int:
         report = train_and_register(ds, args.framework, name=name, hp=_hp(args), seed=args.seed,
                                     holdout_fraction=holdout, repository=repo, production=prod,
                                     progress=Progress(enabled=not args.quiet), register=not args.dry_run)
-    except errors as exc:
-        return _fail(exc)
     if args.json:
         print(json.dumps(report.meta, indent=2, sort_keys=True))
         return 0
@@ -179,8 +173,7 @@ def _fmt(v) -> str:
 
 
 def cmd_tune(args) -> int:
-    errors = _errors()
-    try:
+    with _nothing_written():
         import optuna
 
         from recpilot.models import evaluate as ev
@@ -238,8 +231,6 @@ def cmd_tune(args) -> int:
                                         holdout_fraction=holdout, repository=repo, production=prod,
                                         progress=Progress(enabled=not args.quiet))
             print(f"{name} version {report.version} written; holdout auc {_fmt(report.meta['metrics'].get('auc'))}")
-    except errors as exc:
-        return _fail(exc)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _stack():
@@ -15,13 +14,8 @@ def _stack():
 def cmd_setup(args: argparse.Namespace) -> int:
     if args.obd_sample:
         from recpilot.models import obd_sample
-        from recpilot.models.data import DataError
 
-        try:
-            fetched = obd_sample.fetch()
-        except DataError as exc:
-            print(f"recpilot: error: {exc}", file=sys.stderr)
-            return 2
+        fetched = obd_sample.fetch()  # a download or checksum failure is DataUnavailable (exit 1)
         print(f"Open Bandit sample (3 campaigns x 2 policies): {'downloaded' if fetched else 'cached'} in "
               f"{obd_sample.OBD_SAMPLE_DIR}\nuse it: RECPILOT_TRAIN_OBD_DIR={obd_sample.OBD_SAMPLE_DIR} "
               "recpilot train --data obd/men ...")
@@ -36,6 +30,10 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from recpilot.stack.manager import services
+
+    if args.only:
+        services(args.only)  # an unknown name is a usage error before anything starts
     stack = _stack()
     stack.up(services=not args.no_services)
     if args.only:

@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+from recpilot.errors import RecpilotError
 from recpilot.paths import CACHE_DIR, DEPLOY_DIR
 from recpilot.settings import PlatformSettings
 from recpilot.stack.process import PidRecord, ProcessTable, tail
@@ -26,7 +27,7 @@ LIBS = CACHE_DIR / "kafka" / "libs"
 MARKER = LIBS / ".pom.sha256"
 
 
-class StackError(RuntimeError):
+class StackError(RecpilotError, RuntimeError):
     """A component could not be set up or did not become ready (message says why)."""
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -11,6 +10,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
+from recpilot.errors import InvalidArgument
 from recpilot.kafka import admin, ensure_topics
 from recpilot.settings import PlatformSettings, load
 from recpilot.stack.kafka import KafkaBroker, StackError
@@ -28,27 +28,27 @@ class ServiceSpec:
     settings: str  # "package.module:Class" with an ``http_port`` field (light to import)
     ready_timeout_s: float = 120.0
 
-    def available(self) -> bool:
-        """True once the service has a runnable ``__main__``."""
-        return importlib.util.find_spec(f"{self.module}.__main__") is not None
-
     def http_port(self) -> int:
         mod, cls = self.settings.split(":")
         return load(getattr(importlib.import_module(mod), cls)).http_port
 
 
-# Services in start order; each is started by `up` once it has a runnable __main__.
-_ALL_SERVICES: list[ServiceSpec] = [
+# The services `up` starts, in start order; a new service joins this list with its __main__.
+SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("ingest", "services.ingest", "services.ingest.settings:IngestSettings"),
     ServiceSpec("features", "services.features", "services.features.settings:FeaturesSettings"),
     ServiceSpec("inference", "services.inference", "services.inference.settings:InferenceSettings", 300.0),
-    ServiceSpec("rl_feedback", "services.rl_feedback", "services.rl_feedback.settings:RLFeedbackSettings"),
-    ServiceSpec("monitor", "services.monitor", "services.monitor.settings:MonitorSettings"),
-]
+)
 
 
-def services() -> list[ServiceSpec]:
-    return [s for s in _ALL_SERVICES if s.available()]
+def services(names: list[str] | None = None) -> list[ServiceSpec]:
+    """All services, or the named ones (in start order); an unknown name is a usage error."""
+    if names is None:
+        return list(SERVICES)
+    unknown = sorted(set(names) - {s.name for s in SERVICES})
+    if unknown:
+        raise InvalidArgument(f"unknown service {', '.join(unknown)} (services: {', '.join(s.name for s in SERVICES)})")
+    return [s for s in SERVICES if s.name in names]
 
 
 class Stack:
@@ -80,7 +80,7 @@ class Stack:
         return env
 
     def up_services(self, names: list[str] | None = None, echo=print) -> None:
-        specs = [s for s in services() if names is None or s.name in names]
+        specs = services(names)
         for spec in specs:
             if self.table.running(spec.name):
                 continue
@@ -118,7 +118,7 @@ class Stack:
     def down(self, echo=print) -> dict[str, str]:
         """Stop what `up` started (by pid record), services first; data stays."""
         result = {}
-        for spec in reversed(_ALL_SERVICES):
+        for spec in reversed(SERVICES):
             if self.table.get(spec.name):
                 result[spec.name] = self.table.stop(spec.name, timeout=30)
         for name in ("redis", "kafka"):

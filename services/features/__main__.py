@@ -13,6 +13,12 @@ from services.features.settings import FeaturesSettings
 log = logging.getLogger("services.features")
 
 
+def health_server(settings: FeaturesSettings, platform, pipeline) -> HealthServer:
+    """/metrics, /healthz and /readyz on the features port, bound like every service's."""
+    return HealthServer(settings.http_port, settings.http_host or platform.bind_host,
+                        ready=pipeline.ready, live=pipeline.live)
+
+
 def main() -> int:
     platform, settings = load_service("features", FeaturesSettings)
     setup_logging("features", platform.log_level)
@@ -20,7 +26,7 @@ def main() -> int:
 
     pipeline = FeaturePipeline(settings, platform)
     life = Lifecycle()  # faust's worker owns SIGTERM/SIGINT; this orders what runs around it
-    health = HealthServer(settings.http_port, settings.http_host, ready=pipeline.ready, live=pipeline.live)
+    health = health_server(settings, platform, pipeline)
     health.start()
     life.add("http", health.stop)
     life.add("metric-events", pipeline.close)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 
+from recpilot.errors import Unavailable
 
+
+@contextlib.contextmanager
 def _client(args):
+    """A feature read client for one command; Redis not answering is a failure (exit 1)."""
+    import redis
+
     from recpilot.settings import PlatformSettings, load
     from services.features.client import FeatureClient
     from services.features.settings import FeaturesSettings
@@ -15,7 +22,13 @@ def _client(args):
     fs = load(FeaturesSettings)
     url = fs.redis_url or load(PlatformSettings).redis_url
     prefix = args.key_prefix if args.key_prefix is not None else fs.key_prefix
-    return FeatureClient(url, prefix, socket_connect_timeout=5, socket_timeout=10)
+    c = FeatureClient(url, prefix, socket_connect_timeout=5, socket_timeout=10)
+    try:
+        yield c
+    except redis.RedisError as exc:
+        raise Unavailable(f"cannot read features from Redis at {url}: {exc}") from None
+    finally:
+        c.close()
 
 
 def _now(args) -> int:
@@ -31,11 +44,8 @@ def _print(obj, as_json: bool) -> None:
 
 
 def cmd_user(args) -> int:
-    c = _client(args)
-    try:
+    with _client(args) as c:
         user = c.user(args.user_id, _now(args))
-    finally:
-        c.close()
     _print(user, args.json)
     if not user.get("events"):
         print(f"(no events stored for user {args.user_id!r}: the defaults a new user gets)", file=sys.stderr)
@@ -43,12 +53,9 @@ def cmd_user(args) -> int:
 
 
 def cmd_item(args) -> int:
-    c = _client(args)
-    try:
+    with _client(args) as c:
         item = c.item(args.item_id, _now(args))
         item["title"] = c.item_meta([args.item_id])[args.item_id]["title"]
-    finally:
-        c.close()
     _print(item, args.json)
     if not item.get("last_event_ms") and not item.get("title"):
         print(f"(nothing stored for item {args.item_id!r}: no events and not in the catalogue)", file=sys.stderr)
@@ -56,21 +63,15 @@ def cmd_item(args) -> int:
 
 
 def cmd_popular(args) -> int:
-    c = _client(args)
-    try:
+    with _client(args) as c:
         items = c.popular(args.n, args.category)
-    finally:
-        c.close()
     print(json.dumps(items) if args.json else "\n".join(items))
     return 0
 
 
 def cmd_candidates(args) -> int:
-    c = _client(args)
-    try:
+    with _client(args) as c:
         items = c.candidates(args.user_id, args.n, _now(args))
-    finally:
-        c.close()
     print(json.dumps(items) if args.json else "\n".join(items))
     return 0
 

@@ -14,7 +14,7 @@ class FeaturesSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECPILOT_FEATURES_", extra="forbid", case_sensitive=False)
 
     http_port: int = Field(default=9102, ge=0, le=65535, description="/metrics, /healthz, /readyz (0 = any free port)")
-    http_host: str = "127.0.0.1"
+    http_host: str | None = Field(default=None, description="default: RECPILOT_BIND_HOST")
     input_topic: str = Field(default=EVENTS_CLEAN, min_length=1, description="validated UserEvent protobufs")
     metrics_topic: str = Field(default=metrics_topic("features"), min_length=1)
     app_id: str = Field(default="recpilot-features", min_length=1, description="faust app id = consumer group id")

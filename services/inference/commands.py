@@ -28,10 +28,9 @@ def _print(resp) -> None:
 
 
 def _call(args, method: str, request) -> int:
-    import sys
-
     import grpc
 
+    from recpilot.errors import InvalidArgument, RecpilotError
     from recpilot.pb import recommend_pb2_grpc
 
     with _channel(args) as ch:
@@ -39,8 +38,9 @@ def _call(args, method: str, request) -> int:
         try:
             resp = getattr(stub, method)(request, timeout=args.timeout, metadata=_meta(args))
         except grpc.RpcError as err:
-            print(f"recpilot: error: {method} failed: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
+            # the server refusing what was typed is a usage error; anything else a failure
+            kind = InvalidArgument if err.code() == grpc.StatusCode.INVALID_ARGUMENT else RecpilotError
+            raise kind(f"{method} failed: {err.code().name}: {err.details()}") from None
     _print(resp)
     return 0
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
+
+from recpilot.errors import InvalidArgument
 
 
 def _platform():
@@ -27,8 +28,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from recpilot.simulator.drive import open_loop
 
     if args.duration is None and args.count is None:
-        print("recpilot generate: give --duration and/or --count", file=sys.stderr)
-        return 2
+        raise InvalidArgument("generate needs --duration and/or --count")
     p = _platform()
     cat = _write_catalogue(p, args.seed, args.items)
     sim = ShopSimulator(seed=args.seed, n_users=args.users, n_items=args.items,
@@ -63,10 +63,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cat = _write_catalogue(p, args.seed, args.items)
     sim = ShopSimulator(seed=args.seed, n_users=args.users, n_items=args.items,
                         click_model=ClickModel(drift_per_hour=args.drift_per_hour))
-    probe = None if args.no_recommender else RecommenderProbe(args.recommender)
+    probe = None if args.no_recommender else RecommenderProbe(args.target)
     prod = producer(p, **{"client.id": "recpilot-simulate", "linger.ms": 20})
     print(f"shopper simulator: ~{args.rate:g} events/s to {args.topic}; recommender "
-          f"{'off' if probe is None else args.recommender}; catalogue {cat}. Ctrl-C stops.", flush=True)
+          f"{'off' if probe is None else args.target}; catalogue {cat}. Ctrl-C stops.", flush=True)
     stopping = []
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
@@ -119,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="shoppers that use the Recommender when it answers (Ctrl-C stops)")
     p.add_argument("--rate", type=float, default=50.0, help="about this many events/s")
     p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
-    p.add_argument("--recommender", default="127.0.0.1:50051", help="gRPC address of the Recommender")
+    p.add_argument("--target", default="127.0.0.1:50051", help="inference gRPC address (the Recommender)")
+    p.add_argument("--recommender", dest="target", help=argparse.SUPPRESS)  # the former spelling
     p.add_argument("--no-recommender", action="store_true", help="plain open-loop traffic")
     p.add_argument("--recommend-share", type=float, default=0.3, help="share of steps that ask for recommendations")
     _traffic_args(p)

@@ -60,7 +60,7 @@ def repo(tmp_path):
 
 
 def run_cli(capsys, repo, topic, *argv):
-    rc = cli.main(["models", *argv, "--repo", str(repo.root), "--topic", topic])
+    rc = cli.main(["models", *argv, "--repository", str(repo.root), "--topic", topic])
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -118,7 +118,7 @@ def test_deploy_canary_promote_rollback_and_rebuild_in_fresh_process(stack, plat
     # A fresh process (nothing in memory) rebuilds the same state from the topic alone.
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "recpilot.cli", "models", "status", "--json", "--all",
-                           "--topic", topic, "--repo", str(repo.root)],
+                           "--topic", topic, "--repository", str(repo.root)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["models"][0] == st

@@ -1,5 +1,7 @@
 """docker-compose.yml and the Kubernetes manifests say what the local stack does."""
 
+import importlib.util
+import re
 import shutil
 import subprocess
 
@@ -7,13 +9,36 @@ import pytest
 import yaml
 
 from recpilot.paths import REPO_ROOT
+from recpilot.stack.manager import SERVICES as STACK_SERVICES
 
-SERVICES = ("ingest", "features", "inference", "rl_feedback", "monitor")
+SERVICES = tuple(s.name for s in STACK_SERVICES)  # what `recpilot up` starts
+# RFC 1123 label (a Kubernetes object name, a container name, a label value used as a name)
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _compose() -> dict:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def _k8s_docs() -> list[dict]:
+    docs = []
+    for path in sorted((REPO_ROOT / "deploy" / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    return docs
+
+
+def _service_module(command: list[str]) -> str | None:
+    """``services.X`` of a ``python -m services.X`` command, else None."""
+    if "-m" in command:
+        module = command[command.index("-m") + 1]
+        if module.startswith("services."):
+            return module
+    return None
 
 
 def test_compose_declares_the_stack_with_health_gates():
-    doc = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
-    svc = doc["services"]
+    svc = _compose()["services"]
     assert svc["kafka"]["image"].startswith("apache/kafka:")
     assert svc["redis"]["image"].startswith("redis:")
     assert "--appendonly" in svc["redis"]["command"]
@@ -37,13 +62,68 @@ def test_compose_file_validates_with_docker_compose_when_installed():
     assert res.returncode == 0, res.stderr
 
 
+def test_compose_starts_exactly_the_services_of_the_local_stack():
+    svc = _compose()["services"]
+    started = {name for name, s in svc.items() if _service_module(s.get("command", []))}
+    assert started == set(SERVICES)
+
+
+def test_compose_publishes_ports_on_loopback_only():
+    published = 0
+    for name, s in _compose()["services"].items():
+        for port in s.get("ports", []):
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), (name, port)
+            published += 1
+    assert published >= 6
+
+
 def test_k8s_manifests_cover_every_service():
-    docs = []
-    for path in sorted((REPO_ROOT / "deploy" / "k8s").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = _k8s_docs()
     deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
     assert deployments == set(SERVICES)
     assert any(d["kind"] == "HorizontalPodAutoscaler" for d in docs)
+
+
+def _k8s_names(node, path="") -> list[tuple[str, str]]:
+    """Every ``name`` (object, container, port, volume, claim, reference) in a manifest."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("name", "claimName") and isinstance(value, str):
+                found.append((f"{path}.{key}", value))
+            elif key == "labels" and isinstance(value, dict):
+                found += [(f"{path}.labels.{k}", v) for k, v in value.items() if isinstance(v, str)]
+            else:
+                found += _k8s_names(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _k8s_names(value, f"{path}[{i}]")
+    return found
+
+
+def test_every_k8s_name_is_a_dns_1123_label():
+    checked = 0
+    for doc in _k8s_docs():
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        for path, name in _k8s_names(doc):
+            if path.endswith(".metric.name") or (doc["kind"] == "HorizontalPodAutoscaler" and path.endswith("resource.name")):
+                continue  # a Prometheus metric or a resource (cpu), not an object name
+            assert DNS_1123_LABEL.match(name), f"{where}: {path} = {name!r} is not a DNS-1123 name"
+            checked += 1
+    assert checked >= 20
+    assert not DNS_1123_LABEL.match("rl_feedback")  # the check rejects an underscore
+
+
+def test_every_service_command_runs_an_existing_service_main():
+    commands = [(f"compose {name}", s.get("command", [])) for name, s in _compose()["services"].items()]
+    for doc in _k8s_docs():
+        for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            commands.append((f"k8s {doc['metadata']['name']}/{c['name']}", c.get("command", [])))
+    modules = [(where, _service_module(cmd)) for where, cmd in commands]
+    modules = [(where, m) for where, m in modules if m]
+    assert len(modules) >= 2 * len(SERVICES)
+    for where, module in modules:
+        assert importlib.util.find_spec(f"{module}.__main__") is not None, f"{where}: {module} has no __main__"
 
 
 def test_local_prometheus_targets_do_not_collide_with_the_local_stack_ports():

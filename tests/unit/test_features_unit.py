@@ -173,5 +173,21 @@ def test_cli_registers_features_commands():
     p = build_parser()
     args = p.parse_args(["features", "item", "i1", "--json"])
     assert args.item_id == "i1" and args.json and callable(args.func)
-    args = p.parse_args(["bench", "features", "--events", "10", "--duration", "0"])
-    assert args.events == 10 and args.duration == 0
+
+
+def test_features_http_server_binds_the_platform_bind_host(monkeypatch):
+    """Like ingest and inference: RECPILOT_BIND_HOST unless RECPILOT_FEATURES_HTTP_HOST says otherwise."""
+    from types import SimpleNamespace
+
+    from recpilot.settings import PlatformSettings, load
+    from services.features.__main__ import health_server
+    from services.features.settings import FeaturesSettings
+
+    pipeline = SimpleNamespace(ready=lambda: (True, {}), live=lambda: (True, {}))
+    monkeypatch.delenv("RECPILOT_FEATURES_HTTP_HOST", raising=False)
+    monkeypatch.delenv("RECPILOT_FEATURES_HTTP_PORT", raising=False)
+    monkeypatch.setenv("RECPILOT_BIND_HOST", "0.0.0.0")
+    health = health_server(load(FeaturesSettings), load(PlatformSettings), pipeline)
+    assert health.host == "0.0.0.0" and health.port == 9102
+    monkeypatch.setenv("RECPILOT_FEATURES_HTTP_HOST", "127.0.0.2")
+    assert health_server(load(FeaturesSettings), load(PlatformSettings), pipeline).host == "127.0.0.2"
