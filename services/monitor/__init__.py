@@ -1,1 +1,0 @@
-"""recpilot monitor service (see DESIGN.md)."""

@@ -1,1 +1,0 @@
-"""recpilot rl_feedback service (see DESIGN.md)."""
