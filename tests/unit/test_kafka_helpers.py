@@ -17,8 +17,8 @@ def test_catalogue_uses_partition_settings():
     assert specs[EVENTS_RAW].partitions == 6
     assert specs[CONTROL_DEPLOYMENTS].partitions == 1
     assert specs[CONTROL_DEPLOYMENTS].config["retention.ms"] == "-1"
-    assert specs["metrics.monitor"].partitions == 2
-    assert len(specs) == 12
+    assert specs["metrics.inference"].partitions == 2
+    assert len(specs) == 10
 
 
 def test_usable_skips_eof_reports_errors_and_raises_on_fatal():
