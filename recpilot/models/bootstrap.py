@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from recpilot.log import setup_logging
     from recpilot.settings import PlatformSettings, SettingsError, load
 
-    ap = argparse.ArgumentParser(prog="python -m recpilot.models.bootstrap", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m recpilot.models.bootstrap",
+                                 description="Give an empty platform its first production model.")
     ap.add_argument("--model", default="ranker", help="the model to give a production version (default: ranker)")
     ap.add_argument("--topic", default="control.deployments", help="the control topic (default: control.deployments)")
     ap.add_argument("--repository", type=Path, default=None, help="model repository (default: the platform's)")
