@@ -10,6 +10,8 @@ features.
 * ``candidates(user_id, n, now_ms)`` -> item ids: items co-visited with the user's recent items,
   popular items of the user's top-affinity categories, then globally popular ones (two round trips).
 * ``popular(n, category=None)``, ``item_meta(item_ids)``, ``ping()``.
+* ``catalogue()`` (blocking client) -> ``{item_id: {"category", "price", "title"}}`` for every item
+  the store knows (a scan: for periodic rebuilds such as the search index, not per request).
 """
 
 from __future__ import annotations
@@ -219,6 +221,15 @@ class FeatureClient:
                 pipe.hmget(keys.item_key(self.prefix, i), "category", "price", "title")
             rows = pipe.execute()
         return _parse_meta(item_ids, rows)
+
+    def catalogue(self, batch: int = 1000) -> dict[str, dict]:
+        """Every item the store holds, with its metadata (:meth:`item_meta`), read ``batch`` at a time."""
+        head = keys.item_key(self.prefix, "")
+        ids = [_s(k)[len(head):] for k in self.redis.scan_iter(match=f"{head}*", count=batch)]
+        out: dict[str, dict] = {}
+        for i in range(0, len(ids), batch):
+            out.update(self.item_meta(ids[i:i + batch]))
+        return out
 
     def offsets(self) -> dict[str, int]:
         """Highest applied offset per ``<topic>:<partition>`` (for lag and tests)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recpilot.errors import Unavailable
 from services.inference import metrics as m
 from services.inference.batching import DynamicBatcher
 from services.inference.settings import BatchingConfig
@@ -24,7 +25,7 @@ from services.inference.settings import BatchingConfig
 log = logging.getLogger(__name__)
 
 
-class LoadFailed(RuntimeError):
+class LoadFailed(Unavailable, RuntimeError):
     """A version could not be loaded or warmed up; the message says why."""
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recpilot.errors import ResourceExhausted, Unavailable
 from services.inference import metrics as m
 from services.inference.settings import BatchingConfig
 
@@ -37,12 +38,12 @@ log = logging.getLogger(__name__)
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-class QueueFull(RuntimeError):
+class QueueFull(ResourceExhausted, RuntimeError):
     """The model's queue holds max_queue_size requests already."""
 
 
-class BatcherClosed(RuntimeError):
-    """The model version is being unloaded."""
+class BatcherClosed(Unavailable, RuntimeError):
+    """The model version is being unloaded (swapped out, or the server is stopping)."""
 
 
 @dataclass

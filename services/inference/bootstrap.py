@@ -1,71 +1,91 @@
 """First run: when the deployment state has no production version of the default model, make
 the server able to turn SERVING with no manual step.
 
-* the repository already holds versions of the model -> DEPLOY the newest one;
-* it holds none -> train a small ranker with the training code's Python API
-  (`recpilot.models.train.train_and_register`) on generated impressions with the serving feature
-  set (featurespec), register it, and DEPLOY it.
-
-The DEPLOY goes through ``control.deployments`` (DeploymentController), like any operator command,
-so the state stays event-sourced and every replica follows. Off with
-``RECPILOT_INFERENCE_BOOTSTRAP=false``. Several replicas starting together may each publish a
-DEPLOY; the state machine rejects the duplicates ("already production").
+Once the deployment follower has replayed the state and the default model still has no
+production version, the replica runs ``python -m recpilot.models.bootstrap`` as a child process
+(same environment, its log lines into this process's output): it deploys the newest version in
+the repository, or trains, registers and deploys a small first ranker when there is none. The
+serving process itself never imports the training code. Off with
+``RECPILOT_INFERENCE_BOOTSTRAP=false``.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import threading
 import time
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_ROWS = 20_000
-BOOTSTRAP_HP = {"epochs": 1, "embedding_dim": 8, "bottom": [32], "top": [32], "batch_size": 1024}
+MODULE = "recpilot.models.bootstrap"
 
 
-def train_bootstrap_model(name: str, repository, seed: int = 0) -> str:
-    """Train + register a small ranker; return its version. Generated impressions, not the OBD
-    sample: OBD models use the "obd" feature set, and Recommend feeds featurespec's features."""
-    from recpilot.models.data import examples_from_impressions, synthetic_impressions
-    from recpilot.models.train import train_and_register
+class Bootstrap:
+    """``start()``: a thread that waits for the replayed state and runs the child when needed;
+    ``stop()``: end the child if it still runs. ``wait_s`` bounds both the replay wait and the
+    child."""
 
-    df = synthetic_impressions(BOOTSTRAP_ROWS, seed=seed)
-    ds = examples_from_impressions(df, None, source=f"bootstrap:synthetic_impressions({BOOTSTRAP_ROWS}, seed={seed})")
-    report = train_and_register(ds, "torch", name=name, hp=dict(BOOTSTRAP_HP), seed=seed, repository=repository)
-    return str(report.version)
+    def __init__(self, settings, platform, sync, wait_s: float = 120.0) -> None:
+        self.s, self.platform, self.sync, self.wait_s = settings, platform, sync, wait_s
+        self.returncode: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self.run, name="bootstrap", daemon=True)
 
+    def start(self) -> None:
+        self._thread.start()
 
-def bootstrap_when_empty(settings, platform, sync, wait_s: float = 120.0) -> str | None:
-    """Run in a thread after start-up; returns the version deployed (None: nothing to do / failed)."""
-    t0 = time.monotonic()
-    while not sync.ready and time.monotonic() - t0 < wait_s:
-        time.sleep(0.2)
-    if not sync.ready:
-        log.warning("bootstrap skipped: the deployment state was not replayed in time")
-        return None
-    name = settings.default_model
-    if sync.follower.state(name).production_version:
-        return None
-    try:
-        from recpilot.models.deployments import DeploymentController
-        from recpilot.models.repository import ModelRepository
+    def needed(self) -> bool:
+        """Wait for the deployment state; True when the default model has no production version."""
+        t0 = time.monotonic()
+        while not self.sync.ready and time.monotonic() - t0 < self.wait_s:
+            if self._stopping.wait(0.2):
+                return False
+        if not self.sync.ready:
+            log.warning("bootstrap skipped: the deployment state was not replayed in time")
+            return False
+        return not self.sync.follower.state(self.s.default_model).production_version
 
-        repo = ModelRepository(platform.model_repo)
-        versions = repo.versions(name) if name in repo.models() else []
-        if versions:
-            version = versions[-1]
-            reason = f"bootstrap: no production version; deploying the newest in the repository ({version})"
-        else:
-            log.info("bootstrap: the repository has no model; training a small one", extra={"model": name})
-            version = train_bootstrap_model(name, repo)
-            reason = "bootstrap: first run, small ranker trained on generated impressions"
-        if sync.follower.state(name).production_version:  # someone deployed meanwhile
+    def run(self) -> int | None:
+        """The child's exit status (None: not needed, not started, or stopped)."""
+        if not self.needed():
             return None
-        with DeploymentController(platform, repo, topic=settings.deployments_topic, actor="inference-bootstrap") as ctl:
-            cmd, _ = ctl.plan("deploy", name, version, reason=reason)
-            ctl.publish(cmd)
-        log.info("bootstrap: deployed", extra={"model": name, "model_version": version})
-        return version
-    except Exception:
-        log.exception("bootstrap failed; deploy a model with `recpilot train` and `recpilot models deploy`")
-        return None
+        cmd = [sys.executable, "-m", MODULE, "--model", self.s.default_model, "--topic", self.s.deployments_topic,
+               "--repository", str(self.platform.model_repo)]
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            log.info("bootstrap: no production version; starting the bootstrap process",
+                     extra={"model": self.s.default_model})
+            self._proc = subprocess.Popen(cmd)
+        try:
+            self.returncode = self._proc.wait(self.wait_s)
+        except subprocess.TimeoutExpired:
+            log.error("bootstrap process did not finish; ending it", extra={"timeout_s": self.wait_s})
+            self._end()
+            return None
+        if self.returncode != 0 and not self._stopping.is_set():
+            log.error("bootstrap failed; deploy a model with `recpilot train` and `recpilot models deploy`",
+                      extra={"returncode": self.returncode})
+        return self.returncode
+
+    def _end(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+        self._end()
+        if self._thread.is_alive():
+            self._thread.join(15)

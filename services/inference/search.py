@@ -101,29 +101,15 @@ def load_catalogue(path: Path | None, seed: int, n_items: int) -> list[dict]:
 
 
 def catalogue_from_redis(redis_url: str, key_prefix: str, batch: int = 1000) -> list[dict]:
-    """The items the feature store knows (title, category, price from their item hashes), for a
-    catalogue-less deployment: Search then covers every item seen in events."""
-    import redis
+    """The items the feature store knows (title, category, price), through the feature read API,
+    for a catalogue-less deployment: Search then covers every item seen in events."""
+    from services.features.client import FeatureClient
 
-    from services.features.keys import ITEM, item_key
-
-    r = redis.Redis.from_url(redis_url)
-    head = f"{key_prefix}{ITEM}"
+    client = FeatureClient(redis_url, key_prefix)
     try:
-        ids = [k.decode()[len(head):] for k in r.scan_iter(match=f"{head}*", count=batch)]
-        out = []
-        for i in range(0, len(ids), batch):
-            chunk = ids[i:i + batch]
-            with r.pipeline(transaction=False) as pipe:
-                for iid in chunk:
-                    pipe.hmget(item_key(key_prefix, iid), "title", "category", "price")
-                rows = pipe.execute()
-            for iid, (title, cat, price) in zip(chunk, rows):
-                out.append({"item_id": iid, "title": (title or b"").decode(), "category": (cat or b"").decode(),
-                            "price": float(price or 0)})
-        return out
+        return [{"item_id": iid, **meta} for iid, meta in client.catalogue(batch).items()]
     finally:
-        r.close()
+        client.close()
 
 
 class CatalogueRefresher:

@@ -1,10 +1,12 @@
-"""Recommend and Search as domain code (no gRPC here): candidates -> one feature fetch ->
+"""Recommend and Search as domain code (no gRPC here; :class:`services.inference.dataplane.DataPlane`
+extends it with the model calls and readiness every transport shares): candidates -> one feature fetch ->
 ranker (through the routed version's batcher) -> policy re-rank -> top k -> impression.
 
 Degradation: the caller passes the absolute deadline (``time.monotonic()`` seconds). When the
 feature store or the model fails, or less than ``deadline_margin_ms`` is left before a step, the
 answer comes from the popularity list (refreshed in the background) with ``fallback`` set and a
-reason. Invalid input raises :class:`InvalidArgument`; an unknown model :class:`ModelNotFound`.
+reason. Invalid input raises :class:`recpilot.errors.InvalidArgument`; an unknown model
+:class:`recpilot.errors.NotFound`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recpilot.errors import InvalidArgument, NotFound
 from recpilot.featurespec import item_columns, user_columns
 from services.inference import metrics as m
 from services.inference.batching import BatcherClosed, QueueFull
@@ -39,18 +42,6 @@ _ID_COUNTER = itertools.count(1)
 
 def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
-
-
-class InvalidArgument(ValueError):
-    pass
-
-
-class ModelNotFound(LookupError):
-    pass
-
-
-class Unavailable(RuntimeError):
-    pass
 
 
 @dataclass
@@ -85,7 +76,7 @@ class RankingService:
     def __init__(
         self,
         settings: InferenceSettings,
-        features,  # AsyncFeatureClient (contract 2)
+        features,  # services.features.client.AsyncFeatureClient
         models: ModelManager,
         policies: PolicyRegistry | None = None,
         impressions=None,  # ImpressionLogger or None
@@ -189,7 +180,7 @@ class RankingService:
             raise InvalidArgument("query is required")
         name = req.model_name or self.s.default_model
         if not self.models.serves(name):
-            raise ModelNotFound(f"unknown model {name!r}; this server serves {self.models.model_names}")
+            raise NotFound(f"unknown model {name!r}; this server serves {self.models.model_names}")
         if not req.request_id:
             req.request_id = new_request_id()
         return name

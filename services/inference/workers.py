@@ -8,9 +8,9 @@ runs N ordinary single-process servers (``python -m services.inference`` with WO
 * every worker binds the same gRPC port with ``SO_REUSEPORT``; the kernel spreads *connections*
   (not requests) across them, so clients with several connections (or several clients) use all
   workers -- one client on one HTTP/2 connection stays on one worker;
-* each worker is a full replica: its own models, dynamic batcher, deployment follower (each acks
-  control commands as its own replica), impression and metric-event producers; only worker 0
-  trains the first-run bootstrap model;
+* each worker is a full replica (:class:`services.inference.app.InferenceApp`): its own models,
+  dynamic batcher, deployment follower (each acks control commands as its own replica),
+  impression and metric-event producers; only worker 0 runs the first-run bootstrap;
 * the supervisor's HTTP port serves ``/metrics`` (every worker's metrics, with a ``worker`` label),
   ``/readyz`` (ready when every worker is) and ``/healthz`` (live while every worker runs);
 * a worker that exits is restarted (1 s, doubling up to 30 s, while it keeps failing); SIGTERM /
@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from recpilot.lifecycle import Lifecycle
 from recpilot.net import free_port
 from services.inference.settings import InferenceSettings
 
@@ -182,23 +183,30 @@ class Supervisor:
         return list(families.values())
 
 
-def run_supervisor(s: InferenceSettings, platform) -> int:
-    from recpilot.httpserver import HealthServer
-    from recpilot.lifecycle import Lifecycle
+class SupervisorApp:
+    """The supervisor process as an app (the same start/stop shape as
+    :class:`services.inference.app.InferenceApp`, which each worker runs): the HTTP port, then the
+    workers; stopped in reverse."""
 
-    sup = Supervisor(s, s.grpc_host or platform.bind_host)
-    http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=sup.ready, live=sup.live,
-                        registry=sup.registry)
-    life = Lifecycle()
-    life.install_signal_handlers()
-    http.start()
-    life.add("http", http.stop)
-    sup.start()
-    life.add("workers", sup.stop)
-    log.info("inference supervisor started", extra={"workers": s.workers, "grpc_port": sup.grpc_port,
-                                                    "http_port": http.port})
-    try:
-        life.wait(check=lambda: sup.running)
-    finally:
-        life.shutdown()
-    return 0
+    def __init__(self, s: InferenceSettings, platform) -> None:
+        from recpilot.httpserver import HealthServer
+
+        self.sup = Supervisor(s, s.grpc_host or platform.bind_host)
+        self.http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=self.sup.ready,
+                                 live=self.sup.live, registry=self.sup.registry)
+        self._life = Lifecycle()
+
+    def start(self) -> None:
+        self.http.start()
+        self._life.add("http", self.http.stop)
+        self.sup.start()
+        self._life.add("workers", self.sup.stop)
+        log.info("inference supervisor started", extra={
+            "workers": self.sup.s.workers, "grpc_port": self.sup.grpc_port, "http_port": self.http.port})
+
+    @property
+    def running(self) -> bool:
+        return self.sup.running
+
+    def stop(self) -> None:
+        self._life.shutdown()

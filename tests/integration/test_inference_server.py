@@ -103,8 +103,8 @@ class Running:
         from recpilot import kafka
         from services.features.client import AsyncFeatureClient
         from services.inference.impressions import ImpressionLogger
-        from services.inference.server import InferenceServer
-        from services.inference.service import RankingService
+        from services.inference.dataplane import DataPlane
+        from services.inference.grpc_server import InferenceServer
 
         p = world["platform"]
         self.topic = f"impressions-test-{world['uid']}"
@@ -116,9 +116,9 @@ class Running:
                                    batching_for=s.batching_for)
         self.features = AsyncFeatureClient(redis_url or p.redis_url, s.feature_key_prefix)
         self.impressions = ImpressionLogger(kafka.producer(p), s.impressions_topic)
-        self.service = RankingService(s, self.features, self.models, impressions=self.impressions,
-                                      index=BM25Index.build(world["items"]))
-        self.server = InferenceServer(s, self.service, self.models)
+        self.service = DataPlane(s, self.features, self.models, impressions=self.impressions,
+                                 index=BM25Index.build(world["items"]))
+        self.server = InferenceServer(s, self.service)
         self.impressions.start()
         self.server.start()
         if load:

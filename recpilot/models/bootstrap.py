@@ -1,0 +1,96 @@
+"""``python -m recpilot.models.bootstrap``: give an empty platform its first production model.
+
+When the deployment state has no production version of the model:
+
+* the repository already holds versions of it -> DEPLOY the newest one;
+* it holds none -> train a small ranker with the training code's Python API
+  (:func:`recpilot.models.train.train_and_register`) on generated impressions with the serving
+  feature set (featurespec), register it, and DEPLOY it.
+
+The DEPLOY goes through the control topic (DeploymentController), like any operator command, so
+the state stays event-sourced and every replica follows. Several replicas starting together may
+each publish a DEPLOY; the state machine rejects the duplicates ("already production").
+
+A serving replica runs this as a child process (``services.inference.bootstrap``), so the serving
+process never imports the training code. Platform settings (Kafka, the repository) come from the
+environment. Exit status: 0 deployed or nothing to do, 1 failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("recpilot.models.bootstrap")
+
+BOOTSTRAP_ROWS = 20_000
+BOOTSTRAP_HP = {"epochs": 1, "embedding_dim": 8, "bottom": [32], "top": [32], "batch_size": 1024}
+ACTOR = "inference-bootstrap"
+
+
+def train_bootstrap_model(name: str, repository, seed: int = 0) -> str:
+    """Train + register a small ranker; return its version. Generated impressions, not the OBD
+    sample: OBD models use the "obd" feature set, and Recommend feeds featurespec's features."""
+    from recpilot.models.data import examples_from_impressions, synthetic_impressions
+    from recpilot.models.train import train_and_register
+
+    df = synthetic_impressions(BOOTSTRAP_ROWS, seed=seed)
+    ds = examples_from_impressions(df, None, source=f"bootstrap:synthetic_impressions({BOOTSTRAP_ROWS}, seed={seed})")
+    report = train_and_register(ds, "torch", name=name, hp=dict(BOOTSTRAP_HP), seed=seed, repository=repository)
+    return str(report.version)
+
+
+def bootstrap(platform, name: str, topic: str, repository: Path | None = None) -> str | None:
+    """Deploy the newest version of ``name``, training one first when there is none; the version
+    deployed, or None when the model already has a production version."""
+    from recpilot.models.deployments import DeploymentController
+    from recpilot.models.repository import ModelRepository
+
+    repo = ModelRepository(repository or platform.model_repo)
+    with DeploymentController(platform, repo, topic=topic, actor=ACTOR) as ctl:
+        if ctl.state(name).production_version:
+            return None
+        versions = repo.versions(name) if name in repo.models() else []
+        if versions:
+            version = versions[-1]
+            reason = f"bootstrap: no production version; deploying the newest in the repository ({version})"
+        else:
+            log.info("bootstrap: the repository has no model; training a small one", extra={"model": name})
+            version = train_bootstrap_model(name, repo)
+            reason = "bootstrap: first run, small ranker trained on generated impressions"
+        if ctl.state(name).production_version:  # someone deployed meanwhile
+            return None
+        cmd, _ = ctl.plan("deploy", name, version, reason=reason)
+        ctl.publish(cmd)
+    log.info("bootstrap: deployed", extra={"model": name, "model_version": version})
+    return version
+
+
+def main(argv: list[str] | None = None) -> int:
+    from recpilot.log import setup_logging
+    from recpilot.settings import PlatformSettings, SettingsError, load
+
+    ap = argparse.ArgumentParser(prog="python -m recpilot.models.bootstrap",
+                                 description="Give an empty platform its first production model.")
+    ap.add_argument("--model", default="ranker", help="the model to give a production version (default: ranker)")
+    ap.add_argument("--topic", default="control.deployments", help="the control topic (default: control.deployments)")
+    ap.add_argument("--repository", type=Path, default=None, help="model repository (default: the platform's)")
+    args = ap.parse_args(argv)
+    try:
+        platform = load(PlatformSettings)
+    except SettingsError as exc:
+        print(f"bootstrap: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("inference-bootstrap", platform.log_level)
+    try:
+        bootstrap(platform, args.model, args.topic, args.repository)
+    except Exception:
+        log.exception("bootstrap failed; deploy a model with `recpilot train` and `recpilot models deploy`")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
