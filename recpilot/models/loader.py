@@ -1,4 +1,4 @@
-"""Load a model version from the repository for scoring (contract 4).
+"""Load a model version from the repository for scoring.
 
 ``load_model(path, meta, device="auto")`` -> :class:`LoadedModel` with ``predict(dense, ids)`` ->
 float32 [N] click probabilities. Only the framework the model needs is imported, inside the call.

@@ -113,8 +113,8 @@ def _check_metric_block(block: Any, where: str, errors: list[str], required: boo
 
 
 def validate_meta(meta: Any, name: str | None = None, version: str | None = None) -> list[str]:
-    """Every problem with a ``model.json`` dict (empty list: valid). See contract 3 in the task brief
-    / docs/deployments.md for the schema."""
+    """Every problem with a ``model.json`` dict (empty list: valid). The schema is in
+    docs/deployments.md."""
     errors: list[str] = []
     if not isinstance(meta, dict):
         return [f"model.json must be a JSON object, got {type(meta).__name__}"]

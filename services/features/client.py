@@ -1,4 +1,4 @@
-"""The online feature read API (contract 2), used by inference and the CLI.
+"""The online feature read API, used by inference and the CLI.
 
 ``FeatureClient(redis_url, key_prefix="rp:")`` (blocking, redis-py) and ``AsyncFeatureClient`` (same
 methods as coroutines, redis.asyncio) return user and item dicts with exactly the keys and value

@@ -43,6 +43,7 @@ class InferenceApp:
     def _start(self) -> None:
         from recpilot import kafka
         from recpilot.httpserver import HealthServer
+        from recpilot.metricevents import MetricPublisher
         from recpilot.models.deployments import DeploymentFollower
         from services.features.client import AsyncFeatureClient
         from services.inference.backends import configure_threads
@@ -70,8 +71,9 @@ class InferenceApp:
         impressions = ImpressionLogger(kafka.producer(platform, **{"client.id": f"inference-{self.replica}",
                                                                    "linger.ms": s.impressions_linger_ms}),
                                        s.impressions_topic, s.impressions_queue)
-        telemetry = Telemetry(kafka.producer(platform, **{"client.id": f"inference-metrics-{self.replica}"}),
-                              s.metrics_topic, self.replica, s.metrics_interval_s)
+        telemetry = Telemetry(self.replica)
+        metric_events = MetricPublisher(kafka.producer(platform, **{"client.id": f"inference-metrics-{self.replica}"}),
+                                        "inference", self.replica, topic=s.metrics_topic, key=self.replica)
         index = BM25Index.build(load_catalogue(s.catalogue_path, s.catalogue_seed, s.catalogue_items))
         sync = self.sync = DeploymentSync(
             models, lambda cb: DeploymentFollower(platform, self.replica, cb, s.deployments_topic))
@@ -86,8 +88,8 @@ class InferenceApp:
         life.add("deployments", sync.stop)
         impressions.start()
         life.add("impressions", impressions.stop)
-        telemetry.start()
-        life.add("metric-events", telemetry.stop)
+        metric_events.start(s.metrics_interval_s, telemetry.events)
+        life.add("metric-events", metric_events.close)
         if s.catalogue_path is None and s.catalogue_items == 0:
             refresher = CatalogueRefresher(plane, platform.redis_url, s.feature_key_prefix, s.catalogue_refresh_s)
             refresher.start()

@@ -1,8 +1,8 @@
 """Backends glue: load a model version from the repository through the shared loader, warm it
 up, and put a dynamic batcher in front of it.
 
-The loading itself is `recpilot.models.loader.load_model` (contract 4) and the repository is
-`recpilot.models.repository.ModelRepository` (contract 3). Only the framework the model needs is
+The loading itself is `recpilot.models.loader.load_model` and the repository is
+`recpilot.models.repository.ModelRepository`. Only the framework the model needs is
 imported (by the loader). Threads for TF/torch are set once per process via
 ``configure_threads`` before the first model loads.
 """

@@ -1,4 +1,4 @@
-"""Re-ranking policies (pluggable). The Q-learning policy of the feedback issue plugs in here.
+"""Re-ranking policies (pluggable). A learned re-ranking policy plugs in here.
 
 A policy turns the ranker's scores into the shown order and, for every shown slot, the
 probability that the policy put that item there (the propensity logged with the impression for

@@ -32,7 +32,7 @@ CANARY_BUCKETS = 10_000
 
 
 def is_canary(user_id: str, percent: float) -> bool:
-    """Contract 5: a user goes to the canary iff stable_hash(user_id, 10_000) < percent * 100."""
+    """A user goes to the canary iff stable_hash(user_id, 10_000) < percent * 100."""
     return stable_hash(user_id, CANARY_BUCKETS) < percent * 100
 
 
@@ -212,7 +212,7 @@ class ModelManager:
 
 
 class DeploymentSync:
-    """Feeds the deployment state from ``DeploymentFollower`` (contract 5) into the manager.
+    """Feeds the deployment state from ``DeploymentFollower`` into the manager.
 
     The follower calls ``on_change`` from its own thread for every applied command (also while
     replaying history); we only note which models changed and a reconciler thread brings each

@@ -9,13 +9,13 @@
 * ``feature`` (summary, labels feature, model, version): each dense input over a sample of the
   scored rows, on the reference bounds, for data drift.
 
-Recording is O(1)-ish on the event loop (bounded reservoirs under a lock); building and producing
-happens in a background thread.
+Recording is O(1)-ish on the event loop (bounded reservoirs under a lock); :meth:`Telemetry.events`
+builds an interval's events and is the collect function of the service's
+:class:`recpilot.metricevents.MetricPublisher`, which produces them from its own thread.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -24,9 +24,7 @@ from collections import defaultdict
 import numpy as np
 
 from recpilot.featurespec import DENSE_FEATURES
-from recpilot.lifecycle import name_os_thread
-
-log = logging.getLogger(__name__)
+from recpilot.metricevents import metric_event, summary
 
 _MAX_SCORES = 20_000
 _MAX_ROWS = 2_000
@@ -34,29 +32,21 @@ _Q = {"p01": 1, "p05": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "p99": 99}
 
 
 def summary_of(values: np.ndarray, bounds: list[float] | None = None):
-    from recpilot.pb import events_pb2
-
     v = np.asarray(values, dtype=np.float64)
-    s = events_pb2.Summary(count=int(v.size), sum=float(v.sum()), min=float(v.min()), max=float(v.max()))
-    for name, q in _Q.items():
-        s.quantiles[name] = float(np.percentile(v, q))
+    quantiles = {name: np.percentile(v, q) for name, q in _Q.items()}
+    counts = None
     if bounds:
-        b = np.asarray(bounds, dtype=np.float64)
-        counts = np.bincount(np.searchsorted(b, v, side="right"), minlength=len(b) + 1)
-        s.bucket_bounds.extend(b.tolist())
-        s.bucket_counts.extend(int(c) for c in counts)
-    return s
+        counts = np.bincount(np.searchsorted(np.asarray(bounds, dtype=np.float64), v, side="right"),
+                             minlength=len(bounds) + 1)
+    return summary(v.size, v.sum(), v.min(), v.max(), quantiles, bounds or None, counts)
 
 
 class Telemetry:
-    def __init__(self, producer, topic: str, instance: str, interval_s: float) -> None:
-        self.producer, self.topic, self.instance, self.interval_s = producer, topic, instance, interval_s
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
         self._lock = threading.Lock()
         self._reset()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
         self._rng = random.Random(0)
-        self.published = 0
 
     def _reset(self) -> None:
         self._lat: dict[str, list[float]] = defaultdict(list)
@@ -91,10 +81,8 @@ class Telemetry:
                 self._rows[mk].append(take)
                 self._nrows[mk] += len(take)
 
-    # -- publishing (thread) ---------------------------------------------------------------------
+    # -- one interval's events (the publisher's thread) ----------------------------------------------
     def events(self) -> list:
-        from recpilot.pb import events_pb2
-
         with self._lock:
             lat, counts, scores, rows, metas = self._lat, self._counts, self._scores, self._rows, self._meta
             self._reset()
@@ -102,12 +90,7 @@ class Telemetry:
         out = []
 
         def ev(name, labels, value=0.0, summary=None):
-            e = events_pb2.MetricEvent(service="inference", name=name, value=value, timestamp_ms=now,
-                                       instance=self.instance)
-            e.labels.update(labels)
-            if summary is not None:
-                e.summary.CopyFrom(summary)
-            out.append(e)
+            out.append(metric_event("inference", self.instance, name, value, labels, timestamp_ms=now, summary=summary))
 
         for method, xs in lat.items():
             if xs:
@@ -131,31 +114,3 @@ class Telemetry:
                 ev("feature", {"feature": fname, "model": model, "version": version}, float(m[:, j].mean()),
                    summary_of(m[:, j], bounds))
         return out
-
-    def flush_once(self) -> int:
-        evs = self.events()
-        for e in evs:
-            self.producer.produce(self.topic, key=self.instance.encode(), value=e.SerializeToString())
-        self.producer.poll(0)
-        self.published += len(evs)
-        return len(evs)
-
-    def _run(self) -> None:
-        name_os_thread()
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.flush_once()
-            except Exception:
-                log.exception("metric events not published")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        try:
-            self.flush_once()
-            self.producer.flush(10)
-        except Exception:
-            log.exception("final metric events not published")

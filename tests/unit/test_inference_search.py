@@ -67,7 +67,7 @@ def test_settings_reject_bad_values(monkeypatch):
 
 
 def test_metric_events_summarise_scores_features_and_latency():
-    t = Telemetry(producer=None, topic="metrics.inference", instance="i1", interval_s=10)
+    t = Telemetry("i1")
     bounds = [0.25, 0.5, 0.75]
     meta = {"dense_features": list(DENSE_FEATURES), "reference": {"score": {"histogram": {"bounds": bounds}}}}
     scores = np.array([0.1, 0.3, 0.6, 0.9], np.float32)
