@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
 
 
 # Loggers of Kafka clients: while a broker is down they repeat the same complaint many times a
-# second (aiokafka ~70 lines/s in the features service, librdkafka's reconnects ~20/s).
+# second (aiokafka in the features service, librdkafka's reconnect attempts).
 REPEAT_LOGGERS = ("aiokafka", "kafka", "faust", "mode", "recpilot.kafka.client", "recpilot.deployments.kafka")
 _DIGITS = re.compile(r"\d+")
 

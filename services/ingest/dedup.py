@@ -3,7 +3,7 @@
 An ordered map ``key -> first-seen ms``: an id seen again within ``ttl_ms`` is a duplicate. The
 oldest entries expire after the TTL and are evicted first when ``capacity`` is reached, so memory
 is bounded by ``capacity`` whatever the rate. Keys are 64-bit BLAKE2b digests of the id (the same
-in every process; ~100 bytes per entry instead of the whole id string).
+in every process; a small int per entry instead of the whole id string).
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def _obd_rows(df, policy: str, hash_cache: dict) -> dict:
 
 def _shared_strings(values: np.ndarray) -> np.ndarray:
     """The same object array, but every equal string is one object (80 items, a few thousand user
-    segments): 8 bytes a row instead of a ~60-120 byte string object each."""
+    segments): one pointer a row instead of a string object each."""
     uniq, inverse = np.unique(values, return_inverse=True)
     return uniq[inverse.reshape(-1)]
 
@@ -111,10 +111,9 @@ def load_obd(obd_dir: Path, policies: tuple[str, ...] = OBD_POLICIES, chunk_rows
              campaign: str = "all") -> Dataset:
     """The Open Bandit logs of ``policies`` for one ``campaign`` (files: ``obd_files``).
 
-    The logs are read ``chunk_rows`` at a time and only compact per-row arrays are kept: ~120
-    bytes a row (dense, ids, label, time, and shared item / segment strings) against ~1 KB a row for
-    a whole 100-column frame, so the full dataset (26M rows, ~3 GB this way) fits in memory on an
-    ordinary machine. The result does not depend on the chunk size (tested)."""
+    The logs are read ``chunk_rows`` at a time and only compact per-row arrays are kept (dense
+    float32, int64 ids, label, time, and pointers to shared item / segment strings) instead of a whole
+    100-column frame, so the full dataset (26M rows) fits in memory on an ordinary machine. The result does not depend on the chunk size (tested)."""
     import pandas as pd
 
     obd_dir = Path(obd_dir)
