@@ -1,9 +1,5 @@
 """docker-compose.yml and the Kubernetes manifests say what the local stack does."""
 
-import shutil
-import subprocess
-
-import pytest
 import yaml
 
 from recpilot.paths import REPO_ROOT
@@ -26,15 +22,6 @@ def test_compose_declares_the_stack_with_health_gates():
         assert deps["kafka"]["condition"] == "service_healthy"
         assert deps["redis"]["condition"] == "service_healthy"
         assert s["environment"]["RECPILOT_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-
-
-def test_compose_file_validates_with_docker_compose_when_installed():
-    """`docker-compose config` (Debian's docker-compose) parses the file; the structural test above always runs."""
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        pytest.skip("docker-compose is not installed here; the structural test above still checks the file")
-    res = subprocess.run([exe, "-f", str(REPO_ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
 
 
 def test_k8s_manifests_cover_every_service():
