@@ -50,7 +50,18 @@ def _scrape(address: str) -> dict[str, float]:
     return out
 
 
-def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_settings, topics, unique, tmp_path):
+def _last_metric_events(p, topic: str) -> dict:
+    """The latest value of each (name, labels) among the MetricEvents on ``topic``."""
+    last = {}
+    for m in tools.read_all(p, topic, idle_s=0.5):
+        me = events_pb2.MetricEvent.FromString(m.value())
+        assert me.service == "ingest"
+        last[(me.name, tuple(sorted(me.labels.items())))] = me.value
+    return last
+
+
+def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_settings, topics, unique, tmp_path,
+                                                                      wait_until):
     p = platform_settings
     now = int(time.time() * 1000)
     sim = ShopSimulator(seed=11, n_users=500, n_items=300)
@@ -92,7 +103,9 @@ def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_s
         tools.wait_ready(address, proc=proc)
         _wait_committed(p, group, topics["raw"], len(sent), proc)
         metrics = _scrape(address)
-        time.sleep(1.5)  # one more metric-event interval
+        # a metric event of the running reporter (not only the last one sent at shutdown) counts everything
+        wait_until(lambda: _last_metric_events(p, topics["metrics"]).get(("accepted_total", ())) == len(valid), 30,
+                   "no metric event with every accepted event counted")
     finally:
         proc.terminate()
         rc = proc.wait(60)
@@ -138,11 +151,7 @@ def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_s
     assert sum(v for k, v in metrics.items() if k.startswith("recpilot_ingest_events_rejected_total{")) == n_bad
     assert metrics['recpilot_ingest_events_rejected_total{reason="negative_price"}'] == 15
     # ... and as MetricEvent messages for the monitor
-    last = {}
-    for m in tools.read_all(p, topics["metrics"], idle_s=0.5):
-        me = events_pb2.MetricEvent.FromString(m.value())
-        assert me.service == "ingest"
-        last[(me.name, tuple(sorted(me.labels.items())))] = me.value
+    last = _last_metric_events(p, topics["metrics"])
     assert last[("accepted_total", ())] == len(valid)
     assert last[("rejected_total", ())] == n_bad
     assert last[("rejected_total", (("reason", "oversized"),))] == 15
