@@ -11,7 +11,7 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from recpilot.pb import events_pb2
 from recpilot.simulator import EXPECTED_REASON, MALFORMED_KINDS, ShopSimulator, event_to_json, malformed
@@ -48,16 +48,6 @@ def _scrape(address: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
-
-
-def _last_metric_events(p, topic: str) -> dict:
-    """The latest value of each (name, labels) among the MetricEvents on ``topic``."""
-    last = {}
-    for m in tools.read_all(p, topic, idle_s=0.5):
-        me = events_pb2.MetricEvent.FromString(m.value())
-        assert me.service == "ingest"
-        last[(me.name, tuple(sorted(me.labels.items())))] = me.value
-    return last
 
 
 def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_settings, topics, unique, tmp_path,
@@ -103,9 +93,23 @@ def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_s
         tools.wait_ready(address, proc=proc)
         _wait_committed(p, group, topics["raw"], len(sent), proc)
         metrics = _scrape(address)
-        # a metric event of the running reporter (not only the last one sent at shutdown) counts everything
-        wait_until(lambda: _last_metric_events(p, topics["metrics"]).get(("accepted_total", ())) == len(valid), 30,
-                   "no metric event with every accepted event counted")
+        # the running reporter (not only its last report at shutdown) publishes the final counts
+        reader = Consumer({"bootstrap.servers": p.kafka_bootstrap, "group.id": f"test-ingest-metrics-{unique}",
+                           "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        reader.subscribe([topics["metrics"]])
+        reported = {}
+
+        def counted_everything():
+            for m in reader.consume(1000, 0.2):
+                if m.error() is None:
+                    me = events_pb2.MetricEvent.FromString(m.value())
+                    reported[(me.name, tuple(sorted(me.labels.items())))] = me.value
+            return reported.get(("accepted_total", ())) == len(valid)
+
+        try:
+            wait_until(counted_everything, 60, lambda: f"no metric event counts every accepted event: {reported}")
+        finally:
+            reader.close()
     finally:
         proc.terminate()
         rc = proc.wait(60)
@@ -151,7 +155,11 @@ def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_s
     assert sum(v for k, v in metrics.items() if k.startswith("recpilot_ingest_events_rejected_total{")) == n_bad
     assert metrics['recpilot_ingest_events_rejected_total{reason="negative_price"}'] == 15
     # ... and as MetricEvent messages for the monitor
-    last = _last_metric_events(p, topics["metrics"])
+    last = {}
+    for m in tools.read_all(p, topics["metrics"], idle_s=0.5):
+        me = events_pb2.MetricEvent.FromString(m.value())
+        assert me.service == "ingest"
+        last[(me.name, tuple(sorted(me.labels.items())))] = me.value
     assert last[("accepted_total", ())] == len(valid)
     assert last[("rejected_total", ())] == n_bad
     assert last[("rejected_total", (("reason", "oversized"),))] == 15
