@@ -8,7 +8,9 @@ started by tests) inherit them.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import uuid
 
 import pytest
@@ -73,6 +75,91 @@ def stack(platform_settings):
 def unique():
     """A short unique suffix for topic names, group ids and Redis key prefixes."""
     return uuid.uuid4().hex[:10]
+
+
+def _poll(predicate, timeout: float, message, interval: float):
+    """The shared body of the two waits: yields until the deadline, returns predicate()'s value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{message() if callable(message) else message} (waited {timeout:g} s)")
+        yield min(interval, max(deadline - time.monotonic(), 0.0))
+
+
+@pytest.fixture
+def wait_until():
+    """``wait_until(predicate, timeout, message, interval=0.05)``: call ``predicate`` until it returns
+    something true and return that; fail the test with ``message`` (a string, or a callable giving
+    one, e.g. the end of a log) once ``timeout`` seconds have passed. Use it instead of a fixed sleep
+    whenever a test waits for a side effect."""
+
+    def wait(predicate, timeout: float, message, interval: float = 0.05):
+        polls = _poll(predicate, timeout, message, interval)
+        try:
+            while True:
+                time.sleep(next(polls))
+        except StopIteration as done:
+            return done.value
+
+    return wait
+
+
+@pytest.fixture
+def wait_until_async():
+    """``await wait_until_async(predicate, timeout, message, interval=0.05)``: as ``wait_until``, for a
+    test running an event loop (it yields to the loop between polls instead of blocking it)."""
+
+    async def wait(predicate, timeout: float, message, interval: float = 0.05):
+        polls = _poll(predicate, timeout, message, interval)
+        try:
+            while True:
+                await asyncio.sleep(next(polls))
+        except StopIteration as done:
+            return done.value
+
+    return wait
+
+
+@pytest.fixture(scope="session")
+def small_ds():
+    """800 synthetic impressions as a training Dataset (enough positives and negatives to train on)."""
+    from recpilot.models import data as D
+
+    ds = D.examples_from_impressions(D.synthetic_impressions(800, seed=7, n_users=200, n_items=100), source="fixture")
+    assert ds.positives > 20 and len(ds) - ds.positives > 20
+    return ds
+
+
+@pytest.fixture
+def write_obd():
+    """``write_obd(root, rows=30, campaign="all", nested=False)`` writes a tiny Open Bandit folder
+    and returns ``root``: flat (<policy>/<campaign>.csv, the sample beside the checkout) or nested
+    (<policy>/<campaign>/<campaign>.csv, the dataset's own layout)."""
+    import numpy as np
+    import pandas as pd
+
+    def write(root, rows=30, campaign="all", nested=False):
+        rng = np.random.default_rng(0)
+        for policy in ("random", "bts"):
+            d = root / policy / campaign if nested else root / policy
+            d.mkdir(parents=True)
+            logs = pd.DataFrame({
+                "timestamp": pd.date_range("2019-11-24", periods=rows, freq="min", tz="UTC").astype(str),
+                "item_id": rng.integers(0, 3, rows), "position": rng.integers(1, 4, rows),
+                "click": (np.arange(rows) % 7 == 0).astype(int), "propensity_score": 1 / 3,
+                **{f"user_feature_{k}": [f"h{k}{x}" for x in rng.integers(0, 2, rows)] for k in range(4)},
+                **{f"user-item_affinity_{k}": rng.random(rows) * (k + 1) for k in range(3)},
+            })
+            logs.to_csv(d / f"{campaign}.csv")
+            pd.DataFrame({"item_id": [0, 1, 2], "item_feature_0": [0.1, 0.2, 0.3],
+                          "item_feature_1": ["a", "b", "c"], "item_feature_2": ["d", "e", "f"],
+                          "item_feature_3": ["g", "h", "i"]}).to_csv(d / "item_context.csv")
+        return root
+
+    return write
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_kill9_mid_stream_then_restart_counts_exact(platform_settings, setup, un
             p.produce(setup["topic"], key=ev.user_id.encode(), value=ev.SerializeToString())
             if k % 200 == 199:
                 p.poll(0)
-                time.sleep(0.05)
+                time.sleep(0.05)  # paces the stream so that it spans the crash
         sent.append(p.flush(30))
 
     th = threading.Thread(target=produce, daemon=True)

@@ -57,7 +57,7 @@ class PrivateRedis:
 
 
 @pytest.mark.skipif(redis_server_binary() is None, reason="redis-server not installed")
-def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_path, unique):
+def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_path, unique, wait_until):
     rport = free_port()
     rds = PrivateRedis(tmp_path, rport)
     rds.start()
@@ -82,7 +82,7 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
                 p.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
                 if k % 200 == 199:
                     p.poll(0)
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # paces the stream so that it spans the outage
             assert p.flush(30) == 0
 
         th = threading.Thread(target=produce, daemon=True)
@@ -92,11 +92,11 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
             assert time.monotonic() - t0 < 60 and worker.alive(), worker.log_tail()
             time.sleep(0.02)
         rds.kill9()
-        time.sleep(1.5)
-        code, body = worker.get("/readyz")
-        assert code == 503 and '"redis": false' in body
+        code, body = wait_until(lambda: (r := worker.get("/readyz"))[0] == 503 and r, 30,
+                                lambda: "readyz never reported Redis down:\n" + worker.log_tail())
+        assert '"redis": false' in body
         assert worker.alive()
-        time.sleep(1.5)
+        time.sleep(1.5)  # the outage goes on while events keep coming (the length of the fault, not a wait)
         rds.start()
         th.join(60)
         wait_applied(client, N_EVENTS, worker, timeout=90)

@@ -77,7 +77,7 @@ def test_ingest_survives_a_broker_outage_mid_batch_and_loses_nothing(private_bro
             time.sleep(0.05)
 
         kill9(table)  # mid-backlog: the consumer holds prefetched records, the next flush cannot finish
-        time.sleep(15)
+        time.sleep(15)  # the outage: longer than flush_timeout_s and the restart backoff (a fault, not a wait)
         assert proc.poll() is None, "ingest exited during the outage:\n" + log.read_text()[-3000:]
         broker.start()
         broker.wait_ready()

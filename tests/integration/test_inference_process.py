@@ -101,7 +101,7 @@ def server(stack, platform_settings, tmp_path, unique):
         proc.wait()
 
 
-def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_settings):
+def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_settings, wait_until):
     ch = grpc.insecure_channel(f"127.0.0.1:{server['port']}")
     stub = recommend_pb2_grpc.RecommenderStub(ch)
     cands = [f"x{i}" for i in range(50)]
@@ -126,7 +126,8 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: seen.get(server["v1"], 0) > 0 or errors, 30,
+                   lambda: f"no answer from v1 under load; errors {errors}")
         _publish(platform_settings, server["topic"], "promote", server["v2"])
         t0 = time.monotonic()
         while time.monotonic() - t0 < 30:
@@ -136,7 +137,10 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
             time.sleep(0.2)
         assert r.model_version == server["v2"]
         bad_cmd = _publish(platform_settings, server["topic"], "promote", server["bad"])
-        time.sleep(3.0)  # the replica tries, fails, keeps v2
+        # the replica tries the corrupt version, fails, keeps v2; the load is answered by v2 meanwhile
+        wait_until(lambda: "model load failed; keeping what serves" in server["log"].read_text()
+                   and seen.get(server["v2"], 0) > 0, 30,
+                   lambda: f"answers {seen}; the corrupt version tried?\n" + server["log"].read_text()[-3000:])
     finally:
         stop.set()
         for t in threads:

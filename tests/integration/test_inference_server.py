@@ -163,10 +163,11 @@ def _expected_scores(world, user_id, item_ids, seed=1):
         return build_module(seed)(torch.from_numpy(dense), torch.from_numpy(ids)).numpy()
 
 
-def test_health_not_serving_before_a_model_is_loaded(world):
+def test_health_not_serving_before_a_model_is_loaded(world, wait_until):
     r = Running(world, load=False)
     try:
-        time.sleep(1.0)  # a few health cycles with Redis up and no model
+        # until the health loop has found Redis up: then only the model is missing
+        wait_until(lambda: r.server.ready()[1]["redis"], 10, "the health loop never saw Redis up")
         assert r.health.Check(health_pb2.HealthCheckRequest(service="")).status == \
             health_pb2.HealthCheckResponse.NOT_SERVING
         assert not r.oip.ServerReady(oip.ServerReadyRequest()).ready
@@ -370,6 +371,9 @@ def test_redis_down_answers_from_popularity(world):
     try:
         resp = r.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user1", k=3))
         assert resp.fallback and resp.fallback_reason == "features_unavailable"
+        # NOT_SERVING from the start, and it must stay so while the health loop checks Redis (every
+        # _HEALTH_PERIOD_S) and finds it down: a status that must not change cannot be polled for,
+        # so this sleep is the time it is watched.
         time.sleep(0.8)
         assert r.health.Check(health_pb2.HealthCheckRequest(service="")).status == \
             health_pb2.HealthCheckResponse.NOT_SERVING

@@ -11,7 +11,7 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from recpilot.pb import events_pb2
 from recpilot.simulator import EXPECTED_REASON, MALFORMED_KINDS, ShopSimulator, event_to_json, malformed
@@ -50,7 +50,8 @@ def _scrape(address: str) -> dict[str, float]:
     return out
 
 
-def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_settings, topics, unique, tmp_path):
+def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_settings, topics, unique, tmp_path,
+                                                                      wait_until):
     p = platform_settings
     now = int(time.time() * 1000)
     sim = ShopSimulator(seed=11, n_users=500, n_items=300)
@@ -92,7 +93,23 @@ def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_s
         tools.wait_ready(address, proc=proc)
         _wait_committed(p, group, topics["raw"], len(sent), proc)
         metrics = _scrape(address)
-        time.sleep(1.5)  # one more metric-event interval
+        # the running reporter (not only its last report at shutdown) publishes the final counts
+        reader = Consumer({"bootstrap.servers": p.kafka_bootstrap, "group.id": f"test-ingest-metrics-{unique}",
+                           "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        reader.subscribe([topics["metrics"]])
+        reported = {}
+
+        def counted_everything():
+            for m in reader.consume(1000, 0.2):
+                if m.error() is None:
+                    me = events_pb2.MetricEvent.FromString(m.value())
+                    reported[(me.name, tuple(sorted(me.labels.items())))] = me.value
+            return reported.get(("accepted_total", ())) == len(valid)
+
+        try:
+            wait_until(counted_everything, 60, lambda: f"no metric event counts every accepted event: {reported}")
+        finally:
+            reader.close()
     finally:
         proc.terminate()
         rc = proc.wait(60)

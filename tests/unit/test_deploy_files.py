@@ -2,10 +2,7 @@
 
 import importlib.util
 import re
-import shutil
-import subprocess
 
-import pytest
 import yaml
 
 from recpilot.paths import REPO_ROOT
@@ -51,15 +48,6 @@ def test_compose_declares_the_stack_with_health_gates():
         assert deps["kafka"]["condition"] == "service_healthy"
         assert deps["redis"]["condition"] == "service_healthy"
         assert s["environment"]["RECPILOT_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-
-
-def test_compose_file_validates_with_docker_compose_when_installed():
-    """`docker-compose config` (Debian's docker-compose) parses the file; the structural test above always runs."""
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        pytest.skip("docker-compose is not installed here; the structural test above still checks the file")
-    res = subprocess.run([exe, "-f", str(REPO_ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
 
 
 def test_compose_starts_exactly_the_services_of_the_local_stack():

@@ -54,7 +54,7 @@ def repo(tmp_path):
     return tmp_path, versions, bad
 
 
-def test_hot_swap_under_load_fails_no_request_and_switches_versions(repo):
+def test_hot_swap_under_load_fails_no_request_and_switches_versions(repo, wait_until_async):
     root, versions, _bad = repo
     v1, v2, v3 = versions[11], versions[12], versions[13]
     dense, ids = _inputs()
@@ -85,12 +85,17 @@ def test_hot_swap_under_load_fails_no_request_and_switches_versions(repo):
                     else:
                         failures.append(repr(exc))
 
+        async def answers_from(version):  # the clients get answers from the version now serving
+            start = answered[version]
+            await wait_until_async(lambda: answered[version] > start or failures, 30,
+                                   lambda: f"no answer from version {version}; failures {failures}")
+
         tasks = [loop.create_task(client()) for _ in range(16)]
+        await answers_from(v1)
         for target in (v2, v3, v1, v2):  # four swaps while 16 clients hammer the model
-            await asyncio.sleep(0.15)
             res = await loop.run_in_executor(None, mgr.reconcile, "ranker", Desired(production=target))
             assert not res.failed and mgr.routes("ranker").production.version == target
-        await asyncio.sleep(0.15)
+            await answers_from(target)
         stop.set()
         await asyncio.gather(*tasks)
         await mgr.close()

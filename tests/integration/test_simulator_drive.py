@@ -34,7 +34,7 @@ class Recommender(recommend_pb2_grpc.RecommenderServicer):
                                                model_name="fake", model_version="1")
 
 
-def test_simulate_uses_the_recommender_and_survives_its_absence(stack, platform_settings, unique):
+def test_simulate_uses_the_recommender_and_survives_its_absence(stack, platform_settings, unique, wait_until):
     p = platform_settings
     topic = f"test-ingest-sim-{unique}"
     tools.create_topics(p, [topic], 1)
@@ -56,10 +56,11 @@ def test_simulate_uses_the_recommender_and_survives_its_absence(stack, platform_
     th = threading.Thread(target=run)
     th.start()
     try:
-        time.sleep(3.0)
+        wait_until(lambda: len(servicer.request_ids) > 50 or not th.is_alive(), 60,
+                   lambda: f"only {len(servicer.request_ids)} Recommend calls")
         server.stop(0).wait()  # the Recommender goes away mid-run
         n_calls = len(servicer.request_ids)
-        time.sleep(2.0)
+        time.sleep(2.0)  # the simulator runs on without it (the last 1.5 s of events are checked below)
         assert th.is_alive(), "the simulator stopped when the server went away"
     finally:
         stopped.set()

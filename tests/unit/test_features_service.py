@@ -1,4 +1,5 @@
-"""Unit tests of the features part: no Kafka, no Redis."""
+"""The features service's parts in process (no Kafka, no Redis): the Lua script's arguments, the
+read client's parsing and candidates, settings, freshness, metrics, the synthetic stream, the CLI."""
 
 from __future__ import annotations
 

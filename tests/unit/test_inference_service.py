@@ -1,4 +1,5 @@
-"""BM25 retrieval, the default policy, settings and metric events (no I/O)."""
+"""The inference service's parts in process: BM25 retrieval, the default policy, settings, metric
+events, and the item feature cache on the serving path."""
 
 from __future__ import annotations
 
