@@ -1,4 +1,3 @@
-
 import pytest
 
 from recpilot.cli import build_parser, main
