@@ -17,11 +17,12 @@ from recpilot.settings import SettingsError
 # part of the platform adds its commands by creating its module, without editing this list.
 COMMAND_MODULES = [
     "recpilot.stack.commands",      # setup, up, down, status, topics
-    "services.ingest.commands",     # generate, simulate, bench ingest
-    "services.features.commands",   # features user|item, bench features
+    "services.ingest.commands",     # generate, simulate
+    "bench.commands",               # bench ingest|features|train|deployments|inference|grpc-floor
+    "services.features.commands",   # features user|item
     "recpilot.models.train_commands",  # train, tune
     "recpilot.models.commands",     # models list|deploy|promote|canary|shadow|rollback|status
-    "services.inference.commands",  # bench inference, recommend, search
+    "services.inference.commands",  # recommend, search
     "services.rl_feedback.commands",
     "services.monitor.commands",
 ]
@@ -33,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="recpilot: deploy, serve, monitor and continuously improve e-commerce ranking models.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    benches = None
     for name in COMMAND_MODULES:
         try:
             mod = importlib.import_module(name)
@@ -43,11 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         if hasattr(mod, "register"):
             mod.register(sub)
-        if hasattr(mod, "register_bench"):
-            if benches is None:
-                bp = sub.add_parser("bench", help="benchmark programs (results go in docs/benchmarks.md)")
-                benches = bp.add_subparsers(dest="bench", metavar="COMPONENT")
-            mod.register_bench(benches)
     return parser
 
 

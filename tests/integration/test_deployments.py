@@ -30,7 +30,7 @@ from recpilot.models.deployments import (
 from recpilot.models.repository import MODEL_JSON, ModelRepository
 from recpilot.paths import REPO_ROOT
 from recpilot.pb import deployments_pb2 as pb
-from tests.unit.test_repository import snapshot, tiny_writer
+from tests.support.repository import snapshot, tiny_writer
 
 pytestmark = pytest.mark.timeout(120)
 
