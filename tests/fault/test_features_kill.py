@@ -11,14 +11,13 @@ import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import Producer
 
 from recpilot import featurespec as fs
 from recpilot.kafka import create_topics, delete_topics
 from recpilot.simulator import ShopSimulator, event_to_dict
 from recpilot.stack.process import ServiceProcess
 from services.features.client import FeatureClient
-from tests.support.features import applied, features_worker, wait_applied
+from tests.support.features import applied, features_worker, send, wait_applied
 
 N_EVENTS = 20_000
 
@@ -67,14 +66,9 @@ def test_kill9_mid_stream_then_restart_counts_exact(platform_settings, setup, un
 
     sent = []
 
-    def produce():  # a steady stream (~4,000 events/s) that keeps going across the crash
-        p = Producer({"bootstrap.servers": platform_settings.kafka_bootstrap, "linger.ms": 5})
-        for k, ev in enumerate(events):
-            p.produce(setup["topic"], key=ev.user_id.encode(), value=ev.SerializeToString())
-            if k % 200 == 199:
-                p.poll(0)
-                time.sleep(0.05)
-        sent.append(p.flush(30))
+    def produce():  # a steady stream that keeps going across the crash
+        send(platform_settings, setup["topic"], events, paced=True)
+        sent.append(len(events))
 
     th = threading.Thread(target=produce, daemon=True)
     th.start()
@@ -88,7 +82,7 @@ def test_kill9_mid_stream_then_restart_counts_exact(platform_settings, setup, un
 
     second = setup["worker"](group).start().wait_ready(90)
     th.join(60)
-    assert sent == [0]
+    assert sent == [N_EVENTS]  # all delivered
     wait_applied(client, N_EVENTS, second, timeout=90)
 
     offline = fs.OfflineFeatureStore()

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import Producer
 
 from recpilot import featurespec as fs
 from recpilot.kafka import create_topics, delete_topics
@@ -20,7 +19,7 @@ from recpilot.net import free_port
 from recpilot.simulator import ShopSimulator, event_to_dict
 from recpilot.stack.redis import redis_server_binary
 from services.features.client import FeatureClient
-from tests.support.features import applied, features_worker, wait_applied
+from tests.support.features import applied, features_worker, send, wait_applied
 
 N_EVENTS = 12_000
 
@@ -76,14 +75,11 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
         now = int(time.time() * 1000)
         events = list(sim.events(N_EVENTS, now - 3_600_000, step_ms=3_600_000 / N_EVENTS))
 
-        def produce():
-            p = Producer({"bootstrap.servers": platform_settings.kafka_bootstrap, "linger.ms": 5})
-            for k, ev in enumerate(events):
-                p.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
-                if k % 200 == 199:
-                    p.poll(0)
-                    time.sleep(0.05)
-            assert p.flush(30) == 0
+        sent = []
+
+        def produce():  # a steady stream that keeps going across the outage
+            send(platform_settings, topic, events, paced=True)
+            sent.append(len(events))
 
         th = threading.Thread(target=produce, daemon=True)
         th.start()
@@ -99,6 +95,7 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
         time.sleep(1.5)
         rds.start()
         th.join(60)
+        assert sent == [N_EVENTS]  # all delivered
         wait_applied(client, N_EVENTS, worker, timeout=90)
         assert worker.alive()
 

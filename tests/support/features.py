@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -14,12 +15,18 @@ def features_worker(env: dict, log: Path) -> ServiceProcess:
     return ServiceProcess("services.features", log, env=env)
 
 
-def send(platform, topic: str, events) -> None:
-    """A plain confluent-kafka producer (what any shop backend would use), keyed by user id."""
+def send(platform, topic: str, events, paced: bool = False) -> None:
+    """A plain confluent-kafka producer (what any shop backend would use), keyed by user id.
+    ``paced``: 200 events then a 50 ms pause (a steady stream that outlasts a crash in the middle
+    of it, for fault tests). Every event is delivered or this fails."""
     p = Producer({"bootstrap.servers": platform.kafka_bootstrap, "linger.ms": 5})
-    for ev in events:
+    for k, ev in enumerate(events):
         p.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
-        p.poll(0)
+        if not paced:
+            p.poll(0)
+        elif k % 200 == 199:
+            p.poll(0)
+            time.sleep(0.05)
     assert p.flush(30) == 0
 
 
