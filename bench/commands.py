@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 
 
-def _run(module: str, func: str = "run"):
-    """A command that imports ``bench.<module>`` and calls its ``func(args)``."""
+def _run(module: str):
+    """A command that imports ``bench.<module>`` and calls its ``run(args)``."""
 
     def run(args: argparse.Namespace) -> int:
         import importlib
 
-        return getattr(importlib.import_module(f"bench.{module}"), func)(args)
+        return importlib.import_module(f"bench.{module}").run(args)
 
     return run
 

@@ -91,7 +91,8 @@ def ensure_topics(adm: AdminClient, specs: Iterable[TopicSpec], timeout: float =
     return created
 
 
-def create_topics(settings: PlatformSettings, names: Iterable[str], partitions: int, timeout: float = 30.0) -> list[str]:
+def create_topics(settings: PlatformSettings, names: Iterable[str], partitions: int,
+                  timeout: float = 30.0) -> list[str]:
     """Create the topics ``names`` (``partitions`` each) that do not exist yet; the names created."""
     return ensure_topics(admin(settings), [TopicSpec(n, partitions) for n in names], timeout)
 
