@@ -23,11 +23,11 @@ from recpilot.errors import EXIT_USAGE, FailedPrecondition, RecpilotError
 COMMAND_MODULES = [
     "recpilot.stack.commands",      # setup, up, down, status, topics
     "services.ingest.commands",     # generate, simulate
+    "bench.commands",               # bench ingest|features|train|deployments|inference|grpc-floor (development checkout only)
     "services.features.commands",   # features user|item|popular|candidates
     "recpilot.models.train_commands",  # train, tune
     "recpilot.models.commands",     # models list|verify|deploy|promote|canary|shadow|rollback|status
     "services.inference.commands",  # recommend, search
-    "bench.commands",               # bench ... (development checkout only)
 ]
 
 # The benchmark package lives beside the product and is not in the service image; there, and only

@@ -5,7 +5,11 @@
   (produce + wait for delivery, or a Redis write) and only then are the batch's offsets
   committed. A crash between the side effect and the commit replays the batch: at-least-once,
   which idempotent handlers turn into exactly-once effects.
-* :func:`ensure_topics` — create the catalogue idempotently.
+* :func:`ensure_topics` — create the catalogue idempotently; :func:`create_topics` and
+  :func:`delete_topics` for throw-away topics (benchmarks, tests).
+* :class:`TopicReader` / :func:`read_to_end` — read partitions to their end without joining a
+  group or committing; :func:`end_offsets`, :func:`committed_offsets` — where a topic ends and
+  where a group is, without joining it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from recpilot.errors import Unavailable
@@ -87,6 +91,138 @@ def ensure_topics(adm: AdminClient, specs: Iterable[TopicSpec], timeout: float =
                 continue
             raise
     return created
+
+
+def create_topics(settings: PlatformSettings, names: Iterable[str], partitions: int,
+                  timeout: float = 30.0) -> list[str]:
+    """Create the topics ``names`` (``partitions`` each) that do not exist yet; the names created."""
+    return ensure_topics(admin(settings), [TopicSpec(n, partitions) for n in names], timeout)
+
+
+def delete_topics(settings: PlatformSettings, names: Iterable[str], timeout: float = 30.0) -> dict[str, str]:
+    """Delete the topics ``names``; one that does not exist counts as deleted. Returns the ones
+    that could not be deleted, with the reason."""
+    names = list(names)
+    if not names:
+        return {}
+    adm = admin(settings)  # keep the client alive until the futures resolve
+    failed = {}
+    for name, fut in adm.delete_topics(names, operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if not (exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+                failed[name] = str(exc)
+    return failed
+
+
+def quiet_client_logs(name: str = client_log.name) -> None:
+    """Silence the client logger ``name`` (librdkafka logs a line per retry) for a command that
+    reports failures itself."""
+    lg = logging.getLogger(name)
+    lg.setLevel(logging.CRITICAL)
+    lg.propagate = False
+    lg.addHandler(logging.NullHandler())
+
+
+class TopicReader:
+    """One topic read without a consumer group: no subscription, no commits, so reading never
+    moves any service's offsets. ``read_committed`` (default) hides aborted transactions."""
+
+    def __init__(self, settings: PlatformSettings, topic: str, *, read_committed: bool = True,
+                 group_id: str = "recpilot-reader", **overrides) -> None:
+        self.topic = topic
+        self.consumer = consumer(settings, group_id, **{
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted", **overrides})
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def partitions(self, timeout: float = 10.0) -> list[int]:
+        """The topic's partitions; empty when the topic does not exist."""
+        tmd = self.consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+        if tmd is None or tmd.error is not None:
+            return []
+        return sorted(tmd.partitions)
+
+    def watermarks(self, partitions: Iterable[int] | None = None, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+        """(low, high) offsets per partition, asked of the broker now."""
+        parts = self.partitions(timeout) if partitions is None else partitions
+        return {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=timeout, cached=False)
+                for p in parts}
+
+    def end_offsets(self, partitions: Iterable[int] | None = None, timeout: float = 10.0) -> dict[int, int]:
+        return {p: hi for p, (_lo, hi) in self.watermarks(partitions, timeout).items()}
+
+    def offsets_for_time(self, ts_ms: int, partitions: Iterable[int] | None = None,
+                         timeout: float = 10.0) -> dict[int, int]:
+        """Per partition, the first offset whose timestamp is >= ``ts_ms`` (-1: none)."""
+        parts = self.partitions(timeout) if partitions is None else partitions
+        found = self.consumer.offsets_for_times([TopicPartition(self.topic, p, ts_ms) for p in parts], timeout=timeout)
+        return {tp.partition: tp.offset for tp in found}
+
+    def read(self, starts: dict[int, int], on_message: Callable[[Message], None], timeout: float = 120.0,
+             idle_s: float = 0.0) -> set[int]:
+        """Read each partition of ``starts`` from its offset (``OFFSET_BEGINNING`` for the start)
+        to its end, handing each message to ``on_message``; with ``idle_s``, go on until nothing
+        new came for that long. Returns the partitions that had not reached their end when
+        ``timeout`` s passed (empty: all read)."""
+        if not starts:
+            return set()
+        c = self.consumer
+        c.assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])
+        pending = set(starts)
+        t0 = last = time.monotonic()
+        try:
+            while time.monotonic() - t0 < timeout:
+                for m in c.consume(10_000, 0.2):
+                    err = m.error()
+                    if err is None:
+                        on_message(m)
+                        last = time.monotonic()
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                if not pending and time.monotonic() - last >= idle_s:
+                    break
+        finally:
+            c.unassign()
+        return pending
+
+
+def read_to_end(settings: PlatformSettings, topic: str, *, read_committed: bool = True, idle_s: float = 0.0,
+                timeout: float = 120.0) -> list[Message]:
+    """Every message now in ``topic`` (all partitions, from the start to their end; with
+    ``idle_s``, until nothing new came for that long), or what was read when ``timeout`` s passed."""
+    out: list[Message] = []
+    with TopicReader(settings, topic, read_committed=read_committed) as r:
+        r.read({p: OFFSET_BEGINNING for p in r.partitions()}, out.append, timeout, idle_s)
+    return out
+
+
+def end_offsets(settings: PlatformSettings, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """The high watermark of each partition of ``topic``."""
+    with TopicReader(settings, topic, group_id="recpilot-offsets-probe") as r:
+        return r.end_offsets(timeout=timeout)
+
+
+def committed_offsets(settings: PlatformSettings, group: str, topic: str, partitions: Iterable[int],
+                      timeout: float = 10.0) -> dict[int, int]:
+    """The offsets ``group`` committed on ``topic`` (without joining the group); none is 0."""
+    # read_uncommitted: do not wait for offsets pending in an open transaction (require_stable off)
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False,
+                  "isolation.level": "read_uncommitted"})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
+        return {tp.partition: max(0, tp.offset) for tp in tps}
+    finally:
+        c.close()
 
 
 def commit_offsets(messages: Sequence[Message]) -> list[TopicPartition]:

@@ -171,5 +171,5 @@ def redis_client(stack, platform_settings):
     client.close()
 
 
-# a Kafka broker of a test's own, for tests that kill it (tests/private_broker.py)
-from tests.private_broker import private_broker  # noqa: E402, F401
+# a Kafka broker of a test's own, for tests that kill it (tests/support/broker.py)
+from tests.support.broker import private_broker  # noqa: E402, F401

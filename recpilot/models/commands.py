@@ -28,19 +28,11 @@ def _deployment_error(exc: RecpilotError, note: str | None = None) -> RecpilotEr
     return exc
 
 
-def _quiet_kafka() -> None:
-    """librdkafka retries print a line per attempt; the commands report failures themselves."""
-    import logging
-
-    lg = logging.getLogger("recpilot.deployments.kafka")
-    lg.setLevel(logging.CRITICAL)
-    lg.propagate = False
-    lg.addHandler(logging.NullHandler())
-
-
 def _context(args: argparse.Namespace):
     """Platform settings, deployment settings (with --topic), the repository (with --repository)."""
-    _quiet_kafka()
+    from recpilot.kafka import quiet_client_logs
+
+    quiet_client_logs("recpilot.deployments.kafka")  # the commands report failures themselves
     from recpilot.models.deployments.state import DeploymentSettings
     from recpilot.models.repository import ModelRepository
     from recpilot.settings import PlatformSettings, load
@@ -456,10 +448,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="the whole history")
     p.set_defaults(func=cmd_status)
     _positional(p, "model")
-
-
-def register_bench(benches: argparse._SubParsersAction) -> None:
-    """`recpilot bench deployments` (recpilot/models/deployments_bench.py)."""
-    from recpilot.models.deployments_bench import register_bench as _register
-
-    _register(benches)

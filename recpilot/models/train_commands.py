@@ -1,4 +1,4 @@
-"""`recpilot train`, `recpilot tune` and `recpilot bench train`.
+"""`recpilot train` and `recpilot tune`.
 
 Light to import: numpy/pandas/torch/tensorflow/optuna are imported inside the commands.
 """
@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import time
 
-from recpilot.benchutil import machine
 from recpilot.errors import RecpilotError
 
 FRAMEWORK_CHOICES = ("tensorflow", "torch")
@@ -61,16 +59,6 @@ def register(sub) -> None:
     t.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     t.add_argument("--register", action="store_true", help="train the best configuration and write a model version")
     t.set_defaults(func=cmd_tune)
-
-
-def register_bench(benches) -> None:
-    b = benches.add_parser("train", help="time training on synthetic logged impressions, both frameworks")
-    b.add_argument("--rows", type=int, default=100_000)
-    b.add_argument("--frameworks", default="torch,tensorflow")
-    b.add_argument("--epochs", type=int, default=None, help="default: the training default (3)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--no-early-stopping", action="store_true", help="run all epochs")
-    b.set_defaults(func=cmd_bench_train)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,57 +219,4 @@ def cmd_tune(args) -> int:
                                         holdout_fraction=holdout, repository=repo, production=prod,
                                         progress=Progress(enabled=not args.quiet))
             print(f"{name} version {report.version} written; holdout auc {_fmt(report.meta['metrics'].get('auc'))}")
-    return 0
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def cmd_bench_train(args) -> int:
-    import tempfile
-    from pathlib import Path
-
-    from recpilot.models.data.dataset import TrainSettings
-    from recpilot.models.data.synthetic import synthetic_impressions
-    from recpilot.models.data.table import examples_from_impressions
-    from recpilot.models.loader import configure_threads
-    from recpilot.models.repository import ModelRepository
-    from recpilot.models.train import DEFAULT_HP, Progress, train_and_register
-    from recpilot.settings import load
-
-    ts = load(TrainSettings)
-    configure_threads(ts.intra_op_threads, ts.inter_op_threads)
-    print(f"machine: {machine()}")
-    print(f"threads: intra-op {ts.intra_op_threads}, inter-op {ts.inter_op_threads}")
-    t0 = time.monotonic()
-    df = synthetic_impressions(args.rows, seed=args.seed)
-    ds = examples_from_impressions(df, source=f"synthetic:{args.rows}")
-    print(f"data: {len(ds)} synthetic logged impressions ({ds.positives} clicks), feature_set recpilot, "
-          f"built in {time.monotonic() - t0:.1f}s")
-    hp = dict(DEFAULT_HP)
-    if args.epochs:
-        hp["epochs"] = args.epochs
-    if args.no_early_stopping:
-        hp["validation_fraction"] = 0.0
-    print(f"hyperparameters: {hp}")
-    results = []
-    with tempfile.TemporaryDirectory(prefix="recpilot-bench-train-") as tmp:
-        repo = ModelRepository(Path(tmp))
-        for fw in [f.strip() for f in args.frameworks.split(",") if f.strip()]:
-            t = time.monotonic()
-            report = train_and_register(ds, fw, name=f"bench-{fw}", hp=hp, seed=args.seed, repository=repo,
-                                        progress=Progress(enabled=True), holdout_fraction=ts.holdout_fraction)
-            total = time.monotonic() - t
-            tr = report.meta["training"]
-            rows = tr["fit_rows"] * len(tr["epochs"])
-            results.append((fw, tr["seconds"], total, rows / tr["seconds"], report.meta["metrics"]["auc"],
-                            report.meta["metrics"]["baseline"]["auc"], tr["parameters"],
-                            f"{len(tr['epochs'])} (kept {tr['best_epoch']})"))
-    print()
-    print("fit s: training incl. per-epoch validation/holdout scoring; rows/s = fit rows x epochs run / fit s")
-    print(f"{'framework':<12}{'fit s':>8}{'fit+eval+export s':>20}{'rows/s':>10}{'epochs run':>14}{'holdout auc':>13}"
-          f"{'popularity auc':>16}{'params':>10}")
-    for fw, fit_s, total, rps, auc, base, params, epochs in results:
-        print(f"{fw:<12}{fit_s:>8.1f}{total:>20.1f}{rps:>10.0f}{epochs:>14}{auc:>13.4f}{base:>16.4f}{params:>10}")
-    print(f"machine at the end: {machine()}")
     return 0

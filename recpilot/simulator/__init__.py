@@ -9,12 +9,13 @@ from recpilot.simulator.traffic import (
     MALFORMED_KINDS,
     ShopSimulator,
     TrafficMix,
+    event_to_dict,
     event_to_json,
     malformed,
 )
 
 __all__ = [
     "CATEGORY_NAMES", "ClickModel", "EXPECTED_REASON", "Item", "MALFORMED_KINDS", "Population",
-    "ShopSimulator", "TrafficMix", "User", "catalogue", "event_to_json", "make_user", "malformed",
-    "read_catalogue", "write_catalogue",
+    "ShopSimulator", "TrafficMix", "User", "catalogue", "event_to_dict", "event_to_json", "make_user",
+    "malformed", "read_catalogue", "write_catalogue",
 ]

@@ -17,6 +17,7 @@ import json
 import os
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from recpilot.pb import events_pb2
@@ -170,6 +171,12 @@ class ShopSimulator:
         sess.last_item, sess.state, sess.request_id = item, "viewed", ""
         return self.event(sess, VIEW, now_ms, item)
 
+    def events(self, n: int, start_ms: int, step_ms: float = 1.0) -> Iterator[events_pb2.UserEvent]:
+        """``n`` events of the open-loop stream stamped ``start_ms``, ``start_ms + step_ms``, ...:
+        the same events for the same seed and ``run_id``."""
+        for k in range(n):
+            yield self.next_event(int(start_ms + k * step_ms))
+
     # -- closed loop with the Recommender ---------------------------------------------------
     def outcomes_for(self, user: User, session_id: str, ranked_item_ids: list[str], request_id: str,
                      now_ms: int) -> list[events_pb2.UserEvent]:
@@ -210,6 +217,13 @@ def event_to_json(ev: events_pb2.UserEvent) -> bytes:
     if ev.context:
         d["context"] = dict(ev.context)
     return json.dumps(d, separators=(",", ":")).encode()
+
+
+def event_to_dict(ev: events_pb2.UserEvent) -> dict:
+    """The event as the dict ``featurespec.OfflineFeatureStore.apply`` takes (``event_type`` as its number)."""
+    return {"event_id": ev.event_id, "user_id": ev.user_id, "session_id": ev.session_id,
+            "event_type": int(ev.event_type), "item_id": ev.item_id, "price": ev.price,
+            "timestamp_ms": ev.timestamp_ms, "request_id": ev.request_id, "context": dict(ev.context)}
 
 
 class TrafficMix:

@@ -12,14 +12,13 @@ import hashlib
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 from recpilot.errors import RecpilotError
 from recpilot.paths import CACHE_DIR, DEPLOY_DIR
 from recpilot.settings import PlatformSettings
-from recpilot.stack.process import PidRecord, ProcessTable, tail
+from recpilot.stack.process import PidRecord, ProcessTable, wait_started
 
 POM = DEPLOY_DIR / "kafka" / "pom.xml"
 LOG4J = DEPLOY_DIR / "kafka" / "log4j2.yaml"
@@ -185,15 +184,11 @@ class KafkaBroker:
 
     def wait_ready(self, timeout: float | None = None) -> float:
         timeout = timeout or self.s.kafka_ready_timeout_s
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            rec = self.table.get(self.name)
-            if rec is not None and not rec.alive():
-                raise StackError(f"kafka exited during start-up; last lines of {self.log_path}:\n{tail(self.log_path)}")
-            if self.ready():
-                return time.monotonic() - t0
-            time.sleep(0.5)
-        raise StackError(f"kafka not ready after {timeout:.0f}s; last lines of {self.log_path}:\n{tail(self.log_path)}")
+        return wait_started("kafka", self.log_path, timeout, self._exited, self.ready, interval=0.5)
+
+    def _exited(self) -> str | None:
+        rec = self.table.get(self.name)
+        return "exited" if rec is not None and not rec.alive() else None
 
 
 class _SilentLogger:

@@ -7,14 +7,13 @@ import json
 import os
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 
 from recpilot.errors import InvalidArgument
 from recpilot.kafka import admin, ensure_topics
 from recpilot.settings import PlatformSettings, load
-from recpilot.stack.kafka import KafkaBroker, StackError
-from recpilot.stack.process import ProcessTable, tail
+from recpilot.stack.kafka import KafkaBroker
+from recpilot.stack.process import ProcessTable, http_get, wait_http_ready
 from recpilot.stack.redis import RedisServer
 from recpilot.topics import catalogue
 
@@ -98,15 +97,9 @@ class Stack:
 
     def wait_service(self, spec: ServiceSpec) -> None:
         rec = self.table.get(spec.name)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < spec.ready_timeout_s:
-            if rec is None or not rec.alive():
-                log = rec.log if rec else ""
-                raise StackError(f"{spec.name} exited during start-up; last lines of {log}:\n{tail(log)}")
-            if _http_ok(f"http://{rec.address}/readyz"):
-                return
-            time.sleep(0.5)
-        raise StackError(f"{spec.name} not ready after {spec.ready_timeout_s:.0f}s; last lines of {rec.log}:\n{tail(rec.log)}")
+        wait_http_ready(spec.name, rec.log if rec else "", spec.ready_timeout_s,
+                        exited=lambda: None if rec is not None and rec.alive() else "exited",
+                        address=lambda: rec.address, interval=0.5)
 
     # -- whole stack -------------------------------------------------------------------
     def up(self, services: bool = True, echo=print) -> None:
@@ -141,17 +134,9 @@ class Stack:
             rec = self.table.running(spec.name)
             addr = rec.address if rec else None
             comps.append({"name": spec.name, "running": rec is not None,
-                          "ready": bool(rec) and _http_ok(f"http://{addr}/readyz"),
+                          "ready": bool(rec) and http_get(f"http://{addr}/readyz", 1.0)[0] == 200,
                           "pid": rec.pid if rec else None, "address": addr, "log": rec.log if rec else None})
         return {"home": str(self.s.home), "components": comps}
-
-
-def _http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status == 200
-    except Exception:
-        return False
 
 
 def format_status(st: dict) -> str:

@@ -1,4 +1,7 @@
-"""Detached processes tracked by pid file, safe against pid reuse."""
+"""Processes of the platform: detached ones tracked by pid file, safe against pid reuse
+(:class:`ProcessTable`, what `recpilot up` starts), and a service run as a child of this process
+(:class:`ServiceProcess`, what benchmarks and tests start), both waited for on ``/readyz`` by
+:func:`wait_http_ready`."""
 
 from __future__ import annotations
 
@@ -6,9 +9,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from recpilot.paths import REPO_ROOT
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -124,3 +133,247 @@ def tail(path: Path | str, lines: int = 40) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+# -- waiting ------------------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1,
+               detail: Callable[[], str] | None = None) -> None:
+    """Poll ``predicate`` every ``interval`` s until it is true; :class:`TimeoutError` naming
+    ``what`` (plus ``detail()``, e.g. a log tail) when ``timeout`` s pass first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            extra = detail() if detail is not None else ""
+            raise TimeoutError(f"{what}: not within {timeout:g}s" + (f"\n{extra}" if extra else ""))
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of a GET; status 0 (and the error) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (OSError, ValueError) as exc:
+        return 0, repr(exc)
+
+
+def wait_started(name: str, log: Path | str, timeout: float, exited: Callable[[], str | None],
+                 ready: Callable[[], bool], interval: float = 0.2) -> float:
+    """Poll ``ready()`` until true; the seconds it took. ``exited()`` says why the process is gone
+    (None while it runs). Raises :class:`~recpilot.stack.kafka.StackError` with the last lines of
+    ``log`` when the process exits first or ``timeout`` s pass."""
+    from recpilot.stack.kafka import StackError
+
+    t0 = time.monotonic()
+    while True:
+        why = exited()
+        if why is not None:
+            raise StackError(f"{name} {why} during start-up; last lines of {log}:\n{tail(log)}")
+        if ready():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 >= timeout:
+            raise StackError(f"{name} not ready after {timeout:.0f}s; last lines of {log}:\n{tail(log)}")
+        time.sleep(interval)
+
+
+def wait_http_ready(name: str, log: Path | str, timeout: float, exited: Callable[[], str | None],
+                    address: Callable[[], str | None], interval: float = 0.2) -> float:
+    """:func:`wait_started` until ``http://<address()>/readyz`` answers 200 (``address()`` is None
+    until it is known)."""
+
+    def ready() -> bool:
+        addr = address()
+        return addr is not None and http_get(f"http://{addr}/readyz", 1.0)[0] == 200
+
+    return wait_started(name, log, timeout, exited, ready, interval)
+
+
+# -- /proc readings -------------------------------------------------------------------------------
+
+
+def stat_cpu(stat_path: str | Path) -> float | None:
+    """user+system CPU seconds from a ``/proc/.../stat`` file (None when it is gone)."""
+    try:
+        with open(stat_path) as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """user+system CPU seconds of process ``pid`` so far (0.0 when it is gone)."""
+    return stat_cpu(f"/proc/{pid}/stat") or 0.0
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid``, whichever of its threads started them."""
+    try:
+        return sorted(int(x) for t in Path(f"/proc/{pid}/task").iterdir() for x in (t / "children").read_text().split())
+    except OSError:
+        return []
+
+
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` in MiB: current (``VmRSS``) or peak (``VmHWM``); 0.0 when gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+# -- a service as a child process --------------------------------------------------------------------
+
+
+class ServiceProcess:
+    """``python -m <module>`` (a recpilot service) as a child of this process, with its output in
+    ``log_path``: for benchmarks and tests.
+
+    ``settings`` become the service's ``RECPILOT_<NAME>_<KEY>`` variables (``services.ingest`` ->
+    ``RECPILOT_INGEST_``), ``env`` is added verbatim, both over this process's environment. With no
+    ``http_port`` the service picks a free one (``..._HTTP_PORT=0``), learnt from its
+    "http server listening" log line. :meth:`wait_ready` polls ``/readyz`` with a deadline and fails
+    with the log tail and exit code if the process dies first (a process not ready in time is
+    killed).
+    """
+
+    def __init__(self, module: str, log_path: Path | str, *, settings: dict | None = None,
+                 env: dict | None = None, http_port: int | None = None, cwd: Path = REPO_ROOT) -> None:
+        self.module = module
+        self.name = module.rsplit(".", 1)[-1]
+        self.prefix = f"RECPILOT_{self.name.upper()}_"
+        self.log_path = Path(log_path)
+        self.cwd = cwd
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}),
+                    **{self.prefix + k.upper(): str(v) for k, v in (settings or {}).items()}}
+        if http_port is not None:
+            self.env[self.prefix + "HTTP_PORT"] = str(http_port)
+        elif self.prefix + "HTTP_PORT" not in (env or {}):
+            self.env[self.prefix + "HTTP_PORT"] = "0"
+        given = int(self.env[self.prefix + "HTTP_PORT"])
+        self._fixed_port = given or None
+        self.port: int | None = self._fixed_port
+        self.proc: subprocess.Popen | None = None
+        self._offset = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.port = self._fixed_port
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, cwd=self.cwd,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0, interval: float = 0.1) -> ServiceProcess:
+        def exited() -> str | None:
+            if self.proc is None:
+                return "was not started"
+            rc = self.proc.poll()
+            return None if rc is None else f"exited with code {rc}"
+
+        try:
+            wait_http_ready(self.name, self.log_path, timeout, exited, lambda: self.address, interval)
+        except BaseException:
+            self.kill9()  # never left running half-started
+            raise
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        """SIGKILL, then wait until it is gone."""
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait up to ``timeout``; SIGKILL if it does not stop in time. The exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+    @property
+    def address(self) -> str | None:
+        """``127.0.0.1:<http port>`` once known (read from the log after :meth:`start`)."""
+        if self.port is None and self.proc is not None:
+            self.port = self._logged_port()
+        return None if self.port is None else f"127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        if self.address is None:
+            raise RuntimeError(f"{self.name}: HTTP port not known yet (call wait_ready)")
+        return f"http://{self.address}"
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
+        """(status, body) of GET ``path`` on the service's HTTP port; 0 when nothing answers."""
+        return http_get(self.base_url + path, timeout)
+
+    def _logged_port(self) -> int | None:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._offset)
+                for line in f:
+                    if b'"http server listening"' in line:
+                        try:
+                            return int(json.loads(line)["address"].rsplit(":", 1)[1])
+                        except (ValueError, KeyError, IndexError):
+                            return None
+        except OSError:
+            pass
+        return None
+
+    # -- resources -------------------------------------------------------------------------------------
+    def children(self) -> list[int]:
+        return children(self.proc.pid) if self.proc is not None else []
+
+    def cpu_seconds(self) -> float:
+        """user+system CPU of the process and its children (workers) so far."""
+        if self.proc is None:
+            return 0.0
+        return sum(process_cpu(pid) for pid in [self.proc.pid, *children(self.proc.pid)])
+
+    def rss_mb(self) -> float:
+        return memory_mb(self.proc.pid, "VmRSS") if self.proc is not None else 0.0
+
+    def peak_rss_mb(self) -> float:
+        return memory_mb(self.proc.pid, "VmHWM") if self.proc is not None else 0.0
+
+    def log_tail(self, lines: int = 30) -> str:
+        return tail(self.log_path, lines)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 from recpilot.settings import PlatformSettings
 from recpilot.stack.apt import apt_install
 from recpilot.stack.kafka import StackError
-from recpilot.stack.process import PidRecord, ProcessTable, tail
+from recpilot.stack.process import PidRecord, ProcessTable, wait_started
 
 
 def redis_server_binary() -> str | None:
@@ -81,12 +80,8 @@ class RedisServer:
 
     def wait_ready(self, timeout: float | None = None) -> float:
         timeout = timeout or self.s.redis_ready_timeout_s
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            rec = self.table.get(self.name)
-            if rec is not None and not rec.alive():
-                raise StackError(f"redis exited during start-up; last lines of {self.log_path}:\n{tail(self.log_path)}")
-            if self.ready():
-                return time.monotonic() - t0
-            time.sleep(0.1)
-        raise StackError(f"redis not ready after {timeout:.0f}s; last lines of {self.log_path}:\n{tail(self.log_path)}")
+        return wait_started("redis", self.log_path, timeout, self._exited, self.ready, interval=0.1)
+
+    def _exited(self) -> str | None:
+        rec = self.table.get(self.name)
+        return "exited" if rec is not None and not rec.alive() else None

@@ -1,4 +1,4 @@
-"""`recpilot features user|item|popular|candidates` and `recpilot bench features` (light to import)."""
+"""`recpilot features user|item|popular|candidates` (light to import)."""
 
 from __future__ import annotations
 
@@ -104,23 +104,3 @@ def register(sub) -> None:
     common(q)
     q.set_defaults(func=cmd_candidates)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
-
-
-def register_bench(bench_sub) -> None:
-    p = bench_sub.add_parser("features", help="features pipeline: sustained events/s, freshness, lag, peak memory")
-    p.add_argument("--events", type=int, default=200_000, help="backlog size for the throughput phase (0 = skip)")
-    p.add_argument("--rate", type=float, default=2000.0, help="open-loop rate of the freshness phase (events/s)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of the freshness phase (0 = skip)")
-    p.add_argument("--partitions", type=int, default=None, help="input partitions (default: RECPILOT_EVENTS_PARTITIONS)")
-    p.add_argument("--users", type=int, default=20_000)
-    p.add_argument("--items", type=int, default=50_000)
-    p.add_argument("--read-calls", type=int, default=300, help="read API calls timed at the end (0 = skip)")
-    p.add_argument("--keep", action="store_true", help="keep the bench topic and Redis keys")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-
-    def run(args):
-        from services.features.bench import main
-
-        return main(args)
-
-    p.set_defaults(func=run)

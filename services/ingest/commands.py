@@ -1,4 +1,4 @@
-"""`recpilot generate`, `recpilot simulate` and `recpilot bench ingest` (light to import)."""
+"""`recpilot generate` and `recpilot simulate` (light to import)."""
 
 from __future__ import annotations
 
@@ -86,12 +86,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_ingest(args: argparse.Namespace) -> int:
-    from services.ingest.bench import run
-
-    return run(args)
-
-
 def _traffic_args(p: argparse.ArgumentParser) -> None:
     from recpilot import topics
 
@@ -125,20 +119,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recommend-share", type=float, default=0.3, help="share of steps that ask for recommendations")
     _traffic_args(p)
     p.set_defaults(func=cmd_simulate)
-
-
-def register_bench(bench: argparse._SubParsersAction) -> None:
-    p = bench.add_parser("ingest", help="sustained raw->clean events/s, consumer lag, peak RSS of one ingest process")
-    p.add_argument("--events", type=int, default=300_000, help="backlog drained by one ingest process")
-    p.add_argument("--rate", type=float, default=0.0, help="then an open-loop phase at this rate (0 = skip)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of the open-loop phase")
-    p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--malformed-share", type=float, default=0.01)
-    p.add_argument("--duplicate-share", type=float, default=0.01)
-    p.add_argument("--format", choices=("proto", "json"), default="proto")
-    p.add_argument("--transactions", action="store_true",
-                   help="exactly-once mode (Kafka transactions) instead of at-least-once (commit after flush)")
-    p.add_argument("--batch-size", type=int, default=5000)
-    p.add_argument("--keep-topics", action="store_true")
-    p.add_argument("--no-verify", action="store_true", help="skip counting the outputs afterwards")
-    p.set_defaults(func=cmd_bench_ingest)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from recpilot import kafka as rkafka
 from recpilot.pb import events_pb2
@@ -148,49 +148,38 @@ class IngestService:
         if not s.dedup_warmup:
             return
         dedup = self.ingestor.dedup
-        c = rkafka.consumer(self.platform, f"{s.group_id}-warmup", **{
-            "isolation.level": "read_committed", "enable.partition.eof": True,
-            "client.id": f"ingest-warmup-{s.instance_id}"})
+        reader = rkafka.TopicReader(self.platform, s.clean_topic, group_id=f"{s.group_id}-warmup",
+                                    **{"client.id": f"ingest-warmup-{s.instance_id}"})
         t0 = time.monotonic()
         n = 0
-        try:
-            md = c.list_topics(s.clean_topic, timeout=10)
-            tmd = md.topics.get(s.clean_topic)
-            if tmd is None or tmd.error is not None:
+        ev = UserEvent()
+
+        def remember(m) -> None:
+            nonlocal n
+            try:
+                ev.ParseFromString(m.value())
+            except Exception:
                 return
-            since = _now_ms() - int(s.dedup_ttl_s * 1000)
-            parts = [TopicPartition(s.clean_topic, p, since) for p in tmd.partitions]
-            starts = c.offsets_for_times(parts, timeout=10)
-            assign, pending = [], set()
-            per_part = max(1, s.dedup_capacity // max(1, len(parts)))
-            for tp in starts:
-                lo, hi = c.get_watermark_offsets(TopicPartition(s.clean_topic, tp.partition), timeout=10)
-                start = tp.offset if tp.offset >= 0 else hi
+            dedup.remember(ev.event_id, ev.ingested_at_ms or m.timestamp()[1])
+            n += 1
+
+        try:
+            parts = reader.partitions()
+            if not parts:
+                return
+            since = reader.offsets_for_time(_now_ms() - int(s.dedup_ttl_s * 1000), parts)
+            per_part = max(1, s.dedup_capacity // len(parts))
+            starts = {}
+            for p, (lo, hi) in reader.watermarks(parts).items():
+                start = since[p] if since[p] >= 0 else hi
                 start = max(start, hi - per_part, lo)
                 if start < hi:
-                    assign.append(TopicPartition(s.clean_topic, tp.partition, start))
-                    pending.add(tp.partition)
-            if not assign:
-                return
-            c.assign(assign)
-            ev = UserEvent()
-            while pending and time.monotonic() - t0 < s.dedup_warmup_timeout_s:
-                for m in c.consume(10_000, 0.5):
-                    err = m.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(m.partition())
-                        continue
-                    try:
-                        ev.ParseFromString(m.value())
-                    except Exception:
-                        continue
-                    dedup.remember(ev.event_id, ev.ingested_at_ms or m.timestamp()[1])
-                    n += 1
+                    starts[p] = start
+            pending = reader.read(starts, remember, timeout=s.dedup_warmup_timeout_s - (time.monotonic() - t0))
             if pending:
                 log.warning("dedup warm-up timed out", extra={"partitions_left": sorted(pending)})
         finally:
-            c.close()
+            reader.close()
             self.warmed = n
             M.DEDUP_ENTRIES.set(len(dedup))
             log.info("dedup warm-up done", extra={"event_ids": n, "seconds": round(time.monotonic() - t0, 3)})

@@ -1,7 +1,7 @@
 """Deployment state survives a kill -9 of the Kafka broker.
 
 The shared test broker is never restarted (other engineers' tests run on it): this test starts a
-*private* single-node KRaft broker (``tests/private_broker.py``), kills it with SIGKILL while a
+*private* single-node KRaft broker (``tests/support/broker.py``), kills it with SIGKILL while a
 follower is attached, starts it again on the same data, and
 checks that the follower reconnects by itself and that a fresh replay rebuilds the same state.
 Marked ``fault`` as well (``-m "not fault"`` skips it); it needs Java like the test stack.
@@ -16,8 +16,8 @@ import pytest
 from recpilot.models.deployments import DeploymentController, DeploymentFollower, DeploymentSettings, replay
 from recpilot.models.repository import ModelRepository
 from recpilot.pb import deployments_pb2 as pb
-from tests.private_broker import kill9
-from tests.unit.test_repository import tiny_writer
+from tests.support.broker import kill9
+from tests.support.repository import tiny_writer
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
 

@@ -11,13 +11,13 @@ import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import Producer
 
 from recpilot import featurespec as fs
+from recpilot.kafka import create_topics, delete_topics
+from recpilot.simulator import ShopSimulator, event_to_dict
+from recpilot.stack.process import ServiceProcess
 from services.features.client import FeatureClient
-from services.features.process import WorkerProcess
-from services.features.synth import ShopSynth, to_dict
-from tests.integration.test_features_pipeline import create_topic, delete_topics, wait_applied
+from tests.support.features import applied, features_worker, send, wait_applied
 
 N_EVENTS = 20_000
 
@@ -25,16 +25,16 @@ N_EVENTS = 20_000
 @pytest.fixture
 def setup(stack, platform_settings, redis_client, unique, tmp_path):
     topic, prefix = f"test.features.fault.{unique}", f"test:ff:{unique}:"
-    create_topic(platform_settings, topic, 4)
+    create_topics(platform_settings, [topic], 4)
     base_env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_KEY_PREFIX": prefix,
                 "RECPILOT_FEATURES_METRICS_TOPIC": f"test.features.fault.metrics.{unique}",
                 "RECPILOT_FEATURES_SESSION_TIMEOUT_S": "6", "RECPILOT_FEATURES_HEARTBEAT_INTERVAL_S": "1",
                 "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")}
     log = platform_settings.home / "logs" / f"test-features-fault-{unique}.log"
-    workers: list[WorkerProcess] = []
+    workers: list[ServiceProcess] = []
 
-    def worker(group: str) -> WorkerProcess:
-        w = WorkerProcess({**base_env, "RECPILOT_FEATURES_APP_ID": group}, log)
+    def worker(group: str) -> ServiceProcess:
+        w = features_worker({**base_env, "RECPILOT_FEATURES_APP_ID": group}, log)
         workers.append(w)
         return w
 
@@ -46,10 +46,10 @@ def setup(stack, platform_settings, redis_client, unique, tmp_path):
     keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
     if keys:
         redis_client.delete(*keys)
-    delete_topics(platform_settings, topic, base_env["RECPILOT_FEATURES_METRICS_TOPIC"])
+    delete_topics(platform_settings, [topic, base_env["RECPILOT_FEATURES_METRICS_TOPIC"]])
 
 
-def _metric(worker: WorkerProcess, outcome: str) -> float:
+def _metric(worker: ServiceProcess, outcome: str) -> float:
     code, text = worker.get("/metrics")
     assert code == 200
     m = re.search(rf'^recpilot_features_events_total{{outcome="{outcome}"}} (\S+)$', text, re.M)
@@ -57,42 +57,37 @@ def _metric(worker: WorkerProcess, outcome: str) -> float:
 
 
 def test_kill9_mid_stream_then_restart_counts_exact(platform_settings, setup, unique):
-    syn = ShopSynth(n_users=80, n_items=200, seed=99, tag=f"{unique}-")
+    sim = ShopSimulator(seed=99, n_users=80, n_items=200)
     now = int(time.time() * 1000)
-    events = list(syn.events(N_EVENTS, now - 2 * 3_600_000, step_ms=2 * 3_600_000 / N_EVENTS))
+    events = list(sim.events(N_EVENTS, now - 2 * 3_600_000, step_ms=2 * 3_600_000 / N_EVENTS))
     client = setup["client"]
     group = f"test-features-fault-{unique}"
     first = setup["worker"](group).start().wait_ready()
 
     sent = []
 
-    def produce():  # a steady stream (~4,000 events/s) that keeps going across the crash
-        p = Producer({"bootstrap.servers": platform_settings.kafka_bootstrap, "linger.ms": 5})
-        for k, ev in enumerate(events):
-            p.produce(setup["topic"], key=ev.user_id.encode(), value=ev.SerializeToString())
-            if k % 200 == 199:
-                p.poll(0)
-                time.sleep(0.05)  # paces the stream so that it spans the crash
-        sent.append(p.flush(30))
+    def produce():  # a steady stream that keeps going across the crash
+        send(platform_settings, setup["topic"], events, paced=True)
+        sent.append(len(events))
 
     th = threading.Thread(target=produce, daemon=True)
     th.start()
     t0 = time.monotonic()
-    while sum(v + 1 for v in client.offsets().values()) < N_EVENTS // 4:
+    while applied(client) < N_EVENTS // 4:
         assert time.monotonic() - t0 < 60 and first.alive(), first.log_tail()
         time.sleep(0.02)
     first.kill9()
-    applied_at_kill = sum(v + 1 for v in client.offsets().values())
+    applied_at_kill = applied(client)
     assert applied_at_kill < N_EVENTS, "the stream had already ended: the kill was not mid-stream"
 
     second = setup["worker"](group).start().wait_ready(90)
     th.join(60)
-    assert sent == [0]
+    assert sent == [N_EVENTS]  # all delivered
     wait_applied(client, N_EVENTS, second, timeout=90)
 
     offline = fs.OfflineFeatureStore()
     for ev in events:
-        offline.apply(to_dict(ev))
+        offline.apply(event_to_dict(ev))
     expected = Counter((e.item_id, fs.COUNT_FIELD[fs.EVENT_NAMES[e.event_type]])
                        for e in events if e.event_type in (1, 2, 3, 4))
     item_ids = sorted({e.item_id for e in events if e.item_id})

@@ -12,15 +12,14 @@ import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import Producer
 
 from recpilot import featurespec as fs
-from recpilot.stack.redis import redis_server_binary
+from recpilot.kafka import create_topics, delete_topics
 from recpilot.net import free_port
+from recpilot.simulator import ShopSimulator, event_to_dict
+from recpilot.stack.redis import redis_server_binary
 from services.features.client import FeatureClient
-from services.features.process import WorkerProcess
-from services.features.synth import ShopSynth, to_dict
-from tests.integration.test_features_pipeline import create_topic, delete_topics, wait_applied
+from tests.support.features import applied, features_worker, send, wait_applied
 
 N_EVENTS = 12_000
 
@@ -63,32 +62,29 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
     rds.start()
     url = f"redis://127.0.0.1:{rport}/0"
     topic = f"test.features.redis.{unique}"
-    create_topic(platform_settings, topic, 4)
-    worker = WorkerProcess({"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-fr-{unique}",
-                            "RECPILOT_FEATURES_REDIS_URL": url, "RECPILOT_FEATURES_KEY_PREFIX": "rp:",
-                            "RECPILOT_FEATURES_METRICS_TOPIC": f"test.features.redis.metrics.{unique}",
-                            "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")},
-                           platform_settings.home / "logs" / f"test-features-redis-{unique}.log")
+    create_topics(platform_settings, [topic], 4)
+    worker = features_worker({"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-fr-{unique}",
+                              "RECPILOT_FEATURES_REDIS_URL": url, "RECPILOT_FEATURES_KEY_PREFIX": "rp:",
+                              "RECPILOT_FEATURES_METRICS_TOPIC": f"test.features.redis.metrics.{unique}",
+                              "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")},
+                             platform_settings.home / "logs" / f"test-features-redis-{unique}.log")
     client = FeatureClient(url, "rp:", socket_timeout=2, socket_connect_timeout=2)
     try:
         worker.start().wait_ready()
-        syn = ShopSynth(n_users=50, n_items=120, seed=5, tag=f"{unique}-")
+        sim = ShopSimulator(seed=5, n_users=50, n_items=120)
         now = int(time.time() * 1000)
-        events = list(syn.events(N_EVENTS, now - 3_600_000, step_ms=3_600_000 / N_EVENTS))
+        events = list(sim.events(N_EVENTS, now - 3_600_000, step_ms=3_600_000 / N_EVENTS))
 
-        def produce():
-            p = Producer({"bootstrap.servers": platform_settings.kafka_bootstrap, "linger.ms": 5})
-            for k, ev in enumerate(events):
-                p.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
-                if k % 200 == 199:
-                    p.poll(0)
-                    time.sleep(0.05)  # paces the stream so that it spans the outage
-            assert p.flush(30) == 0
+        sent = []
+
+        def produce():  # a steady stream that keeps going across the outage
+            send(platform_settings, topic, events, paced=True)
+            sent.append(len(events))
 
         th = threading.Thread(target=produce, daemon=True)
         th.start()
         t0 = time.monotonic()
-        while sum(v + 1 for v in client.offsets().values()) < N_EVENTS // 4:
+        while applied(client) < N_EVENTS // 4:
             assert time.monotonic() - t0 < 60 and worker.alive(), worker.log_tail()
             time.sleep(0.02)
         rds.kill9()
@@ -99,12 +95,13 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
         time.sleep(1.5)  # the outage goes on while events keep coming (the length of the fault, not a wait)
         rds.start()
         th.join(60)
+        assert sent == [N_EVENTS]  # all delivered
         wait_applied(client, N_EVENTS, worker, timeout=90)
         assert worker.alive()
 
         offline = fs.OfflineFeatureStore()
         for ev in events:
-            offline.apply(to_dict(ev))
+            offline.apply(event_to_dict(ev))
         expected = Counter((e.item_id, fs.COUNT_FIELD[fs.EVENT_NAMES[e.event_type]])
                            for e in events if e.event_type in (1, 2, 3, 4))
         _, items = client.fetch("", sorted({e.item_id for e in events if e.item_id}), now)
@@ -120,5 +117,5 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
         worker.stop()
         client.close()
         rds.stop()
-        delete_topics(platform_settings, topic, f"test.features.redis.metrics.{unique}")
+        delete_topics(platform_settings, [topic, f"test.features.redis.metrics.{unique}"])
         shutil.rmtree(tmp_path, ignore_errors=True)

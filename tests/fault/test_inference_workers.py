@@ -6,41 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-import urllib.request
 from pathlib import Path
 
 import grpc
-import pytest
 
-from recpilot.net import free_port
+from bench.toymodel import write_version
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
-from services.inference.toymodel import write_version
-from tests.integration.test_inference_process import _publish, _server_env, _start_ready
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
-        return 0, repr(exc)
-
-
-def _wait(cond, timeout: float, what: str, log: Path) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return
-        time.sleep(0.3)
-    pytest.fail(f"{what} within {timeout}s; log:\n" + log.read_text()[-4000:])
-
-
-def _children(pid: int) -> list[int]:
-    """Child processes of pid, whichever of its threads started them."""
-    return sorted(int(x) for t in Path(f"/proc/{pid}/task").iterdir() for x in (t / "children").read_text().split())
+from recpilot.stack.process import wait_until
+from tests.support.inference import publish, server_env, start_server
 
 
 def _ask(port: int, connections: int = 16) -> list[str]:
@@ -68,37 +41,36 @@ def test_two_workers_share_the_port_restart_and_stop(stack, platform_settings, t
     root = tmp_path / "models"
     v1 = write_version(root, "ranker", seed=1)
     topic = f"control.test-{unique}"
-    _publish(platform_settings, topic, "deploy", v1)
-    gport, hport = free_port(), free_port()
-    env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_REPLICA_ID=f"test-{unique}",
-                      RECPILOT_INFERENCE_WORKERS="2", RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS="10000",
-                      RECPILOT_INFERENCE_REDIS_TIMEOUT_MS="5000")
-    log = tmp_path / "inference.log"
-    proc = _start_ready(env, log, hport, 120)  # the supervisor's /readyz: both workers ready
+    publish(platform_settings, topic, "deploy", v1)
+    env = server_env(root, topic, unique, RECPILOT_INFERENCE_REPLICA_ID=f"test-{unique}",
+                     RECPILOT_INFERENCE_WORKERS="2", RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS="10000",
+                     RECPILOT_INFERENCE_REDIS_TIMEOUT_MS="5000")
+    proc = start_server(env, tmp_path / "inference.log", 120)  # the supervisor's /readyz: both workers ready
+    gport = proc.grpc_port
     try:
-        workers = _children(proc.pid)
+        workers = proc.children()
         assert len(workers) == 2
 
         assert set(_ask(gport)) == {v1}
-        code, text = _get(hport, "/metrics")
+        code, text = proc.get("/metrics", 3)
         per = _per_worker(text)
         assert code == 200 and set(per) == {"0", "1"} and sum(per.values()) == 16, per  # both got connections
         assert 'recpilot_inference_worker_restarts_total{worker="1"} 0.0' in text
 
         os.kill(workers[1], signal.SIGKILL)  # a worker dies: the other keeps serving, it comes back
-        _wait(lambda: _get(hport, "/readyz")[0] == 503, 10, "readyz reports the dead worker", log)
+        wait_until(lambda: proc.get("/readyz", 3)[0] == 503, 10, "readyz reports the dead worker", 0.3,
+                   detail=proc.log_tail)
         assert set(_ask(gport, 4)) == {v1}
-        _wait(lambda: 'recpilot_inference_worker_restarts_total{worker="1"} 1.0' in _get(hport, "/metrics")[1]
-              and _get(hport, "/readyz")[0] == 200, 120, "the worker restarted and ready", log)
-        assert len(_children(proc.pid)) == 2 and workers[1] not in _children(proc.pid)
+        wait_until(lambda: 'recpilot_inference_worker_restarts_total{worker="1"} 1.0' in proc.get("/metrics", 3)[1]
+                   and proc.get("/readyz", 3)[0] == 200, 120, "the worker restarted and ready", 0.3,
+                   detail=proc.log_tail)
+        assert len(proc.children()) == 2 and workers[1] not in proc.children()
         assert set(_ask(gport)) == {v1}
 
-        now = _children(proc.pid)
-        proc.send_signal(signal.SIGTERM)
+        now = proc.children()
+        proc.signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         for pid in now:
             assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.kill9()

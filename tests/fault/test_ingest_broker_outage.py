@@ -17,37 +17,26 @@ from collections import Counter
 import pytest
 
 from recpilot import kafka as rkafka
-from recpilot.kafka import producer
+from recpilot.kafka import committed_offsets, create_topics, delete_topics, producer, read_to_end
 from recpilot.pb import events_pb2
 from recpilot.simulator import ShopSimulator
 from recpilot.topics import TopicSpec
-from services.ingest import tools
-from tests.private_broker import kill9
+from tests.support.broker import kill9
+from tests.support.ingest import ingest_process, topic_names, wait_committed
 
 pytestmark = pytest.mark.timeout(300)
 BATCH = 20
 
 
 def _clean_ids(platform, topic: str) -> tuple[list, Counter]:
-    clean = tools.read_all(platform, topic, idle_s=1.0)
+    clean = read_to_end(platform, topic, idle_s=1.0)
     return clean, Counter(events_pb2.UserEvent.FromString(m.value()).event_id for m in clean)
-
-
-def _wait_committed(platform, group: str, topic: str, partitions: list[int], n: int, proc, log, timeout: float,
-                    what: str) -> None:
-    """Until ingest's group has committed ``n`` offsets of ``topic``; fails when ingest exits or
-    ``timeout`` seconds pass (with ``what`` and the end of its log)."""
-    t0 = time.monotonic()
-    while sum(tools.committed(platform, group, topic, partitions).values()) < n:
-        assert proc.poll() is None, "ingest exited:\n" + log.read_text()[-3000:]
-        assert time.monotonic() - t0 < timeout, f"{what}:\n" + log.read_text()[-3000:]
-        time.sleep(0.25)
 
 
 def test_ingest_survives_a_broker_outage_mid_batch_and_loses_nothing(private_broker, unique, tmp_path):
     settings, broker, table = private_broker
-    names = {x: f"test-ingest-outage-{unique}.{x}" for x in ("raw", "clean", "dlq", "metrics")}
-    tools.create_topics(settings, list(names.values()), 2)
+    names = topic_names(f"test-ingest-outage-{unique}")
+    create_topics(settings, list(names.values()), 2)
     group = f"test-ingest-outage-{unique}"
 
     # a backlog in the raw topic before ingest starts: small batches keep it busy for a while
@@ -63,33 +52,29 @@ def test_ingest_survives_a_broker_outage_mid_batch_and_loses_nothing(private_bro
             prod.poll(0)
     assert prod.flush(30) == 0
 
-    env = tools.ingest_env(names["raw"], names["clean"], names["dlq"], names["metrics"], group,
-                           batch_size=str(BATCH), flush_timeout_s="3", restart_backoff_max_s="2",
-                           dedup_warmup_timeout_s="20",
-                           RECPILOT_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap)
     log = tmp_path / "ingest.log"
-    proc = tools.spawn_ingest(env, log)
+    proc = ingest_process(names, group, log, env={"RECPILOT_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap},
+                          batch_size=BATCH, flush_timeout_s=3, restart_backoff_max_s=2, dedup_warmup_timeout_s=20)
+    proc.start()
     try:
-        tools.wait_ready(tools.http_address(log, proc=proc), proc=proc)
+        proc.wait_ready(90)
         t0 = time.monotonic()
-        while sum(tools.committed(settings, group, names["raw"], [0, 1]).values()) < 1000:
+        while sum(committed_offsets(settings, group, names["raw"], [0, 1]).values()) < 1000:
             assert time.monotonic() - t0 < 60, "ingest made no progress"
             time.sleep(0.05)
 
         kill9(table)  # mid-backlog: the consumer holds prefetched records, the next flush cannot finish
         time.sleep(15)  # the outage: longer than flush_timeout_s and the restart backoff (a fault, not a wait)
-        assert proc.poll() is None, "ingest exited during the outage:\n" + log.read_text()[-3000:]
+        assert proc.alive(), "ingest exited during the outage:\n" + proc.log_tail(60)
         broker.start()
         broker.wait_ready()
 
-        _wait_committed(settings, group, names["raw"], [0, 1], len(sent), proc, log, 120,
-                        "ingest did not finish the backlog after the broker came back")
+        wait_committed(settings, group, names["raw"], [0, 1], len(sent), proc, 120,
+                       "ingest did not finish the backlog after the broker came back")
         text = log.read_text()
-        proc.terminate()
-        assert proc.wait(60) == 0
+        assert proc.stop(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.kill9()
 
     clean, ids = _clean_ids(settings, names["clean"])
     duplicates = sum(n - 1 for n in ids.values())
@@ -118,39 +103,31 @@ def test_undeliverable_batch_restarts_with_backoff_until_fixed(stack, platform_s
         prod.produce(names["raw"], key=ev.user_id.encode(), value=ev.SerializeToString())
     assert prod.flush(30) == 0
 
-    env = tools.ingest_env(names["raw"], names["clean"], names["dlq"], names["metrics"], group,
-                           flush_timeout_s="3", restart_backoff_max_s="2")
     log = tmp_path / "ingest.log"
-    proc = tools.spawn_ingest(env, log)
+    proc = ingest_process(names, group, log, flush_timeout_s=3, restart_backoff_max_s=2).start()
     try:
-        address = tools.http_address(log, proc=proc)
         t0 = time.monotonic()
         while log.read_text().count('"ingest loop failed; restarting"') < 2:
-            assert proc.poll() is None, "ingest exited:\n" + log.read_text()[-3000:]
+            assert proc.alive(), "ingest exited:\n" + log.read_text()[-3000:]
             assert time.monotonic() - t0 < 90, "no failed batch and restart:\n" + log.read_text()[-3000:]
             time.sleep(0.2)
         assert "MSG_SIZE_TOO_LARGE" in log.read_text() or "too large" in log.read_text().lower()
-        assert sum(tools.committed(p, group, names["raw"], [0]).values()) == 0  # nothing of it committed
-        import urllib.request
-
-        with pytest.raises(urllib.error.HTTPError):  # not ready while failing
-            urllib.request.urlopen(f"http://{address}/readyz", timeout=5)
+        assert sum(committed_offsets(p, group, names["raw"], [0]).values()) == 0  # nothing of it committed
+        assert proc.get("/readyz", 5)[0] == 503  # not ready while failing
 
         res = ConfigResource("topic", names["clean"], incremental_configs=[
             ConfigEntry("max.message.bytes", "1048588", incremental_operation=AlterConfigOpType.SET)])
         for f in adm.incremental_alter_configs([res]).values():
             f.result()
-        _wait_committed(p, group, names["raw"], [0], len(sent), proc, log, 90, "ingest did not recover after the fix")
-        tools.wait_ready(address, timeout=30, proc=proc)
+        wait_committed(p, group, names["raw"], [0], len(sent), proc, 90, "ingest did not recover after the fix")
+        proc.wait_ready(30)
         text = log.read_text()
         assert '"ingest restarted"' in text
-        proc.terminate()
-        assert proc.wait(60) == 0
+        assert proc.stop(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.kill9()
     clean, ids = _clean_ids(p, names["clean"])
     print(f"\nrestarts: {text.count('ingest loop failed; restarting')} failed batches, "
           f"{text.count('ingest restarted')} restarts; clean {len(clean)} of {len(sent)}")
     assert set(ids) == set(sent) and sum(ids.values()) == len(sent)
-    tools.delete_topics(p, list(names.values()))
+    delete_topics(p, list(names.values()))

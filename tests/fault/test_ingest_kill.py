@@ -5,7 +5,6 @@ clean topic removes them in practice)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -13,11 +12,11 @@ from collections import Counter
 
 import pytest
 
-from recpilot.kafka import producer
+from recpilot.kafka import committed_offsets, create_topics, delete_topics, producer, read_to_end
 from recpilot.pb import events_pb2
 from recpilot.simulator import ShopSimulator, TrafficMix
 from recpilot.simulator.drive import open_loop
-from services.ingest import tools
+from tests.support.ingest import ingest_process, topic_names, wait_committed
 
 pytestmark = pytest.mark.timeout(240)
 BATCH = 500
@@ -27,19 +26,18 @@ BATCH = 500
 def test_kill_9_mid_stream_loses_nothing_and_duplicates_nothing(stack, platform_settings, unique, tmp_path,
                                                                   transactional):
     p = platform_settings
-    names = {x: f"test-ingest-kill-{unique}.{x}" for x in ("raw", "clean", "dlq", "metrics")}
-    tools.create_topics(p, list(names.values()), 4)
+    names = topic_names(f"test-ingest-kill-{unique}")
+    create_topics(p, list(names.values()), 4)
     group = f"test-ingest-kill-{unique}"
-    env = tools.ingest_env(names["raw"], names["clean"], names["dlq"], names["metrics"], group,
-                           batch_size=str(BATCH), transactional=str(transactional).lower(),
-                           instance_id="fault-test", static_membership="true")
+    settings = {"batch_size": BATCH, "transactional": str(transactional).lower(), "instance_id": "fault-test",
+                "static_membership": "true"}
     log1, log2 = tmp_path / "ingest-1.log", tmp_path / "ingest-2.log"
     records: list[tuple[bytes, bytes, str]] = []
     procs = []
     try:
-        proc = tools.spawn_ingest(env, log1)
+        proc = ingest_process(names, group, log1, **settings).start()
         procs.append(proc)
-        tools.wait_ready(tools.http_address(log1, proc=proc), proc=proc)
+        proc.wait_ready(90)
 
         mix = TrafficMix(ShopSimulator(seed=21, n_users=2000, n_items=500), malformed_share=0.01, duplicate_share=0.05)
         prod = producer(p, **{"linger.ms": 5})
@@ -51,39 +49,33 @@ def test_kill_9_mid_stream_loses_nothing_and_duplicates_nothing(stack, platform_
         gen = threading.Thread(target=lambda: open_loop(prod, names["raw"], mix, 0, count=20_000, on_record=record))
         gen.start()
         t0 = time.monotonic()
-        while sum(tools.committed(p, group, names["raw"], [0, 1, 2, 3]).values()) < 2000:
+        while sum(committed_offsets(p, group, names["raw"], [0, 1, 2, 3]).values()) < 2000:
             assert time.monotonic() - t0 < 30, "ingest made no progress"
             time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(10) == -signal.SIGKILL
-        committed_at_kill = sum(tools.committed(p, group, names["raw"], [0, 1, 2, 3]).values())
+        proc.kill9()
+        assert proc.returncode == -signal.SIGKILL
+        committed_at_kill = sum(committed_offsets(p, group, names["raw"], [0, 1, 2, 3]).values())
         gen.join(60)
-        proc = tools.spawn_ingest(env, log2)
+        proc = ingest_process(names, group, log2, **settings).start()
         procs.append(proc)
-        tools.wait_ready(tools.http_address(log2, proc=proc), proc=proc)
+        proc.wait_ready(90)
         # more traffic after the restart, with exact re-sends of events sent before the kill
         open_loop(prod, names["raw"], mix, 3000, duration_s=2.0, on_record=record)
         total = len(records)
         assert committed_at_kill < total
-        t0 = time.monotonic()
-        while sum(tools.committed(p, group, names["raw"], [0, 1, 2, 3]).values()) < total:
-            assert time.monotonic() - t0 < 60, "restarted ingest did not catch up"
-            assert proc.poll() is None
-            time.sleep(0.25)
-        proc.terminate()
-        assert proc.wait(60) == 0
+        wait_committed(p, group, names["raw"], [0, 1, 2, 3], total, proc, 60, "restarted ingest did not catch up")
+        assert proc.stop(60) == 0
     finally:
         for pr in procs:
-            if pr.poll() is None:
-                pr.kill()
+            pr.kill9()
 
     valid_ids = {events_pb2.UserEvent.FromString(v).event_id for _k, v, kind in records if kind == "valid"}
-    clean = tools.read_all(p, names["clean"], idle_s=1.0)
+    clean = read_to_end(p, names["clean"], idle_s=1.0)
     ids = Counter(events_pb2.UserEvent.FromString(m.value()).event_id for m in clean)
     duplicates = sum(n - 1 for n in ids.values())
-    seen_uncommitted = len(tools.read_all(p, names["clean"], idle_s=0.5, read_committed=False))
+    seen_uncommitted = len(read_to_end(p, names["clean"], idle_s=0.5, read_committed=False))
     malformed = sum(1 for _k, _v, kind in records if kind not in ("valid", "duplicate"))
-    dlq = tools.read_all(p, names["dlq"], idle_s=0.5)
+    dlq = read_to_end(p, names["dlq"], idle_s=0.5)
     dlq_sources = {(h["source_partition"], h["source_offset"]) for h in
                    ({k: v.decode() for k, v in m.headers()} for m in dlq)}
     warm = [line for line in log2.read_text().splitlines() if '"dedup warm-up done"' in line]
@@ -100,4 +92,4 @@ def test_kill_9_mid_stream_loses_nothing_and_duplicates_nothing(stack, platform_
         assert len(dlq) == malformed
     else:
         assert duplicates <= BATCH
-    tools.delete_topics(p, list(names.values()))
+    delete_topics(p, list(names.values()))

@@ -14,49 +14,14 @@ import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import NewTopic
+from confluent_kafka import Consumer
 
 from recpilot import featurespec as fs
-from recpilot.kafka import admin
+from recpilot.kafka import create_topics, delete_topics
 from recpilot.pb import events_pb2
+from recpilot.simulator import ShopSimulator, event_to_dict
 from services.features.client import FeatureClient
-from services.features.process import WorkerProcess
-from services.features.synth import ShopSynth, to_dict
-
-
-def create_topic(platform_settings, name: str, partitions: int = 4) -> None:
-    adm = admin(platform_settings)  # keep the handle alive until the futures resolve
-    for fut in adm.create_topics([NewTopic(name, partitions, 1)]).values():
-        fut.result()
-
-
-def delete_topics(platform_settings, *names: str) -> None:
-    adm = admin(platform_settings)
-    for fut in adm.delete_topics(list(names), operation_timeout=10).values():
-        try:
-            fut.result()
-        except Exception:
-            pass
-
-
-def send(platform_settings, topic: str, events) -> None:
-    """A plain confluent-kafka producer (what any shop backend would use), keyed by user id."""
-    p = Producer({"bootstrap.servers": platform_settings.kafka_bootstrap, "linger.ms": 5})
-    for ev in events:
-        p.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
-        p.poll(0)
-    assert p.flush(30) == 0
-
-
-def wait_applied(client: FeatureClient, n: int, worker: WorkerProcess, timeout: float = 45.0) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if sum(v + 1 for v in client.offsets().values()) >= n:
-            return
-        assert worker.alive(), worker.log_tail()
-        time.sleep(0.1)
-    raise AssertionError(f"only {client.offsets()} applied of {n}:\n{worker.log_tail()}")
+from tests.support.features import features_worker, send, wait_applied
 
 
 @pytest.fixture
@@ -64,12 +29,12 @@ def pipeline(stack, platform_settings, redis_client, unique, tmp_path):
     """A unique input topic, metrics topic, consumer group and key prefix, and a worker on them."""
     topic, mtopic = f"test.features.{unique}", f"test.features.metrics.{unique}"
     prefix = f"test:fp:{unique}:"
-    create_topic(platform_settings, topic, 4)
-    create_topic(platform_settings, mtopic, 1)
+    create_topics(platform_settings, [topic], 4)
+    create_topics(platform_settings, [mtopic], 1)
     env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-features-{unique}",
            "RECPILOT_FEATURES_KEY_PREFIX": prefix, "RECPILOT_FEATURES_METRICS_TOPIC": mtopic,
            "RECPILOT_FEATURES_METRICS_INTERVAL_S": "1", "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")}
-    worker = WorkerProcess(env, platform_settings.home / "logs" / f"test-features-{unique}.log")
+    worker = features_worker(env, platform_settings.home / "logs" / f"test-features-{unique}.log")
     client = FeatureClient(platform_settings.redis_url, prefix)
     yield {"topic": topic, "metrics_topic": mtopic, "prefix": prefix, "worker": worker, "client": client,
            "env": env}
@@ -78,13 +43,13 @@ def pipeline(stack, platform_settings, redis_client, unique, tmp_path):
     keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
     if keys:
         redis_client.delete(*keys)
-    delete_topics(platform_settings, topic, mtopic)
+    delete_topics(platform_settings, [topic, mtopic])
 
 
 def test_stream_matches_offline_store_and_input_counts(platform_settings, pipeline, unique):
-    syn = ShopSynth(n_users=60, n_items=150, seed=13, tag=f"{unique}-")
+    sim = ShopSimulator(seed=13, n_users=60, n_items=150)
     now = int(time.time() * 1000)
-    events = list(syn.events(10_000, now - 3 * 3_600_000, step_ms=3 * 3_600_000 / 10_000))
+    events = list(sim.events(10_000, now - 3 * 3_600_000, step_ms=3 * 3_600_000 / 10_000))
     worker, client = pipeline["worker"], pipeline["client"]
     worker.start().wait_ready()
     send(platform_settings, pipeline["topic"], events)
@@ -92,7 +57,7 @@ def test_stream_matches_offline_store_and_input_counts(platform_settings, pipeli
 
     offline = fs.OfflineFeatureStore()
     for ev in events:
-        offline.apply(to_dict(ev))
+        offline.apply(event_to_dict(ev))
     item_ids = sorted({e.item_id for e in events if e.item_id})
     for uid in sorted({e.user_id for e in events}):
         user, items = client.fetch(uid, item_ids, now)
@@ -151,8 +116,8 @@ def test_cli_shows_item_counts_sent_with_plain_producer(platform_settings, pipel
 
 def test_metric_events_published(platform_settings, pipeline, unique):
     worker = pipeline["worker"].start().wait_ready()
-    syn = ShopSynth(n_users=10, n_items=20, seed=2, tag=f"{unique}-")
-    events = list(syn.events(500, int(time.time() * 1000) - 1000, 1))
+    sim = ShopSimulator(seed=2, n_users=10, n_items=20)
+    events = list(sim.events(500, int(time.time() * 1000) - 1000, 1))
     send(platform_settings, pipeline["topic"], events)
     wait_applied(pipeline["client"], len(events), worker)
     c = Consumer({"bootstrap.servers": platform_settings.kafka_bootstrap, "group.id": f"t-{unique}",
@@ -182,11 +147,11 @@ def test_two_workers_share_partitions_and_counts_stay_exact(platform_settings, p
     """Scale-out: a second worker in the same group takes over half the partitions (a rebalance in
     the middle of the stream); every event is applied exactly once between them."""
     first = pipeline["worker"].start().wait_ready()
-    syn = ShopSynth(n_users=60, n_items=100, seed=31, tag=f"{unique}-")
+    sim = ShopSimulator(seed=31, n_users=60, n_items=100)
     now = int(time.time() * 1000)
-    events = list(syn.events(8000, now - 3_600_000, step_ms=3_600_000 / 8000))
+    events = list(sim.events(8000, now - 3_600_000, step_ms=3_600_000 / 8000))
     send(platform_settings, pipeline["topic"], events[:4000])
-    second = WorkerProcess(pipeline["env"], first.log_path.with_suffix(".second.log")).start()
+    second = features_worker(pipeline["env"], first.log_path.with_suffix(".second.log")).start()
     try:
         second.wait_ready(60)
         send(platform_settings, pipeline["topic"], events[4000:])
@@ -201,7 +166,7 @@ def test_two_workers_share_partitions_and_counts_stay_exact(platform_settings, p
         assert sorted(parts[0] + parts[1]) == [f"{pipeline['topic']}[{p}]" for p in range(4)]
         offline = fs.OfflineFeatureStore()
         for ev in events:
-            offline.apply(to_dict(ev))
+            offline.apply(event_to_dict(ev))
         item_ids = sorted({e.item_id for e in events if e.item_id})
         _, items = pipeline["client"].fetch("", item_ids, now)
         for it in items:

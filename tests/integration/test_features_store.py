@@ -11,8 +11,8 @@ from collections import Counter
 import pytest
 
 from recpilot import featurespec as fs
+from recpilot.simulator import ShopSimulator, event_to_dict
 from services.features.client import AsyncFeatureClient, FeatureClient
-from services.features.synth import ShopSynth, to_dict
 from services.features.writer import FeatureWriter
 
 HOUR = 3_600_000
@@ -58,13 +58,13 @@ def url(platform_settings):
 
 
 def test_online_equals_offline_over_windows_and_replay(stack, url, prefix):
-    syn = ShopSynth(n_users=40, n_items=80, seed=21)
+    sim = ShopSimulator(seed=21, n_users=40, n_items=80)
     end = 1_800_000_000_000
     start = end - 30 * HOUR  # spans both windows, and bucket pruning (> 24 h)
-    events = list(syn.events(4000, start, step_ms=30 * HOUR / 4000))
+    events = list(sim.events(4000, start, step_ms=30 * HOUR / 4000))
     offline = fs.OfflineFeatureStore()
     for ev in events:
-        offline.apply(to_dict(ev))
+        offline.apply(event_to_dict(ev))
     batches = _partitioned(events)
 
     # apply in two halves per partition, then replay overlapping ranges: counts must not move
@@ -89,11 +89,11 @@ def test_online_equals_offline_over_windows_and_replay(stack, url, prefix):
                 assert user == offline.user(uid)
             for it in items:
                 assert it == offline.item(it["item_id"], now), it["item_id"]
-        # the windows are not trivially zero or all-time
-        it = c.item(item_ids[0], last_ts)
+        # the windows are not trivially zero or all-time (the most viewed item)
+        it = c.item(max(item_ids[:-1], key=lambda i: offline.items[i]["views"]), last_ts)
         assert 0 < it["views_1h"] < it["views_24h"] < it["views"]
         assert c.popular(15) == offline.top_popular(15)
-        for cat in ("c0", "c3"):
+        for cat, _ in Counter(v["category"] for v in offline.items.values()).most_common(2):
             expect = sorted(((s, i) for i, s in offline.popularity.items() if offline.items[i]["category"] == cat),
                             key=lambda si: (-si[0], si[1]))
             assert c.popular(5, cat) == [i for _, i in expect[:5]]
@@ -102,8 +102,8 @@ def test_online_equals_offline_over_windows_and_replay(stack, url, prefix):
 
 
 def test_counts_equal_counts_from_input(stack, url, prefix):
-    syn = ShopSynth(n_users=30, n_items=60, seed=4)
-    events = list(syn.events(3000, 1_800_000_000_000, 5))
+    sim = ShopSimulator(seed=4, n_users=30, n_items=60)
+    events = list(sim.events(3000, 1_800_000_000_000, 5))
     _apply(url, prefix, _partitioned(events))
     expected = Counter((e.item_id, fs.COUNT_FIELD[fs.EVENT_NAMES[e.event_type]])
                        for e in events if e.event_type in (1, 2, 3, 4))
@@ -120,8 +120,8 @@ def test_counts_equal_counts_from_input(stack, url, prefix):
 
 
 def test_async_client_matches_sync_and_candidates(stack, url, prefix):
-    syn = ShopSynth(n_users=10, n_items=40, seed=9)
-    events = list(syn.events(800, 1_800_000_000_000, 1000))
+    sim = ShopSimulator(seed=9, n_users=10, n_items=40)
+    events = list(sim.events(800, 1_800_000_000_000, 1000))
     _apply(url, prefix, _partitioned(events))
     now = events[-1].timestamp_ms
     uid = events[-1].user_id
@@ -153,7 +153,8 @@ def test_async_client_matches_sync_and_candidates(stack, url, prefix):
         # unknown user: cold start falls back to global popularity
         assert sync.candidates("nobody", 5, now) == [m.decode() for m in sync.redis.zrevrange(f"{prefix}pop", 0, 4)]
         for iid in items[:3]:
-            assert meta[iid] == {"category": syn.cat[iid], "price": syn.price[iid], "title": f"Item {iid}"}
+            it = sim.by_id[iid]
+            assert meta[iid] == {"category": it.category, "price": it.price, "title": it.title}
     finally:
         sync.close()
 
@@ -181,7 +182,7 @@ def test_bucket_memory_is_bounded(stack, url, prefix, redis_client):
     _apply(url, prefix, {"t:1": cold})
     offline = fs.OfflineFeatureStore()
     for _, ev in sorted(evs + cold, key=lambda oe: oe[1].timestamp_ms):
-        offline.apply(to_dict(ev))
+        offline.apply(event_to_dict(ev))
     c = FeatureClient(url, prefix)
     try:
         last = evs[-1][1].timestamp_ms

@@ -4,32 +4,21 @@ keeps serving, canary routing by stable hash, graceful SIGTERM."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import grpc
 import pytest
 
+from bench.toymodel import write_version
 from recpilot import kafka
-from recpilot.models.deployments import new_command
-from recpilot.net import free_port
 from recpilot.pb import deployments_pb2 as dpb
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
 from services.inference.routing import is_canary
-from services.inference.toymodel import write_version
-
-
-def _publish(platform, topic, action, version, percent=0.0):
-    prod = kafka.producer(platform)
-    cmd = new_command(action, "ranker", version, percent=percent, actor="test", reason="test")
-    prod.produce(topic, key=b"ranker", value=dpb.ControlMessage(command=cmd).SerializeToString())
-    kafka.flush_or_raise(prod, 10)
-    return cmd.command_id
+from tests.support.inference import publish, server_env, start_server
 
 
 def _acks(platform, topic, group):
@@ -53,52 +42,20 @@ def _acks(platform, topic, group):
     return out
 
 
-def _server_env(root, topic: str, unique: str, gport: int, hport: int, **extra: str) -> dict:
-    """Environment for `python -m services.inference` on the test stack, isolated by `unique`."""
-    return {**os.environ, "RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": f"t{unique}:",
-            "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "false",
-            "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.test-{unique}",
-            "RECPILOT_INFERENCE_GRPC_PORT": str(gport), "RECPILOT_INFERENCE_HTTP_PORT": str(hport),
-            "RECPILOT_INFERENCE_GRPC_HOST": "127.0.0.1", **extra}
-
-
-def _start_ready(env: dict, log, hport: int, timeout: float) -> subprocess.Popen:
-    """Start the server process; return it once /readyz answers 200 (fail with the log if it
-    exits or is not ready within `timeout`)."""
-    proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            pytest.fail(f"inference exited ({proc.returncode}): " + log.read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except Exception:
-            time.sleep(0.3)
-    proc.kill()
-    proc.wait()
-    pytest.fail("not ready: " + log.read_text()[-3000:])
-
-
 @pytest.fixture
 def server(stack, platform_settings, tmp_path, unique):
     root = tmp_path / "models"
     v1, v2 = write_version(root, "ranker", seed=1), write_version(root, "ranker", seed=2)
     bad = write_version(root, "ranker", corrupt=True)
     topic = f"control.test-{unique}"
-    deploy_cmd = _publish(platform_settings, topic, "deploy", v1)
-    gport, hport = free_port(), free_port()
-    env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_REPLICA_ID=f"test-{unique}",
-                      RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS="5000", RECPILOT_INFERENCE_REDIS_TIMEOUT_MS="3000")
+    deploy_cmd = publish(platform_settings, topic, "deploy", v1)
+    env = server_env(root, topic, unique, RECPILOT_INFERENCE_REPLICA_ID=f"test-{unique}",
+                     RECPILOT_INFERENCE_DEFAULT_TIMEOUT_MS="5000", RECPILOT_INFERENCE_REDIS_TIMEOUT_MS="3000")
     log = tmp_path / "inference.log"
-    proc = _start_ready(env, log, hport, 60)
-    yield {"proc": proc, "port": gport, "topic": topic, "v1": v1, "v2": v2, "bad": bad, "log": log,
+    proc = start_server(env, log, 60)
+    yield {"proc": proc, "port": proc.grpc_port, "topic": topic, "v1": v1, "v2": v2, "bad": bad, "log": log,
            "replica": f"test-{unique}", "unique": unique, "deploy_cmd": deploy_cmd}
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    proc.kill9()
 
 
 def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_settings, wait_until):
@@ -128,7 +85,7 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
     try:
         wait_until(lambda: seen.get(server["v1"], 0) > 0 or errors, 30,
                    lambda: f"no answer from v1 under load; errors {errors}")
-        _publish(platform_settings, server["topic"], "promote", server["v2"])
+        publish(platform_settings, server["topic"], "promote", server["v2"])
         t0 = time.monotonic()
         while time.monotonic() - t0 < 30:
             r = stub.Recommend(recommend_pb2.RecommendRequest(user_id="probe", k=5, candidate_ids=cands))
@@ -136,7 +93,7 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
                 break
             time.sleep(0.2)
         assert r.model_version == server["v2"]
-        bad_cmd = _publish(platform_settings, server["topic"], "promote", server["bad"])
+        bad_cmd = publish(platform_settings, server["topic"], "promote", server["bad"])
         # the replica tries the corrupt version, fails, keeps v2; the load is answered by v2 meanwhile
         wait_until(lambda: "model load failed; keeping what serves" in server["log"].read_text()
                    and seen.get(server["v2"], 0) > 0, 30,
@@ -161,7 +118,7 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
     assert startup.status == dpb.APPLIED and startup.message == f"at startup: serving production={server['v1']} canary=@0% shadow="
 
     # canary: v1 to 30 % of users, decided by the stable hash
-    _publish(platform_settings, server["topic"], "canary", server["v1"], percent=30.0)
+    publish(platform_settings, server["topic"], "canary", server["v1"], percent=30.0)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 30:
         users = [f"c{i}" for i in range(60)]
@@ -177,7 +134,7 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
         assert (r.variant == "canary") == want and r.model_version == (server["v1"] if want else server["v2"])
     ch.close()
 
-    server["proc"].send_signal(signal.SIGTERM)
+    server["proc"].signal(signal.SIGTERM)
     assert server["proc"].wait(30) == 0
     assert '"msg": "stopped", "component": "grpc"' in server["log"].read_text() or "stopped" in server["log"].read_text()
 
@@ -188,20 +145,17 @@ def test_first_run_bootstrap_trains_and_deploys_a_model(stack, platform_settings
 
     root = tmp_path / "models"
     topic = f"control.test-boot-{unique}"
-    gport, hport = free_port(), free_port()
-    env = _server_env(root, topic, unique, gport, hport, RECPILOT_INFERENCE_BOOTSTRAP="true")
-    log = tmp_path / "inference.log"
-    proc = _start_ready(env, log, hport, 50)
+    env = server_env(root, topic, unique, RECPILOT_INFERENCE_BOOTSTRAP="true")
+    proc = start_server(env, tmp_path / "inference.log", 50)
     try:
         repo = ModelRepository(root)
         assert repo.versions("ranker") == ["1"] and repo.meta("ranker", "1")["feature_set"] == "recpilot"
-        with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
+        with grpc.insecure_channel(f"127.0.0.1:{proc.grpc_port}") as ch:
             resp = recommend_pb2_grpc.RecommenderStub(ch).Recommend(
                 recommend_pb2.RecommendRequest(user_id="u1", k=3, candidate_ids=["a", "b", "c", "d"]), timeout=10)
         assert resp.model_version == "1" and not resp.fallback and len(resp.items) == 3
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.stop(30)
 
 
 def test_tensorflow_savedmodel_serves_through_model_infer(stack, platform_settings, tmp_path, unique):
@@ -237,11 +191,8 @@ print("RESULT", json.dumps({{"version": rep.version, "dense": dense.tolist(), "i
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][0][7:])
     topic = f"control.test-tf-{unique}"
-    _publish(platform_settings, topic, "deploy", res["version"])
-    gport, hport = free_port(), free_port()
-    env = _server_env(root, topic, unique, gport, hport)
-    log = tmp_path / "inference.log"
-    proc = _start_ready(env, log, hport, 90)
+    publish(platform_settings, topic, "deploy", res["version"])
+    proc = start_server(server_env(root, topic, unique), tmp_path / "inference.log", 90)
     try:
         dense = np.asarray(res["dense"], np.float32)
         ids = np.asarray(res["ids"], np.int64)
@@ -249,7 +200,7 @@ print("RESULT", json.dumps({{"version": rep.version, "dense": dense.tolist(), "i
         req.inputs.add(name="dense", datatype="FP32", shape=list(dense.shape))
         req.inputs.add(name="ids", datatype="INT64", shape=list(ids.shape))
         req.raw_input_contents.extend([dense.tobytes(), ids.tobytes()])
-        with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
+        with grpc.insecure_channel(f"127.0.0.1:{proc.grpc_port}") as ch:
             stub = oip_grpc.GRPCInferenceServiceStub(ch)
             resp = stub.ModelInfer(req, timeout=30)
             md = stub.ModelMetadata(oip.ModelMetadataRequest(name="ranker"), timeout=10)
@@ -257,5 +208,4 @@ print("RESULT", json.dumps({{"version": rep.version, "dense": dense.tolist(), "i
         np.testing.assert_allclose(got, np.asarray(res["scores"], np.float32), rtol=1e-5, atol=1e-6)
         assert resp.model_version == res["version"] and md.platform == "tensorflow_savedmodel"
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.stop(30)

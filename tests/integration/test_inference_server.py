@@ -22,7 +22,7 @@ from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
 from services.inference.routing import Desired, ModelManager
 from services.inference.search import BM25Index
 from services.inference.settings import InferenceSettings
-from services.inference.toymodel import build_module, write_version
+from bench.toymodel import build_module, write_version
 
 COLOURS = ["red", "blue", "green", "black"]
 KINDS = {"shoes": "footwear", "jacket": "outerwear", "scarf": "accessories", "boots": "footwear"}

@@ -7,41 +7,30 @@ from __future__ import annotations
 import json
 import random
 import time
-import urllib.request
 from collections import Counter
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from recpilot.kafka import create_topics, delete_topics, read_to_end
 from recpilot.pb import events_pb2
 from recpilot.simulator import EXPECTED_REASON, MALFORMED_KINDS, ShopSimulator, event_to_json, malformed
-from services.ingest import tools
+from tests.support.ingest import ingest_process, topic_names, wait_committed
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
 def topics(stack, platform_settings, unique):
-    names = {x: f"test-ingest-{unique}.{x}" for x in ("raw", "clean", "dlq", "metrics")}
-    tools.create_topics(platform_settings, list(names.values()), 4)
+    names = topic_names(f"test-ingest-{unique}")
+    create_topics(platform_settings, list(names.values()), 4)
     yield names
-    tools.delete_topics(platform_settings, list(names.values()))
+    delete_topics(platform_settings, list(names.values()))
 
 
-def _wait_committed(p, group, topic, total, proc, timeout=90.0):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        com = tools.committed(p, group, topic, [0, 1, 2, 3])
-        if sum(com.values()) >= total:
-            return
-        assert proc.poll() is None, "ingest exited"
-        time.sleep(0.25)
-    raise AssertionError(f"only {sum(com.values())} of {total} raw messages committed")
-
-
-def _scrape(address: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
-        text = r.read().decode()
+def _scrape(proc) -> dict[str, float]:
+    code, text = proc.get("/metrics", 5)
+    assert code == 200, text
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -85,14 +74,11 @@ def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_s
 
     group = f"test-ingest-{unique}"
     log_path = tmp_path / "ingest.log"
-    env = tools.ingest_env(topics["raw"], topics["clean"], topics["dlq"], topics["metrics"], group,
-                           metrics_interval_s="0.5", batch_size="2000")
-    proc = tools.spawn_ingest(env, log_path)
+    proc = ingest_process(topics, group, log_path, metrics_interval_s=0.5, batch_size=2000).start()
     try:
-        address = tools.http_address(log_path, proc=proc)
-        tools.wait_ready(address, proc=proc)
-        _wait_committed(p, group, topics["raw"], len(sent), proc)
-        metrics = _scrape(address)
+        proc.wait_ready(90)
+        wait_committed(p, group, topics["raw"], [0, 1, 2, 3], len(sent), proc)
+        metrics = _scrape(proc)
         # the running reporter (not only its last report at shutdown) publishes the final counts
         reader = Consumer({"bootstrap.servers": p.kafka_bootstrap, "group.id": f"test-ingest-metrics-{unique}",
                            "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -111,12 +97,11 @@ def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_s
         finally:
             reader.close()
     finally:
-        proc.terminate()
-        rc = proc.wait(60)
-    assert rc == 0, log_path.read_text()[-3000:]
+        rc = proc.stop(60)
+    assert rc == 0, proc.log_tail(60)
 
     # clean: exactly the valid, distinct events, keyed by user id, stamped, content unchanged
-    clean = tools.read_all(p, topics["clean"], idle_s=1.0)
+    clean = read_to_end(p, topics["clean"], idle_s=1.0)
     got = {}
     for m in clean:
         e = events_pb2.UserEvent.FromString(m.value())
@@ -132,10 +117,10 @@ def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_s
         assert e == expect
 
     # DLQ: every malformed message, original bytes, headers naming the reason and the source
-    raw = {(m.partition(), m.offset()): m.value() for m in tools.read_all(p, topics["raw"], idle_s=0.5)}
+    raw = {(m.partition(), m.offset()): m.value() for m in read_to_end(p, topics["raw"], idle_s=0.5)}
     expected_bad = Counter(s[2] for s in sent if s[2] not in ("valid", "duplicate"))
     by_value = {s[1]: s[2] for s in sent if s[2] not in ("valid", "duplicate")}
-    dlq = tools.read_all(p, topics["dlq"], idle_s=1.0)
+    dlq = read_to_end(p, topics["dlq"], idle_s=1.0)
     reasons = []
     for m in dlq:
         h = {k: v.decode() for k, v in m.headers()}
@@ -156,7 +141,7 @@ def test_valid_distinct_events_reach_clean_and_malformed_ones_the_dlq(platform_s
     assert metrics['recpilot_ingest_events_rejected_total{reason="negative_price"}'] == 15
     # ... and as MetricEvent messages for the monitor
     last = {}
-    for m in tools.read_all(p, topics["metrics"], idle_s=0.5):
+    for m in read_to_end(p, topics["metrics"], idle_s=0.5):
         me = events_pb2.MetricEvent.FromString(m.value())
         assert me.service == "ingest"
         last[(me.name, tuple(sorted(me.labels.items())))] = me.value
@@ -179,19 +164,16 @@ def test_json_from_a_plain_producer_and_readiness(platform_settings, topics, uni
     assert prod.flush(10) == 0
     group = f"test-ingest-json-{unique}"
     log_path = tmp_path / "ingest.log"
-    proc = tools.spawn_ingest(tools.ingest_env(topics["raw"], topics["clean"], topics["dlq"], topics["metrics"],
-                                               group, transactional="true"), log_path)
+    proc = ingest_process(topics, group, log_path, transactional="true").start()
     try:
-        address = tools.http_address(log_path, proc=proc)
-        tools.wait_ready(address, proc=proc)
-        with urllib.request.urlopen(f"http://{address}/readyz", timeout=5) as r:
-            body = json.loads(r.read())
-        assert body["status"] == "ok" and body["broker"] is True and body["loop_running"] is True
-        _wait_committed(p, group, topics["raw"], 1, proc)
+        proc.wait_ready(90)
+        code, text = proc.get("/readyz", 5)
+        body = json.loads(text)
+        assert code == 200 and body["status"] == "ok" and body["broker"] is True and body["loop_running"] is True
+        wait_committed(p, group, topics["raw"], [0, 1, 2, 3], 1, proc)
     finally:
-        proc.terminate()
-        assert proc.wait(60) == 0
-    out = [events_pb2.UserEvent.FromString(m.value()) for m in tools.read_all(p, topics["clean"], idle_s=0.5)]
+        assert proc.stop(60) == 0
+    out = [events_pb2.UserEvent.FromString(m.value()) for m in read_to_end(p, topics["clean"], idle_s=0.5)]
     assert len(out) == 1
     e = out[0]
     assert (e.event_id, e.user_id, e.event_type, e.item_id, e.price, e.timestamp_ms) == (

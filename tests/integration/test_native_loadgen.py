@@ -1,4 +1,4 @@
-"""The native load generator (services/inference/native): builds, drives a real gRPC server in a
+"""The native load generator (bench/native): builds, drives a real gRPC server in a
 closed loop, counts answers and failures correctly, rejects bad input with a clear error.
 
 The server is `recpilot bench grpc-floor`'s no-op Open Inference Protocol server in its own process,
@@ -13,8 +13,8 @@ import pytest
 
 from recpilot.net import free_port
 from recpilot.pb import open_inference_grpc_pb2 as oip
-from services.inference import native
-from services.inference.bench import infer_requests
+from bench import native
+from bench.loadgen import infer_requests
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def noop_server():
     except native.NativeUnavailable as exc:
         pytest.fail(f"native load generator unavailable: {exc}")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "services.inference.floor", "--serve", str(port), "uvloop"],
+    proc = subprocess.Popen([sys.executable, "-m", "bench.floor", "--serve", str(port), "uvloop"],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"

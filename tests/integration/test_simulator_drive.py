@@ -12,11 +12,10 @@ from concurrent import futures
 import grpc
 import pytest
 
-from recpilot.kafka import producer
+from recpilot.kafka import create_topics, delete_topics, producer, read_to_end
 from recpilot.pb import events_pb2, recommend_pb2, recommend_pb2_grpc
 from recpilot.simulator import ShopSimulator
 from recpilot.simulator.drive import RecommenderProbe, simulate
-from services.ingest import tools
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,7 +36,7 @@ class Recommender(recommend_pb2_grpc.RecommenderServicer):
 def test_simulate_uses_the_recommender_and_survives_its_absence(stack, platform_settings, unique, wait_until):
     p = platform_settings
     topic = f"test-ingest-sim-{unique}"
-    tools.create_topics(p, [topic], 1)
+    create_topics(p, [topic], 1)
     sim = ShopSimulator(seed=3, n_users=50, n_items=200)
     # the most attractive items for these users at the top, so that clicks are frequent
     servicer = Recommender([it.item_id for it in sorted(sim.items, key=lambda it: -it.quality)[:10]])
@@ -67,8 +66,8 @@ def test_simulate_uses_the_recommender_and_survives_its_absence(stack, platform_
         th.join(30)
         probe.close()
     res = result["r"]
-    events = [events_pb2.UserEvent.FromString(m.value()) for m in tools.read_all(p, topic, idle_s=0.5)]
-    tools.delete_topics(p, [topic])
+    events = [events_pb2.UserEvent.FromString(m.value()) for m in read_to_end(p, topic, idle_s=0.5)]
+    delete_topics(p, [topic])
 
     assert n_calls > 50
     issued = set(servicer.request_ids)

@@ -4,12 +4,12 @@ the real scheduler)."""
 
 def test_os_thread_names_show_in_per_thread_cpu():
     """name_os_thread makes a thread visible by name in /proc, where the benches' per-thread CPU
-    (recpilot.benchutil.thread_cpu / busy_cores) reads it."""
+    (bench.machine.thread_cpu / busy_cores) reads it."""
     import os
     import threading
     import time
 
-    from recpilot.benchutil import busy_cores, thread_cpu
+    from bench.machine import busy_cores, thread_cpu
     from recpilot.lifecycle import name_os_thread
 
     before = thread_cpu(os.getpid())

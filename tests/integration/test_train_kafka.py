@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from recpilot import featurespec
-from recpilot.kafka import admin, ensure_topics, flush_or_raise, producer
+from recpilot.kafka import admin, delete_topics, ensure_topics, flush_or_raise, producer
 from recpilot.models import data as D
 from recpilot.models.repository import ModelRepository
 from recpilot.pb import events_pb2
@@ -25,11 +25,7 @@ def topics(stack, platform_settings, unique):
     ensure_topics(adm, [TopicSpec(names["imp"], 2), TopicSpec(names["ev"], 2),
                         TopicSpec(names["ctl"], 1, {"retention.ms": "-1"})])
     yield names
-    for fut in adm.delete_topics(list(names.values()), operation_timeout=10).values():
-        try:
-            fut.result()
-        except Exception:  # noqa: BLE001 - best effort cleanup
-            pass
+    delete_topics(platform_settings, names.values(), timeout=10)
 
 
 def _publish_log(settings, topics: dict, requests: int = 30) -> None:

@@ -17,7 +17,7 @@ def test_no_command_prints_help(capsys):
 def test_models_commands_take_the_version_or_model_as_a_positional(tmp_path, capsys):
     # `recpilot models verify 3` == `--version 3`; both and different is a usage error (exit 2)
     from recpilot.models.repository import ModelRepository
-    from tests.unit.test_repository import tiny_writer
+    from tests.support.repository import tiny_writer
 
     repo = ModelRepository(tmp_path / "models")
     repo.create_version("ranker", tiny_writer(auc=0.7))

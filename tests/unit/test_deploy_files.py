@@ -170,3 +170,37 @@ def test_grafana_dashboard_queries_only_metrics_and_labels_the_services_export()
                             assert label in families[name], f"{panel['title']}: {name} has no label {label!r}"
                     checked += 1
     assert checked >= 30
+
+
+def _copied_sources(dockerfile: str) -> list[str]:
+    """The source paths of every COPY/ADD line (shell or JSON form, flags such as --chown skipped)."""
+    import json
+    import shlex
+
+    text = dockerfile.replace("\\\n", " ")
+    sources = []
+    for line in text.splitlines():
+        words = line.strip().split(None, 1)
+        if len(words) < 2 or words[0].upper() not in ("COPY", "ADD"):
+            continue
+        rest = words[1].strip()
+        args = json.loads(rest) if rest.startswith("[") else shlex.split(rest)
+        args = [a for a in args if not a.startswith("--")]
+        sources += args[:-1]  # the last one is the destination
+    return sources
+
+
+def test_service_image_copies_no_harness():
+    """The image holds what the services run: no benchmarks (bench/), no tests, not the whole
+    checkout (`COPY . .` would bring both)."""
+    sources = _copied_sources((REPO_ROOT / "deploy" / "docker" / "Dockerfile").read_text())
+    assert {"recpilot", "services", "proto"} <= {s.strip("./") for s in sources}, sources
+    for src in sources:
+        top = src.lstrip("./").split("/", 1)[0]
+        assert top not in ("", "*", "bench", "tests"), f"the service image must not copy {src!r}"
+
+
+def test_copied_sources_reads_every_form():
+    got = _copied_sources('FROM x\nCOPY --chown=a:b bench ./bench\nCOPY ["tests", "/t"]\nADD . /app\n'
+                          'COPY a \\\n  b ./\nRUN cp x y\n')
+    assert got == ["bench", "tests", ".", "a", "b"]

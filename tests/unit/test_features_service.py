@@ -7,16 +7,15 @@ import json
 
 import pytest
 
+from bench.features import histogram_quantile, parse_histogram
 from recpilot import featurespec as fs
 from recpilot.pb import events_pb2
 from recpilot.settings import SettingsError, load
 from services.features import client as fc
 from services.features import scripts
 from services.features.app import freshness_seconds
-from services.features.bench import histogram_quantile, parse_histogram
 from services.features.metrics import Reservoir, quantile
 from services.features.settings import FeaturesSettings
-from services.features.synth import ShopSynth, to_dict
 from services.features.writer import apply_args, chunks, encode_event
 
 
@@ -156,16 +155,6 @@ def test_histogram_quantile_interpolates_like_prometheus():
     assert histogram_quantile(0.5, bounds, cum) == pytest.approx(0.1)
     assert histogram_quantile(0.7, bounds, cum) == pytest.approx(0.15)
     assert histogram_quantile(0.99, bounds, cum) == pytest.approx(0.2 + 0.3 * 0.9)
-
-
-def test_synth_is_deterministic_and_time_ordered():
-    a = [to_dict(e) for e in ShopSynth(20, 50, seed=5).events(300, 10_000, 2.0)]
-    b = [to_dict(e) for e in ShopSynth(20, 50, seed=5).events(300, 10_000, 2.0)]
-    assert a == b and len(a) == 300
-    ts = [e["timestamp_ms"] for e in a]
-    assert ts == sorted(ts) and ts[0] == 10_000
-    assert {e["event_type"] for e in a} >= {1, 2}
-    assert all(e["item_id"] and e["context"]["category"] for e in a if e["event_type"] != 5)
 
 
 def test_cli_registers_features_commands():

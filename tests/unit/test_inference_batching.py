@@ -12,7 +12,7 @@ from recpilot.featurespec import DENSE_FEATURES, ID_FEATURES
 from services.inference.backends import load_version
 from services.inference.batching import DynamicBatcher, QueueFull
 from services.inference.settings import BatchingConfig
-from services.inference.toymodel import write_version
+from bench.toymodel import write_version
 
 D, K = len(DENSE_FEATURES), len(ID_FEATURES)
 

@@ -13,7 +13,7 @@ from recpilot.models import deployments as dep
 from recpilot.pb import deployments_pb2 as pb
 from services.inference.routing import Desired, ModelManager, is_canary
 from services.inference.settings import BatchingConfig
-from services.inference.toymodel import build_module, write_version
+from bench.toymodel import build_module, write_version
 
 D, K = len(DENSE_FEATURES), len(ID_FEATURES)
 

@@ -16,6 +16,7 @@ from recpilot.simulator import (
     ShopSimulator,
     TrafficMix,
     catalogue,
+    event_to_dict,
     make_user,
     read_catalogue,
     write_catalogue,
@@ -142,3 +143,22 @@ def test_traffic_mix_shares_and_duplicates_are_exact_resends():
     assert all(v in valid for _, v, k in recs if k == "duplicate")
     with pytest.raises(ValueError):
         TrafficMix(ShopSimulator(seed=2, n_users=10, n_items=10), malformed_share=0.7, duplicate_share=0.5)
+
+
+def test_events_are_deterministic_time_ordered_and_map_to_offline_dicts():
+    a = [event_to_dict(e) for e in ShopSimulator(seed=5, n_users=20, n_items=50, run_id="t").events(300, 10_000, 2.5)]
+    b = [event_to_dict(e) for e in ShopSimulator(seed=5, n_users=20, n_items=50, run_id="t").events(300, 10_000, 2.5)]
+    assert a == b and len(a) == 300
+    assert [e["timestamp_ms"] for e in a[:3]] == [10_000, 10_002, 10_005]
+    assert [e["timestamp_ms"] for e in a] == sorted(e["timestamp_ms"] for e in a)
+    assert {e["event_type"] for e in a} >= {events_pb2.VIEW, events_pb2.CLICK, events_pb2.SEARCH}
+    assert all(e["item_id"] and e["context"]["category"] in CATEGORY_NAMES
+               for e in a if e["event_type"] != events_pb2.SEARCH)
+    # the dict OfflineFeatureStore.apply takes: event type by number, context as a plain dict
+    from recpilot.featurespec import OfflineFeatureStore
+
+    store = OfflineFeatureStore()
+    for e in a:
+        store.apply(e)
+    views = sum(1 for e in a if e["event_type"] == events_pb2.VIEW)
+    assert sum(it["views"] for it in store.items.values()) == views > 0

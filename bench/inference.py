@@ -7,7 +7,7 @@ concurrency with batching off (a second server process), an open-loop phase at a
 ``--swaps`` PROMOTE commands through ``control.deployments`` under load (p99 during swaps vs steady,
 failed requests counted). The model (``--model``) is either the platform's own ranker, trained by
 ``recpilot.models.train`` on synthetic logged impressions (TorchScript or SavedModel, one version
-per seed), or a wider random-weight TorchScript MLP (services.inference.toymodel); each request asks
+per seed), or a wider random-weight TorchScript MLP (bench.toymodel); each request asks
 for k=10 out of ``--candidates`` given candidate ids.
 """
 
@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,57 +26,38 @@ from pathlib import Path
 
 import numpy as np
 
-from recpilot.benchutil import busy_cores, cpu_probe, machine, process_cpu, thread_cpu
+from bench.loadgen import closed_loop, infer_requests, native_closed_loop, own_cpu
+from bench.machine import busy_cores, cpu_probe, machine, thread_cpu
+from recpilot import kafka
 from recpilot.net import free_port
-
+from recpilot.stack.process import ServiceProcess
 
 CHANNELS = 1  # client connections the load is spread over (set from --channels)
-GENERATOR = "python"  # closed-loop load generator: "python" (grpc.aio) or "native" (services/inference/native)
+GENERATOR = "python"  # closed-loop load generator: "python" (grpc.aio) or "native" (bench/native)
 
 
 def channels(port: int):
-    """CHANNELS client channels, each with its own TCP connection (grpc shares one connection
-    between identical channels of a process unless each has a local subchannel pool)."""
-    import grpc
+    """CHANNELS client channels (:func:`bench.loadgen.channels`)."""
+    from bench.loadgen import channels as open_channels
 
-    return [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(CHANNELS)]
-
-
-def _children(pid: int) -> list[int]:
-    """Child processes of pid (server workers), whichever of its threads started them."""
-    try:
-        return [int(x) for t in Path(f"/proc/{pid}/task").iterdir() for x in (t / "children").read_text().split()]
-    except OSError:
-        return []
+    return open_channels(port, CHANNELS)
 
 
 def _pct(lat: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(lat) * 1000, q)) if lat else float("nan")
 
 
-class Server:
+class Server(ServiceProcess):
+    """The inference server process, with readings of its /metrics."""
+
     def __init__(self, env: dict, log: Path) -> None:
         self.grpc_port, self.http_port = free_port(), free_port()
-        env = {**os.environ, **env, "RECPILOT_INFERENCE_GRPC_PORT": str(self.grpc_port),
-               "RECPILOT_INFERENCE_HTTP_PORT": str(self.http_port), "PYTHONUNBUFFERED": "1"}
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env,
-                                     stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        super().__init__("services.inference", log, env={**env, "RECPILOT_INFERENCE_GRPC_PORT": str(self.grpc_port)},
+                         http_port=self.http_port)
+        self.start()
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"inference exited ({self.proc.returncode}); see {self.log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except Exception:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"inference not ready after {timeout}s; see {self.log}")
+    def wait_ready(self, timeout: float = 120.0, interval: float = 0.3) -> Server:
+        return super().wait_ready(timeout, interval)
 
     def _series(self, name: str):
         """(labels text, value) of every sample whose name (+ the given labels) matches; a
@@ -122,10 +101,6 @@ class Server:
             summed[le] = summed.get(le, 0.0) + c
         return sorted(summed.items())
 
-    def cpu_seconds(self) -> float:
-        """user+system CPU of the server process and its workers (if any) so far."""
-        return sum(process_cpu(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
-
     def breakdown(self) -> dict:
         """Mean server-side times (ms) since start: request, feature fetch, queue wait, compute."""
         out = {}
@@ -136,13 +111,6 @@ class Server:
             n = self.metric(base.format("count"))
             out[label] = self.metric(base.format("sum")) / n * 1000 if n else float("nan")
         return out
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def _ranker_versions(root: Path, framework: str, count: int, rows: int = 20_000) -> list[str]:
@@ -158,29 +126,6 @@ def _ranker_versions(root: Path, framework: str, count: int, rows: int = 20_000)
     for seed in range(1, count + 1):
         rep = train_and_register(ds, framework, name="ranker", hp={"epochs": 1}, seed=seed, repository=repo)
         out.append(rep.version)
-    return out
-
-
-def own_cpu() -> float:
-    """user+system CPU of this process (the load generator) so far."""
-    t = os.times()
-    return t.user + t.system
-
-
-def infer_requests(n_rows: int, count: int = 64):
-    from recpilot.featurespec import DENSE_FEATURES, ID_FEATURES
-    from recpilot.pb import open_inference_grpc_pb2 as oip
-
-    rng = np.random.default_rng(3)
-    out = []
-    for _ in range(count):
-        dense = rng.normal(size=(n_rows, len(DENSE_FEATURES))).astype(np.float32)
-        ids = np.stack([rng.integers(0, b, n_rows) for _, b in ID_FEATURES], axis=1).astype(np.int64)
-        r = oip.ModelInferRequest(model_name="ranker")
-        r.inputs.add(name="dense", datatype="FP32", shape=list(dense.shape))
-        r.inputs.add(name="ids", datatype="INT64", shape=list(ids.shape))
-        r.raw_input_contents.extend([dense.tobytes(), ids.tobytes()])
-        out.append(r)
     return out
 
 
@@ -251,7 +196,7 @@ async def _closed_loop(port: int, conc: int, seconds: float, items: list[str], u
 def _native_closed_loop(port: int, conc: int, seconds: float, reqs: list, infer: bool) -> dict:
     """The same closed loop driven by the native generator (responses are not parsed: fallbacks
     come from the server's counter in the phase, latency from the generator)."""
-    from services.inference import native
+    from bench import native
 
     method = ("/inference.GRPCInferenceService/ModelInfer" if infer else "/recpilot.v1.Recommender/Recommend")
     r = native.closed_loop(port, method, reqs, conc, seconds, connections=CHANNELS, warmup=0.5)
@@ -266,12 +211,10 @@ async def _floor(port: int, conc: int, seconds: float) -> dict:
     """Closed loop of ServerLive (an empty request the server answers without any work): the most
     requests/s any method can reach on this box with this load generator and gRPC on both sides.
     A batching speed-up can be at most floor / (throughput with batching off)."""
-    from services.inference.floor import closed_loop, native_closed_loop
-
     if GENERATOR == "native":
         r = native_closed_loop(port, "ServerLive", 1, conc, seconds, connections=CHANNELS, warmup=0.5)
     else:
-        r = await closed_loop(port, "ServerLive", 1, conc, seconds)
+        r = await closed_loop(port, "ServerLive", 1, conc, seconds, connections=CHANNELS)
     return {"concurrency": conc, "requests": r["requests"], "rps": r["rps"], "client_cpu_ms_per_request": r["client_cpu_ms"]}
 
 
@@ -368,15 +311,18 @@ def _slow_seconds(sched: list[float], lats: list[float], slow_s: float = 0.025) 
     return out
 
 
-def _publish(platform, topic: str, action: str, version: str) -> None:
-    from recpilot import kafka
+def publish_command(platform, topic: str, action: str, version: str, percent: float = 0.0, actor: str = "bench",
+                    reason: str = "bench inference") -> str:
+    """Produce one deployment command for model "ranker" straight to the control ``topic`` (no
+    controller checks); its command id."""
     from recpilot.models.deployments import new_command
     from recpilot.pb import deployments_pb2 as pb
 
     prod = kafka.producer(platform)
-    cmd = new_command(action, "ranker", version, actor="bench", reason="bench inference")
+    cmd = new_command(action, "ranker", version, percent=percent, actor=actor, reason=reason)
     prod.produce(topic, key=b"ranker", value=pb.ControlMessage(command=cmd).SerializeToString())
     kafka.flush_or_raise(prod, 10)
+    return cmd.command_id
 
 
 def _seed_features(platform, prefix: str, n_items: int, n_users: int) -> tuple[list[str], list[str]]:
@@ -407,19 +353,6 @@ def _seed_features(platform, prefix: str, n_items: int, n_users: int) -> tuple[l
     return items, users
 
 
-def _delete_topics(platform, topics: list[str]) -> None:
-    from recpilot import kafka
-
-    try:
-        for fut in kafka.admin(platform).delete_topics(topics, operation_timeout=10).values():
-            try:
-                fut.result(15)
-            except Exception:  # a topic that was never created
-                pass
-    except Exception as exc:
-        print(f"could not delete the bench topics {topics}: {exc}")
-
-
 def _clean_features(platform, prefix: str) -> None:
     import redis
 
@@ -431,12 +364,12 @@ def _clean_features(platform, prefix: str) -> None:
 
 def run(args) -> int:
     from recpilot.settings import PlatformSettings, load
-    from services.inference.toymodel import write_version
+    from bench.toymodel import write_version
 
     global CHANNELS, GENERATOR
     CHANNELS, GENERATOR = args.channels, args.generator
     if GENERATOR == "native":
-        from services.inference import native
+        from bench import native
 
         try:
             print(f"load generator: native ({native.binary().name}) for the closed loops and the gRPC floor; "
@@ -469,7 +402,7 @@ def run(args) -> int:
     results_model = {"model": args.model, "framework": args.framework if args.model == "ranker" else "torch",
                      "description": model_desc, "workers": args.workers, "channels": args.channels}
     items, users = _seed_features(platform, prefix, args.items, args.users)
-    _publish(platform, topic, "deploy", versions[0])
+    publish_command(platform, topic, "deploy", versions[0])
     base_env = {"RECPILOT_MODEL_REPOSITORY": str(root), "RECPILOT_INFERENCE_FEATURE_KEY_PREFIX": prefix,
                 "RECPILOT_INFERENCE_DEPLOYMENTS_TOPIC": topic, "RECPILOT_INFERENCE_BOOTSTRAP": "false",
                 "RECPILOT_INFERENCE_IMPRESSIONS_TOPIC": f"impressions.bench-{uid}",
@@ -609,7 +542,7 @@ def run(args) -> int:
                 for v in versions[1:]:
                     await asyncio.sleep(args.swap_interval)
                     t0 = time.monotonic()
-                    await loop.run_in_executor(None, _publish, platform, topic, "promote", v)
+                    await loop.run_in_executor(None, publish_command, platform, topic, "promote", v)
                     windows.append((t0, v))
                 return await load, windows
 
@@ -649,7 +582,12 @@ def run(args) -> int:
     finally:
         gc.unfreeze()  # frozen objects outlive teardown: nanobind (triton, under torch) reports them as leaks
         _clean_features(platform, prefix)
-        _delete_topics(platform, [topic, f"impressions.bench-{uid}"])
+        try:
+            failed = kafka.delete_topics(platform, [topic, f"impressions.bench-{uid}"], timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the broker is gone: say so, keep the results
+            failed = {"all": str(exc)}
+        if failed:
+            print(f"could not delete the bench topics: {failed}")
     probe1 = cpu_probe()
     results["cpu_probe_s"] = [probe0, probe1]
     if args.json:

@@ -20,9 +20,9 @@ import sys
 import time
 import uuid
 
-from recpilot.benchutil import machine_info as machine
+from bench.machine import machine_info as machine
 from recpilot.settings import PlatformSettings, load
-from services.features.process import WorkerProcess
+from recpilot.stack.process import ServiceProcess
 
 
 def parse_histogram(text: str, name: str) -> tuple[list[float], list[float], float]:
@@ -51,29 +51,27 @@ def histogram_quantile(q: float, bounds: list[float], cum: list[float]) -> float
 
 
 class _Lag:
-    def __init__(self, platform, topic: str, prefix: str, redis_client):
-        from recpilot.kafka import consumer
+    """Events in the topic (its end offsets) and events applied (the offsets the worker stored in Redis)."""
 
-        self.c = consumer(platform, f"bench-lag-{uuid.uuid4().hex[:6]}")
-        self.topic, self.prefix, self.r = topic, prefix, redis_client
-        md = self.c.list_topics(topic, timeout=10)
-        self.parts = sorted(md.topics[topic].partitions)
+    def __init__(self, platform, topic: str, prefix: str, redis_client):
+        from recpilot.kafka import TopicReader
+
+        self.reader = TopicReader(platform, topic, group_id=f"bench-lag-{uuid.uuid4().hex[:6]}")
+        self.prefix, self.r = prefix, redis_client
+        self.parts = self.reader.partitions()
 
     def applied(self) -> int:
         raw = self.r.hgetall(f"{self.prefix}off")
         return sum(int(v) + 1 for v in raw.values())
 
     def end(self) -> int:
-        from confluent_kafka import TopicPartition
-
-        return sum(self.c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=5, cached=False)[1]
-                   for p in self.parts)
+        return sum(self.reader.end_offsets(self.parts, timeout=5).values())
 
     def close(self):
-        self.c.close()
+        self.reader.close()
 
 
-def read_api_latency(redis_url: str, prefix: str, syn, calls: int) -> dict:
+def read_api_latency(redis_url: str, prefix: str, sim, calls: int) -> dict:
     """Sequential FeatureClient calls on the data the run wrote: fetch(user, 100 items) and
     candidates(user, 100), as inference makes them (one client, one connection)."""
     import random
@@ -87,10 +85,10 @@ def read_api_latency(redis_url: str, prefix: str, syn, calls: int) -> dict:
     now = int(time.time() * 1000)
     fetch_ms, cand_ms = [], []
     try:
-        c.fetch(syn.users[0], syn.items[:100], now)  # loads the script
+        c.fetch(sim.population.user(0).user_id, [it.item_id for it in sim.items[:100]], now)  # loads the script
         for _ in range(calls):
-            uid = rng.choice(syn.users)
-            items = [syn._item() for _ in range(100)]
+            uid = sim.population.sample(rng.random()).user_id
+            items = [sim.global_sampler.sample(rng.random()).item_id for _ in range(100)]
             t0 = time.perf_counter()
             c.fetch(uid, items, now)
             fetch_ms.append(1000 * (time.perf_counter() - t0))
@@ -106,24 +104,21 @@ def read_api_latency(redis_url: str, prefix: str, syn, calls: int) -> dict:
             "candidates_100_p50_ms": q(cand_ms, .5), "candidates_p99_ms": q(cand_ms, .99)}
 
 
-def main(args) -> int:
+def run(args) -> int:
     import redis
-    from confluent_kafka.admin import NewTopic
 
-    from recpilot.kafka import admin, producer
-    from services.features.synth import ShopSynth
+    from recpilot.kafka import create_topics, delete_topics, producer
+    from recpilot.simulator import ShopSimulator
 
     platform = load(PlatformSettings)
     tag = uuid.uuid4().hex[:8]
     topic = f"bench.features.{tag}"
     prefix = f"benchf{tag}:"
     parts = args.partitions or platform.events_partitions
-    adm = admin(platform)
-    for f in adm.create_topics([NewTopic(topic, parts, 1)]).values():
-        f.result()
+    create_topics(platform, [topic], parts)
     r = redis.Redis.from_url(platform.redis_url)
     mem0 = r.info("memory")["used_memory"]
-    syn = ShopSynth(n_users=args.users, n_items=args.items, seed=11, n_categories=40)
+    sim = ShopSimulator(seed=11, n_users=args.users, n_items=args.items, run_id=f"bench{tag}")
     prod = producer(platform, **{"client.id": "bench-features", "linger.ms": 5})
     out: dict = {"machine": machine(), "topic_partitions": parts, "users": args.users, "items": args.items,
                  "command": "recpilot bench features " + " ".join(sys.argv[3:])}
@@ -134,7 +129,7 @@ def main(args) -> int:
         if args.events > 0:
             print(f"producing a backlog of {args.events:,} events to {topic} ...", flush=True)
             now = int(time.time() * 1000)
-            for i, ev in enumerate(syn.events(args.events, now - args.events, 1.0)):
+            for i, ev in enumerate(sim.events(args.events, now - args.events, 1.0)):
                 prod.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
                 if i % 10000 == 0:
                     prod.poll(0)
@@ -144,14 +139,13 @@ def main(args) -> int:
                "RECPILOT_FEATURES_METRICS_TOPIC": f"bench.features.metrics.{tag}",
                "RECPILOT_FEATURES_DATADIR": str(platform.home / "bench" / f"features-{tag}")}
         log_path = platform.home / "logs" / f"bench-features-{tag}.log"
-        proc = WorkerProcess(env, log_path).start()
+        proc = ServiceProcess("services.features", log_path, env=env).start()
         t_start = time.monotonic()
-        while proc.port is None and time.monotonic() - t_start < 60:
+        while proc.address is None and time.monotonic() - t_start < 60:
             if not proc.alive():
                 raise RuntimeError(f"worker exited; see {log_path}")
-            proc.port = proc._find_port()
             time.sleep(0.1)
-        if proc.port is None:
+        if proc.address is None:
             raise RuntimeError(f"worker did not start; see {log_path}")
         lag = _Lag(platform, topic, prefix, r)
         if args.events > 0:
@@ -189,7 +183,7 @@ def main(args) -> int:
             rss = []
             sent = 0
             cpu0 = proc.cpu_seconds()
-            gen = syn.events(10**12, int(time.time() * 1000), 0.0)
+            gen = sim.events(10**12, int(time.time() * 1000), 0.0)
             t0 = time.monotonic()
             next_lag = t0
             progress_every = 30.0 if args.duration >= 120 else 0.0
@@ -242,7 +236,7 @@ def main(args) -> int:
                 if rss else None,
             }
             print(f"freshness: {out['freshness']}", flush=True)
-        out["read_api"] = read_api_latency(platform.redis_url, prefix, syn, args.read_calls)
+        out["read_api"] = read_api_latency(platform.redis_url, prefix, sim, args.read_calls)
         print(f"read API: {out['read_api']}", flush=True)
         out["worker_peak_rss_mb"] = round(proc.peak_rss_mb(), 1)
         out["redis_used_memory_growth_mb"] = round((r.info("memory")["used_memory"] - mem0) / 2**20, 1)
@@ -255,11 +249,7 @@ def main(args) -> int:
             import shutil
 
             shutil.rmtree(platform.home / "bench" / f"features-{tag}", ignore_errors=True)
-            for f in adm.delete_topics([topic, f"bench.features.metrics.{tag}"], operation_timeout=10).values():
-                try:
-                    f.result()
-                except Exception:
-                    pass
+            delete_topics(platform, [topic, f"bench.features.metrics.{tag}"], timeout=10)
             batch = []
             for k in r.scan_iter(f"{prefix}*", count=1000):
                 batch.append(k)

@@ -2,7 +2,7 @@
 serving benchmark (no training: seeded random weights, so its scores are known exactly).
 
 Architecture: embeddings of the hashed ids (dim 8 each) concatenated with the dense features ->
-MLP (hidden sizes ``hidden``) -> sigmoid. Inputs/outputs follow contract 3 (dense FP32 [-1, D],
+MLP (hidden sizes ``hidden``) -> sigmoid. Inputs/outputs are the ranker's (dense FP32 [-1, D],
 ids INT64 [-1, K] -> score FP32 [-1]).
 """
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from recpilot.benchutil import machine
+from bench.machine import machine
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -47,16 +47,20 @@ def _tiny_version(stage: Path, auc: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recpilot.kafka import admin, flush_or_raise, producer
-    from recpilot.models.commands import _quiet_kafka
-    from recpilot.models.deployments.controller import DeploymentController
-    from recpilot.models.deployments.log import DeploymentFollower, ensure_control_topic, replay
-    from recpilot.models.deployments.state import DeploymentSettings, new_command
+    from recpilot.kafka import delete_topics, flush_or_raise, producer, quiet_client_logs
+    from recpilot.models.deployments import (
+        DeploymentController,
+        DeploymentFollower,
+        DeploymentSettings,
+        ensure_control_topic,
+        new_command,
+        replay,
+    )
     from recpilot.models.repository import ModelRepository
     from recpilot.pb import deployments_pb2 as pb
     from recpilot.settings import PlatformSettings, load
 
-    _quiet_kafka()
+    quiet_client_logs("recpilot.deployments.kafka")
     s = load(PlatformSettings)
     topic = f"bench.deployments.{uuid.uuid4().hex[:10]}"
     print(f"machine: {machine()}")
@@ -153,19 +157,6 @@ def run(args: argparse.Namespace) -> int:
             f.stop()
     finally:
         prod.flush(10)
-        adm = admin(s)  # keep the client alive until the futures resolve
-        for fut in adm.delete_topics([topic], operation_timeout=30).values():
-            try:
-                fut.result()
-            except Exception as exc:  # noqa: BLE001
-                print(f"could not delete {topic}: {exc}")
+        for name, why in delete_topics(s, [topic]).items():
+            print(f"could not delete {name}: {why}")
     return 0
-
-
-def register_bench(benches: argparse._SubParsersAction) -> None:
-    p = benches.add_parser("deployments", help="deployment control: replay, follower catch-up, propagation latency")
-    p.add_argument("--commands", type=int, default=5000, help="commands in the log to replay (default 5000)")
-    p.add_argument("--repeat", type=int, default=3, help="replays to time")
-    p.add_argument("--changes", type=int, default=50, help="commands timed from produce to on_change")
-    p.add_argument("--submits", type=int, default=20, help="controller round trips to time")
-    p.set_defaults(func=run)

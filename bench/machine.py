@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 
+from recpilot.stack.process import stat_cpu
+
 
 def cpu_model() -> str:
     try:
@@ -47,21 +49,10 @@ def cpu_probe(iterations: int = 5_000_000) -> float:
     return best
 
 
-def process_cpu(pid: int) -> float:
-    """user+system CPU seconds of process ``pid`` so far (0.0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def thread_cpu(pid: int) -> dict[str, float]:
     """user+system CPU seconds so far of process ``pid``'s threads, summed by thread name (the
     OS-level name: ``/proc/<pid>/task/<tid>/comm``); empty when the process is gone."""
     out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -70,11 +61,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as fh:
                 name = fh.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
             continue
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        cpu = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+        if cpu is not None:
+            out[name] = out.get(name, 0.0) + cpu
     return out
 
 

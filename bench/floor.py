@@ -3,21 +3,21 @@
 Starts a bare grpc.aio Open Inference Protocol server in its own process whose ``ServerLive`` and
 ``ModelInfer`` answer at once (no parsing, no model), and drives it with the same load generator
 as ``recpilot bench inference`` (grpc.aio, 8 connections, closed loop; ``--generator native`` for the
-C++ one in ``services/inference/native``). The throughput is the most
+C++ one in ``bench/native``). The throughput is the most
 any recpilot method can reach here; ``bench inference`` prints the same floor against the real
 server (ServerLive) and the batching ceiling it implies.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import subprocess
 import sys
-import time
 
-from recpilot.benchutil import machine, process_cpu
+from bench.loadgen import closed_loop, native_closed_loop
+from bench.machine import machine
+from recpilot.stack.process import process_cpu
 
 
 def _noop_servicer(sync: bool):
@@ -83,67 +83,19 @@ def _serve_sync(port: int, threads: int) -> None:
     server.wait_for_termination()
 
 
-async def closed_loop(port: int, kind: str, rows: int, conc: int, seconds: float) -> dict:
-    """``kind`` ("ServerLive" | "ModelInfer" with ``rows`` per request) at ``conc`` in flight for ``seconds``."""
-    from recpilot.pb import open_inference_grpc_pb2 as oip
-    from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
-    from services.inference.bench import channels, infer_requests, own_cpu
-
-    chans = channels(port)
-    n = 0
-    try:
-        stubs = [oip_grpc.GRPCInferenceServiceStub(ch) for ch in chans]
-        reqs = infer_requests(rows) if kind == "ModelInfer" else [oip.ServerLiveRequest()]
-        stop_at = time.monotonic() + seconds
-
-        async def worker(i: int) -> None:
-            nonlocal n
-            stub, j = stubs[i % len(stubs)], i
-            call = stub.ModelInfer if kind == "ModelInfer" else stub.ServerLive
-            while time.monotonic() < stop_at:
-                await call(reqs[j % len(reqs)], timeout=5.0)
-                n += 1
-                j += conc
-
-        t0, c0 = time.monotonic(), own_cpu()
-        await asyncio.gather(*(worker(i) for i in range(conc)))
-        took = time.monotonic() - t0
-    finally:
-        for ch in chans:
-            await ch.close()
-    return {"kind": kind, "rows": rows, "requests": n, "rps": n / took,
-            "client_cpu_ms": (own_cpu() - c0) * 1000 / max(n, 1)}
-
-
-def native_closed_loop(port: int, kind: str, rows: int, conc: int, seconds: float, connections: int = 8,
-                       warmup: float = 0.0) -> dict:
-    """:func:`closed_loop`, driven by the native generator (same result keys)."""
-    from recpilot.pb import open_inference_grpc_pb2 as oip
-    from services.inference import native
-    from services.inference.bench import infer_requests
-
-    reqs = infer_requests(rows) if kind == "ModelInfer" else [oip.ServerLiveRequest()]
-    r = native.closed_loop(port, f"/inference.GRPCInferenceService/{kind}", reqs, conc, seconds,
-                           connections=connections, warmup=warmup)
-    if r["errors"]:
-        raise RuntimeError(f"{kind}: {r['errors']} failed calls {r['error_kinds']}")
-    return {"kind": kind, "rows": rows, "requests": r["requests"], "rps": r["rps"],
-            "client_cpu_ms": r["client_cpu_ms_per_request"]}
-
-
 def run(args) -> int:
     from recpilot.net import free_port
 
     port = free_port()
     serve = (["--serve", str(port), args.event_loop] if args.server == "aio"
              else ["--serve-sync", str(port), str(args.sync_threads)])
-    srv = subprocess.Popen([sys.executable, "-m", "services.inference.floor", *serve], stdout=subprocess.PIPE, text=True)
+    srv = subprocess.Popen([sys.executable, "-m", "bench.floor", *serve], stdout=subprocess.PIPE, text=True)
     try:
         if srv.stdout.readline().strip() != "ready":
             print("the no-op server did not start", file=sys.stderr)
             return 1
         if args.generator == "native":
-            from services.inference import native
+            from bench import native
 
             try:
                 native.binary()
@@ -172,21 +124,6 @@ def run(args) -> int:
         srv.terminate()
         srv.wait(10)
     return 0
-
-
-def register(bench: argparse._SubParsersAction) -> None:
-    p = bench.add_parser("grpc-floor", help="gRPC's own cost here: a no-op server under the inference bench's load")
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--seconds", type=float, default=8.0)
-    p.add_argument("--generator", choices=["python", "native"], default="python",
-                   help="python: grpc.aio, as bench inference's default; native: the C++ generator "
-                        "(services/inference/native), whose own CPU per call is ~0.08 ms")
-    p.add_argument("--server", choices=["aio", "sync"], default="aio",
-                   help="the no-op server: grpc.aio (as the inference server) or grpcio's synchronous server")
-    p.add_argument("--sync-threads", type=int, default=4, help="handler threads of --server sync")
-    p.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
-                   help="the event loop of --server aio (the inference server's default is uvloop)")
-    p.set_defaults(func=run)
 
 
 if __name__ == "__main__":

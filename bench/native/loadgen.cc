@@ -13,7 +13,7 @@
 // sends request i mod N. Output (stdout, one JSON object): requests, errors by status code,
 // requests/s, latency percentiles in ms, and this process's CPU per request.
 //
-// Built by services/inference/native/__init__.py: g++ -O2 -std=c++17 loadgen.cc $(pkg-config --cflags --libs grpc++)
+// Built by bench/native/__init__.py: g++ -O2 -std=c++17 loadgen.cc $(pkg-config --cflags --libs grpc++)
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>

@@ -17,16 +17,16 @@ import statistics
 import time
 import uuid
 
+from bench.machine import machine
 from recpilot import kafka as rkafka
 from recpilot.settings import PlatformSettings, load
-from recpilot.benchutil import machine
 from recpilot.simulator import ShopSimulator, TrafficMix
 from recpilot.simulator.drive import open_loop
-from services.ingest import tools
+from recpilot.stack.process import ServiceProcess
 
 
 def _sum_committed(p, group, topic, parts) -> int:
-    return sum(tools.committed(p, group, topic, parts).values())
+    return sum(rkafka.committed_offsets(p, group, topic, parts).values())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     raw, clean, dlq, met = (f"bench-ingest-{run_id}.{x}" for x in ("raw", "clean", "dlq", "metrics"))
     group = f"bench-ingest-{run_id}"
     names = [raw, clean, dlq, met]
-    tools.create_topics(p, names, args.partitions)
+    rkafka.create_topics(p, names, args.partitions)
     print(f"machine: {machine()}")
     print(f"broker {p.kafka_bootstrap}; topics {raw} -> {clean} / {dlq} ({args.partitions} partitions); "
           f"transactions {'on' if args.transactions else 'off'}; batch {args.batch_size}; format {args.format}")
@@ -50,12 +50,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"phase 1: wrote {res.sent:,} raw messages in {time.monotonic() - t0:.1f}s ({res.kinds})")
 
         log_path = p.home / "logs" / f"bench-ingest-{run_id}.log"
-        env = tools.ingest_env(raw, clean, dlq, met, group, transactional=str(args.transactions).lower(),
-                               batch_size=str(args.batch_size), metrics_interval_s="2")
+        settings = {"raw_topic": raw, "clean_topic": clean, "dlq_topic": dlq, "metrics_topic": met, "group_id": group,
+                    "transactional": str(args.transactions).lower(), "batch_size": args.batch_size,
+                    "metrics_interval_s": 2}
         t_start = time.monotonic()
-        proc = tools.spawn_ingest(env, log_path)
-        addr = tools.http_address(log_path, proc=proc)
-        tools.wait_ready(addr, proc=proc)
+        proc = ServiceProcess("services.ingest", log_path, settings=settings).start()
+        proc.wait_ready(90)
         print(f"ingest pid {proc.pid} ready in {time.monotonic() - t_start:.1f}s (log {log_path})")
 
         total = res.sent
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 first_progress = samples[-2] if len(samples) > 1 else samples[-1]
             if done >= total:
                 break
-            if proc.poll() is not None:
+            if not proc.alive():
                 raise RuntimeError(f"ingest exited with {proc.returncode}; see {log_path}")
             time.sleep(0.25)
         done_t, done_n = samples[-1]
@@ -104,11 +104,11 @@ def run(args: argparse.Namespace) -> int:
             rss_trace: list[tuple[float, float]] = []
             next_rss = time.monotonic()
             while time.monotonic() < stop_at + 1.0:
-                ends = tools.end_offsets(p, raw)
-                com = tools.committed(p, group, raw, parts)
+                ends = rkafka.end_offsets(p, raw)
+                com = rkafka.committed_offsets(p, group, raw, parts)
                 lag_samples.append(sum(ends.values()) - sum(com.values()))
                 if time.monotonic() >= next_rss:
-                    rss_trace.append((time.monotonic() - stop_at + args.duration, tools.peak_rss_mb(proc.pid, "VmRSS") or 0))
+                    rss_trace.append((time.monotonic() - stop_at + args.duration, proc.rss_mb()))
                     next_rss += max(1.0, args.duration / 10)
                 time.sleep(0.5)
             print("phase 2 RSS (MiB) over time: " + ", ".join(f"{t:.0f}s {m:.0f}" for t, m in rss_trace))
@@ -122,16 +122,14 @@ def run(args: argparse.Namespace) -> int:
                   f"{args.duration:.0f}s; consumer lag (messages) p50 {statistics.median(lag_samples):,.0f}, "
                   f"p99 {sorted(lag_samples)[int(0.99 * (len(lag_samples) - 1))]:,.0f}, max {max(lag_samples):,}")
 
-        rss = tools.peak_rss_mb(proc.pid)
+        rss = proc.peak_rss_mb()
         print(f"ingest peak RSS (VmHWM): {rss:.0f} MiB" if rss else "ingest peak RSS: unavailable")
-        proc.terminate()
-        rc = proc.wait(60)
+        rc = proc.stop(60)
         print(f"ingest stopped with exit code {rc}")
-        proc = None
 
         if not args.no_verify:
-            n_clean = len(tools.read_all(p, clean, idle_s=1.0))
-            n_dlq = len(tools.read_all(p, dlq, idle_s=1.0))
+            n_clean = len(rkafka.read_to_end(p, clean, idle_s=1.0))
+            n_dlq = len(rkafka.read_to_end(p, dlq, idle_s=1.0))
             kinds = dict(mix.counts)
             if args.rate > 0:
                 for k, v in result["r"].kinds.items():
@@ -144,11 +142,7 @@ def run(args: argparse.Namespace) -> int:
               + (f"; open-loop {rate2:,.0f}/s max lag {max(lag_samples):,}" if rate2 else ""))
         return 0
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except Exception:
-                proc.kill()
+        if proc is not None:
+            proc.stop(30)
         if not args.keep_topics:
-            tools.delete_topics(p, names)
+            rkafka.delete_topics(p, names)

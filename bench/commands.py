@@ -1,0 +1,133 @@
+"""`recpilot bench ...`: every benchmark program's command line (light to import: each program's
+module loads only when its command runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _run(module: str):
+    """A command that imports ``bench.<module>`` and calls its ``run(args)``."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(f"bench.{module}").run(args)
+
+    return run
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bp = sub.add_parser("bench", help="benchmark programs (results go in docs/benchmarks.md)")
+    bench = bp.add_subparsers(dest="bench", metavar="COMPONENT")
+    _ingest(bench)
+    _features(bench)
+    _train(bench)
+    _deployments(bench)
+    _inference(bench)
+    _grpc_floor(bench)
+
+
+def _ingest(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("ingest", help="sustained raw->clean events/s, consumer lag, peak RSS of one ingest process")
+    p.add_argument("--events", type=int, default=300_000, help="backlog drained by one ingest process")
+    p.add_argument("--rate", type=float, default=0.0, help="then an open-loop phase at this rate (0 = skip)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of the open-loop phase")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--malformed-share", type=float, default=0.01)
+    p.add_argument("--duplicate-share", type=float, default=0.01)
+    p.add_argument("--format", choices=("proto", "json"), default="proto")
+    p.add_argument("--transactions", action="store_true",
+                   help="exactly-once mode (Kafka transactions) instead of at-least-once (commit after flush)")
+    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--keep-topics", action="store_true")
+    p.add_argument("--no-verify", action="store_true", help="skip counting the outputs afterwards")
+    p.set_defaults(func=_run("ingest"))
+
+
+def _features(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("features", help="features pipeline: sustained events/s, freshness, lag, peak memory")
+    p.add_argument("--events", type=int, default=200_000, help="backlog size for the throughput phase (0 = skip)")
+    p.add_argument("--rate", type=float, default=2000.0, help="open-loop rate of the freshness phase (events/s)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of the freshness phase (0 = skip)")
+    p.add_argument("--partitions", type=int, default=None, help="input partitions (default: RECPILOT_EVENTS_PARTITIONS)")
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--items", type=int, default=50_000)
+    p.add_argument("--read-calls", type=int, default=300, help="read API calls timed at the end (0 = skip)")
+    p.add_argument("--keep", action="store_true", help="keep the bench topic and Redis keys")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=_run("features"))
+
+
+def _train(bench: argparse._SubParsersAction) -> None:
+    b = bench.add_parser("train", help="time training on synthetic logged impressions, both frameworks")
+    b.add_argument("--rows", type=int, default=100_000)
+    b.add_argument("--frameworks", default="torch,tensorflow")
+    b.add_argument("--epochs", type=int, default=None, help="default: the training default (3)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-early-stopping", action="store_true", help="run all epochs")
+    b.set_defaults(func=_run("train"))
+
+
+def _deployments(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("deployments", help="deployment control: replay, follower catch-up, propagation latency")
+    p.add_argument("--commands", type=int, default=5000, help="commands in the log to replay (default 5000)")
+    p.add_argument("--repeat", type=int, default=3, help="replays to time")
+    p.add_argument("--changes", type=int, default=50, help="commands timed from produce to on_change")
+    p.add_argument("--submits", type=int, default=20, help="controller round trips to time")
+    p.set_defaults(func=_run("deployments"))
+
+
+def _inference(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("inference", help="Recommend throughput/latency, batching on vs off, latency during model swaps")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    p.add_argument("--seconds", type=float, default=10.0, help="per phase")
+    p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--infer-rows", type=int, default=200, help="rows per ModelInfer request (Open Inference Protocol phase)")
+    p.add_argument("--items", type=int, default=2000)
+    p.add_argument("--users", type=int, default=500)
+    p.add_argument("--model", choices=["ranker", "toy-mlp"], default="ranker",
+                   help="ranker: the platform's DLRM-style ranker trained by recpilot's trainer on synthetic "
+                        "logged impressions (what `recpilot train` deploys); toy-mlp: a wider plain MLP with "
+                        "random weights (--hidden)")
+    p.add_argument("--framework", choices=["torch", "tensorflow"], default="torch", help="for --model ranker")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 128, 64], help="toy-mlp hidden sizes")
+    p.add_argument("--max-batch-size", type=int, default=8192, help="rows")
+    p.add_argument("--max-queue-delay-ms", type=float, default=0.0)
+    p.add_argument("--rate", type=float, default=500.0, help="open-loop phase rate (0 = skip)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds at --rate before the open-loop phase is measured")
+    p.add_argument("--swaps", type=int, default=10)
+    p.add_argument("--swap-interval", type=float, default=1.5)
+    p.add_argument("--swap-concurrency", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compute-threads", type=int, default=None,
+                   help="server's RECPILOT_INFERENCE_COMPUTE_THREADS (default: the server's default)")
+    p.add_argument("--workers", type=int, default=1, help="server processes (RECPILOT_INFERENCE_WORKERS)")
+    p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default=None,
+                   help="server's RECPILOT_INFERENCE_EVENT_LOOP (default: the server's default, auto = uvloop)")
+    p.add_argument("--channels", type=int, default=8,
+                   help="client connections the load is spread over (SO_REUSEPORT balances connections)")
+    p.add_argument("--item-cache-ms", type=float, default=5000.0, help="server's item feature cache TTL")
+    p.add_argument("--redis-timeout-ms", type=float, default=200.0, help="server's feature fetch timeout")
+    p.add_argument("--generator", choices=["python", "native"], default="python",
+                   help="closed-loop load generator: python (grpc.aio, ~0.2 ms CPU per call) or native (C++ "
+                        "libgrpc++, ~0.08 ms; built on first use, needs g++ and libgrpc++-dev); the open loop "
+                        "and the swap phase always use python")
+    p.add_argument("--skip-unbatched", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.set_defaults(func=_run("inference"))
+
+
+def _grpc_floor(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("grpc-floor", help="gRPC's own cost here: a no-op server under the inference bench's load")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--generator", choices=["python", "native"], default="python",
+                   help="python: grpc.aio, as bench inference's default; native: the C++ generator "
+                        "(bench/native), whose own CPU per call is ~0.08 ms")
+    p.add_argument("--server", choices=["aio", "sync"], default="aio",
+                   help="the no-op server: grpc.aio (as the inference server) or grpcio's synchronous server")
+    p.add_argument("--sync-threads", type=int, default=4, help="handler threads of --server sync")
+    p.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                   help="the event loop of --server aio (the inference server's default is uvloop)")
+    p.set_defaults(func=_run("floor"))

@@ -1,0 +1,45 @@
+"""The features worker as a real process, and events sent to it the way a shop backend would."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from recpilot.stack.process import ServiceProcess, wait_until
+
+
+def features_worker(env: dict, log: Path) -> ServiceProcess:
+    """``python -m services.features`` (not started yet) with ``env`` (``RECPILOT_FEATURES_*``)."""
+    return ServiceProcess("services.features", log, env=env)
+
+
+def send(platform, topic: str, events, paced: bool = False) -> None:
+    """A plain confluent-kafka producer (what any shop backend would use), keyed by user id.
+    ``paced``: 200 events then a 50 ms pause (a steady stream that outlasts a crash in the middle
+    of it, for fault tests). Every event is delivered or this fails."""
+    p = Producer({"bootstrap.servers": platform.kafka_bootstrap, "linger.ms": 5})
+    for k, ev in enumerate(events):
+        p.produce(topic, key=ev.user_id.encode(), value=ev.SerializeToString())
+        if not paced:
+            p.poll(0)
+        elif k % 200 == 199:
+            p.poll(0)
+            time.sleep(0.05)
+    assert p.flush(30) == 0
+
+
+def applied(client) -> int:
+    """Events the workers applied, from the offsets they store in Redis."""
+    return sum(v + 1 for v in client.offsets().values())
+
+
+def wait_applied(client, n: int, worker: ServiceProcess, timeout: float = 45.0) -> None:
+    """Until ``n`` events are applied; fails at once when the worker exits."""
+
+    def done() -> bool:
+        assert worker.alive(), worker.log_tail()
+        return applied(client) >= n
+
+    wait_until(done, timeout, f"{n} events applied (now {client.offsets()})", detail=worker.log_tail)
