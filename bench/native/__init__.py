@@ -51,7 +51,7 @@ def binary() -> Path:
     flags = _grpc_flags()
     if flags is None:
         from recpilot.stack.apt import apt_install
-        from recpilot.stack.kafka import StackError
+        from recpilot.stack.process import StackError
 
         print(f"native load generator: installing {' '.join(PACKAGES)} from Debian (first use)", file=sys.stderr,
               flush=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from recpilot.stack.kafka import StackError
+from recpilot.stack.process import StackError
 
 
 def apt_install(packages: list[str], why: str) -> None:

@@ -15,19 +15,14 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from recpilot.errors import RecpilotError
 from recpilot.paths import CACHE_DIR, DEPLOY_DIR
 from recpilot.settings import PlatformSettings
-from recpilot.stack.process import PidRecord, ProcessTable, wait_started
+from recpilot.stack.process import PidRecord, ProcessTable, StackError, wait_started
 
 POM = DEPLOY_DIR / "kafka" / "pom.xml"
 LOG4J = DEPLOY_DIR / "kafka" / "log4j2.yaml"
 LIBS = CACHE_DIR / "kafka" / "libs"
 MARKER = LIBS / ".pom.sha256"
-
-
-class StackError(RecpilotError, RuntimeError):
-    """A component could not be set up or did not become ready (message says why)."""
 
 
 def java() -> str:

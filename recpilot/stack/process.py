@@ -17,7 +17,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from recpilot.errors import RecpilotError
 from recpilot.paths import REPO_ROOT
+
+
+class StackError(RecpilotError, RuntimeError):
+    """A component could not be set up or did not become ready (message says why)."""
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -164,9 +169,8 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 def wait_started(name: str, log: Path | str, timeout: float, exited: Callable[[], str | None],
                  ready: Callable[[], bool], interval: float = 0.2) -> float:
     """Poll ``ready()`` until true; the seconds it took. ``exited()`` says why the process is gone
-    (None while it runs). Raises :class:`~recpilot.stack.kafka.StackError` with the last lines of
+    (None while it runs). Raises :class:`StackError` with the last lines of
     ``log`` when the process exits first or ``timeout`` s pass."""
-    from recpilot.stack.kafka import StackError
 
     t0 = time.monotonic()
     while True:

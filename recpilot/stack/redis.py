@@ -7,7 +7,7 @@ import shutil
 
 from recpilot.settings import PlatformSettings
 from recpilot.stack.apt import apt_install
-from recpilot.stack.kafka import StackError
+from recpilot.stack.process import StackError
 from recpilot.stack.process import PidRecord, ProcessTable, wait_started
 
 

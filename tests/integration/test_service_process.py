@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from recpilot.stack.kafka import StackError
+from recpilot.stack.process import StackError
 from recpilot.stack.process import ServiceProcess, wait_until
 
 # A stand-in service: the platform's HealthServer and JSON logging; FAKESVC_MODE says how it behaves.
