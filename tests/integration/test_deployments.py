@@ -131,7 +131,7 @@ def test_refused_promotion_and_forced_override(stack, platform_settings, capsys,
     assert log_size(platform_settings, topic) == before  # nothing published
 
     rc, out, err = run_cli(capsys, repo, topic, "promote", "--version", "3", "--force")
-    assert rc == 1 and "--force needs --reason" in err
+    assert rc == 2 and "--force needs --reason" in err  # a usage error
     assert log_size(platform_settings, topic) == before
 
     # within tolerance: version 4 is 0.002 auc / 0.005 logloss worse -> allowed
