@@ -110,8 +110,8 @@ def _inference(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--item-cache-ms", type=float, default=5000.0, help="server's item feature cache TTL")
     p.add_argument("--redis-timeout-ms", type=float, default=200.0, help="server's feature fetch timeout")
     p.add_argument("--generator", choices=["python", "native"], default="python",
-                   help="closed-loop load generator: python (grpc.aio, ~0.2 ms CPU per call) or native (C++ "
-                        "libgrpc++, ~0.08 ms; built on first use, needs g++ and libgrpc++-dev); the open loop "
+                   help="closed-loop load generator: python (grpc.aio) or native (C++ "
+                        "libgrpc++, less CPU per call; built on first use, needs g++ and libgrpc++-dev); the open loop "
                         "and the swap phase always use python")
     p.add_argument("--skip-unbatched", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -124,7 +124,7 @@ def _grpc_floor(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--generator", choices=["python", "native"], default="python",
                    help="python: grpc.aio, as bench inference's default; native: the C++ generator "
-                        "(bench/native), whose own CPU per call is ~0.08 ms")
+                        "(bench/native), which spends less CPU per call than grpc.aio")
     p.add_argument("--server", choices=["aio", "sync"], default="aio",
                    help="the no-op server: grpc.aio (as the inference server) or grpcio's synchronous server")
     p.add_argument("--sync-threads", type=int, default=4, help="handler threads of --server sync")

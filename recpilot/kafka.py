@@ -169,11 +169,14 @@ class TopicReader:
         return {tp.partition: tp.offset for tp in found}
 
     def read(self, starts: dict[int, int], on_message: Callable[[Message], None], timeout: float = 120.0,
-             idle_s: float = 0.0) -> set[int]:
+             idle_s: float = 0.0, until: dict[int, int] | None = None) -> set[int]:
         """Read each partition of ``starts`` from its offset (``OFFSET_BEGINNING`` for the start)
         to its end, handing each message to ``on_message``; with ``idle_s``, go on until nothing
-        new came for that long. Returns the partitions that had not reached their end when
-        ``timeout`` s passed (empty: all read)."""
+        new came for that long; with ``until`` (e.g. :meth:`end_offsets` taken before), stop each
+        partition before that offset, so that what arrives meanwhile is not read. Returns the
+        partitions that had not reached their end when ``timeout`` s passed (empty: all read)."""
+        if until is not None:
+            starts = {p: o for p, o in starts.items() if until.get(p, 0) > max(o, 0)}
         if not starts:
             return set()
         c = self.consumer
@@ -185,6 +188,12 @@ class TopicReader:
                 for m in c.consume(10_000, 0.2):
                     err = m.error()
                     if err is None:
+                        if until is not None:
+                            end = until[m.partition()]
+                            if m.offset() >= end - 1:
+                                pending.discard(m.partition())
+                            if m.offset() >= end:
+                                continue
                         on_message(m)
                         last = time.monotonic()
                     elif err.code() == KafkaError._PARTITION_EOF:

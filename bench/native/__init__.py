@@ -1,8 +1,8 @@
 """The native load generator (``loadgen.cc``): build on demand, run, parse.
 
-A Python grpc.aio client spends ~0.2 ms of CPU per call; on a 2-core box that is CPU the server it
-measures does not get. ``loadgen`` (C++, libgrpc++, generic calls of pre-serialised requests) spends
-~0.08 ms, as Triton's perf_analyzer or ghz would. It needs g++ and Debian's ``libgrpc++-dev``,
+A Python grpc.aio client spends CPU per call that, on a 2-core box, the server it measures does not
+get. ``loadgen`` (C++, libgrpc++, generic calls of pre-serialised requests) spends far less, as
+Triton's perf_analyzer or ghz would (both measured by `recpilot bench grpc-floor`; docs/benchmarks.md). It needs g++ and Debian's ``libgrpc++-dev``,
 installed on first use when running as root (else the error says how).
 """
 

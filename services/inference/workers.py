@@ -28,8 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -37,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recpilot.lifecycle import Lifecycle
 from recpilot.net import free_port
+from recpilot.stack.process import http_get
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -145,14 +144,8 @@ class Supervisor:
         return not self._stopping.is_set()
 
     # -- health ------------------------------------------------------------------------------------
-    def _get(self, w: _Worker, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{w.http_port}{path}", timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError as exc:
-            return 0, repr(exc).encode()
+    def _get(self, w: _Worker, path: str, timeout: float = 2.0) -> tuple[int, str]:
+        return http_get(f"http://127.0.0.1:{w.http_port}{path}", timeout)
 
     def live(self) -> tuple[bool, dict]:
         alive = {str(w.index): w.proc is not None and w.proc.poll() is None for w in self.workers}
@@ -169,7 +162,7 @@ class Supervisor:
             code, body = self._get(w, "/metrics")
             if code != 200:
                 continue
-            for fam in text_string_to_metric_families(body.decode()):
+            for fam in text_string_to_metric_families(body):
                 out = families.get(fam.name)
                 if out is None:
                     out = families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)

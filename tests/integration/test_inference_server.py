@@ -167,7 +167,7 @@ def test_health_not_serving_before_a_model_is_loaded(world, wait_until):
     r = Running(world, load=False)
     try:
         # until the health loop has found Redis up: then only the model is missing
-        wait_until(lambda: r.server.ready()[1]["redis"], 10, "the health loop never saw Redis up")
+        wait_until(lambda: r.service.ready()[1]["redis"], 10, "the health loop never saw Redis up")
         assert r.health.Check(health_pb2.HealthCheckRequest(service="")).status == \
             health_pb2.HealthCheckResponse.NOT_SERVING
         assert not r.oip.ServerReady(oip.ServerReadyRequest()).ready

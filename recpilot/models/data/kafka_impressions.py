@@ -48,60 +48,38 @@ def read_kafka(settings, impressions_topic: str, events_topic: str, timeout_s: f
                group_id: str = "recpilot-train") -> tuple[list, list[dict]]:
     """Bounded read of both topics from the beginning up to the high watermarks seen at start.
     Commits nothing (a training read must not move any service's offsets)."""
-    from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, KafkaException
 
-    from recpilot.kafka import consumer
+    from recpilot.kafka import TopicReader
     from recpilot.pb import events_pb2
 
     out_imp, out_ev = [], []
-    for topic, kind in ((impressions_topic, "imp"), (events_topic, "ev")):
-        c = consumer(settings, group_id, **{"enable.partition.eof": False, "socket.timeout.ms": 10000})
+
+    def impression(m) -> None:
+        out_imp.append(events_pb2.Impression.FromString(m.value()))
+
+    def outcome(m) -> None:
+        msg = events_pb2.UserEvent()
         try:
+            msg.ParseFromString(m.value())
+        except Exception:  # noqa: BLE001 - a foreign message: skip
+            return
+        out_ev.append({"user_id": msg.user_id, "item_id": msg.item_id, "request_id": msg.request_id,
+                       "event_type": featurespec.EVENT_NAMES.get(msg.event_type, ""),
+                       "timestamp_ms": msg.timestamp_ms, "category": msg.context.get("category", "")})
+
+    for topic, on_message in ((impressions_topic, impression), (events_topic, outcome)):
+        with TopicReader(settings, topic, group_id=group_id, **{"socket.timeout.ms": 10000}) as reader:
             try:
-                md = c.list_topics(topic, timeout=min(timeout_s, 15.0))
+                parts = reader.partitions(timeout=min(timeout_s, 15.0))
+                ends = reader.end_offsets(parts) if parts else {}
             except KafkaException as exc:
                 raise DataUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-            tmd = md.topics.get(topic)
-            if tmd is None or tmd.error is not None or not tmd.partitions:
+            if not parts:
                 raise DataNotFound(f"Kafka topic {topic!r} does not exist at {settings.kafka_bootstrap}")
-            ends = {}
-            for p in tmd.partitions:
-                lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)
-                if hi > lo:
-                    ends[p] = hi
-            if not ends:
-                continue
-            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-            import time
-
-            deadline = time.monotonic() + timeout_s
-            done: set[int] = set()
-            while len(done) < len(ends):
-                if time.monotonic() > deadline:
-                    raise DataUnavailable(f"timed out reading {topic} after {timeout_s}s")
-                for m in c.consume(1000, 0.5):
-                    if m.error():
-                        continue
-                    if m.offset() >= ends[m.partition()] - 1:
-                        done.add(m.partition())
-                    if m.offset() >= ends[m.partition()]:
-                        continue
-                    if kind == "imp":
-                        msg = events_pb2.Impression()
-                        msg.ParseFromString(m.value())
-                        out_imp.append(msg)
-                    else:
-                        msg = events_pb2.UserEvent()
-                        try:
-                            msg.ParseFromString(m.value())
-                        except Exception:  # noqa: BLE001 - a foreign message: skip
-                            continue
-                        out_ev.append({"user_id": msg.user_id, "item_id": msg.item_id, "request_id": msg.request_id,
-                                       "event_type": featurespec.EVENT_NAMES.get(msg.event_type, ""),
-                                       "timestamp_ms": msg.timestamp_ms,
-                                       "category": msg.context.get("category", "")})
-        finally:
-            c.close()
+            left = reader.read({p: OFFSET_BEGINNING for p in parts}, on_message, timeout_s, until=ends)
+            if left:
+                raise DataUnavailable(f"timed out reading {topic} after {timeout_s}s")
     return out_imp, out_ev
 
 

@@ -6,7 +6,7 @@ Three layers, each importing only the ones above it:
   (:func:`check_command`, :func:`apply_command`), canary routing, and :class:`DeploymentBook`, which
   replays a sequence of control messages (commands and acks) into states, outcomes and acks;
   :class:`DeploymentSettings`; the action and ack names.
-* :mod:`.log` — the control topic: :class:`TopicReader` and :func:`replay` read it from the
+* :mod:`.log` — the control topic: :class:`ControlLogReader` and :func:`replay` read it from the
   beginning, :class:`DeploymentFollower` keeps a serving replica's state current and publishes its
   acks, :func:`ensure_control_topic` and :func:`publish_message` write to it.
 * :mod:`.controller` — :class:`DeploymentController` validates a command against the replayed state
@@ -22,7 +22,7 @@ Code outside ``recpilot.models`` imports from this package; inside it, from the 
 """
 
 from recpilot.models.deployments.controller import DeploymentController, PromotionRefused, Submitted, promotion_gate
-from recpilot.models.deployments.log import (ControlTopicUnavailable, DeploymentFollower, PublishError, TopicReader,
+from recpilot.models.deployments.log import (ControlTopicUnavailable, DeploymentFollower, PublishError, ControlLogReader,
                                              control_topic_spec, ensure_control_topic, publish_message, replay)
 from recpilot.models.deployments.state import (ACK_NAMES, ACTION_NAMES, ACTIONS, CANARY_BUCKETS, CommandRejected,
                                                DeploymentBook, DeploymentError, DeploymentSettings, InvalidCommand,
@@ -36,7 +36,7 @@ __all__ = [
     "apply_command", "check_command", "default_actor", "lineage", "new_command", "now_ms", "previous_production",
     "routes_to_canary", "serving_version",
     # log
-    "DeploymentFollower", "TopicReader", "control_topic_spec", "ensure_control_topic", "publish_message", "replay",
+    "DeploymentFollower", "ControlLogReader", "control_topic_spec", "ensure_control_topic", "publish_message", "replay",
     # controller
     "DeploymentController", "Submitted", "promotion_gate",
     # errors

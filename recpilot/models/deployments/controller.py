@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from recpilot.errors import FailedPrecondition
 from recpilot.models.deployments.log import (
     PublishError,
-    TopicReader,
+    ControlLogReader,
     ensure_control_topic,
     kafka_log,
     publish_message,
@@ -131,7 +131,7 @@ class DeploymentController:
             repository = ModelRepository(settings.model_repo)
         self.repository = repository
         self.verify_repository = verify_repository
-        self._reader: TopicReader | None = None
+        self._reader: ControlLogReader | None = None
         self._producer = None
         self._topic_ensured = False
 
@@ -153,7 +153,7 @@ class DeploymentController:
     def refresh(self, timeout: float | None = None) -> DeploymentBook:
         """Bring the replayed view up to the topic's current end."""
         if self._reader is None:
-            self._reader = TopicReader(self.settings, self.topic, client_id="recpilot-controller")
+            self._reader = ControlLogReader(self.settings, self.topic, client_id="recpilot-controller")
         return self._reader.read_to_end(timeout or self.deploy.replay_timeout_s)
 
     @property

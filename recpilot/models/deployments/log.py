@@ -6,7 +6,7 @@ by the controller (the CLI; the monitor and rl_feedback later) and acknowledgeme
 serving replicas. Retention is forever, so anyone rebuilds the state by replaying the topic from
 the beginning, including after a restart of the broker (Kafka keeps the log on disk).
 
-* reading: :class:`TopicReader` (assign from the beginning, watermarks, read to the end, tail),
+* reading: :class:`ControlLogReader` (assign from the beginning, watermarks, read to the end, tail),
   :func:`replay` (one-shot), :class:`DeploymentFollower` (the thread inside each serving replica
   that keeps the state current, calls ``on_change`` and publishes acks);
 * writing: :func:`ensure_control_topic` (one partition, retention forever) and :func:`publish_message`
@@ -115,8 +115,9 @@ def publish_message(producer, topic: str, message: pb.ControlMessage, key: str, 
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------
-class TopicReader:
-    """Reads the control topic from the beginning into a :class:`DeploymentBook` (no consumer
+class ControlLogReader:
+    """Reads the control topic from the beginning into a :class:`DeploymentBook` and then tails it
+    (the generic one-shot reader is :class:`recpilot.kafka.TopicReader`; no consumer
     group offsets are used or committed: every reader replays everything)."""
 
     def __init__(self, settings: PlatformSettings, topic: str, book: DeploymentBook | None = None,
@@ -243,7 +244,7 @@ class TopicReader:
 
 def replay(settings: PlatformSettings, topic: str = CONTROL_DEPLOYMENTS, timeout: float = 20.0) -> DeploymentBook:
     """The deployment state of every model, rebuilt from the whole topic."""
-    reader = TopicReader(settings, topic)
+    reader = ControlLogReader(settings, topic)
     try:
         return reader.read_to_end(timeout)
     finally:
@@ -355,7 +356,7 @@ class DeploymentFollower:
                 log.exception("could not publish the FAILED ack", extra={"command_id": cmd.command_id})
 
     def _run(self) -> None:
-        reader = TopicReader(self.settings, self.topic, self.book, client_id=f"recpilot-follower-{self.replica_id}",
+        reader = ControlLogReader(self.settings, self.topic, self.book, client_id=f"recpilot-follower-{self.replica_id}",
                              lock=self._lock)
         try:
             # Wait for the broker and the topic (a replica may start before either).
