@@ -1,11 +1,15 @@
 """``python -m recpilot.models.bootstrap``: give an empty platform its first production model.
 
-When the deployment state has no production version of the model:
+When the deployment state has no production version of the model (the state as every replayer
+with the repository rebuilds it: from the control topic, or from the repository's deployment
+snapshot when the topic was lost, so a lost topic never leads to a new production version here):
 
 * the repository already holds versions of it -> DEPLOY the newest one;
-* it holds none -> train a small ranker with the training code's Python API
-  (:func:`recpilot.models.train.train_and_register`) on generated impressions with the serving
-  feature set (featurespec), register it, and DEPLOY it.
+* the repository is empty (no model at all, no deployment snapshot) -> train a small ranker with
+  the training code's Python API (:func:`recpilot.models.train.train_and_register`) on generated
+  impressions with the serving feature set (featurespec), register it, and DEPLOY it;
+* otherwise (other models, or a deployment snapshot, but no version of this one) -> nothing is
+  trained; the reason is logged and the exit status is 1.
 
 The DEPLOY goes through the control topic (DeploymentController), like any operator command, so
 the state stays event-sourced and every replica follows. Several replicas starting together may
@@ -42,10 +46,16 @@ def train_bootstrap_model(name: str, repository, seed: int = 0) -> str:
     return str(report.version)
 
 
+class NotEmpty(RuntimeError):
+    """The repository is not empty but holds no version of the model: nothing is trained."""
+
+
 def bootstrap(platform, name: str, topic: str, repository: Path | None = None) -> str | None:
-    """Deploy the newest version of ``name``, training one first when there is none; the version
-    deployed, or None when the model already has a production version."""
+    """Deploy the newest version of ``name``, training one first only when the repository is
+    empty; the version deployed, or None when the model already has a production version. Raises
+    :class:`NotEmpty` when the repository has other content but no version of ``name``."""
     from recpilot.models.deployments import DeploymentController
+    from recpilot.models.deployments.snapshot import read_snapshot
     from recpilot.models.repository import ModelRepository
 
     repo = ModelRepository(repository or platform.model_repo)
@@ -56,6 +66,10 @@ def bootstrap(platform, name: str, topic: str, repository: Path | None = None) -
         if versions:
             version = versions[-1]
             reason = f"bootstrap: no production version; deploying the newest in the repository ({version})"
+        elif repo.models() or read_snapshot(repo.root, topic) is not None:
+            raise NotEmpty(f"the model repository {repo.root} is not empty (models: {', '.join(repo.models()) or 'none'}"
+                           f"; deployment snapshot: {'yes' if read_snapshot(repo.root, topic) else 'no'}) but has "
+                           f"no version of {name!r}: a first model is trained only into an empty repository")
         else:
             log.info("bootstrap: the repository has no model; training a small one", extra={"model": name})
             version = train_bootstrap_model(name, repo)
@@ -86,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("inference-bootstrap", platform.log_level)
     try:
         bootstrap(platform, args.model, args.topic, args.repository)
+    except NotEmpty as exc:
+        log.error(f"bootstrap: {exc}; deploy a model with `recpilot models deploy`")
+        return 1
     except Exception:
         log.exception("bootstrap failed; deploy a model with `recpilot train` and `recpilot models deploy`")
         return 1

@@ -125,7 +125,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     states, state_error = {}, None
     if not args.no_state:
         try:
-            book = replay(platform, deploy.topic, timeout=args.timeout)
+            book = replay(platform, deploy.topic, timeout=args.timeout, repository=repo.root)
             states = {m["name"]: book.state(m["name"]) for m in models}
         except DeploymentError as exc:
             state_error = str(exc)
@@ -292,11 +292,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                     if st is not None and st.history:
                         ctl.wait_acks(st.history[-1].command_id, args.wait, args.replicas)
             out = [state_dict(book.state(n), book, None if args.all else args.history) for n in names]
+            problems = ctl.problems
     except DeploymentError as exc:
         raise _deployment_error(exc) from None
     if args.json:
-        print(json.dumps({"topic": ctl.topic, "models": out}, indent=2))
+        print(json.dumps({"topic": ctl.topic, "models": out, "log_problems": problems}, indent=2))
         return 0
+    for problem in problems:
+        print(f"WARNING: {problem}")
     if not out:
         print(f"no deployments on {ctl.topic}")
     for m in out:

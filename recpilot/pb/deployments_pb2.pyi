@@ -47,7 +47,7 @@ REJECTED: AckStatus
 FAILED: AckStatus
 
 class DeploymentCommand(_message.Message):
-    __slots__ = ("command_id", "action", "kind", "model_name", "version", "percent", "actor", "reason", "force", "timestamp_ms")
+    __slots__ = ("command_id", "action", "kind", "model_name", "version", "percent", "actor", "reason", "force", "timestamp_ms", "auc_tolerance", "logloss_tolerance")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class DeploymentCommand(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    AUC_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    LOGLOSS_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     action: DeploymentAction
     kind: ArtifactKind
@@ -68,7 +70,9 @@ class DeploymentCommand(_message.Message):
     reason: str
     force: bool
     timestamp_ms: int
-    def __init__(self, command_id: _Optional[str] = ..., action: _Optional[_Union[DeploymentAction, str]] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., percent: _Optional[float] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., force: _Optional[bool] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+    auc_tolerance: float
+    logloss_tolerance: float
+    def __init__(self, command_id: _Optional[str] = ..., action: _Optional[_Union[DeploymentAction, str]] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., percent: _Optional[float] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., force: _Optional[bool] = ..., timestamp_ms: _Optional[int] = ..., auc_tolerance: _Optional[float] = ..., logloss_tolerance: _Optional[float] = ...) -> None: ...
 
 class DeploymentState(_message.Message):
     __slots__ = ("model_name", "production_version", "canary_version", "canary_percent", "shadow_version", "history", "revision", "policy_version", "updated_ms")

@@ -76,9 +76,10 @@ class InferenceApp:
                                         "inference", self.replica, topic=s.metrics_topic, key=self.replica)
         index = BM25Index.build(load_catalogue(s.catalogue_path, s.catalogue_seed, s.catalogue_items))
         sync = self.sync = DeploymentSync(
-            models, lambda cb: DeploymentFollower(platform, self.replica, cb, s.deployments_topic))
+            models, lambda cb: DeploymentFollower(platform, self.replica, cb, s.deployments_topic,
+                                                  repository=platform.model_repo))
         plane = self.plane = DataPlane(s, features, models, impressions=impressions, index=index, telemetry=telemetry,
-                                       extra_ready=lambda: (sync.ready, {"deployments_caught_up": sync.ready}))
+                                       extra_ready=sync.readiness)
         self.server = InferenceServer(s, plane)
         self.http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=plane.ready)
 

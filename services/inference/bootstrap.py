@@ -4,7 +4,9 @@ the server able to turn SERVING with no manual step.
 Once the deployment follower has replayed the state and the default model still has no
 production version, the replica runs ``python -m recpilot.models.bootstrap`` as a child process
 (same environment, its log lines into this process's output): it deploys the newest version in
-the repository, or trains, registers and deploys a small first ranker when there is none. The
+the repository, or trains, registers and deploys a small first ranker when the repository is
+empty. The replayed state includes the repository's deployment snapshot when the control topic
+was lost, so a lost topic keeps the snapshot's production version instead of bootstrapping. The
 serving process itself never imports the training code. Off with
 ``RECPILOT_INFERENCE_BOOTSTRAP=false``.
 """

@@ -233,6 +233,15 @@ class DeploymentSync:
     def ready(self) -> bool:
         return bool(getattr(self.follower, "ready", False)) and self._initial_done.is_set()
 
+    def readiness(self) -> tuple[bool, dict]:
+        """For the data plane's readiness: caught up, and what was wrong with the control log at
+        start (``deployments_log``: a lost or truncated log; the replica serves the snapshot's state)."""
+        details: dict = {"deployments_caught_up": self.ready}
+        problems = getattr(self.follower, "problems", None)
+        if problems:
+            details["deployments_log"] = problems
+        return self.ready, details
+
     def start(self) -> None:
         self.follower.start()
         self._thread.start()
@@ -253,12 +262,18 @@ class DeploymentSync:
         from recpilot.pb import deployments_pb2 as dpb
 
         state = self.follower.state(model)
-        res = self.manager.reconcile(model, Desired.from_state(state))
+        want = Desired.from_state(state)
+        res = self.manager.reconcile(model, want)
+        fallback = None
+        if want.production and want.production in res.failed and not self.manager.loaded(model):
+            fallback = self._fall_back(model, state, want, res)
         for cmd in commands:
             if cmd.kind == dpb.POLICY:
                 ok, msg = True, f"policy {state.policy_version}"
             elif cmd.version and cmd.version in res.failed:
                 ok, msg = False, res.failed[cmd.version]
+                if fallback:
+                    msg += f"; serving the earlier production version {fallback}"
             else:
                 ok, msg = True, f"serving production={state.production_version} canary={state.canary_version}" \
                                 f"@{state.canary_percent:g}% shadow={state.shadow_version}"
@@ -266,6 +281,26 @@ class DeploymentSync:
                 self.follower.ack(cmd, dpb.APPLIED if ok else dpb.FAILED, ("at startup: " if startup else "") + msg)
             except Exception:
                 log.exception("could not publish the deployment ack", extra={"model": model})
+
+    def _fall_back(self, model: str, state, want: Desired, res: ReconcileResult) -> str | None:
+        """Production failed to load and nothing serves (a replica starting on a damaged version):
+        serve the newest earlier production version that loads rather than no model."""
+        from dataclasses import replace
+
+        from recpilot.models.deployments.state import lineage
+
+        for version in reversed(lineage(state)):
+            if version in res.failed or version == want.production:
+                continue
+            more = self.manager.reconcile(model, replace(want, production=version))
+            res.failed.update(more.failed)
+            res.loaded.extend(more.loaded)
+            if self.manager.loaded(model):
+                log.error("production version failed to load; serving an earlier production version", extra={
+                    "model": model, "model_version": want.production, "fallback_version": version,
+                    "error": res.failed.get(want.production, "")})
+                return version
+        return None
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -57,7 +57,8 @@ class InferenceSettings(RecpilotSettings):
     batching_per_model: dict[str, BatchingConfig] = Field(default_factory=dict, description="overrides by model name")
     deployments_topic: str = "control.deployments"
     replica_id: str = Field(default="", description="default host:pid")
-    bootstrap: bool = Field(default=True, description="train + deploy a small model when the repository has none")
+    bootstrap: bool = Field(default=True, description="with no production version of the default model: deploy its newest "
+                            "version, or train + deploy a small model when the repository is empty")
 
     # -- features / candidates -------------------------------------------------------------
     feature_key_prefix: str = "rp:"

@@ -6,7 +6,9 @@ against the state replayed from the control topic (:mod:`.state`, :mod:`.log`) a
 model repository: the versions exist and are intact, and a promotion passes the offline-metric
 gate (:func:`promotion_gate`) unless forced with a recorded reason. It then publishes the command,
 reads the log back to report whether it was applied, and, if asked, waits for the serving
-replicas' acknowledgements.
+replicas' acknowledgements. With the repository, it replays the log with the same checks every
+replica applies (:mod:`.checks`) and writes the deployment snapshot (:mod:`.snapshot`) after each
+command it saw applied.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import time
 from dataclasses import dataclass, field
 
 from recpilot.errors import FailedPrecondition
+from recpilot.models.deployments.checks import gate_problems, promotion_gate
 from recpilot.models.deployments.log import (
     PublishError,
     ControlLogReader,
     ensure_control_topic,
     kafka_log,
     publish_message,
+    repository_book,
 )
+from recpilot.models.deployments.snapshot import write_snapshot
 from recpilot.models.deployments.state import (
     ACTIONS,
     CommandRejected,
@@ -41,53 +46,11 @@ from recpilot.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DeploymentController", "PromotionRefused", "Submitted", "promotion_gate"]
+
 
 class PromotionRefused(DeploymentError, FailedPrecondition):
     """The candidate's offline metrics are worse than production's beyond the tolerance."""
-
-
-# --------------------------------------------------------------------------------------------
-# the promotion gate
-# --------------------------------------------------------------------------------------------
-def promotion_gate(candidate: dict, production: dict | None, auc_tolerance: float,
-                   logloss_tolerance: float) -> list[str]:
-    """Reasons to refuse promoting ``candidate`` over ``production`` (model.json dicts); empty: pass.
-    auc is higher-better (refused if below production - auc_tolerance), logloss lower-better
-    (refused if above production + logloss_tolerance). A metric that is missing/undefined on the
-    candidate while production has it counts as a failure (it cannot be shown not to be worse).
-
-    Head to head when possible: if the candidate's model.json scored this very production version on
-    the candidate's holdout (``metrics.production``, written by ``recpilot train``), both are judged
-    on those same rows. Otherwise each model's own figures are compared, which come from different
-    holdouts (different weeks): the message says which."""
-    if production is None:
-        return []
-    cm = candidate.get("metrics") or {}
-    cname = f"{candidate.get('name')}/{candidate.get('version')}"
-    pname = f"production {production.get('name')}/{production.get('version')}"
-    same = cm.get("production")
-    if isinstance(same, dict) and str(same.get("version")) == str(production.get("version")):
-        pm, basis = same, f"both scored on {cname}'s holdout"
-    else:
-        pm, basis = production.get("metrics") or {}, "each on its own holdout"
-    problems = []
-    for key, tol, higher in (("auc", auc_tolerance, True), ("logloss", logloss_tolerance, False)):
-        c, p = cm.get(key), pm.get(key)
-        if p is None:
-            continue
-        if c is None:
-            problems.append(f"{key} of {cname} is undefined while {pname} has {p:.4f} ({basis})")
-        elif higher and c < p - tol:
-            problems.append(f"{key} {c:.4f} of {cname} is below {pname}'s {p:.4f} by {p - c:.4f} "
-                            f"(tolerance {tol:g}; {basis})")
-        elif not higher and c > p + tol:
-            problems.append(f"{key} {c:.4f} of {cname} is above {pname}'s {p:.4f} by {c - p:.4f} "
-                            f"(tolerance {tol:g}; {basis})")
-    if candidate.get("feature_set") and production.get("feature_set") and \
-            candidate["feature_set"] != production["feature_set"] and not problems:
-        log.warning("promotion gate compares models trained on different feature sets",
-                    extra={"candidate": cname, "production": pname})
-    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,8 +116,16 @@ class DeploymentController:
     def refresh(self, timeout: float | None = None) -> DeploymentBook:
         """Bring the replayed view up to the topic's current end."""
         if self._reader is None:
-            self._reader = ControlLogReader(self.settings, self.topic, client_id="recpilot-controller")
+            checked = self.verify_repository
+            self._reader = ControlLogReader(
+                self.settings, self.topic, repository_book(self.repository if checked else None, self.deploy),
+                client_id="recpilot-controller", snapshot_root=self.repository.root if checked else None)
         return self._reader.read_to_end(timeout or self.deploy.replay_timeout_s)
+
+    @property
+    def problems(self) -> list[str]:
+        """What was wrong with the control log when it was first read (lost, truncated)."""
+        return self._reader.problems if self._reader is not None else []
 
     @property
     def book(self) -> DeploymentBook:
@@ -193,6 +164,8 @@ class DeploymentController:
         version = str(version or "")
         what = f"{action} {model}" + (f" version {version}" if version else "")
         overridden: list[str] = []
+        tolerances = (self.deploy.auc_tolerance if auc_tolerance is None else auc_tolerance,
+                      self.deploy.logloss_tolerance if logloss_tolerance is None else logloss_tolerance)
         if kind == pb.RANKER and not self.verify_repository:
             if act == pb.PROMOTE and not force and state.production_version:
                 raise PromotionRefused(f"promotion of {model}/{version} refused: the metric gate needs the model "
@@ -209,14 +182,7 @@ class DeploymentController:
                     raise InvalidCommand(f"{action} needs a version of {model}")
                 candidate = self._meta(model, version, what)
                 if act == pb.PROMOTE and state.production_version and state.production_version != version:
-                    try:
-                        production = self.repository.meta(model, state.production_version)
-                        problems = promotion_gate(
-                            candidate, production,
-                            self.deploy.auc_tolerance if auc_tolerance is None else auc_tolerance,
-                            self.deploy.logloss_tolerance if logloss_tolerance is None else logloss_tolerance)
-                    except Exception as exc:  # production unreadable: it cannot be shown the candidate is not worse
-                        problems = [f"production {model}/{state.production_version} cannot be compared: {exc}"]
+                    problems = gate_problems(self.repository, model, candidate, state.production_version, *tolerances)
                     if problems and not force:
                         raise PromotionRefused(
                             f"promotion of {model}/{version} refused: " + "; ".join(problems)
@@ -236,6 +202,8 @@ class DeploymentController:
             reason = f"{reason} [promotion gate overridden: {'; '.join(overridden)}]"
         cmd = new_command(act, model, version, percent=percent, actor=self.actor, reason=reason, force=force,
                           kind=kind)
+        if act == pb.PROMOTE:  # every replayer re-checks the gate with the tolerances judged here
+            cmd.auc_tolerance, cmd.logloss_tolerance = tolerances
         problem = check_command(state, cmd)
         if problem:
             raise CommandRejected(f"cannot {what}: {problem}")
@@ -266,6 +234,8 @@ class DeploymentController:
         outcome = book.outcomes.get(cmd.command_id)
         if outcome is None:
             raise PublishError(f"command {cmd.command_id} was published but not read back from {self.topic}")
+        if outcome.applied:
+            self.write_snapshot()
         state = book.state(cmd.model_name)
         recorded = cmd
         for h in reversed(state.history):
@@ -274,6 +244,17 @@ class DeploymentController:
                 break
         acks = self.wait_acks(cmd.command_id, wait_acks_s, replicas) if (wait_acks_s > 0 and outcome.applied) else []
         return Submitted(recorded, outcome, state, acks)
+
+    def write_snapshot(self) -> None:
+        """Copy the replayed state into the model repository (:mod:`.snapshot`); a failure is
+        logged, never raised (the command is in the log already)."""
+        if not self.verify_repository or self._reader is None:
+            return
+        try:
+            write_snapshot(self.repository.root, self.topic, self._reader.book, self._reader.topic_id,
+                           self._reader.positions, writer=self.actor)
+        except Exception as exc:
+            log.error("could not write the deployment snapshot", extra={"topic": self.topic, "error": str(exc)})
 
     def submit(self, action: str, model: str, version: str = "", *, wait_acks_s: float = 0.0, replicas: int = 1,
                **kw) -> Submitted:

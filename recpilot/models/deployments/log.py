@@ -8,7 +8,10 @@ the beginning, including after a restart of the broker (Kafka keeps the log on d
 
 * reading: :class:`ControlLogReader` (assign from the beginning, watermarks, read to the end, tail),
   :func:`replay` (one-shot), :class:`DeploymentFollower` (the thread inside each serving replica
-  that keeps the state current, calls ``on_change`` and publishes acks);
+  that keeps the state current, calls ``on_change`` and publishes acks, REJECTED ones included);
+* a reader given the model repository applies its checks while replaying (:mod:`.checks`) and starts
+  from the deployment snapshot kept there when the log was lost or truncated (:mod:`.snapshot`,
+  reported: log, ``recpilot_deployments_control_log_lost``, ``log_problems``);
 * writing: :func:`ensure_control_topic` (one partition, retention forever) and :func:`publish_message`
   (one message, waited for until the broker confirmed it).
 
@@ -23,11 +26,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from recpilot.errors import Unavailable
-from recpilot.models.deployments.state import ACK_NAMES, DeploymentBook, DeploymentError, Outcome, now_ms
+from recpilot.models.deployments.checks import repository_admission
+from recpilot.models.deployments.snapshot import StartPlan, plan_start, read_snapshot
+from recpilot.models.deployments.state import (ACK_NAMES, DeploymentBook, DeploymentError, DeploymentSettings, Outcome,
+                                               now_ms)
 from recpilot.pb import deployments_pb2 as pb
 from recpilot.settings import PlatformSettings
 from recpilot.topics import CONTROL_DEPLOYMENTS
@@ -43,6 +50,10 @@ _m_applied = Counter("recpilot_deployments_commands_applied_total",
                      "deployment commands applied to the followed state (replay included)")
 _m_rejected = Counter("recpilot_deployments_commands_rejected_total",
                       "deployment commands in the log that were invalid against the state they met")
+_m_lost = Gauge("recpilot_deployments_control_log_lost",
+                 "1 while the deployment state comes from the snapshot because the control topic lost commands")
+_m_truncated = Gauge("recpilot_deployments_control_log_truncated",
+                     "1 when the control topic's low watermark was above 0 at start")
 _m_acks = Counter("recpilot_deployments_acks_published_total", "acknowledgements published by this process",
                   ["status"])
 
@@ -115,20 +126,43 @@ def publish_message(producer, topic: str, message: pb.ControlMessage, key: str, 
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------
+def repository_book(repository, deploy: DeploymentSettings | None = None) -> DeploymentBook:
+    """A book that applies the checks of ``repository`` (a ModelRepository or its root; none when
+    it is None) while replaying."""
+    if repository is None:
+        return DeploymentBook()
+    from recpilot.models.repository import ModelRepository
+    from recpilot.settings import load
+
+    if not hasattr(repository, "meta"):
+        repository = ModelRepository(repository)
+    deploy = deploy or load(DeploymentSettings)
+    return DeploymentBook(admit=repository_admission(repository, deploy.auc_tolerance, deploy.logloss_tolerance))
+
+
 class ControlLogReader:
     """Reads the control topic from the beginning into a :class:`DeploymentBook` and then tails it
     (the generic one-shot reader is :class:`recpilot.kafka.TopicReader`; no consumer
-    group offsets are used or committed: every reader replays everything)."""
+    group offsets are used or committed: every reader replays everything).
+
+    With ``snapshot_root`` (the model repository) the start is planned by
+    :func:`.snapshot.plan_start`: the book may be seeded from the snapshot and the log read from
+    its offsets; ``start_plan`` says how it started and ``problems`` what was wrong with the log."""
 
     def __init__(self, settings: PlatformSettings, topic: str, book: DeploymentBook | None = None,
-                 client_id: str = "recpilot-deployments", lock: threading.RLock | None = None) -> None:
+                 client_id: str = "recpilot-deployments", lock: threading.RLock | None = None,
+                 snapshot_root: Path | None = None) -> None:
         from recpilot.kafka import consumer
 
         self._lock = lock or threading.RLock()
         self._client_id = client_id
         self._offsets_client = None
+        self._admin = None
         self.settings, self.topic = settings, topic
         self.book = book or DeploymentBook()
+        self.snapshot_root = snapshot_root
+        self.start_plan: StartPlan | None = None
+        self.topic_id: str | None = None
         self._consumer = consumer(settings, group_id=f"{client_id}-{uuid.uuid4().hex[:12]}",
                                   **{"client.id": client_id, "enable.partition.eof": False, "logger": kafka_log})
         self._positions: dict[int, int] = {}   # partition -> next offset to read
@@ -141,6 +175,47 @@ class ControlLogReader:
         if self._offsets_client is not None:
             self._offsets_client.close()
             self._offsets_client = None
+        self._admin = None
+
+    @property
+    def problems(self) -> list[str]:
+        return list(self.start_plan.problems) if self.start_plan is not None else []
+
+    @property
+    def positions(self) -> dict[int, int]:
+        """The next offset to read, per partition."""
+        return dict(self._positions)
+
+    def _topic_id(self, timeout: float) -> str | None:
+        """The topic's id (a recreated topic has a new one); None when the broker does not say."""
+        from confluent_kafka import TopicCollection
+
+        from recpilot.kafka import admin
+
+        try:
+            if self._admin is None:
+                self._admin = admin(self.settings, logger=kafka_log)
+            desc = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=timeout)[self.topic]
+            return str(desc.result(timeout).topic_id)
+        except Exception as exc:
+            log.debug("topic id not available", extra={"topic": self.topic, "error": str(exc)})
+            return None
+
+    def _plan(self, lows: dict[int, int], ends: dict[int, int], topic_id: str | None) -> dict[int, int]:
+        """Plan the start against the snapshot, seed the book, report; the offsets to read from."""
+        plan = plan_start(read_snapshot(self.snapshot_root, self.topic), topic_id, lows, ends, self.topic)
+        with self._lock:
+            if plan.seed is not None:
+                self.book.seed(plan.seed, plan.read_from)
+        reported = self.start_plan.problems if self.start_plan is not None else None
+        self.start_plan, self.topic_id = plan, topic_id
+        _m_lost.set(1 if plan.lost else 0)
+        _m_truncated.set(1 if plan.truncated else 0)
+        if plan.problems != reported:
+            for problem in plan.problems:
+                (log.error if plan.lost or plan.seed is None else log.warning)(
+                    problem, extra={"topic": self.topic, "snapshot_root": str(self.snapshot_root)})
+        return plan.read_from
 
     def _assign(self, timeout: float) -> bool:
         """Assign every partition from the beginning. False if the topic does not exist; raises
@@ -152,6 +227,8 @@ class ControlLogReader:
             md = self._consumer.list_topics(self.topic, timeout=max(deadline - time.monotonic(), 0.5))
             tmd = md.topics.get(self.topic)
             if tmd is None or (tmd.error is not None and tmd.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+                if self.snapshot_root is not None:
+                    self._plan({}, {}, None)
                 return False
             if tmd.error is None and tmd.partitions and all(p.leader >= 0 and p.error is None
                                                             for p in tmd.partitions.values()):
@@ -161,8 +238,14 @@ class ControlLogReader:
                     f"topic {self.topic} is not ready: {tmd.error or 'partitions without a leader'}")
             time.sleep(0.2)
         parts = sorted(tmd.partitions)
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
         self._positions = {p: 0 for p in parts}
+        start = {p: OFFSET_BEGINNING for p in parts}
+        if self.snapshot_root is not None:
+            lows, ends = self.watermarks(max(deadline - time.monotonic(), 1.0))
+            read_from = self._plan(lows, ends, self._topic_id(max(deadline - time.monotonic(), 1.0)))
+            start.update({p: o for p, o in read_from.items() if p in start})
+        self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in start.items()])
+        self._positions = {p: max(o, 0) for p, o in start.items()}
         self._assigned = True
         return True
 
@@ -242,9 +325,11 @@ class ControlLogReader:
         return self.book
 
 
-def replay(settings: PlatformSettings, topic: str = CONTROL_DEPLOYMENTS, timeout: float = 20.0) -> DeploymentBook:
-    """The deployment state of every model, rebuilt from the whole topic."""
-    reader = ControlLogReader(settings, topic)
+def replay(settings: PlatformSettings, topic: str = CONTROL_DEPLOYMENTS, timeout: float = 20.0,
+           repository: Path | None = None) -> DeploymentBook:
+    """The deployment state of every model, rebuilt from the whole topic (with ``repository``: its
+    checks applied and its snapshot used as :class:`ControlLogReader` does)."""
+    reader = ControlLogReader(settings, topic, repository_book(repository), snapshot_root=repository)
     try:
         return reader.read_to_end(timeout)
     finally:
@@ -261,18 +346,27 @@ class DeploymentFollower:
     While replaying, commands are applied silently; once caught up with the end offsets seen at
     start, ``on_change(state, last_command)`` is called once per model that has a state, and
     ``ready`` becomes True. After that ``on_change(state, command)`` is called for every newly
-    applied command (rejected ones change nothing and are not passed on). ``on_change`` runs on
-    the follower's thread; if it raises, a FAILED ack with the error is published for that command.
-    ``ack(command, status, message)`` publishes a :class:`DeploymentAck` with this replica's id.
+    applied command. A live command that is rejected (invalid against the state, or, with
+    ``repository``, failing its checks) changes nothing, is not passed on, and is answered with a
+    REJECTED ack carrying the reason. ``on_change`` runs on the follower's thread; if it raises, a
+    FAILED ack with the error is published for that command. ``ack(command, status, message)``
+    publishes a :class:`DeploymentAck` with this replica's id.
+
+    ``repository`` (the model repository's root): apply its checks while replaying and start from
+    its deployment snapshot when the log was lost or truncated; ``problems`` then says what was
+    wrong with the log (empty when nothing was).
     """
 
     def __init__(self, settings: PlatformSettings, replica_id: str,
                  on_change: Callable[[pb.DeploymentState, pb.DeploymentCommand], None] | None = None,
-                 topic: str = CONTROL_DEPLOYMENTS, *, ensure_topic: bool = True) -> None:
+                 topic: str = CONTROL_DEPLOYMENTS, *, ensure_topic: bool = True, repository: Path | None = None,
+                 deploy: DeploymentSettings | None = None) -> None:
         self.settings, self.replica_id, self.topic = settings, replica_id, topic
         self.on_change = on_change
         self.ensure_topic = ensure_topic
-        self.book = DeploymentBook()
+        self.repository = repository
+        self.book = repository_book(repository, deploy)
+        self._reader: ControlLogReader | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -310,6 +404,17 @@ class DeploymentFollower:
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
+
+    @property
+    def problems(self) -> list[str]:
+        """What was wrong with the control log at start (lost, truncated); empty when nothing."""
+        reader = self._reader
+        return reader.problems if reader is not None else []
+
+    @property
+    def log_lost(self) -> bool:
+        reader = self._reader
+        return bool(reader is not None and reader.start_plan is not None and reader.start_plan.lost)
 
     # -- reading -------------------------------------------------------------------------
     def state(self, model_name: str) -> pb.DeploymentState:
@@ -355,9 +460,20 @@ class DeploymentFollower:
             except Exception:
                 log.exception("could not publish the FAILED ack", extra={"command_id": cmd.command_id})
 
+    def _reject(self, outcome: Outcome) -> None:
+        cmd = outcome.command
+        log.warning("deployment command rejected; serving what was served", extra={
+            "command_id": cmd.command_id, "model": cmd.model_name[:80], "model_version": cmd.version[:80],
+            "actor": cmd.actor[:80], "reason": outcome.reason, "replica": self.replica_id})
+        try:
+            self.ack(cmd, pb.REJECTED, outcome.reason)
+        except Exception:
+            log.exception("could not publish the REJECTED ack", extra={"command_id": cmd.command_id})
+
     def _run(self) -> None:
-        reader = ControlLogReader(self.settings, self.topic, self.book, client_id=f"recpilot-follower-{self.replica_id}",
-                             lock=self._lock)
+        reader = self._reader = ControlLogReader(self.settings, self.topic, self.book,
+                                                 client_id=f"recpilot-follower-{self.replica_id}", lock=self._lock,
+                                                 snapshot_root=self.repository)
         try:
             # Wait for the broker and the topic (a replica may start before either).
             ends = lows = None
@@ -375,6 +491,7 @@ class DeploymentFollower:
             if ends is None:
                 return
             pending: list[tuple[pb.DeploymentState, pb.DeploymentCommand]] = []
+            rejected: list[Outcome] = []
             initial: list[tuple[pb.DeploymentState, pb.DeploymentCommand]] | None = None
 
             def snapshot() -> list[tuple[pb.DeploymentState, pb.DeploymentCommand]]:
@@ -395,8 +512,10 @@ class DeploymentFollower:
                     if initial is not None:  # a live command (after the replayed history)
                         st = self.book.state(obj.command.model_name)
                         pending.append((st, st.history[-1]))
-                elif kind == "command":
+                elif kind == "command" and isinstance(obj, Outcome):
                     _m_rejected.inc()
+                    if initial is not None:  # a live command: answer it
+                        rejected.append(obj)
 
             reader.on_before = on_before
             reader.on_message = on_message
@@ -404,6 +523,7 @@ class DeploymentFollower:
                 reader.poll_once(0.2)
                 with self._lock:
                     batch, pending[:] = list(pending), []
+                    refused, rejected[:] = list(rejected), []
                     caught_up_now = not self._ready.is_set() and (initial is not None
                                                                   or reader.caught_up(ends, lows))
                     if caught_up_now and initial is None:
@@ -414,6 +534,8 @@ class DeploymentFollower:
                     self._ready.set()
                     log.info("deployment state caught up", extra={"topic": self.topic, "models": len(initial),
                                                                   "replica": self.replica_id})
+                for outcome in refused:
+                    self._reject(outcome)
                 for st, cmd in batch:
                     self._notify(st, cmd)
         finally:

@@ -8,6 +8,13 @@ commands. Because only the state and the command decide, every replayer (the CLI
 replica, a fresh process after a restart) rebuilds the same state: :class:`DeploymentBook` does it
 for a sequence of control messages (commands, acknowledgements), wherever they were read from.
 
+The log is writable by anyone the broker lets write, so every replayer applies the checks the CLI
+applies before publishing, not only the state machine's: :func:`check_command` refuses malformed
+model names and versions (``../x`` never reaches a path), and a replayer with the model repository
+passes a :class:`DeploymentBook` the repository checks as ``admit`` (:mod:`.checks`: the version
+exists and is intact, the promotion gate unless forced). A command failing either is rejected like
+any other.
+
 Nothing here imports a Kafka client: reading and writing the topic is :mod:`.log`.
 """
 
@@ -18,12 +25,14 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from recpilot.errors import FailedPrecondition, InvalidArgument, RecpilotError
+from recpilot.models.repository import NAME_RE, VERSION_RE
 from recpilot.pb import deployments_pb2 as pb
 from recpilot.settings import RecpilotSettings
 from recpilot.topics import CONTROL_DEPLOYMENTS
@@ -126,6 +135,14 @@ def check_command(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> str |
     if not cmd.command_id:
         return "command_id is empty"
     act, kind = cmd.action, _kind(cmd)
+    if not NAME_RE.fullmatch(cmd.model_name):
+        return f"invalid model name {cmd.model_name[:80]!r} (letters, digits, '_', '.', '-'; at most 64)"
+    if cmd.version:
+        # ranker versions are repository directories ("1", "2", ...); policy versions are names
+        if kind == pb.RANKER and not VERSION_RE.fullmatch(cmd.version):
+            return f"invalid version {cmd.version[:80]!r} (a whole number, as the model repository numbers them)"
+        if kind == pb.POLICY and not NAME_RE.fullmatch(cmd.version):
+            return f"invalid policy version {cmd.version[:80]!r} (letters, digits, '_', '.', '-'; at most 64)"
     if act not in ACTION_NAMES:
         return f"unknown action {act}"
     if cmd.force and not cmd.reason.strip():
@@ -228,15 +245,34 @@ class Outcome:
     offset: int = -1
 
 
+Admission = Callable[[pb.DeploymentState, pb.DeploymentCommand], "str | None"]
+
+
 @dataclass
 class DeploymentBook:
-    """States, outcomes and acknowledgements rebuilt from the messages of the control topic."""
+    """States, outcomes and acknowledgements rebuilt from the messages of the control topic.
+
+    ``admit(state, command)``: checks beyond :func:`check_command` (why the command cannot be
+    applied, or None), e.g. :func:`.checks.repository_admission`. ``base``: the states the book was
+    seeded with (:meth:`seed`, from a snapshot when the log was lost or truncated) and the offsets
+    the log was read from on top of them; None when the whole log was replayed."""
 
     states: dict[str, pb.DeploymentState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)          # command_id -> outcome
     acks: dict[str, dict[str, pb.DeploymentAck]] = field(default_factory=dict)  # command_id -> replica -> ack
     messages: int = 0
     undecodable: int = 0
+    admit: Admission | None = None
+    base: tuple[dict[int, int], dict[str, pb.DeploymentState]] | None = None
+
+    def seed(self, states: dict[str, pb.DeploymentState], offsets: dict[int, int]) -> None:
+        """Start from ``states`` (copies) instead of nothing; the log is then read from ``offsets``."""
+        self.states = {}
+        for name, st in states.items():
+            own = pb.DeploymentState()
+            own.CopyFrom(st)
+            self.states[name] = own
+        self.base = (dict(offsets), {n: self.state(n) for n in self.states})
 
     def state(self, model_name: str) -> pb.DeploymentState:
         st = self.states.get(model_name)
@@ -275,6 +311,8 @@ class DeploymentBook:
         if state is None:
             state = pb.DeploymentState(model_name=cmd.model_name)
         problem = check_command(state, cmd)
+        if problem is None and self.admit is not None:
+            problem = self.admit(state, cmd)
         if problem:
             out = Outcome(cmd, False, problem, state.revision, offset)
         else:
