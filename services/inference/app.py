@@ -11,7 +11,6 @@ import gc
 import logging
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 
 from recpilot.lifecycle import Lifecycle, name_os_thread
 from recpilot.settings import PlatformSettings
@@ -26,7 +25,7 @@ class InferenceApp:
         self.replica = settings.replica_id or f"{socket.gethostname()}:{os.getpid()}"
         self.s = settings.model_copy(update={"grpc_host": settings.grpc_host or platform.bind_host})
         self._life = Lifecycle()
-        self.executor: ThreadPoolExecutor | None = None
+        self.executor = None  # services.inference.batching.ComputePool when compute_threads > 0
         self.server = None
         self.sync = None
         self.http = None
@@ -47,6 +46,7 @@ class InferenceApp:
         from recpilot.models.deployments import DeploymentFollower
         from services.features.client import AsyncFeatureClient
         from services.inference.backends import configure_threads
+        from services.inference.batching import ComputePool
         from services.inference.dataplane import DataPlane
         from services.inference.grpc_server import InferenceServer
         from services.inference.impressions import ImpressionLogger
@@ -61,16 +61,16 @@ class InferenceApp:
         configure_threads(s.intra_op_threads, s.inter_op_threads)
         install_gc_metrics()
         if s.compute_threads:
-            self.executor = ThreadPoolExecutor(s.compute_threads, thread_name_prefix="compute",
-                                               initializer=name_os_thread)
+            self.executor = ComputePool(s.compute_threads, "compute", initializer=name_os_thread)
         models = ModelManager(platform.model_repo, s.model_names, device=s.device,
-                              batching_for=s.batching_for, executor=self.executor)
+                              batching_for=s.batching_for, executor=self.executor,
+                              load_timeout_s=s.model_load_timeout_s)
         features = AsyncFeatureClient(platform.redis_url, s.feature_key_prefix)
         # Impressions are off the request path: batched for impressions_linger_ms (fewer, larger
         # produce requests).
         impressions = ImpressionLogger(kafka.producer(platform, **{"client.id": f"inference-{self.replica}",
                                                                    "linger.ms": s.impressions_linger_ms}),
-                                       s.impressions_topic, s.impressions_queue)
+                                       s.impressions_topic, s.impressions_queue, s.impressions_queue_bytes)
         telemetry = Telemetry(self.replica)
         metric_events = MetricPublisher(kafka.producer(platform, **{"client.id": f"inference-metrics-{self.replica}"}),
                                         "inference", self.replica, topic=s.metrics_topic, key=self.replica)
@@ -81,7 +81,8 @@ class InferenceApp:
         plane = self.plane = DataPlane(s, features, models, impressions=impressions, index=index, telemetry=telemetry,
                                        extra_ready=sync.readiness)
         self.server = InferenceServer(s, plane)
-        self.http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=plane.ready)
+        self.http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=plane.ready,
+                                 live=self.server.live)
 
         self.http.start()
         life.add("http", self.http.stop)

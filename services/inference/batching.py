@@ -11,6 +11,16 @@ batch, so under load batches grow without any added delay. A request larger than
 
 With batching disabled each request is one execution (still on the compute executor).
 
+One failing request does not fail its neighbours: when a batch execution raises (or answers the
+wrong number of scores), each of its requests is re-run alone, so only the one that fails again
+gets the error (``recpilot_inference_batch_retries_total``).
+
+An execution is abandoned once every caller of it has given up (its deadline passed: the caller
+answers with its fallback or DEADLINE_EXCEEDED): the batcher stops waiting, counts it
+(``recpilot_inference_executions_abandoned_total``) and runs the next batch. The compute thread
+stays busy until the model returns; a :class:`ComputePool` then runs later executions on a spare
+thread, so a hung execution does not hold up the others (nor another version's, after a rollback).
+
 Without an executor (``compute_threads = 0``) executions run inline on the event loop's thread:
 no thread hand-off and no GIL ping-pong between the loop and a compute thread, which on a small
 CPU box costs more than a small model's execution itself. While an execution runs the loop does
@@ -21,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +48,81 @@ from services.inference.settings import BatchingConfig
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class ComputePool(Executor):
+    """The threads that run model executions. Unlike a ThreadPoolExecutor its threads are daemons
+    (a hung model never blocks the process from exiting), and :meth:`lost` starts a spare thread
+    in place of one stuck in an abandoned execution (at most ``max_spares`` at a time); when the
+    stuck execution returns, one thread retires."""
+
+    def __init__(self, threads: int, name: str = "compute", initializer: Callable[[], object] | None = None,
+                 max_spares: int = 8) -> None:
+        self.name, self.initializer, self.max_spares = name, initializer, max_spares
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._want = threads  # threads taking tasks
+        self._lost: set[Future] = set()  # executions abandoned while running: their threads are stuck
+        self._alive = 0
+        self._shutdown = False
+        for _ in range(threads):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._alive += 1
+        threading.Thread(target=self._run, name=f"{self.name}-{self._alive}", daemon=True).start()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new executions after shutdown")
+        fut: Future = Future()
+        self._q.put((fut, fn, args, kwargs))
+        return fut
+
+    def lost(self, fut: Future) -> bool:
+        """``fut`` runs but nobody waits for it any more: start a spare thread in place of the one it
+        holds (False at the cap, or when it is already done)."""
+        with self._lock:
+            if self._shutdown or fut.done() or len(self._lost) >= self.max_spares:
+                return False
+            self._lost.add(fut)
+            self._spawn()
+            return True
+
+    @property
+    def threads(self) -> int:
+        return self._alive
+
+    def _run(self) -> None:
+        if self.initializer is not None:
+            self.initializer()
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fut, fn, args, kwargs = item
+            del item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                    fut.set_exception(exc)
+            del fn, args, kwargs
+            with self._lock:
+                self._lost.discard(fut)  # a stuck execution came back: one thread too many now
+                if self._alive > self._want + len(self._lost):
+                    self._alive -= 1
+                    return
+            del fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        for _ in range(self._alive + self.max_spares):
+            self._q.put(None)
+
+
+class _Abandoned(Exception):
+    """Every caller of the running execution gave up before it returned."""
 
 
 class QueueFull(ResourceExhausted, RuntimeError):
@@ -65,6 +152,9 @@ class DynamicBatcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
+        self._running: list[_Pending] = []  # the callers of the execution the worker waits for
+        self._gate: asyncio.Future | None = None  # done when that execution returns or is abandoned
+        self.abandoned = 0
         self.inflight = 0
         self.executions = 0
         self.requests = 0
@@ -77,6 +167,8 @@ class DynamicBatcher:
         self._m_batch_executions = m.BATCH_EXECUTIONS.labels(label)
         self._m_batch_rows = m.BATCH_ROWS.labels(label)
         self._m_queue = m.QUEUE.labels(label)
+        self._m_abandoned = m.EXECUTIONS_ABANDONED.labels(label)
+        self._m_retries = m.BATCH_RETRIES.labels(label)
 
     # -- API -----------------------------------------------------------------------------------
     async def infer(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -101,7 +193,11 @@ class DynamicBatcher:
             self._rows += n
             self._m_depth.set(len(self._queue))
             self._wakeup.set()
-            return await fut
+            try:
+                return await fut
+            except asyncio.CancelledError:  # the caller gave up (its deadline)
+                self._caller_gone()
+                raise
         finally:
             self.inflight -= 1
 
@@ -131,15 +227,81 @@ class DynamicBatcher:
         self._m_compute.observe(time.perf_counter() - t0)
         return out
 
-    async def _execute(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        if self.executor is None:
+    async def _execute(self, dense: np.ndarray, ids: np.ndarray, callers: list[_Pending]) -> np.ndarray:
+        """One execution; :class:`_Abandoned` once every one of ``callers`` has given up on it."""
+        if self.executor is None:  # inline: nothing else runs meanwhile, nothing to abandon
             return self._timed_predict(dense, ids)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._timed_predict, dense, ids)
+        loop = asyncio.get_running_loop()
+        cf = self.executor.submit(self._timed_predict, dense, ids)
+        run = asyncio.wrap_future(cf, loop=loop)
+        gate = self._gate = loop.create_future()
+        self._running = callers
+        run.add_done_callback(lambda _f: gate.done() or gate.set_result(None))
+        try:
+            await gate
+        finally:
+            self._gate, self._running = None, []
+        if not run.done():
+            run.add_done_callback(_retrieve)
+            self._abandon(cf)
+            raise _Abandoned()
+        return run.result()
+
+    def _caller_gone(self) -> None:
+        """A caller's future was cancelled: when no caller of the running execution is left, stop
+        waiting for it."""
+        gate = self._gate
+        if gate is not None and not gate.done() and all(p.future.done() for p in self._running):
+            gate.set_result(None)
+
+    def _abandon(self, cf: Future) -> None:
+        """Stop waiting for the execution ``cf``: cancelled if it has not started, else its thread is
+        lost to the model until it returns (a spare takes its place)."""
+        self.abandoned += 1
+        self._m_abandoned.inc()
+        spare = False
+        if not cf.cancel() and isinstance(self.executor, ComputePool):
+            spare = self.executor.lost(cf)
+        log.warning("model execution abandoned: every caller passed its deadline", extra={
+            "model": self.label, "spare_thread": spare, "collapse": True})
 
     async def _run_single(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        out = await self._execute(dense, ids)
+        if self.executor is None:
+            out = self._timed_predict(dense, ids)
+        else:
+            cf = self.executor.submit(self._timed_predict, dense, ids)
+            try:
+                out = await asyncio.wrap_future(cf)
+            except asyncio.CancelledError:  # the caller gave up (its deadline) before the model returned
+                if not cf.done() or cf.cancelled():
+                    self._abandon(cf)
+                raise
         self._count(1, dense.shape[0])
         return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    async def _scores(self, dense: np.ndarray, ids: np.ndarray, callers: list[_Pending]) -> np.ndarray:
+        out = np.asarray(await self._execute(dense, ids, callers), dtype=np.float32).reshape(-1)
+        if out.shape[0] != dense.shape[0]:
+            raise RuntimeError(f"{self.label} returned {out.shape[0]} scores for {dense.shape[0]} rows")
+        return out
+
+    async def _one_by_one(self, batch: list[_Pending]) -> None:
+        """A batch execution failed: run each request alone, so only the one that fails gets an error."""
+        self._m_retries.inc()
+        for p in batch:
+            if p.future.done():
+                continue
+            try:
+                out = await self._scores(p.dense, p.ids, [p])
+            except _Abandoned:
+                continue
+            except Exception as exc:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+                continue
+            self._count(1, p.dense.shape[0])
+            if not p.future.done():
+                p.future.set_result(out)
 
     def _count(self, requests: int, rows: int) -> None:
         self.executions += 1
@@ -202,14 +364,15 @@ class DynamicBatcher:
                 else:
                     dense = np.concatenate([p.dense for p in batch])
                     ids = np.concatenate([p.ids for p in batch])
-                out = await self._execute(dense, ids)
-                out = np.asarray(out, dtype=np.float32).reshape(-1)
-                if out.shape[0] != dense.shape[0]:
-                    raise RuntimeError(f"{self.label} returned {out.shape[0]} scores for {dense.shape[0]} rows")
-            except Exception as exc:  # every caller of the batch gets the error
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                out = await self._scores(dense, ids, batch)
+            except _Abandoned:
+                continue
+            except Exception as exc:
+                if len(batch) > 1:  # one bad request must not fail its neighbours
+                    await self._one_by_one(batch)
+                else:
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(exc)
                 continue
             self._count(len(batch), dense.shape[0])
             start = 0
@@ -218,3 +381,9 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_result(out[start:start + n])  # a view: callers only read it
                 start += n
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    """Mark an abandoned execution's outcome as seen (asyncio would log an unretrieved exception)."""
+    if not fut.cancelled():
+        fut.exception()

@@ -1,10 +1,18 @@
 """`recpilot recommend` and `recpilot search` (gRPC clients).
-Light to import: grpc loads only when a command runs."""
+Light to import: grpc loads only when a command runs.
+
+The bearer token comes from ``--token-file`` or the environment variable ``TOKEN_ENV`` (the
+server's own setting name), not from the command line, where every user of the machine can read it
+(``ps``, shell history); ``--token`` still works but is deprecated and says so."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+
+TOKEN_ENV = "RECPILOT_INFERENCE_AUTH_TOKEN"
 
 
 def _channel(args):
@@ -17,8 +25,33 @@ def _channel(args):
     return grpc.insecure_channel(target)
 
 
+def token(args) -> str | None:
+    """The bearer token: ``--token-file``, else the deprecated ``--token``, else ``$TOKEN_ENV``; None
+    when none is given. An empty one is a usage error."""
+    from recpilot.errors import InvalidArgument
+
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                value, where = fh.read().strip(), f"--token-file {args.token_file}"
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read --token-file: {exc}") from None
+    elif args.token is not None:
+        print(f"warning: --token is deprecated (other users can read a command line); use --token-file or "
+              f"{TOKEN_ENV}", file=sys.stderr)
+        value, where = args.token, "--token"
+    elif TOKEN_ENV in os.environ:
+        value, where = os.environ[TOKEN_ENV].strip(), TOKEN_ENV
+    else:
+        return None
+    if not value:
+        raise InvalidArgument(f"the bearer token from {where} is empty")
+    return value
+
+
 def _meta(args):
-    return [("authorization", f"Bearer {args.token}")] if args.token else None
+    tok = token(args)
+    return [("authorization", f"Bearer {tok}")] if tok else None
 
 
 def _print(resp) -> None:
@@ -33,10 +66,11 @@ def _call(args, method: str, request) -> int:
     from recpilot.errors import InvalidArgument, RecpilotError
     from recpilot.pb import recommend_pb2_grpc
 
+    metadata = _meta(args)
     with _channel(args) as ch:
         stub = recommend_pb2_grpc.RecommenderStub(ch)
         try:
-            resp = getattr(stub, method)(request, timeout=args.timeout, metadata=_meta(args))
+            resp = getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as err:
             # the server refusing what was typed is a usage error; anything else a failure
             kind = InvalidArgument if err.code() == grpc.StatusCode.INVALID_ARGUMENT else RecpilotError
@@ -65,7 +99,10 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--model", default=None)
     p.add_argument("--timeout", type=float, default=2.0)
-    p.add_argument("--token", default=None, help="bearer token (when the server requires one)")
+    p.add_argument("--token-file", default=None,
+                   help=f"file holding the bearer token (when the server requires one; default: ${TOKEN_ENV})")
+    p.add_argument("--token", default=None, help=f"deprecated: the bearer token itself (visible to other users; "
+                   f"use --token-file or ${TOKEN_ENV})")
     p.add_argument("--tls-ca", default=None, help="CA certificate to verify a TLS server")
 
 

@@ -3,9 +3,12 @@
 * ``recommend`` / ``search`` (from :class:`services.inference.service.RankingService`: features,
   ranking, policy, impressions, popularity fallbacks);
 * the Open Inference Protocol calls: ``model_infer``, ``model_metadata``, ``model_ready``;
-* readiness: ``ready()`` (the default model has a loaded production version, Redis answered the
-  last ``check_dependencies()``, and whatever ``extra_ready`` adds, e.g. the deployment follower
-  caught up).
+* readiness: ``ready()`` as Triton and KServe mean it, "a model is loaded and can answer": the
+  default model has a loaded production version and whatever ``extra_ready`` adds holds (e.g. the
+  deployment follower caught up). Redis is reported (``redis`` in the details, the
+  ``recpilot_inference_dependency_up`` gauge) but does not make the replica unready: without it
+  answers are popularity fallbacks, flagged and counted, so a Redis outage degrades the fleet
+  instead of emptying it.
 
 Errors are the kinds of :mod:`recpilot.errors`: an unknown model or version is ``NotFound``, a
 model with no production version loaded yet (or one unloading while the server stops) is
@@ -21,7 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from recpilot.errors import Internal, NotFound, RecpilotError, Unavailable
+from recpilot.errors import Internal, InvalidArgument, NotFound, RecpilotError, Unavailable
+from services.inference import metrics as m
 from services.inference.backends import ModelVersion
 from services.inference.batching import BatcherClosed
 from services.inference.oip import infer_inputs
@@ -45,9 +49,8 @@ class DataPlane(RankingService):
 
     # -- readiness -------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, dict]:
-        model = self.models.loaded(self.s.default_model)
-        details = {"model_loaded": model, "redis": self.redis_ok}
-        ok = model and self.redis_ok
+        ok = self.models.loaded(self.s.default_model)
+        details = {"model_loaded": ok, "redis": self.redis_ok}
         if self.extra_ready is not None:
             extra_ok, extra = self.extra_ready()
             details.update(extra)
@@ -62,6 +65,7 @@ class DataPlane(RankingService):
             self.redis_ok = bool(await asyncio.wait_for(self.features.ping(), timeout))
         except Exception:
             self.redis_ok = False
+        m.DEPENDENCY_UP.labels("redis").set(1 if self.redis_ok else 0)
 
     def model_label(self, name: str) -> str:
         """``name`` as a metric label: ``"unknown"`` for a model this server does not serve."""
@@ -94,6 +98,8 @@ class DataPlane(RankingService):
             mv = self.version(request.model_name, request.model_version)
         try:
             dense, ids = infer_inputs(request, mv.dense_dim, mv.ids_dim)
+            if dense.shape[0] > self.s.max_infer_rows:
+                raise InvalidArgument(f"{dense.shape[0]} rows, at most {self.s.max_infer_rows} per ModelInfer")
             try:
                 return mv, await mv.score(dense, ids)
             except BatcherClosed:  # swapped out while queued: the new production version answers

@@ -7,6 +7,7 @@ status codes in :func:`services.inference.grpc_errors.rpc`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from recpilot.pb import open_inference_grpc_pb2 as oip_pb
 from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
@@ -77,8 +78,9 @@ class RecommenderServicer(recommend_pb2_grpc.RecommenderServicer):
 
 
 class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, live: Callable[[], tuple[bool, dict]] | None = None) -> None:
         self.plane = plane
+        self.live = live  # the server's liveness (its event loop ticks); None: answering is live
         self._metrics: dict[tuple[str, str], tuple] = {}
 
     def _failed(self, method: str, request, code: str, version: str, t0: float) -> None:
@@ -86,7 +88,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         m.FAILURES.labels(method, self.plane.model_label(name), version, code).inc()
 
     async def ServerLive(self, request, context):  # noqa: N802
-        return oip_pb.ServerLiveResponse(live=True)
+        return oip_pb.ServerLiveResponse(live=True if self.live is None else self.live()[0])
 
     async def ServerReady(self, request, context):  # noqa: N802
         return oip_pb.ServerReadyResponse(ready=self.plane.ready()[0])

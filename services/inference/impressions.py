@@ -4,8 +4,10 @@ The request handler only appends a small record to an in-memory deque (O(1), no 
 wake-up, no I/O, no serialisation); a background thread drains it every few milliseconds, builds
 the feature snapshot and the protobuf ``Impression`` and hands it to the idempotent Kafka producer,
 whose delivery reports are counted. When Kafka is slow the queue
-absorbs bursts; when it is full, the newest impressions are dropped and counted rather than
-slowing answers down. On shutdown the queue is drained and the producer flushed.
+absorbs bursts; when it is full (``max_pending`` records, or ``max_bytes`` of their estimated
+memory, :meth:`ImpressionRecord.approx_bytes`), the newest impressions are dropped and counted
+rather than slowing answers down or growing the process without bound (Kafka down). On shutdown
+the queue is drained and the producer flushed.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ class ImpressionRecord:
     # The ranker's inputs of the shown items, in position order ([k, D] float32); turned into
     # ``"<position>:<feature>"`` entries of ``features`` off the request path (see snapshot_keys).
     shown_dense: np.ndarray | None = None
+    nbytes: int = 0  # set by ImpressionLogger.log: approx_bytes() when queued
+
+    def approx_bytes(self) -> int:
+        """The memory this record holds while queued, estimated from its sizes (no traversal)."""
+        n = _RECORD_BYTES + _ITEM_BYTES * len(self.items) + _ENTRY_BYTES * (len(self.features) + len(self.context))
+        n += len(self.query) + len(self.user_id) + len(self.session_id)
+        if self.shown_dense is not None:
+            n += self.shown_dense.nbytes
+        return n
 
     def to_proto(self):
         from recpilot.pb import events_pb2
@@ -62,6 +73,14 @@ class ImpressionRecord:
         return imp
 
 
+# approx_bytes()'s sizes, measured with tracemalloc over 10,000 records built as the service builds
+# them (CPython 3.11, 64-bit): 797 B with no items and the two user features, 2,466 B with 10 items,
+# 8,900 B with 50, 3,732 B with 10 items and 10 context entries. So: a record with its strings and
+# empty containers, one (item_id, position, score, propensity) entry, one features/context entry.
+_RECORD_BYTES = 550
+_ITEM_BYTES = 160
+_ENTRY_BYTES = 130
+
 _SNAPSHOT_KEYS: list[str] = []
 
 
@@ -77,11 +96,15 @@ def snapshot_keys(n: int) -> list[str]:
 
 
 class ImpressionLogger:
-    def __init__(self, producer, topic: str, max_pending: int = 100_000) -> None:
+    def __init__(self, producer, topic: str, max_pending: int = 100_000, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.producer = producer
         self.topic = topic
         self.max_pending = max_pending
+        self.max_bytes = max_bytes
         self._q: deque[ImpressionRecord] = deque()
+        # Bytes queued = _bytes_in - _bytes_out, each written by one side only (no lock, no lost update).
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
         self.delivered = 0
@@ -93,11 +116,17 @@ class ImpressionLogger:
 
     def log(self, rec: ImpressionRecord) -> None:
         """Never blocks: the request path only appends (deque.append is atomic)."""
-        if len(self._q) >= self.max_pending:
+        size = rec.nbytes = rec.approx_bytes()
+        if len(self._q) >= self.max_pending or self._bytes_in - self._bytes_out + size > self.max_bytes:
             self.dropped += 1
             m.IMPRESSIONS.labels("dropped").inc()
             return
+        self._bytes_in += size
         self._q.append(rec)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes_in - self._bytes_out
 
     def _delivery(self, err, _msg) -> None:
         if err is None:
@@ -122,6 +151,7 @@ class ImpressionLogger:
         m.IMPRESSIONS_PENDING.set(len(q))
         while q:
             rec = q.popleft()
+            self._bytes_out += rec.nbytes
             try:
                 self._send(rec)
             except Exception:

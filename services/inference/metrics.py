@@ -29,9 +29,16 @@ BATCH_REQUESTS = Counter("recpilot_inference_batch_requests_total", "requests ex
 BATCH_EXECUTIONS = Counter("recpilot_inference_batch_executions_total", "model executions", ["model"])
 BATCH_ROWS = Counter("recpilot_inference_batch_rows_total", "rows scored", ["model"])
 QUEUE_REJECTED = Counter("recpilot_inference_queue_rejected_total", "requests refused: queue full", ["model"])
+EXECUTIONS_ABANDONED = Counter("recpilot_inference_executions_abandoned_total", "model executions no longer "
+                               "waited for: every caller of the batch had passed its deadline", ["model"])
+BATCH_RETRIES = Counter("recpilot_inference_batch_retries_total", "batch executions that failed and were re-run "
+                        "one request at a time (so only the failing request fails)", ["model"])
+DEPENDENCY_UP = Gauge("recpilot_inference_dependency_up", "1 when the dependency answered the last health check "
+                      "(0: answers are flagged fallbacks; the replica stays ready)", ["dependency"])
 QUEUE_DEPTH = Gauge("recpilot_inference_queue_depth_requests", "requests waiting", ["model"])
 
-MODEL_LOADS = Counter("recpilot_inference_model_loads_total", "model version loads", ["model", "outcome"])
+MODEL_LOADS = Counter("recpilot_inference_model_loads_total", "model version loads (outcome: ok, failed, timeout)",
+                      ["model", "outcome"])
 MODEL_UNLOADS = Counter("recpilot_inference_model_unloads_total", "model version unloads", ["model"])
 MODEL_LOAD_SECONDS = Histogram(
     "recpilot_inference_model_load_seconds", "load + warm-up time", ["model"],
@@ -72,6 +79,8 @@ def sample_gpu() -> None:
 
 LOOP_LAG = Histogram("recpilot_inference_event_loop_lag_seconds", "how late a 50 ms timer fires on the serving "
                      "event loop", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+LOOP_STALLS = Counter("recpilot_inference_event_loop_stalls_total", "times the serving event loop did not tick for "
+                      "loop_stall_s (liveness failed meanwhile)")
 GC_PAUSE = Histogram("recpilot_inference_gc_pause_seconds", "Python cyclic garbage collector pauses (the GIL is "
                      "held: every thread of the process waits)", ["generation"],
                      buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))

@@ -6,6 +6,12 @@ Hot swap: :meth:`ModelManager.reconcile` loads and warms every version the new s
 atomic reference swap: a request holds the table it started with), then drains and unloads the
 versions no longer referenced. A version that fails to load leaves its role unchanged (the old
 version keeps serving) and the failure is reported (log, metric, FAILED ack).
+
+Each load runs in its own thread, off the request path and outside the manager's lock, and is
+waited for at most ``load_timeout_s`` (a load that takes longer counts as failed; its thread is
+left to finish and its result dropped). So a hanging load never blocks another reconcile, e.g. a
+rollback to a version that is already loaded; the newest reconcile of a model decides its routes
+(an older one that finishes its loads later does not overwrite them).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +104,7 @@ class ModelManager:
         batching_for: Callable[[str], BatchingConfig],
         executor: Executor,
         loop: asyncio.AbstractEventLoop | None = None,
+        load_timeout_s: float = 120.0,
     ) -> None:
         self.repo_root = Path(repo_root)
         self.model_names = list(model_names)
@@ -104,8 +112,12 @@ class ModelManager:
         self.batching_for = batching_for
         self.executor = executor
         self.loop = loop
+        self.load_timeout_s = load_timeout_s
         self._routes: dict[str, Routes] = {n: Routes() for n in self.model_names}
-        self._lock = threading.Lock()  # one reconcile at a time
+        self._lock = threading.Lock()  # one routing switch at a time (never held while a version loads)
+        self._generation = {n: 0 for n in self.model_names}  # reconciles started, per model
+        self._loading: dict[tuple[str, str], Future] = {}  # loads in flight, shared by the reconciles that wait
+        self._loading_lock = threading.Lock()
 
     # -- reads (any thread, lock-free) -----------------------------------------------------------
     def routes(self, model: str) -> Routes:
@@ -130,12 +142,68 @@ class ModelManager:
         return r.versions().get(version)
 
     # -- writes ----------------------------------------------------------------------------------
+    def _load(self, model: str, version: str) -> Future:
+        """The load of ``model:version`` in its own (daemon) thread; the one already in flight if any."""
+        key = (model, version)
+        with self._loading_lock:
+            fut = self._loading.get(key)
+            if fut is not None:
+                return fut
+            fut = self._loading[key] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(load_version(self.repo_root, model, version, device=self.device,
+                                            batching=self.batching_for(model), executor=self.executor))
+            except BaseException as exc:  # noqa: BLE001 - handed to the reconciles that wait
+                fut.set_exception(exc)
+            finally:
+                with self._loading_lock:
+                    self._loading.pop(key, None)
+
+        threading.Thread(target=run, name=f"load-{model}:{version}", daemon=True).start()
+        return fut
+
+    def _wait_loads(self, model: str, versions: list[str], res: ReconcileResult) -> dict[str, ModelVersion]:
+        """Start (or join) the loads of ``versions`` and wait for them, ``load_timeout_s`` in all;
+        the failures and timeouts go to ``res.failed``."""
+        futures = {v: self._load(model, v) for v in versions}
+        deadline = time.monotonic() + self.load_timeout_s
+        got: dict[str, ModelVersion] = {}
+        for version, fut in futures.items():
+            try:
+                got[version] = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+                continue
+            except FutureTimeout:
+                m.MODEL_LOADS.labels(model, "timeout").inc()
+                why = f"{model}:{version} did not load within {self.load_timeout_s:g} s (model_load_timeout_s)"
+            except LoadFailed as exc:
+                why = str(exc)
+            except Exception as exc:  # a bug in the loading glue: the same outcome, with its type
+                why = f"{model}:{version}: {type(exc).__name__}: {exc}"
+            log.error("model load failed; keeping what serves", extra={
+                "model": model, "model_version": version, "error": why})
+            res.failed[version] = why
+        return got
+
     def reconcile(self, model: str, want: Desired) -> ReconcileResult:
-        """Make ``model`` serve ``want``: load new versions beside the old, swap, unload the rest."""
+        """Make ``model`` serve ``want``: load new versions beside the old (outside the lock, with a
+        timeout), swap, unload the rest. When another reconcile of the model started meanwhile, the
+        newer one decides and this one changes nothing."""
         res = ReconcileResult(model)
         if model not in self._routes:
             return res
         with self._lock:
+            self._generation[model] += 1
+            generation = self._generation[model]
+            have = self._routes[model].versions()
+        missing = [v for v in dict.fromkeys((want.production, want.canary, want.shadow)) if v and v not in have]
+        got = self._wait_loads(model, missing, res) if missing else {}
+        with self._lock:
+            if self._generation[model] != generation:
+                log.info("deployment state superseded while its versions loaded; the newer one decides",
+                         extra={"model": model, "revision": want.revision, "loaded": sorted(got)})
+                return res
             old = self._routes[model]
             have = old.versions()
             new: dict[str, ModelVersion | None] = {}
@@ -143,25 +211,14 @@ class ModelManager:
                 version = getattr(want, role)
                 if not version:
                     new[role] = None
-                    continue
-                if version in have:
+                elif version in have:
                     new[role] = have[version]
-                    continue
-                if version in [mv.version for mv in new.values() if mv is not None]:
-                    new[role] = next(mv for mv in new.values() if mv is not None and mv.version == version)
-                    continue
-                try:
-                    mv = load_version(self.repo_root, model, version, device=self.device,
-                                      batching=self.batching_for(model), executor=self.executor)
-                except LoadFailed as exc:
-                    log.error("model load failed; keeping what serves", extra={
-                        "model": model, "model_version": version, "role": role, "error": str(exc)})
-                    res.failed[version] = str(exc)
-                    new[role] = getattr(old, role)  # the old version of that role keeps serving
-                    continue
-                have[version] = mv
-                res.loaded.append(version)
-                new[role] = mv
+                elif version in got:
+                    new[role] = got[version]
+                    if version not in res.loaded:
+                        res.loaded.append(version)
+                else:  # failed or timed out: the old version of that role keeps serving
+                    new[role] = getattr(old, role)
             routes = Routes(
                 production=new["production"], canary=new["canary"],
                 canary_percent=want.canary_percent if new["canary"] is not None else 0.0,

@@ -1,13 +1,19 @@
 """Transport security from settings: optional TLS (mTLS when a client CA is set) and a bearer
-token checked on every RPC except the gRPC health service (probes carry no token)."""
+token checked on every RPC except the gRPC health service (probes carry no token).
+
+An empty token is refused by the settings (it would look like auth while checking nothing); a
+token without TLS works but is logged as a warning: it crosses the network in clear text."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 
 import grpc
 
 from services.inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 
@@ -33,6 +39,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Rejects RPCs without ``authorization: Bearer <token>`` (UNAUTHENTICATED)."""
 
     def __init__(self, token: str) -> None:
+        if not token or not token.strip():
+            raise ValueError("an empty bearer token checks nothing")
         self._expected = f"Bearer {token}".encode()
 
     async def intercept_service(self, continuation, details):
@@ -46,4 +54,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def interceptors(s: InferenceSettings) -> list[grpc.aio.ServerInterceptor]:
-    return [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
+    if s.auth_token is None:
+        return []
+    if s.tls_cert is None:
+        log.warning("a bearer token is required but TLS is off: the token crosses the network in clear text "
+                    "(set RECPILOT_INFERENCE_TLS_CERT and RECPILOT_INFERENCE_TLS_KEY)")
+    return [BearerTokenInterceptor(s.auth_token)]

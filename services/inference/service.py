@@ -170,15 +170,38 @@ class RankingService:
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self, req: Request, search: bool = False) -> str:
+        """The model name to use, or :class:`InvalidArgument` for a request beyond the limits
+        (settings ``max_k``, ``max_candidate_ids``, ``max_id_length``, ``max_query_length``,
+        ``max_context_entries``, ``max_context_length``), so no request costs more than they allow."""
+        s = self.s
         if not req.user_id:
             raise InvalidArgument("user_id is required")
-        if req.k <= 0 or req.k > self.s.max_k:
-            raise InvalidArgument(f"k must be in 1..{self.s.max_k}, got {req.k}")
-        if len(req.candidate_ids) > self.s.max_candidate_ids:
-            raise InvalidArgument(f"at most {self.s.max_candidate_ids} candidate_ids, got {len(req.candidate_ids)}")
-        if search and not req.query.strip():
-            raise InvalidArgument("query is required")
-        name = req.model_name or self.s.default_model
+        if req.k <= 0 or req.k > s.max_k:
+            raise InvalidArgument(f"k must be in 1..{s.max_k}, got {req.k}")
+        if len(req.candidate_ids) > s.max_candidate_ids:
+            raise InvalidArgument(f"at most {s.max_candidate_ids} candidate_ids, got {len(req.candidate_ids)}")
+        limit = s.max_id_length
+        if (len(req.user_id) > limit or len(req.session_id) > limit or len(req.request_id) > limit
+                or len(req.model_name) > limit):  # the message is built only for a refusal
+            for what in ("user_id", "session_id", "request_id", "model_name"):
+                if len(getattr(req, what)) > limit:
+                    raise InvalidArgument(f"{what} is {len(getattr(req, what))} characters, at most {limit} allowed")
+        if req.candidate_ids and max(map(len, req.candidate_ids)) > limit:
+            raise InvalidArgument(f"a candidate id is longer than {limit} characters")
+        if req.context:
+            if len(req.context) > s.max_context_entries:
+                raise InvalidArgument(f"context has {len(req.context)} entries, at most {s.max_context_entries} "
+                                      "allowed")
+            longest = max(max(len(k), len(v)) for k, v in req.context.items())
+            if longest > s.max_context_length:
+                raise InvalidArgument(f"a context key or value is {longest} characters, at most "
+                                      f"{s.max_context_length} allowed")
+        if search:
+            if len(req.query) > s.max_query_length:
+                raise InvalidArgument(f"query is {len(req.query)} characters, at most {s.max_query_length} allowed")
+            if not req.query.strip():
+                raise InvalidArgument("query is required")
+        name = req.model_name or s.default_model
         if not self.models.serves(name):
             raise NotFound(f"unknown model {name!r}; this server serves {self.models.model_names}")
         if not req.request_id:

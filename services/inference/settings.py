@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from recpilot.settings import RecpilotSettings
@@ -40,6 +40,11 @@ class InferenceSettings(RecpilotSettings):
     worker_index: int = Field(default=-1, description="set by the supervisor for its workers")
     reuse_port: bool = Field(default=False, description="bind the gRPC port with SO_REUSEPORT (set for workers)")
     grace_s: float = Field(default=10.0, ge=0.0, description="drain time for in-flight RPCs on SIGTERM")
+    max_concurrent_rpcs: int = Field(default=2048, ge=1, description="RPCs the gRPC server runs at once; beyond "
+                                     "it a call is refused with RESOURCE_EXHAUSTED (grpc's maximum_concurrent_rpcs)")
+    loop_stall_s: float = Field(default=10.0, gt=0.0, description="liveness (/healthz, OIP ServerLive) fails when "
+                                "the serving event loop has not ticked for this long (a blocking call, a hung "
+                                "inline execution, a deadlock)")
     event_loop: str = Field(default="auto", pattern="^(auto|uvloop|asyncio)$",
                             description="the gRPC server's event loop; auto = uvloop when installed (less "
                                         "CPU per call than asyncio's: docs/benchmarks.md)")
@@ -59,12 +64,24 @@ class InferenceSettings(RecpilotSettings):
     replica_id: str = Field(default="", description="default host:pid")
     bootstrap: bool = Field(default=True, description="with no production version of the default model: deploy its newest "
                             "version, or train + deploy a small model when the repository is empty")
+    model_load_timeout_s: float = Field(default=120.0, gt=0.0, description="a version that has not loaded and "
+                                        "warmed up by then counts as failed (the old version keeps serving); the "
+                                        "load runs in its own thread, off the request path and off the lock that "
+                                        "other deployment changes (a rollback) need")
 
     # -- features / candidates -------------------------------------------------------------
     feature_key_prefix: str = "rp:"
     num_candidates: int = Field(default=200, ge=1, le=5000)
     max_candidate_ids: int = Field(default=2000, ge=1, description="request candidate_ids above this are rejected")
     max_k: int = Field(default=1000, ge=1)
+
+    # -- request limits (INVALID_ARGUMENT beyond them) -------------------------------------
+    max_id_length: int = Field(default=256, ge=1, description="characters of user_id, session_id, request_id, "
+                               "model_name and each candidate id")
+    max_query_length: int = Field(default=1024, ge=1, description="characters of a Search query")
+    max_context_entries: int = Field(default=32, ge=0, description="entries of a request's context map")
+    max_context_length: int = Field(default=256, ge=1, description="characters of each context key and value")
+    max_infer_rows: int = Field(default=8192, ge=1, description="rows (the batch dimension) of one ModelInfer")
     item_cache_ms: float = Field(default=5000.0, ge=0.0, description="item features reused this long, +-25 % "
                                  "(0: off); user features are always read fresh")
     item_stale_ms: float = Field(default=30_000.0, ge=0.0, description="an item past item_cache_ms is still used "
@@ -89,6 +106,8 @@ class InferenceSettings(RecpilotSettings):
     impressions_topic: str = "impressions"
     impressions_linger_ms: int = Field(default=50, ge=0, description="producer linger for impressions (batching)")
     impressions_queue: int = Field(default=100_000, ge=1, description="pending impressions before dropping")
+    impressions_queue_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="estimated memory of the "
+                                         "pending impressions before dropping (the newest are dropped and counted)")
     metrics_topic: str = "metrics.inference"
     metrics_interval_s: float = Field(default=10.0, gt=0.0)
 
@@ -96,7 +115,16 @@ class InferenceSettings(RecpilotSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = Field(default=None, description="set to require client certificates (mTLS)")
-    auth_token: str | None = Field(default=None, repr=False, description="bearer token required on every RPC")
+    auth_token: str | None = Field(default=None, repr=False, description="bearer token required on every RPC "
+                                   "(unset: none; an empty or blank value is refused at start, and a token without "
+                                   "TLS is logged as a warning: it crosses the network in clear text)")
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("auth_token is empty: unset it to serve without a token, or set a real one")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "InferenceSettings":

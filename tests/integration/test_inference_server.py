@@ -366,18 +366,98 @@ def test_response_request_id_appears_in_impressions(srv, world):
     assert len(imp.features) == 2 + 4 * len(fs.DENSE_FEATURES) and "1:item_ctr" in imp.features
 
 
-def test_redis_down_answers_from_popularity(world):
+def test_redis_down_keeps_serving_with_flagged_answers(world):
+    """Readiness is "a model is loaded and can answer": with Redis unreachable the replica stays
+    SERVING (a Redis outage must not empty the fleet) and its answers are flagged fallbacks."""
     r = Running(world, redis_url="redis://127.0.0.1:1/0")
     try:
+        # SERVING is set by the health loop, which checks Redis before each readiness check
+        assert r.wait_serving() == health_pb2.HealthCheckResponse.SERVING
+        ok, details = r.service.ready()
+        assert ok and details["model_loaded"] and details["redis"] is False
+        assert r.oip.ServerReady(oip.ServerReadyRequest()).ready
         resp = r.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user1", k=3))
+        assert resp.fallback and resp.fallback_reason == "features_unavailable" and resp.variant == "fallback"
+        cands = [it["item_id"] for it in world["items"][:5]]
+        resp = r.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user1", k=2, candidate_ids=cands))
         assert resp.fallback and resp.fallback_reason == "features_unavailable"
-        # NOT_SERVING from the start, and it must stay so while the health loop checks Redis (every
-        # _HEALTH_PERIOD_S) and finds it down: a status that must not change cannot be polled for,
-        # so this sleep is the time it is watched.
-        time.sleep(0.8)
+        assert [i.item_id for i in resp.items] == cands[:2]
         assert r.health.Check(health_pb2.HealthCheckRequest(service="")).status == \
-            health_pb2.HealthCheckResponse.NOT_SERVING
+            health_pb2.HealthCheckResponse.SERVING
     finally:
+        r.close()
+
+
+def test_request_limits_answer_invalid_argument_with_a_message(srv):
+    def refused(fn, req):
+        with pytest.raises(grpc.RpcError) as ei:
+            fn(req, timeout=10)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value.details()
+        return ei.value.details()
+
+    R, S = recommend_pb2.RecommendRequest, recommend_pb2.SearchRequest
+    s = srv.s
+    long_id = "x" * (s.max_id_length + 1)
+    assert "user_id is" in refused(srv.reco.Recommend, R(user_id=long_id, k=5))
+    assert "session_id is" in refused(srv.reco.Recommend, R(user_id="u", k=5, session_id=long_id))
+    assert "request_id is" in refused(srv.reco.Recommend, R(user_id="u", k=5, request_id=long_id))
+    assert "candidate id is longer" in refused(srv.reco.Recommend, R(user_id="u", k=5, candidate_ids=[long_id]))
+    ctx = {f"k{i}": "v" for i in range(s.max_context_entries + 1)}
+    assert "context has" in refused(srv.reco.Recommend, R(user_id="u", k=5, context=ctx))
+    assert "context key or value" in refused(srv.reco.Recommend,
+                                             R(user_id="u", k=5, context={"k": "v" * (s.max_context_length + 1)}))
+    assert f"k must be in 1..{s.max_k}" in refused(srv.reco.Recommend, R(user_id="u", k=s.max_k + 1))
+    assert "query is" in refused(srv.reco.Search, S(user_id="u", k=5, query="q" * (s.max_query_length + 1)))
+    rows = s.max_infer_rows + 1
+    D, K = len(fs.DENSE_FEATURES), len(fs.ID_FEATURES)
+    req = oip.ModelInferRequest(model_name="ranker")
+    req.inputs.add(name="dense", datatype="FP32", shape=[rows, D])
+    req.inputs.add(name="ids", datatype="INT64", shape=[rows, K])
+    req.raw_input_contents.extend([np.zeros((rows, D), np.float32).tobytes(), np.zeros((rows, K), np.int64).tobytes()])
+    assert f"at most {s.max_infer_rows} per ModelInfer" in refused(srv.oip.ModelInfer, req)
+
+
+def test_a_hanging_execution_is_abandoned_and_rpcs_are_bounded(world, wait_until):
+    """A model that hangs at execution: the request answers from popularity at its deadline, the
+    execution is abandoned and counted; meanwhile max_concurrent_rpcs refuses what is beyond it."""
+    import threading
+
+    from prometheus_client import REGISTRY
+
+    r = Running(world, max_concurrent_rpcs=1, deadline_margin_ms=300)
+    hanging, release = threading.Event(), threading.Event()
+    try:
+        assert r.wait_serving() == health_pb2.HealthCheckResponse.SERVING
+        mv = r.models.routes("ranker").production
+        real = mv.batcher.predict
+
+        def hangs(dense, ids):
+            hanging.set()
+            release.wait(30)
+            return real(dense, ids)
+
+        def abandoned():
+            return REGISTRY.get_sample_value("recpilot_inference_executions_abandoned_total",
+                                             {"model": mv.label}) or 0.0
+
+        before = abandoned()
+        mv.batcher.predict = hangs
+        cands = [it["item_id"] for it in world["items"][:6]]
+        req = recommend_pb2.RecommendRequest(user_id="user1", k=3, candidate_ids=cands)
+        call = r.reco.Recommend.future(req, timeout=2.0)
+        assert hanging.wait(10)
+        with pytest.raises(grpc.RpcError) as ei:  # the one RPC allowed is running
+            r.reco.Recommend(req, timeout=5)
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        resp = call.result()
+        assert resp.fallback and resp.fallback_reason == "deadline" and len(resp.items) == 3
+        wait_until(lambda: abandoned() == before + 1, 5, lambda: f"abandoned {abandoned() - before}")
+        mv.batcher.predict = real
+        release.set()
+        ok = r.reco.Recommend(req, timeout=10)
+        assert not ok.fallback and ok.model_version == mv.version
+    finally:
+        release.set()
         r.close()
 
 
@@ -534,3 +614,24 @@ def test_cli_recommend_and_search(srv, capsys):
     assert main(["search", "--target", target, "--user", "user2", "-k", "3", "green scarf"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["items"]) == 3 and out["request_id"]
+
+
+def test_a_wedged_event_loop_fails_liveness(world, wait_until):
+    """Liveness is "the loop makes progress": a blocking call on the serving loop fails it (while
+    readiness, a different question, is unchanged); once the loop runs again it is live again."""
+    import threading
+
+    r = Running(world, loop_stall_s=0.5)
+    unblock = threading.Event()
+    try:
+        assert r.wait_serving() == health_pb2.HealthCheckResponse.SERVING
+        assert r.server.live()[0] and r.oip.ServerLive(oip.ServerLiveRequest()).live
+        r.server.loop.call_soon_threadsafe(unblock.wait, 30)  # wedge the loop
+        wait_until(lambda: not r.server.live()[0], 10, lambda: f"still live: {r.server.live()}")
+        assert r.server.live()[1]["event_loop_since_tick_s"] > 0.5
+        unblock.set()
+        wait_until(lambda: r.server.live()[0], 10, "liveness did not come back")
+        assert r.oip.ServerLive(oip.ServerLiveRequest(), timeout=10).live
+    finally:
+        unblock.set()
+        r.close()

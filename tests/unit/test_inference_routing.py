@@ -147,3 +147,90 @@ def test_canary_and_shadow_routes(repo):
     assert res.loaded == [] and sorted(res.unloaded) == sorted([v1, v3])
     assert mgr.routes("ranker").production is canary_obj and mgr.routes("ranker").canary is None
     ex.shutdown()
+
+
+@pytest.fixture
+def hanging_load(repo, monkeypatch):
+    """Loads of version ``versions[12]`` hang until ``release`` is set; ``hanging`` is set once one
+    has started. Returns ``(hanging, release)``."""
+    import threading
+
+    from services.inference import routing
+
+    _root, versions, _bad = repo
+    hanging, release = threading.Event(), threading.Event()
+    real_load = routing.load_version
+
+    def load(root_, name, version, **kw):
+        if version == versions[12]:
+            hanging.set()
+            release.wait(30)
+        return real_load(root_, name, version, **kw)
+
+    monkeypatch.setattr(routing, "load_version", load)
+    yield hanging, release
+    release.set()
+
+
+def _in_thread(results: dict, key: str, fn, *args):
+    import threading
+
+    t = threading.Thread(target=lambda: results.update({key: fn(*args)}))
+    t.start()
+    return t
+
+
+def test_a_hanging_load_times_out_and_never_blocks_a_rollback(repo, hanging_load):
+    """v2 hangs while loading: a rollback to the loaded v1 goes through at once (the lock is not held
+    by the load), the hung reconcile gives up at its timeout without overwriting the rollback, and
+    a late end of the load changes nothing."""
+    from prometheus_client import REGISTRY
+
+    root, versions, _bad = repo
+    v1, v2, v3 = versions[11], versions[12], versions[13]
+    hanging, release = hanging_load
+    ex = ThreadPoolExecutor(1)
+    mgr = ModelManager(root, ["ranker"], device="cpu", executor=ex, batching_for=lambda _n: BatchingConfig(),
+                       load_timeout_s=5.0)
+
+    def timeouts():
+        return REGISTRY.get_sample_value("recpilot_inference_model_loads_total",
+                                         {"model": "ranker", "outcome": "timeout"}) or 0.0
+
+    before = timeouts()
+    assert mgr.reconcile("ranker", Desired(production=v1, revision=1)).loaded == [v1]
+    assert mgr.reconcile("ranker", Desired(production=v1, canary=v3, canary_percent=5, revision=2)).loaded == [v3]
+    results = {}
+    deploy = _in_thread(results, "v2", mgr.reconcile, "ranker", Desired(production=v2, revision=3))
+    assert hanging.wait(10)
+    rollback = mgr.reconcile("ranker", Desired(production=v1, revision=4))  # the canary is dropped
+    assert deploy.is_alive(), "the rollback waited for the hanging load"
+    assert rollback.failed == {} and rollback.unloaded == [v3]
+    assert mgr.routes("ranker").production.version == v1 and mgr.routes("ranker").revision == 4
+    deploy.join(10)
+    assert not deploy.is_alive()
+    assert "did not load within 5 s" in results["v2"].failed[v2]
+    assert timeouts() == before + 1
+    assert mgr.routes("ranker").production.version == v1 and mgr.routes("ranker").revision == 4  # not overwritten
+    release.set()  # the load ends late: its version is dropped, nothing changes
+    assert mgr.find("ranker", v2) is None and mgr.routes("ranker").revision == 4
+    ex.shutdown()
+
+
+def test_a_newer_reconcile_wins_over_an_older_one_that_finishes_its_loads_later(repo, hanging_load):
+    root, versions, _bad = repo
+    v1, v2 = versions[11], versions[12]
+    slow, release = hanging_load
+    ex = ThreadPoolExecutor(1)
+    mgr = ModelManager(root, ["ranker"], device="cpu", executor=ex, batching_for=lambda _n: BatchingConfig())
+    mgr.reconcile("ranker", Desired(production=v1, revision=1))
+    results = {}
+    older = _in_thread(results, "old", mgr.reconcile, "ranker", Desired(production=v2, revision=2))
+    assert slow.wait(10)
+    newer = mgr.reconcile("ranker", Desired(production=v1, policy_version="p2", revision=3))
+    release.set()
+    older.join(30)
+    assert newer.failed == {} and results["old"].failed == {} and results["old"].loaded == []
+    r = mgr.routes("ranker")
+    assert r.production.version == v1 and r.revision == 3 and r.policy_version == "p2"
+    ex.shutdown()
