@@ -1,5 +1,8 @@
 """Kafka plumbing shared by every confluent-kafka service.
 
+* :func:`producer`, :func:`consumer`, :func:`admin` — the one place a confluent-kafka client is
+  configured: each gets :func:`security_config` (TLS / SASL from :class:`PlatformSettings`);
+  :func:`ssl_context` is the same TLS settings for the asyncio clients (faust/aiokafka).
 * :func:`producer` — an idempotent producer (acks=all) with sane batching.
 * :class:`ConsumeLoop` — auto-commit off; the handler performs its side effect for a batch
   (produce + wait for delivery, or a Redis write) and only then are the batch's offsets
@@ -34,6 +37,43 @@ log = logging.getLogger(__name__)
 client_log = logging.getLogger("recpilot.kafka.client")
 
 
+def security_config(settings: PlatformSettings) -> dict[str, str]:
+    """The librdkafka properties for the settings' security protocol; empty for PLAINTEXT."""
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return {}
+    conf = {"security.protocol": proto}
+    if proto.endswith("SSL"):
+        for key, path in (("ssl.ca.location", settings.kafka_ssl_ca_location),
+                          ("ssl.certificate.location", settings.kafka_ssl_certificate_location),
+                          ("ssl.key.location", settings.kafka_ssl_key_location)):
+            if path is not None:
+                conf[key] = str(path)
+        if settings.kafka_ssl_key_password is not None:
+            conf["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+    if proto.startswith("SASL_"):
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        conf["sasl.username"] = settings.kafka_sasl_username or ""
+        conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    return conf
+
+
+def ssl_context(settings: PlatformSettings):
+    """An :class:`ssl.SSLContext` for the settings (CA, optional client certificate, hostname
+    checked), or None when the protocol uses no TLS; for clients that take a context (aiokafka)."""
+    if not settings.kafka_security_protocol.endswith("SSL"):
+        return None
+    import ssl
+
+    ca = settings.kafka_ssl_ca_location
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca is not None else None)
+    if settings.kafka_ssl_certificate_location is not None:
+        key_password = settings.kafka_ssl_key_password
+        ctx.load_cert_chain(str(settings.kafka_ssl_certificate_location), str(settings.kafka_ssl_key_location),
+                            key_password.get_secret_value() if key_password is not None else None)
+    return ctx
+
+
 def producer(settings: PlatformSettings, **overrides) -> Producer:
     conf = {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -44,6 +84,7 @@ def producer(settings: PlatformSettings, **overrides) -> Producer:
         "compression.type": "lz4",
         "client.id": overrides.pop("client.id", "recpilot"),
         "logger": client_log,
+        **security_config(settings),
     }
     conf.update(overrides)
     return Producer(conf)
@@ -58,6 +99,7 @@ def consumer(settings: PlatformSettings, group_id: str, **overrides) -> Consumer
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "logger": client_log,
+        **security_config(settings),
     }
     conf.update(overrides)
     return Consumer(conf)
@@ -66,7 +108,7 @@ def consumer(settings: PlatformSettings, group_id: str, **overrides) -> Consumer
 def admin(settings: PlatformSettings, **overrides) -> AdminClient:
     # log_level 4: warnings and errors only (a short-lived admin client's teardown says "Purging 1
     # unserved events from background queue" at info level on stderr)
-    conf = {"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4}
+    conf = {"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4, **security_config(settings)}
     conf.update(overrides)
     return AdminClient(conf)
 
@@ -225,8 +267,7 @@ def committed_offsets(settings: PlatformSettings, group: str, topic: str, partit
                       timeout: float = 10.0) -> dict[int, int]:
     """The offsets ``group`` committed on ``topic`` (without joining the group); none is 0."""
     # read_uncommitted: do not wait for offsets pending in an open transaction (require_stable off)
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False,
-                  "isolation.level": "read_uncommitted"})
+    c = consumer(settings, group, **{"isolation.level": "read_uncommitted"})
     try:
         tps = c.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
         return {tp.partition: max(0, tp.offset) for tp in tps}

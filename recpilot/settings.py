@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recpilot.errors import UsageError
@@ -51,6 +51,24 @@ class PlatformSettings(RecpilotSettings):
     kafka_heap_mb: int = Field(default=512, ge=128)
     kafka_ready_timeout_s: float = Field(default=60.0, gt=0)
 
+    # How every Kafka client (confluent-kafka via recpilot.kafka, faust/aiokafka in the features
+    # service) authenticates and encrypts; PLAINTEXT (the default) adds nothing to a client's
+    # configuration. docs/security.md.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-256"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="or kafka_sasl_password_file")
+    kafka_sasl_password_file: Path | None = Field(
+        default=None, description="a file holding the SASL password (a mounted secret); read once at start")
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None, description="CA bundle (PEM) that signed the brokers' certificates; default: the system's")
+    kafka_ssl_certificate_location: Path | None = Field(default=None, description="client certificate (PEM), for mTLS")
+    kafka_ssl_key_location: Path | None = Field(default=None, description="client private key (PEM), for mTLS")
+    kafka_ssl_key_password: SecretStr | None = None
+    # The local stack's broker (recpilot.stack.kafka): PLAINTEXT, or a SASL_SSL client listener
+    # with a throw-away CA, SCRAM users and the StandardAuthorizer.
+    kafka_listener_security: Literal["PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+
     redis_host: str = "127.0.0.1"
     redis_port: int = Field(default=6379, ge=1, le=65535)
     redis_db: int = Field(default=0, ge=0)
@@ -63,6 +81,24 @@ class PlatformSettings(RecpilotSettings):
     default_partitions: int = Field(default=1, ge=1)
 
     model_repository: Path | None = Field(default=None, description="default: <home>/models")
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> PlatformSettings:
+        if self.kafka_sasl_password_file is not None:
+            if self.kafka_sasl_password is not None:
+                raise ValueError("set RECPILOT_KAFKA_SASL_PASSWORD or RECPILOT_KAFKA_SASL_PASSWORD_FILE, not both")
+            try:
+                secret = self.kafka_sasl_password_file.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"cannot read RECPILOT_KAFKA_SASL_PASSWORD_FILE: {exc.strerror}") from None
+            self.kafka_sasl_password = SecretStr(secret)
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+                self.kafka_sasl_username and self.kafka_sasl_password is not None):
+            raise ValueError(f"kafka_security_protocol={self.kafka_security_protocol} needs RECPILOT_KAFKA_SASL_USERNAME "
+                             "and RECPILOT_KAFKA_SASL_PASSWORD (or RECPILOT_KAFKA_SASL_PASSWORD_FILE)")
+        if (self.kafka_ssl_certificate_location is None) != (self.kafka_ssl_key_location is None):
+            raise ValueError("RECPILOT_KAFKA_SSL_CERTIFICATE_LOCATION and RECPILOT_KAFKA_SSL_KEY_LOCATION go together")
+        return self
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -91,6 +127,11 @@ def _env_name(cls: type[BaseSettings], loc: tuple) -> str:
     return f"{prefix}{field}".upper()
 
 
+def _secret(cls: type[BaseSettings], loc: tuple) -> bool:
+    info = cls.model_fields.get(str(loc[0]))
+    return info is not None and "SecretStr" in repr(info.annotation)
+
+
 def load(cls: type[S], **overrides) -> S:
     """Build settings ``cls`` from the environment; raise :class:`SettingsError` naming the variable."""
     try:
@@ -98,9 +139,15 @@ def load(cls: type[S], **overrides) -> S:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            name = _env_name(cls, tuple(err.get("loc", ())))
+            loc = tuple(err.get("loc", ()))
+            name = _env_name(cls, loc)
+            if not loc:  # a check across fields: its message names the variables, no value is shown
+                lines.append(f"invalid settings: {err.get('msg')}")
+                continue
             raw = os.environ.get(name)
             shown = repr(raw) if raw is not None else repr(err.get("input"))
+            if _secret(cls, loc):
+                shown = "<hidden>"
             lines.append(f"invalid setting {name}={shown}: {err.get('msg')}")
         raise SettingsError("; ".join(lines)) from None
 

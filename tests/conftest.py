@@ -172,4 +172,4 @@ def redis_client(stack, platform_settings):
 
 
 # a Kafka broker of a test's own, for tests that kill it (tests/support/broker.py)
-from tests.support.broker import private_broker  # noqa: E402, F401
+from tests.support.broker import private_broker, secure_broker  # noqa: E402, F401

@@ -65,10 +65,12 @@ class Stack:
         self.kafka.start()
         took["redis"] = self.redis.wait_ready()
         took["kafka"] = self.kafka.wait_ready()
-        created = ensure_topics(admin(self.s), catalogue(self.s))
+        created = ensure_topics(admin(self.kafka.client_settings()), catalogue(self.s))
         if created:
             echo(f"created topics: {', '.join(sorted(created))}")
         took["total"] = time.monotonic() - t0
+        if self.kafka.client_env():
+            echo(f"kafka listener is SASL_SSL; client settings: {self.kafka.security_dir / 'client.env'}")
         return took
 
     # -- services ----------------------------------------------------------------------
@@ -76,6 +78,7 @@ class Stack:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["RECPILOT_HOME"] = str(self.s.home)
+        env.update(self.kafka.client_env())  # the SASL_SSL listener's admin credentials, when the env has none
         return env
 
     def up_services(self, names: list[str] | None = None, echo=print) -> None:

@@ -40,6 +40,29 @@ def freshness_seconds(events: list[events_pb2.UserEvent], now_ms: int) -> list[f
     return [max(0.0, (now_ms - ev.timestamp_ms) / 1000.0) for ev in events if ev.timestamp_ms > 0]
 
 
+def broker_settings(platform: PlatformSettings) -> dict:
+    """faust's broker settings from the platform's: the broker URLs and, unless the protocol is
+    PLAINTEXT, ``broker_credentials`` (faust hands them to each aiokafka client it builds:
+    consumer, producer, admin client) with the TLS context of :func:`recpilot.kafka.ssl_context`."""
+    conf: dict = {"broker": [f"kafka://{h.strip()}" for h in platform.kafka_bootstrap.split(",") if h.strip()]}
+    proto = platform.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return conf
+    import faust
+
+    from recpilot.kafka import ssl_context
+
+    ctx = ssl_context(platform)
+    if proto == "SSL":
+        conf["broker_credentials"] = faust.SSLCredentials(ctx)
+    else:  # SASL_PLAINTEXT (no context) or SASL_SSL
+        password = platform.kafka_sasl_password
+        conf["broker_credentials"] = faust.SASLCredentials(
+            username=platform.kafka_sasl_username, password=password.get_secret_value() if password else None,
+            ssl_context=ctx, mechanism=platform.kafka_sasl_mechanism)
+    return conf
+
+
 class FeaturePipeline:
     def __init__(self, settings: FeaturesSettings, platform: PlatformSettings) -> None:
         self.loop_name = use_event_loop(settings.event_loop)
@@ -54,7 +77,7 @@ class FeaturePipeline:
         datadir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
             settings.app_id,
-            broker=[f"kafka://{h.strip()}" for h in platform.kafka_bootstrap.split(",") if h.strip()],
+            **broker_settings(platform),
             web_enabled=False,
             store="memory://",
             autodiscover=False,
