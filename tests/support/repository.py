@@ -58,3 +58,18 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     for p in sorted(root.rglob("*")):
         out[p.relative_to(root).as_posix()] = p.read_bytes() if p.is_file() else None
     return out
+
+
+def writable(version_dir: Path) -> None:
+    """Undo the repository's read-only modes on a version tree, to damage it behind its back."""
+    import os
+
+    for p in [version_dir, *version_dir.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+def tamper(path: Path, data: bytes) -> None:
+    """Overwrite one file of a published version (as a writer with access to the repository could)."""
+    writable(path.parent)
+    path.write_bytes(data)
