@@ -496,19 +496,17 @@ def test_shadow_is_scored_and_logged_but_never_served(srv, world):
 
 
 def test_tampered_version_is_refused_and_the_old_one_keeps_answering(srv, world):
-    """Another valid TorchScript file in place of a published artifact: without the manifest check
-    it would load and answer; with it the load fails, counted, and the old version keeps answering."""
-    import io
-
+    """A published artifact with other weights, same size, still valid TorchScript: without the
+    manifest check it would load and answer; with it the load fails, counted, and the old version
+    keeps answering."""
     from prometheus_client import REGISTRY
 
-    from tests.support.repository import tamper
+    from tests.support.repository import negated_weights, tamper
 
     v1 = world["versions"][0]
     forged = write_version(world["root"], "ranker", seed=3)
-    buf = io.BytesIO()
-    build_module(98).save(buf)
-    tamper(world["root"] / "ranker" / forged / "model.pt", buf.getvalue())
+    artifact = world["root"] / "ranker" / forged / "model.pt"
+    tamper(artifact, negated_weights(artifact.read_bytes()))  # same size: only the hash can tell
 
     def failed():
         return REGISTRY.get_sample_value("recpilot_inference_model_loads_total",
