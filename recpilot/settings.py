@@ -81,6 +81,9 @@ class PlatformSettings(RecpilotSettings):
     default_partitions: int = Field(default=1, ge=1)
 
     model_repository: Path | None = Field(default=None, description="default: <home>/models")
+    model_allow_unverified: bool = Field(
+        default=False, description="load model versions that have no file manifest (written before manifests "
+        "existed) without verifying their files; versions with a manifest are always verified")
 
     @model_validator(mode="after")
     def _kafka_security(self) -> PlatformSettings:

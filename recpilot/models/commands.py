@@ -179,17 +179,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from recpilot.models.repository import ModelRepositoryError
 
-    _platform, _deploy, repo = _context(args)
+    platform, _deploy, repo = _context(args)
     model = _resolve_model(args, repo)
     versions = [args.version] if args.version else repo.versions(model)
     bad = 0
     for v in versions:
         try:
-            repo.verify(model, v)
-            print(f"{model}/{v}: ok")
+            # a version without a manifest cannot be verified: reported even where loading it is allowed
+            meta = repo.verify(model, v, allow_unverified=False)
+            print(f"{model}/{v}: ok ({len(meta['files'])} files match the manifest)")
         except ModelRepositoryError as exc:
             bad += 1
-            print(f"{model}/{v}: {exc}")
+            allowed = " (RECPILOT_MODEL_ALLOW_UNVERIFIED is set: it is loaded anyway)" \
+                if "no file manifest" in str(exc) and platform.model_allow_unverified else ""
+            print(f"{model}/{v}: {exc}{allowed}")
     return 1 if bad else 0
 
 
@@ -400,7 +403,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for Kafka")
     p.set_defaults(func=cmd_list)
 
-    p = ms.add_parser("verify", help="re-hash a model's files against the manifest written with each version")
+    p = ms.add_parser("verify", help="re-hash a model's files against the manifest written with each version (also: files "
+                      "not in it, symbolic links, versions without one)")
     p.add_argument("--model", help="model name (default: the only model in the repository)")
     p.add_argument("--version", help="default: every version")
     _repository(p)

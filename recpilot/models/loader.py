@@ -9,6 +9,13 @@ else CPU; "cpu", "cuda" and "cuda:N" are accepted as well.
 frameworks already imported; a framework imported later by :func:`load_model` gets them on import
 (TensorFlow only accepts them before its runtime starts, torch's inter-op count only once; a late
 call is logged, not fatal).
+
+Before any framework opens a file, :func:`load_model` checks the version directory against the
+manifest in its model.json (``recpilot.models.repository.verify_files``: every file's sha256, no
+file the manifest does not list, no symbolic link); a version that fails is refused with
+:class:`ModelLoadError`. Loading a TorchScript or SavedModel file runs code chosen by whoever wrote
+it, so this is what stands between a changed file and the server (docs/deployments.md says what it
+does not cover).
 """
 
 from __future__ import annotations
@@ -219,10 +226,22 @@ def _load_tf(path: Path, meta: dict, device: str):
     return fn, ("cuda" if dev.upper().startswith("/GPU") else "cpu")
 
 
-def load_model(path: Path, meta: dict, device: str = "auto") -> LoadedModel:
+def load_model(path: Path, meta: dict, device: str = "auto", *, verify: bool = True) -> LoadedModel:
+    """Load and warm up the version in ``path`` described by ``meta`` (its model.json).
+
+    ``verify`` (the default) checks the files against ``meta["files"]`` first; only a writer
+    reloading the artifact it has just exported into its staging directory, before the repository
+    has written a manifest, passes ``verify=False``."""
     path = Path(path)
-    if not path.is_dir():
+    if not path.is_dir() and not path.is_symlink():
         raise ModelLoadError(f"{path}: model version directory not found")
+    if verify:
+        from recpilot.models.repository import ModelRepositoryError, verify_files
+
+        try:
+            verify_files(path, meta)
+        except ModelRepositoryError as exc:
+            raise ModelLoadError(str(exc)) from exc
     framework = meta.get("framework")
     if framework == "torch":
         fn, dev = _load_torch(path, meta, device)

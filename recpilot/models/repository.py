@@ -12,8 +12,13 @@ Versions are immutable once written:
   any error the staging directory is removed and the repository is exactly as before.
 * An existing version directory is never overwritten (the rename fails if the target exists; the
   next number is tried), and the published tree is made read-only (files 0444, directories 0555).
-* :meth:`ModelRepository.verify` re-hashes the files against the manifest, so a version changed
-  behind the repository's back (or damaged on disk) is reported as corrupt.
+* Every file and directory of the staging tree is fsynced before the rename (and the directory
+  holding the new version after it), so a version that is visible after a crash is complete.
+* :meth:`ModelRepository.verify` (and :func:`verify_files`, which the loader runs before any
+  framework reads a file) re-hashes the files against the manifest and refuses symbolic links,
+  special files and files the manifest does not list, so a version changed behind the repository's
+  back (or damaged on disk) is reported as corrupt. A version written before manifests existed has
+  none: it is refused unless ``RECPILOT_MODEL_ALLOW_UNVERIFIED`` is set (docs/deployments.md).
 
 This module is light to import (standard library only, plus settings for the default root).
 """
@@ -63,6 +68,11 @@ class ModelNotFound(ModelRepositoryError, NotFound):
 
 class InvalidModelName(ModelRepositoryError, InvalidArgument):
     """A model name that can never exist (characters or length)."""
+
+
+class ModelIntegrityError(ModelRepositoryError):
+    """A version's files do not match its manifest (changed, added, missing, a symbolic link) or it
+    has no manifest to check them against; nothing of it may be loaded."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,32 +239,137 @@ def metrics_summary(meta: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-def _walk_files(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            yield Path(dirpath) / fn
+def _scan(root: Path) -> tuple[dict[str, Path], list[str]]:
+    """``({relative path: path} of the regular files under root, problems)``. Nothing is followed:
+    a symbolic link (to a file or a directory) or a special file (FIFO, socket, device) anywhere
+    in the tree is a problem, and the tree below a linked directory is not read."""
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    stack = [(root, "")]
+    while stack:
+        d, prefix = stack.pop()
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            rel = prefix + e.name
+            if e.is_symlink():
+                problems.append(f"{rel}: a symbolic link (not allowed in a model version)")
+            elif e.is_dir(follow_symlinks=False):
+                stack.append((Path(e.path), rel + "/"))
+            elif e.is_file(follow_symlinks=False):
+                files[rel] = Path(e.path)
+            else:
+                problems.append(f"{rel}: not a regular file (not allowed in a model version)")
+    return dict(sorted(files.items())), problems
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path) -> tuple[str, int]:
+    """``(hex digest, bytes read)``; refuses to open a symbolic link (O_NOFOLLOW), so a file swapped
+    for a link after the scan is not followed either."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    size = 0
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def file_manifest(root: Path) -> dict[str, dict]:
-    """``{relative path: {sha256, bytes}}`` for every file under ``root`` except model.json."""
+    """``{relative path: {sha256, bytes}}`` for every file under ``root`` except model.json;
+    :class:`ModelRepositoryError` if the tree holds a symbolic link or a special file."""
+    files, problems = _scan(root)
+    if problems:
+        raise ModelRepositoryError("; ".join(problems))
     out = {}
-    for p in _walk_files(root):
-        rel = p.relative_to(root).as_posix()
+    for rel, p in files.items():
         if rel == MODEL_JSON:
             continue
-        if p.is_symlink():
-            raise ModelRepositoryError(f"{rel}: symbolic links are not allowed in a model version")
-        out[rel] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        digest, size = _sha256(p)
+        out[rel] = {"sha256": digest, "bytes": size}
     return out
+
+
+def unverified_allowed() -> bool:
+    """``RECPILOT_MODEL_ALLOW_UNVERIFIED``: load versions written before manifests existed."""
+    from recpilot.settings import PlatformSettings, load
+
+    return load(PlatformSettings).model_allow_unverified
+
+
+def manifest_problems(path: Path, manifest: dict[str, dict]) -> list[str]:
+    """Every difference between the version directory ``path`` and its ``manifest`` (empty: the
+    files are exactly the ones written): a symbolic link or special file anywhere (the directory
+    itself included), a listed file missing or with other bytes, a file the manifest does not list."""
+    if path.is_symlink():
+        return [f"{path}: the version directory is a symbolic link (not allowed)"]
+    files, problems = _scan(path)
+    for rel in sorted(set(files) | set(manifest)):
+        if rel == MODEL_JSON:
+            continue
+        if rel not in files:
+            if not any(p.startswith(rel + ":") for p in problems):
+                problems.append(f"{rel}: missing")
+        elif rel not in manifest:
+            problems.append(f"{rel}: not in the manifest (added after the version was written)")
+        else:
+            want = manifest[rel] if isinstance(manifest[rel], dict) else {}
+            try:
+                digest, size = _sha256(files[rel])
+            except OSError as exc:
+                problems.append(f"{rel}: cannot be read ({exc.strerror or exc})")
+                continue
+            if size != want.get("bytes"):
+                problems.append(f"{rel}: {size} bytes, the manifest says {want.get('bytes')} (content changed)")
+            elif digest != want.get("sha256"):
+                problems.append(f"{rel}: content changed (sha256 mismatch)")
+    return problems
+
+
+def verify_files(path: Path, meta: dict, *, allow_unverified: bool | None = None) -> None:
+    """Check the version directory ``path`` against the manifest in its model.json ``meta``
+    (:func:`manifest_problems`) before anything reads the artifact; raise
+    :class:`ModelIntegrityError` naming every problem. A ``meta`` without a manifest (a version
+    written before manifests existed) is refused unless ``allow_unverified`` (default: the
+    ``RECPILOT_MODEL_ALLOW_UNVERIFIED`` setting, read only then)."""
+    path = Path(path)
+    where = f"model {meta.get('name', path.parent.name)}/{meta.get('version', path.name)}"
+    manifest = meta.get("files")
+    if manifest is None:
+        if allow_unverified is None:
+            allow_unverified = unverified_allowed()
+        if allow_unverified:
+            return
+        raise ModelIntegrityError(
+            f"{where} has no file manifest (written before manifests existed), so its files cannot be verified: "
+            "register it again (recpilot train writes a verified version), or set "
+            "RECPILOT_MODEL_ALLOW_UNVERIFIED=true to load unverified versions")
+    if not isinstance(manifest, dict):
+        raise ModelIntegrityError(f"{where} failed verification: the manifest is not an object")
+    problems = manifest_problems(path, manifest)
+    if problems:
+        raise ModelIntegrityError(f"{where} failed verification: " + "; ".join(problems))
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file, then every directory bottom-up (root last), so the data and the names
+    under ``root`` are on disk before ``root`` is renamed into place."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for fn in filenames:
+            p = Path(dirpath) / fn
+            if not p.is_symlink():
+                _fsync_path(p)
+        _fsync_path(Path(dirpath), directory=True)
 
 
 def _make_read_only(root: Path) -> None:
@@ -355,23 +470,16 @@ class ModelRepository:
             raise ModelRepositoryError(f"model {where} is corrupt: invalid {MODEL_JSON}: " + "; ".join(errors))
         return meta
 
-    def verify(self, name: str, version: str) -> dict:
-        """:meth:`meta` plus a full re-hash of every file against the manifest."""
+    def verify(self, name: str, version: str, *, allow_unverified: bool | None = None) -> dict:
+        """:meth:`meta` plus :func:`verify_files`: a full re-hash of every file against the
+        manifest, no symbolic link, no file the manifest does not list. A version without a
+        manifest raises :class:`ModelIntegrityError` unless ``allow_unverified`` (default: the
+        ``RECPILOT_MODEL_ALLOW_UNVERIFIED`` setting)."""
+        version = str(version)
+        if NAME_RE.match(name) and (self.root / name).is_symlink():
+            raise ModelIntegrityError(f"model {name}/{version} failed verification: {self.root / name} is a symbolic link")
         meta = self.meta(name, version)
-        files = meta.get("files")
-        if files is None:
-            return meta  # written before manifests existed: nothing to compare
-        actual = file_manifest(self.path(name, version))
-        problems = []
-        for rel in sorted(set(files) | set(actual)):
-            if rel not in actual:
-                problems.append(f"{rel}: missing")
-            elif rel not in files:
-                problems.append(f"{rel}: not in the manifest (added after the version was written)")
-            elif actual[rel]["sha256"] != files[rel]["sha256"]:
-                problems.append(f"{rel}: content changed (sha256 mismatch)")
-        if problems:
-            raise ModelRepositoryError(f"model {name}/{version} is corrupt: " + "; ".join(problems))
+        verify_files(self.path(name, version), meta, allow_unverified=allow_unverified)
         return meta
 
     def describe(self) -> list[dict]:
@@ -426,8 +534,9 @@ class ModelRepository:
 
         ``writer(staging_dir)`` writes the artifacts and returns the model.json dict (``name``,
         ``version`` and ``created_ms`` are filled in by the repository when absent; ``version`` is
-        always the one allocated here). The dict is validated, a file manifest is added, and the
-        staging directory is renamed atomically to ``<root>/<name>/<version>/`` and made read-only.
+        always the one allocated here). The dict is validated, a file manifest is added, every file
+        and directory is fsynced (:func:`fsync_tree`), and the staging directory is renamed
+        atomically to ``<root>/<name>/<version>/`` and made read-only.
         On any error nothing is left in the repository and the error propagates
         (:class:`ModelRepositoryError` for validation problems).
         """
@@ -453,6 +562,7 @@ class ModelRepository:
             if isinstance(art, str) and not (staging / art).exists():
                 raise ModelRepositoryError(f"the writer did not write the artifact {art!r}")
             meta["files"] = file_manifest(staging)
+            fsync_tree(staging)  # the artifact's data and names on disk (outside the lock: may be slow)
             with self._lock():
                 if not model_dir.exists():
                     model_dir.mkdir()
@@ -472,6 +582,7 @@ class ModelRepository:
                         fh.flush()
                         os.fsync(fh.fileno())
                     os.replace(tmp, staging / MODEL_JSON)
+                    _fsync_path(staging, directory=True)  # model.json's name, before the version is visible
                     target = model_dir / version
                     if target.exists():
                         number += 1  # written by a process that does not take the lock: never overwrite
@@ -486,9 +597,9 @@ class ModelRepository:
                     break
             _make_read_only(target)
             with contextlib.suppress(OSError):
-                fd = os.open(model_dir, os.O_RDONLY)
-                os.fsync(fd)
-                os.close(fd)
+                _fsync_path(model_dir, directory=True)  # the rename itself
+                if created_model_dir:
+                    _fsync_path(self.root, directory=True)
             return version
         except BaseException:
             _rmtree(staging)

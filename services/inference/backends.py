@@ -3,7 +3,9 @@ up, and put a dynamic batcher in front of it.
 
 The loading itself is `recpilot.models.loader.load_model` and the repository is
 `recpilot.models.repository.ModelRepository`. Only the framework the model needs is
-imported (by the loader). Threads for TF/torch are set once per process via
+imported (by the loader), after the loader has checked every file against the version's manifest
+(sha256, no unlisted file, no symbolic link): a version that fails is a :class:`LoadFailed`, and the
+routing keeps the version that serves. Threads for TF/torch are set once per process via
 ``configure_threads`` before the first model loads.
 """
 

@@ -575,6 +575,38 @@ def test_shadow_is_scored_and_logged_but_never_served(srv, world):
         srv.models.reconcile("ranker", Desired(production=v1))
 
 
+def test_tampered_version_is_refused_and_the_old_one_keeps_answering(srv, world):
+    """A published artifact with other weights, same size, still valid TorchScript: without the
+    manifest check it would load and answer; with it the load fails, counted, and the old version
+    keeps answering."""
+    from prometheus_client import REGISTRY
+
+    from tests.support.repository import negated_weights, tamper
+
+    v1 = world["versions"][0]
+    forged = write_version(world["root"], "ranker", seed=3)
+    artifact = world["root"] / "ranker" / forged / "model.pt"
+    tamper(artifact, negated_weights(artifact.read_bytes()))  # same size: only the hash can tell
+
+    def failed():
+        return REGISTRY.get_sample_value("recpilot_inference_model_loads_total",
+                                         {"model": "ranker", "outcome": "failed"}) or 0.0
+
+    before = failed()
+    res = srv.models.reconcile("ranker", Desired(production=forged))
+    try:
+        assert "model.pt: content changed (sha256 mismatch)" in res.failed.get(forged, ""), res.failed
+        assert failed() == before + 1
+        cands = [it["item_id"] for it in world["items"][:12]]
+        resp = srv.reco.Recommend(recommend_pb2.RecommendRequest(user_id="user5", k=4, candidate_ids=cands))
+        assert resp.model_version == v1 and not resp.fallback
+        exp = np.sort(_expected_scores(world, "user5", cands, seed=1))[::-1][:4]
+        np.testing.assert_allclose([it.score for it in resp.items], exp, rtol=1e-4, atol=1e-6)
+        assert srv.wait_serving() == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        srv.models.reconcile("ranker", Desired(production=v1))
+
+
 def test_near_deadline_answers_from_popularity(world):
     # margin 2 s, client deadline 1.5 s: the server knows at once it cannot finish in time
     r = Running(world, deadline_margin_ms=2000)

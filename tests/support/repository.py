@@ -58,3 +58,37 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     for p in sorted(root.rglob("*")):
         out[p.relative_to(root).as_posix()] = p.read_bytes() if p.is_file() else None
     return out
+
+
+def writable(version_dir: Path) -> None:
+    """Undo the repository's read-only modes on a version tree, to damage it behind its back."""
+    import os
+
+    for p in [version_dir, *version_dir.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+def tamper(path: Path, data: bytes) -> None:
+    """Overwrite one file of a published version (as a writer with access to the repository could)."""
+    writable(path.parent)
+    path.write_bytes(data)
+
+
+def negated_weights(torchscript: bytes) -> bytes:
+    """The same TorchScript archive, same size, with the largest stored tensor negated (the sign bit
+    of every float32 flipped): still loads and scores (torch does not check the zip's CRCs), but
+    gives other scores. What a forged artifact of unchanged size looks like to the loader."""
+    import io
+    import struct
+    import zipfile
+
+    data = bytearray(torchscript)
+    with zipfile.ZipFile(io.BytesIO(torchscript)) as z:
+        entry = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    assert entry.compress_type == zipfile.ZIP_STORED
+    name_len, extra_len = struct.unpack("<HH", data[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_len + extra_len
+    for j in range(start + 3, start + entry.file_size, 4):  # little-endian float32: sign bit in byte 3
+        data[j] ^= 0x80
+    return bytes(data)

@@ -106,25 +106,46 @@ def test_hot_swap_under_load_fails_no_request_and_switches_versions(repo, wait_u
     assert all(n > 0 for n in answered.values())
 
 
-def test_corrupt_version_leaves_the_old_one_serving(repo):
-    root, versions, bad = repo
-    v1 = versions[11]
+def _serve_then_try(root, good: str, candidate: str):
+    """Serve ``good``, ask for ``candidate`` as production, score once: (result, manager, scores, inputs)."""
 
     async def main():
         loop = asyncio.get_running_loop()
         ex = ThreadPoolExecutor(1)
         mgr = ModelManager(root, ["ranker"], device="cpu", executor=ex, loop=loop,
                            batching_for=lambda _n: BatchingConfig())
-        await loop.run_in_executor(None, mgr.reconcile, "ranker", Desired(production=v1))
-        res = await loop.run_in_executor(None, mgr.reconcile, "ranker", Desired(production=bad, revision=2))
+        await loop.run_in_executor(None, mgr.reconcile, "ranker", Desired(production=good))
+        res = await loop.run_in_executor(None, mgr.reconcile, "ranker", Desired(production=candidate, revision=2))
         dense, ids = _inputs()
         got = await mgr.routes("ranker").production.score(dense, ids)
         await mgr.close()
         ex.shutdown()
         return res, mgr, got, dense, ids
 
-    res, mgr, got, dense, ids = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_corrupt_version_leaves_the_old_one_serving(repo):
+    root, versions, bad = repo
+    v1 = versions[11]
+    res, mgr, got, dense, ids = _serve_then_try(root, v1, bad)
     assert bad in res.failed and "TorchScript" in res.failed[bad]
+    assert mgr.routes("ranker").production.version == v1
+    np.testing.assert_allclose(got, _expected(11, dense, ids), rtol=1e-5, atol=1e-6)
+
+
+def test_tampered_version_is_refused_and_the_old_one_keeps_serving(repo):
+    """A published artifact with other weights, same size, still valid TorchScript, would load and
+    serve; the manifest check refuses it before torch reads it."""
+    from tests.support.repository import negated_weights, tamper
+
+    root, versions, _bad = repo
+    v1 = versions[11]
+    forged = write_version(root, "ranker", seed=14)
+    artifact = root / "ranker" / forged / "model.pt"
+    tamper(artifact, negated_weights(artifact.read_bytes()))  # same size: only the hash can tell
+    res, mgr, got, dense, ids = _serve_then_try(root, v1, forged)
+    assert forged in res.failed and "model.pt: content changed (sha256 mismatch)" in res.failed[forged]
     assert mgr.routes("ranker").production.version == v1
     np.testing.assert_allclose(got, _expected(11, dense, ids), rtol=1e-5, atol=1e-6)
 

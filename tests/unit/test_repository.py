@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import threading
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from recpilot.models.repository import MODEL_JSON, ModelRepository, ModelRepositoryError, validate_meta
-from tests.support.repository import make_meta, snapshot, tiny_writer
+from tests.support.repository import make_meta, snapshot, tiny_writer, writable
 
 
 def test_layout_and_numeric_versions(tmp_path):
@@ -219,3 +220,133 @@ def test_staging_left_by_a_dead_writer_is_invisible_and_cleaned(tmp_path):
     os.utime(dead, (old, old))
     assert repo.create_version("m", tiny_writer()) == "2"  # cleans stale staging on the way
     assert not dead.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# verification at load: manifest, unlisted files, symbolic links, versions without a manifest
+
+
+def _tf_version(tmp_path) -> tuple[ModelRepository, Path]:
+    repo = ModelRepository(tmp_path / "repo")
+    repo.create_version("m", tiny_writer("tensorflow", payload=b"graph-bytes"))
+    return repo, tmp_path / "repo" / "m" / "1"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("modified byte", "saved_model/saved_model.pb: content changed (sha256 mismatch)"),
+    ("added file", "saved_model/extra.py: not in the manifest"),
+    ("added file at the top", "evil.so: not in the manifest"),
+    ("symlink to a same-content file", "saved_model/saved_model.pb: a symbolic link"),
+    ("symlinked directory", "saved_model/variables: a symbolic link"),
+    ("symlinked model.json", "model.json: a symbolic link"),
+    ("symlinked version directory", "the version directory is a symbolic link"),
+    ("fifo", "pipe: not a regular file"),
+])
+def test_verify_refuses_changed_added_and_linked_files(tmp_path, damage, message):
+    from recpilot.models.repository import ModelIntegrityError, verify_files
+
+    repo, vdir = _tf_version(tmp_path)
+    meta = repo.verify("m", "1")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    writable(vdir)
+    pb_file = vdir / "saved_model" / "saved_model.pb"
+    if damage == "modified byte":
+        data = bytearray(pb_file.read_bytes())
+        data[3] ^= 0x01
+        pb_file.write_bytes(bytes(data))  # same size: only the hash can tell
+    elif damage == "added file":
+        (vdir / "saved_model" / "extra.py").write_text("import os\n")
+    elif damage == "added file at the top":
+        (vdir / "evil.so").write_bytes(b"\x7fELF")
+    elif damage == "symlink to a same-content file":
+        (outside / "saved_model.pb").write_bytes(pb_file.read_bytes())  # the hash alone would pass
+        pb_file.unlink()
+        pb_file.symlink_to(outside / "saved_model.pb")
+    elif damage == "symlinked directory":
+        shutil.move(vdir / "saved_model" / "variables", outside / "variables")
+        (vdir / "saved_model" / "variables").symlink_to(outside / "variables")
+    elif damage == "symlinked model.json":
+        shutil.move(vdir / MODEL_JSON, outside / MODEL_JSON)
+        (vdir / MODEL_JSON).symlink_to(outside / MODEL_JSON)
+    elif damage == "symlinked version directory":
+        shutil.move(vdir, outside / "1")
+        vdir.symlink_to(outside / "1")
+    elif damage == "fifo":
+        os.mkfifo(vdir / "pipe")
+    with pytest.raises(ModelIntegrityError, match="model m/1 failed verification") as exc_info:
+        repo.verify("m", "1")
+    assert message in str(exc_info.value)
+    with pytest.raises(ModelIntegrityError) as exc_info:  # what the loader runs, with the meta it was given
+        verify_files(vdir, meta)
+    assert message in str(exc_info.value)
+
+
+def test_a_version_without_a_manifest_is_refused_unless_allowed(tmp_path, monkeypatch, capsys):
+    from recpilot.cli import main
+    from recpilot.models.repository import ModelIntegrityError
+
+    monkeypatch.delenv("RECPILOT_MODEL_ALLOW_UNVERIFIED", raising=False)
+    repo, vdir = _tf_version(tmp_path)
+    meta = json.loads((vdir / MODEL_JSON).read_text())
+    del meta["files"]  # as written before manifests existed
+    writable(vdir)
+    (vdir / MODEL_JSON).write_text(json.dumps(meta))
+    assert repo.meta("m", "1")["version"] == "1"  # still listed, still readable
+    with pytest.raises(ModelIntegrityError, match="has no file manifest.*register it again.*RECPILOT_MODEL_ALLOW_UNVERIFIED"):
+        repo.verify("m", "1")
+    assert repo.verify("m", "1", allow_unverified=True)["version"] == "1"
+    root = ["--repository", str(tmp_path / "repo")]
+    assert main(["models", "verify", "m", "1", *root]) == 1
+    assert "m/1: model m/1 has no file manifest" in capsys.readouterr().out
+    monkeypatch.setenv("RECPILOT_MODEL_ALLOW_UNVERIFIED", "true")
+    assert repo.verify("m", "1")["version"] == "1"  # the setting, read when it matters
+    # `models verify` still says it cannot verify it, and that it is loaded anyway
+    assert main(["models", "verify", "m", "1", *root]) == 1
+    assert "it is loaded anyway" in capsys.readouterr().out
+
+
+def test_models_verify_reports_manifest_problems(tmp_path, capsys):
+    from recpilot.cli import main
+
+    repo, vdir = _tf_version(tmp_path)
+    repo.create_version("m", tiny_writer("tensorflow", payload=b"second"))
+    root = ["--repository", str(tmp_path / "repo")]
+    assert main(["models", "verify", "m", *root]) == 0
+    assert "m/1: ok (2 files match the manifest)" in capsys.readouterr().out
+    writable(vdir)
+    (vdir / "saved_model" / "variables" / "extra.bin").write_bytes(b"x")
+    assert main(["models", "verify", "m", *root]) == 1
+    out = capsys.readouterr().out
+    assert "m/1: model m/1 failed verification: saved_model/variables/extra.bin: not in the manifest" in out
+    assert "m/2: ok" in out
+
+
+def test_publish_fsyncs_every_file_and_directory_before_the_rename(tmp_path, monkeypatch):
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to name the fsynced descriptors")
+    events: list[tuple] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
+        return real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", Path(src).resolve(), Path(dst).resolve()))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    root = (tmp_path / "repo").resolve()
+    repo = ModelRepository(root)
+    assert repo.create_version("m", tiny_writer("tensorflow")) == "1"
+    at = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == root / "m" / "1")
+    staging = events[at][1]
+    before = {e[1] for e in events[:at] if e[0] == "fsync"}
+    want = {staging / "saved_model" / "saved_model.pb", staging / "saved_model" / "variables" / "variables.index",
+            staging / (MODEL_JSON + ".tmp"),  # model.json's data, fsynced before its rename into place
+            staging, staging / "saved_model", staging / "saved_model" / "variables"}
+    assert want <= before, f"not fsynced before the version was published: {sorted(map(str, want - before))}"
+    after = {e[1] for e in events[at + 1:] if e[0] == "fsync"}
+    assert {root / "m", root} <= after  # the rename, and the new model directory's name

@@ -297,6 +297,7 @@ def test_simulator_events_replay_into_examples():
 
 def test_corrupt_production_model_is_skipped_with_a_note(small_ds, tmp_path):
     """A damaged production version does not stop training: the comparison is skipped and says why."""
+    from recpilot.models.repository import file_manifest
     from recpilot.models.train import evaluate_production, signature
 
     bad = tmp_path / "ranker" / "1"
@@ -305,11 +306,15 @@ def test_corrupt_production_model_is_skipped_with_a_note(small_ds, tmp_path):
     inputs, outputs = signature(small_ds)
     meta = {"name": "ranker", "version": "1", "framework": "torch", "artifact": "model.pt", "inputs": inputs,
             "outputs": outputs, "feature_set": "recpilot", "dense_features": list(small_ds.dense_features),
-            "id_features": [list(x) for x in small_ds.id_features]}
+            "id_features": [list(x) for x in small_ds.id_features], "files": file_manifest(bad)}
     _, holdout = small_ds.split_time(0.2)
     metrics, note = evaluate_production(Production("1", meta, bad), holdout)
     assert metrics is None
     assert "production version 1 could not be scored" in note and "not a loadable TorchScript model" in note
+    # changed after it was written: refused before torch reads it, training goes on
+    (bad / "model.pt").write_bytes(b"GARBAGE")
+    metrics, note = evaluate_production(Production("1", meta, bad), holdout)
+    assert metrics is None and "model.pt: content changed (sha256 mismatch)" in note
     other = {**meta, "feature_set": "obd"}
     metrics, note = evaluate_production(Production("1", other, bad), holdout)
     assert metrics is None and "uses other features" in note
