@@ -146,8 +146,8 @@ class DeploymentController:
     def _meta(self, model: str, version: str, what: str) -> dict:
         from recpilot.models.repository import ModelRepositoryError
 
-        try:
-            return self.repository.meta(model, version)
+        try:  # the full check a replica makes before loading: every file against its manifest
+            return self.repository.verify(model, version)
         except ModelRepositoryError as exc:
             raise DeploymentError(f"cannot {what}: {exc}") from None
 
