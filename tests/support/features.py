@@ -43,3 +43,25 @@ def wait_applied(client, n: int, worker: ServiceProcess, timeout: float = 45.0) 
         return applied(client) >= n
 
     wait_until(done, timeout, f"{n} events applied (now {client.offsets()})", detail=worker.log_tail)
+
+
+def assert_matches_offline(client, events, now_ms: int) -> None:
+    """The features in Redis are those of :class:`featurespec.OfflineFeatureStore` over ``events``, every
+    event counted exactly once: per item the counts equal those of the input, and every item and
+    user dict equals the offline store's."""
+    from collections import Counter
+
+    from recpilot import featurespec as fs
+    from recpilot.simulator import event_to_dict
+
+    offline = fs.OfflineFeatureStore()
+    for ev in events:
+        offline.apply(event_to_dict(ev))
+    expected = Counter((e.item_id, fs.COUNT_FIELD[fs.EVENT_NAMES[e.event_type]])
+                       for e in events if fs.EVENT_NAMES.get(e.event_type) in fs.COUNT_FIELD)
+    _, items = client.fetch("", sorted({e.item_id for e in events if e.item_id}), now_ms)
+    for it in items:
+        assert {f: it[f] for f in fs.COUNT_FIELDS} == {f: expected[(it["item_id"], f)] for f in fs.COUNT_FIELDS}
+        assert it == offline.item(it["item_id"], now_ms)
+    for uid in sorted({e.user_id for e in events}):
+        assert client.user(uid) == offline.user(uid)
