@@ -17,7 +17,8 @@ from recpilot.net import free_port
 from recpilot.simulator import ShopSimulator
 from recpilot.stack.redis import redis_server_binary
 from services.features.client import FeatureClient
-from tests.support.features import applied, assert_matches_offline, features_worker, send, wait_applied
+from tests.support.features import (applied, assert_matches_offline, features_worker, send, wait_applied,
+                                    worker_env)
 from tests.support.redis import PrivateRedis
 
 CHUNK = 1500
@@ -88,10 +89,7 @@ def test_writes_refused_then_accepted_again_count_every_event_once(stack, platfo
     rds.start()
     topic, mtopic = f"test.features.rerr.{unique}", f"test.features.rerr.metrics.{unique}"
     create_topics(platform_settings, [topic], 2)
-    worker = features_worker({"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-fe-{unique}",
-                              "RECPILOT_FEATURES_REDIS_URL": rds.url, "RECPILOT_FEATURES_KEY_PREFIX": "rp:",
-                              "RECPILOT_FEATURES_METRICS_TOPIC": mtopic,
-                              "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")},
+    worker = features_worker(worker_env(topic, mtopic, f"test-fe-{unique}", tmp_path / "faust", redis_url=rds.url),
                              platform_settings.home / "logs" / f"test-features-rerr-{unique}.log")
     client = FeatureClient(rds.url, "rp:", socket_timeout=2, socket_connect_timeout=2)
     admin = redis.Redis.from_url(rds.url, socket_timeout=5, decode_responses=True)

@@ -15,7 +15,8 @@ from recpilot.net import free_port
 from recpilot.simulator import ShopSimulator
 from recpilot.stack.redis import redis_server_binary
 from services.features.client import FeatureClient
-from tests.support.features import applied, assert_matches_offline, features_worker, send, wait_applied
+from tests.support.features import (applied, assert_matches_offline, features_worker, send, wait_applied,
+                                    worker_env)
 from tests.support.redis import PrivateRedis
 
 N_EVENTS = 12_000
@@ -29,10 +30,8 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
     url = rds.url
     topic = f"test.features.redis.{unique}"
     create_topics(platform_settings, [topic], 4)
-    worker = features_worker({"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-fr-{unique}",
-                              "RECPILOT_FEATURES_REDIS_URL": url, "RECPILOT_FEATURES_KEY_PREFIX": "rp:",
-                              "RECPILOT_FEATURES_METRICS_TOPIC": f"test.features.redis.metrics.{unique}",
-                              "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")},
+    worker = features_worker(worker_env(topic, f"test.features.redis.metrics.{unique}", f"test-fr-{unique}",
+                                        tmp_path / "faust", redis_url=url),
                              platform_settings.home / "logs" / f"test-features-redis-{unique}.log")
     client = FeatureClient(url, "rp:", socket_timeout=2, socket_connect_timeout=2)
     try:

@@ -14,7 +14,8 @@ import time
 from recpilot.kafka import admin, create_topics, delete_topics
 from recpilot.simulator import ShopSimulator
 from services.features.client import FeatureClient
-from tests.support.features import assert_matches_offline, features_worker, send, wait_applied
+from tests.support.features import (assert_matches_offline, delete_prefix, features_worker, send, wait_applied,
+                                    worker_env)
 
 N_OLD, N_NEW = 1200, 600
 
@@ -38,9 +39,7 @@ def test_recreated_topic_is_reported_held_and_applied_after_reset(stack, platfor
     topic, mtopic = f"test.features.recreated.{unique}", f"test.features.recreated.metrics.{unique}"
     prefix = f"test:frc:{unique}:"
     create_topics(platform_settings, [topic], 2)
-    env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-frc-{unique}",
-           "RECPILOT_FEATURES_KEY_PREFIX": prefix, "RECPILOT_FEATURES_METRICS_TOPIC": mtopic,
-           "RECPILOT_FEATURES_METRICS_INTERVAL_S": "1", "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")}
+    env = worker_env(topic, mtopic, f"test-frc-{unique}", tmp_path / "faust", key_prefix=prefix, metrics_interval_s=1)
     worker = features_worker(env, platform_settings.home / "logs" / f"test-features-recreated-{unique}.log")
     client = FeatureClient(platform_settings.redis_url, prefix)
     try:
@@ -87,7 +86,5 @@ def test_recreated_topic_is_reported_held_and_applied_after_reset(stack, platfor
     finally:
         worker.stop()
         client.close()
-        keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
-        if keys:
-            redis_client.delete(*keys)
+        delete_prefix(redis_client, prefix)
         delete_topics(platform_settings, [topic, mtopic])

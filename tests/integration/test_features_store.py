@@ -15,6 +15,7 @@ from recpilot import featurespec as fs
 from recpilot.simulator import ShopSimulator, event_to_dict
 from services.features.client import AsyncFeatureClient, FeatureClient
 from services.features.writer import FeatureWriter
+from tests.support.features import delete_prefix
 
 HOUR = 3_600_000
 
@@ -48,9 +49,7 @@ def _apply(url, prefix, batches, user_ttl_s=0):
 def prefix(redis_client, unique):
     p = f"test:feat:{unique}:"
     yield p
-    keys = list(redis_client.scan_iter(f"{p}*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    delete_prefix(redis_client, p)
 
 
 @pytest.fixture
@@ -275,8 +274,7 @@ def test_catalogue_change_log_holds_new_and_changed_items_only(stack, url, prefi
         assert service.index.search("red", 5) == [] and len(service.index) == 3
 
         # the store flushed (its keys gone): the change version went back, the refresher reads it whole
-        keys_ = list(c.redis.scan_iter(f"{prefix}*", count=1000))
-        c.redis.delete(*keys_)
+        delete_prefix(c.redis, prefix)
         assert c.catalogue_changes(v2) is None
         ref.refresh()
         assert len(service.index) == 0

@@ -15,6 +15,22 @@ def features_worker(env: dict, log: Path) -> ServiceProcess:
     return ServiceProcess("services.features", log, env=env)
 
 
+def worker_env(topic: str, metrics_topic: str, group: str, datadir, **settings) -> dict:
+    """The ``RECPILOT_FEATURES_*`` variables of a test worker on its own input and metrics topics,
+    consumer group and faust data dir; ``settings`` add more (``key_prefix=``, ``redis_url=`` ...)."""
+    env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_METRICS_TOPIC": metrics_topic,
+           "RECPILOT_FEATURES_APP_ID": group, "RECPILOT_FEATURES_DATADIR": str(datadir)}
+    env.update({f"RECPILOT_FEATURES_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def delete_prefix(redis_client, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a test's own features in the shared Redis)."""
+    keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
 def send(platform, topic: str, events, paced: bool = False) -> None:
     """A plain confluent-kafka producer (what any shop backend would use), keyed by user id.
     ``paced``: 200 events then a 50 ms pause (a steady stream that outlasts a crash in the middle
