@@ -74,6 +74,12 @@ class PlatformSettings(RecpilotSettings):
     redis_db: int = Field(default=0, ge=0)
     redis_url_override: str | None = Field(default=None, alias="RECPILOT_REDIS_URL")
     redis_ready_timeout_s: float = Field(default=30.0, gt=0)
+    redis_maxmemory: str = Field(default="1gb", pattern=r"^(?i)[0-9]+(b|k|kb|m|mb|g|gb)?$",
+                                 description="memory limit of the local stack's Redis (`recpilot up`; 0 = none)")
+    redis_maxmemory_policy: Literal["volatile-lru", "volatile-lfu", "volatile-ttl", "noeviction"] = Field(
+        default="volatile-lru", description="what the local Redis does at the limit: volatile-* evict only keys "
+        "with a TTL (idle users' features), never counts or offsets; then writes fail with OOM and the features "
+        "worker waits. The allkeys-* policies would lose counts and offsets, so they are refused")
 
     # Partition counts of the topics in recpilot.topics.
     events_partitions: int = Field(default=4, ge=1)

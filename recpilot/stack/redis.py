@@ -1,4 +1,11 @@
-"""A real Redis server (Debian's ``redis-server``) with the append-only file on."""
+"""A real Redis server (Debian's ``redis-server``) with the append-only file on and a memory limit.
+
+``maxmemory`` and ``maxmemory-policy`` come from ``RECPILOT_REDIS_MAXMEMORY`` (1gb) and
+``RECPILOT_REDIS_MAXMEMORY_POLICY`` (volatile-lru): at the limit Redis evicts the least recently used
+keys that have a TTL -- the features of idle users, which expire anyway -- and never an item count,
+a popularity score or a stored offset (they have no TTL); once nothing can be evicted, writes fail
+with OOM and the features worker retries them until memory is freed (readiness says so).
+"""
 
 from __future__ import annotations
 
@@ -56,7 +63,8 @@ class RedisServer:
                     "appenddirname appendonly",
                     "save 3600 1",
                     "protected-mode yes",
-                    "maxmemory-policy noeviction",
+                    f"maxmemory {self.s.redis_maxmemory}",
+                    f"maxmemory-policy {self.s.redis_maxmemory_policy}",
                     "",
                 ]
             )

@@ -26,11 +26,13 @@ from recpilot.pb import events_pb2
 from recpilot.settings import PlatformSettings
 from services.features import metrics as m
 from services.features.settings import FeaturesSettings
-from services.features.writer import FeatureWriter
+from services.features.writer import FeatureWriter, offsets_ahead, transient_error_kind
 
 log = logging.getLogger(__name__)
 
-# Backoff between retries of a batch while Redis is unreachable (restart, failover, loading).
+# Backoff between retries of a batch while Redis cannot take it (down, restarting, failing over,
+# loading, or refusing writes: MISCONF, READONLY, OOM, BUSY ...), and between looks at the stored
+# offsets while a partition waits for `recpilot features reset-offsets`.
 _RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -97,7 +99,8 @@ class FeaturePipeline:
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.aredis = aioredis.Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
         self.sync_redis = redis.Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        self.writer = FeatureWriter(self.aredis, settings.key_prefix, settings.session_items, settings.covisit_max)
+        self.writer = FeatureWriter(self.aredis, settings.key_prefix, settings.session_items, settings.covisit_max,
+                                    settings.user_ttl_s)
         self.instance = settings.instance or f"{socket.gethostname()}:{os.getpid()}"
         self.assigned: set = set()
         self.rebalanced = False
@@ -106,6 +109,11 @@ class FeaturePipeline:
         self.invalid_total = 0
         self.fresh = m.Reservoir()
         self.crash_reason: BaseException | None = None
+        self.write_failure: dict | None = None  # the Redis error the current batch is retried for
+        # sources whose stored offset is at or beyond the topic's end (the topic was recreated):
+        # found by the lag check (``behind``) or holding a batch until the offsets are reset (``held``)
+        self.behind: dict[str, dict[str, int]] = {}
+        self.held: dict[str, dict[str, int]] = {}
         self._metrics: MetricPublisher | None = None
 
     # -- faust callbacks ---------------------------------------------------------------
@@ -193,6 +201,7 @@ class FeaturePipeline:
 
     async def handle(self, events) -> None:
         by_source: dict[str, list[tuple[int, events_pb2.UserEvent]]] = {}
+        tps: dict[str, object] = {}
         invalid = 0
         for event in events:
             msg = event.message
@@ -203,11 +212,16 @@ class FeaturePipeline:
                 log.warning("undecodable event skipped",
                             extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
                 continue
-            by_source.setdefault(f"{msg.topic}:{msg.partition}", []).append((msg.offset, ev))
+            source = f"{msg.topic}:{msg.partition}"
+            by_source.setdefault(source, []).append((msg.offset, ev))
+            tps[source] = msg.tp
         for evs in by_source.values():
             evs.sort(key=lambda oe: oe[0])
         self._mark_inbound(events)
         applied = await self._write(by_source)
+        skipped = [src for src, evs in by_source.items() if applied.get(src, 0) < len(evs)]
+        if skipped:  # a replay after a restart -- or a recreated topic numbering its records from 0 again
+            applied.update(await self._hold_if_behind(by_source, {src: tps[src] for src in skipped}))
         now_ms = int(time.time() * 1000)
         fresh: list[float] = []
         replayed = 0
@@ -231,39 +245,100 @@ class FeaturePipeline:
         m.BATCHES.inc()
 
     async def _write(self, by_source) -> dict[str, int]:
-        """Write one batch; wait out Redis outages for as long as they last.
+        """Write one batch; wait out Redis outages and refusals for as long as they last.
 
-        Giving up on a batch would be data loss (later batches would store higher offsets), so a
-        connection error is retried forever with a capped backoff; /readyz reports Redis down
-        meanwhile and SIGTERM still stops the worker (the unacked batch is replayed on restart).
-        Any other error is a bug or a broken script: the worker stops with exit status 1.
+        Giving up on a batch would be data loss (later batches would store higher offsets), so an
+        error that describes Redis's state (connection lost, loading, MISCONF, READONLY, OOM, BUSY
+        ...: :func:`transient_error_kind`) is retried forever with a capped backoff, redoing only
+        the Lua calls that failed (each is atomic, and one that ran is skipped by its stored offset);
+        /readyz reports the error meanwhile and SIGTERM still stops the worker (the unacked batch is
+        replayed on restart). Any other error is a bug or a broken script: the worker stops with
+        exit status 1.
         """
-        from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
-
         if not by_source:
             return {}
+        job = self.writer.prepare(by_source)
         attempt = 0
         while True:
             t0 = time.perf_counter()
             try:
-                applied = await self.writer.apply(by_source)
-                m.WRITE_SECONDS.observe(time.perf_counter() - t0)
-                if attempt:
-                    log.info("redis write succeeded after retries", extra={"attempts": attempt + 1})
-                return applied
-            except (ConnectionError, TimeoutError, BusyLoadingError) as exc:
-                m.WRITE_ERRORS.inc()
-                delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
-                attempt += 1
-                log.warning("redis write failed, retrying", extra={"error": repr(exc), "attempt": attempt,
-                                                                   "retry_in_s": delay, "collapse": True})
-                await asyncio.sleep(delay)
+                await self.writer.run(job)
             except Exception as exc:
                 m.WRITE_ERRORS.inc()
-                self.crash_reason = exc
-                log.exception("redis write failed; stopping the worker")
-                await self.app.crash(exc)
-                raise
+                kind = transient_error_kind(exc)
+                if kind is None:
+                    self.crash_reason = exc
+                    log.exception("redis write failed; stopping the worker")
+                    await self.app.crash(exc)
+                    raise
+                m.WRITE_RETRIES.labels(kind).inc()
+                since = self.write_failure["since"] if self.write_failure else time.monotonic()
+                self.write_failure = {"kind": kind, "error": repr(exc), "since": since}
+                delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
+                attempt += 1
+                log.warning("redis write failed, retrying", extra={"error": repr(exc), "kind": kind, "attempt": attempt,
+                                                                   "retry_in_s": delay, "collapse": True})
+                await asyncio.sleep(delay)
+                continue
+            m.WRITE_SECONDS.observe(time.perf_counter() - t0)
+            if attempt:
+                self.write_failure = None
+                log.info("redis write succeeded after retries", extra={"attempts": attempt + 1})
+            return job.applied
+
+    async def _hold_if_behind(self, by_source, tps: dict) -> dict[str, int]:
+        """Tell replays from a recreated topic, and hold the latter until the offsets are reset.
+
+        Events at or below a partition's stored offset are skipped as replays. When the partition's
+        end (high watermark) is at or below the stored offset, they are not replays: the topic was
+        recreated and numbers new records from 0 again. Such events were all skipped (their offsets
+        are below the end), so nothing of them is in Redis; the batch is held (not acked) and
+        reported -- log error, ``recpilot_features_offsets_ahead_partitions``, /readyz -- until
+        ``recpilot features reset-offsets`` deletes the partition's stored offset, then written.
+        Returns per held source how many events that write applied.
+        """
+        ends = {src: self.app.consumer.highwater(tp) for src, tp in tps.items()}
+        ends = {src: hw for src, hw in ends.items() if hw is not None}
+        if not ends:
+            return {}
+        stored = await self._stored_offsets()
+        held = offsets_ahead(stored, ends)
+        if not held:
+            return {}
+        self.held = held
+        self._report_ahead()
+        log.error("stored offsets are ahead of the topic's end: the topic was recreated or truncated; its events "
+                  "wait until `recpilot features reset-offsets` removes the stored offsets",
+                  extra={"partitions": held, "key_prefix": self.settings.key_prefix})
+        out: dict[str, int] = {}
+        attempt = 0
+        while self.held:
+            await asyncio.sleep(_RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)])
+            attempt += 1
+            stored = await self._stored_offsets()
+            reset = [src for src in self.held if stored.get(src, -1) < by_source[src][0][0]]
+            if reset:
+                out.update(await self._write({src: by_source[src] for src in reset}))
+                self.held = {src: v for src, v in self.held.items() if src not in reset}
+                self._report_ahead()
+                log.info("stored offsets were reset; held events applied", extra={"partitions": reset})
+        return out
+
+    async def _stored_offsets(self) -> dict[str, int]:
+        """The stored offsets, read again until Redis answers (a connection error must not stop the worker)."""
+        attempt = 0
+        while True:
+            try:
+                return await self.writer.stored_offsets()
+            except Exception as exc:
+                if transient_error_kind(exc) is None:
+                    raise
+                log.warning("stored offsets not readable, retrying", extra={"error": repr(exc), "collapse": True})
+                await asyncio.sleep(_RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)])
+                attempt += 1
+
+    def _report_ahead(self) -> None:
+        m.OFFSETS_AHEAD.set(len(set(self.behind) | set(self.held)))
 
     async def _tick(self) -> None:
         self.last_tick = time.monotonic()
@@ -279,13 +354,23 @@ class FeaturePipeline:
             return
         stored = await self.writer.stored_offsets()
         lag = 0
+        ends = {}
         for tp in self.assigned:
             hw = self.app.consumer.highwater(tp)
             if hw is None or hw < 0:
                 continue
+            ends[f"{tp.topic}:{tp.partition}"] = hw
             done = stored.get(f"{tp.topic}:{tp.partition}", -1) + 1
             lag += max(0, hw - done)
         m.LAG.set(lag)
+        behind = offsets_ahead(stored, ends)
+        new = {src: v for src, v in behind.items() if src not in self.behind}
+        self.behind = behind
+        self._report_ahead()
+        if new:
+            log.error("stored offsets are ahead of the topic's end: the topic was recreated or truncated; its new "
+                      "events would be skipped until `recpilot features reset-offsets` removes the stored offsets",
+                      extra={"partitions": new, "key_prefix": self.settings.key_prefix})
 
     # -- metric events for the monitor -------------------------------------------------------
     def metric_publisher(self) -> MetricPublisher:
@@ -329,7 +414,15 @@ class FeaturePipeline:
         details["rebalanced"] = self.rebalanced
         if self.crash_reason is not None:
             details["crashed"] = repr(self.crash_reason)
-        ok = redis_ok and self.rebalanced and bool(self.assigned) and self.crash_reason is None
+        failure = self.write_failure
+        if failure is not None:
+            details["redis_write_error"] = {"kind": failure["kind"], "error": failure["error"],
+                                            "failing_for_s": round(time.monotonic() - failure["since"], 1)}
+        ahead = {**self.behind, **self.held}
+        if ahead:
+            details["offsets_ahead_of_topic"] = ahead
+        ok = (redis_ok and self.rebalanced and bool(self.assigned) and self.crash_reason is None
+              and failure is None and not ahead)
         return ok, details
 
     def live(self) -> tuple[bool, dict]:

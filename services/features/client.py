@@ -11,7 +11,9 @@ features.
   popular items of the user's top-affinity categories, then globally popular ones (two round trips).
 * ``popular(n, category=None)``, ``item_meta(item_ids)``, ``ping()``.
 * ``catalogue()`` (blocking client) -> ``{item_id: {"category", "price", "title"}}`` for every item
-  the store knows (a scan: for periodic rebuilds such as the search index, not per request).
+  the store knows (a scan: for a first load such as the search index's, not per request);
+  ``catalogue_version()`` before it and ``catalogue_changes(since)`` after it read only the items
+  new or changed since (the writer's change log, see keys.py).
 """
 
 from __future__ import annotations
@@ -230,6 +232,31 @@ class FeatureClient:
         for i in range(0, len(ids), batch):
             out.update(self.item_meta(ids[i:i + batch]))
         return out
+
+    def catalogue_version(self) -> int:
+        """The last catalogue change version (0 before any): read it before :meth:`catalogue`, then
+        pass it to :meth:`catalogue_changes` to get what changed during and after the scan."""
+        return _int(self.redis.get(keys.catalogue_version_key(self.prefix)))
+
+    def catalogue_changes(self, since: int, batch: int = 1000) -> tuple[int, dict[str, dict]] | None:
+        """``(version, {item_id: metadata})`` of the items new or changed (category, price, title) after
+        version ``since``; pass ``version`` as ``since`` next time. None when the store's version is
+        below ``since`` (it was flushed or replaced): read the whole :meth:`catalogue` again.
+
+        The change log holds each item once, with its last version, so it is as large as the catalogue
+        and read in one call (paging by position could skip an item that moves while being paged)."""
+        with self.redis.pipeline(transaction=True) as pipe:  # the version and the log at one instant
+            pipe.get(keys.catalogue_version_key(self.prefix))
+            pipe.zrangebyscore(keys.catalogue_changes_key(self.prefix), f"({int(since)}", "+inf")
+            version, ids = pipe.execute()
+        version = _int(version)
+        if version < since:
+            return None
+        ids = [_s(i) for i in ids]
+        out: dict[str, dict] = {}
+        for i in range(0, len(ids), batch):
+            out.update(self.item_meta(ids[i:i + batch]))
+        return version, out
 
     def offsets(self) -> dict[str, int]:
         """Highest applied offset per ``<topic>:<partition>`` (for lag and tests)."""

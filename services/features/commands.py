@@ -1,4 +1,4 @@
-"""`recpilot features user|item|popular|candidates` (light to import)."""
+"""`recpilot features user|item|popular|candidates|reset-offsets` (light to import)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,40 @@ def cmd_candidates(args) -> int:
     return 0
 
 
+def cmd_reset_offsets(args) -> int:
+    """Delete the stored offsets of a recreated input topic, so that its new events are applied.
+
+    By default only partitions whose stored offset is at or beyond the topic's end (what the worker
+    reports as ``offsets_ahead_of_topic``); ``--force`` resets the chosen partitions anyway, and their
+    events still in the topic are then counted again."""
+    from recpilot.kafka import end_offsets
+    from recpilot.settings import PlatformSettings, load
+    from services.features import keys
+    from services.features.settings import FeaturesSettings
+    from services.features.writer import offsets_ahead
+
+    topic = args.topic or load(FeaturesSettings).input_topic
+    with _client(args) as c:
+        stored = {src: off for src, off in c.offsets().items()
+                  if src.rpartition(":")[0] == topic
+                  and (not args.partition or int(src.rpartition(":")[2]) in args.partition)}
+        if args.force:
+            doomed = {src: {"stored": off} for src, off in stored.items()}
+        else:
+            ends = {f"{topic}:{p}": end for p, end in end_offsets(load(PlatformSettings), topic).items()}
+            doomed = offsets_ahead(stored, ends)
+        if doomed:
+            c.redis.hdel(keys.offsets_key(c.prefix), *doomed)
+    if args.json:
+        print(json.dumps({"reset": doomed}, sort_keys=True))
+    elif not doomed:
+        print(f"nothing to reset: no stored offset of {topic} is at or beyond the topic's end (--force resets anyway)")
+    for src, v in doomed.items():
+        if not args.json:
+            print(f"{src:<24} stored {v['stored']}" + (f", topic end {v['end']}" if "end" in v else "") + ": reset")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("features", help="read the online features stored in Redis")
     fsub = p.add_subparsers(dest="features_cmd", metavar="WHAT")
@@ -103,4 +137,13 @@ def register(sub) -> None:
     q.add_argument("-n", type=int, default=20)
     common(q)
     q.set_defaults(func=cmd_candidates)
+    q = fsub.add_parser("reset-offsets", help="after the input topic was recreated: forget the offsets stored for it, "
+                        "so the worker applies its new events (only partitions stored beyond the topic's end, "
+                        "unless --force)")
+    q.add_argument("--topic", default=None, help="default: RECPILOT_FEATURES_INPUT_TOPIC (events.clean)")
+    q.add_argument("--partition", type=int, action="append", default=[], help="only this partition (repeatable)")
+    q.add_argument("--force", action="store_true", help="reset even partitions whose offset is below the topic's "
+                   "end (their events are applied again: counts grow twice)")
+    common(q)
+    q.set_defaults(func=cmd_reset_offsets)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

@@ -13,6 +13,13 @@ With prefix ``P`` (default ``rp:``):
   P pop           zset   item -> all-time popularity score
   P popc:<cat>    zset   item -> popularity score within the category
   P off           hash   "<topic>:<partition>" -> highest offset applied (written atomically with the features)
+  P ichg          zset   item -> version of its last catalogue change (new item, or category/price/title changed)
+  P iver          string the last catalogue change version (a counter; ``ichg`` scores come from it)
+
+The user keys (u:, rv:, rc:, rp:, ua:, us:) expire after the features service's ``user_ttl_s`` of
+idle time (every write refreshes the TTL of all of them); the item, popularity, co-visitation,
+catalogue and offset keys never expire, so a Redis ``maxmemory-policy`` of ``volatile-lru`` can
+evict only idle users' keys, never a count or an offset.
 
 Every script builds its keys from the prefix, so all keys of one deployment must live on one Redis
 node (no Redis Cluster hash-slot routing; a cluster deployment would need hash tags per user/item).
@@ -30,6 +37,9 @@ COVISIT = "cv:"
 POPULAR = "pop"
 POPULAR_CAT = "popc:"
 OFFSETS = "off"
+CATALOGUE_CHANGES = "ichg"
+CATALOGUE_VERSION = "iver"
+USER_KEYS = (USER, *RECENT.values(), AFFINITY, SESSION_ITEMS)
 
 
 def item_key(prefix: str, item_id: str) -> str:
@@ -42,6 +52,14 @@ def user_key(prefix: str, user_id: str) -> str:
 
 def offsets_key(prefix: str) -> str:
     return f"{prefix}{OFFSETS}"
+
+
+def catalogue_changes_key(prefix: str) -> str:
+    return f"{prefix}{CATALOGUE_CHANGES}"
+
+
+def catalogue_version_key(prefix: str) -> str:
+    return f"{prefix}{CATALOGUE_VERSION}"
 
 
 def popular_key(prefix: str, category: str | None = None) -> str:

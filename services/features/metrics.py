@@ -7,6 +7,8 @@ import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.features.writer import RETRY_KINDS
+
 EVENTS = Counter("recpilot_features_events_total", "events read from the input topic, by outcome",
                  ["outcome"])  # applied | replayed (already applied before a restart) | invalid
 for _outcome in ("applied", "replayed", "invalid"):
@@ -20,7 +22,16 @@ FRESHNESS = Histogram("recpilot_features_freshness_seconds",
                                0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60))
 LAG = Gauge("recpilot_features_consumer_lag_messages", "messages behind the partition high watermarks")
 ASSIGNED = Gauge("recpilot_features_assigned_partitions", "input partitions assigned to this worker")
-WRITE_ERRORS = Counter("recpilot_features_write_errors_total", "failed Redis batch writes (the worker stops)")
+WRITE_ERRORS = Counter("recpilot_features_write_errors_total",
+                       "failed Redis batch writes (each failed attempt; the worker retries or stops)")
+WRITE_RETRIES = Counter("recpilot_features_write_retries_total",
+                        "batch writes retried after a Redis error, by kind (connection, timeout, loading, "
+                        "misconf, readonly, oom, busy, ...)", ["kind"])
+for _kind in RETRY_KINDS:
+    WRITE_RETRIES.labels(_kind)  # exported as 0 from the start
+OFFSETS_AHEAD = Gauge("recpilot_features_offsets_ahead_partitions",
+                      "input partitions whose offset stored in Redis is at or beyond the topic's end (the topic "
+                      "was recreated): their events wait for `recpilot features reset-offsets`")
 
 
 class Reservoir:

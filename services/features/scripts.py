@@ -6,6 +6,12 @@ skipping every event whose offset is at or below the offset stored for that part
 new highest offset in the same script. Replaying any part of the stream after a crash therefore
 changes nothing (exactly-once effects on top of Kafka's at-least-once delivery).
 
+APPLY also bounds what idle users leave behind: the keys of every user it writes get the TTL of
+ARGV[7] (seconds of idle time; 0 = none) once per call, so a user's keys expire together after that
+long without an event. And it keeps the catalogue's change log: an item that is new or whose category,
+price or title changed is put in the ``ichg`` zset with the next value of the ``iver`` counter, so
+a reader that remembers the highest value it saw reads only what changed since (see keys.py).
+
 FETCH is the read path: the user's features and, per item, the counts plus the 1 h / 24 h sliding
 window sums computed server-side from per-hour and per-minute buckets -- one round trip.
 """
@@ -13,15 +19,17 @@ window sums computed server-side from per-hour and per-minute buckets -- one rou
 from __future__ import annotations
 
 from recpilot import featurespec as fs
+from services.features import keys
 
 # Fields of each event in APPLY's JSON argument (after the header arguments).
 APPLY_FIELDS = ("offset", "event_type", "user_id", "item_id", "session_id", "timestamp_ms", "price",
                 "category", "title")
-APPLY_HEADER = 6
+APPLY_HEADER = 7
 
 _LUA_COUNT = ", ".join(f"{name}='{field}'" for name, field in fs.COUNT_FIELD.items())
 _LUA_WEIGHT = ", ".join(f"{name}={w!r}" for name, w in fs.EVENT_WEIGHTS.items())
 _LUA_POP = ", ".join(f"{name}={w!r}" for name, w in fs.POPULARITY_WEIGHTS.items())
+_LUA_USER_KEYS = ", ".join(f"'{k}'" for k in keys.USER_KEYS)
 _WINDOW_MIN = max(fs.WINDOWS_S.values()) * 1000 // fs.BUCKET_MS
 
 APPLY = r"""
@@ -32,6 +40,7 @@ local recent_len = tonumber(ARGV[3])
 local half = tonumber(ARGV[4])
 local sess_len = tonumber(ARGV[5])
 local cv_max = tonumber(ARGV[6])
+local user_ttl = tonumber(ARGV[7])
 local HDR = %(hdr)d
 local BUCKET_MS = %(bucket_ms)d
 local WINDOW_MIN = %(window_min)d
@@ -39,6 +48,7 @@ local COUNT = {%(count)s}
 local WEIGHT = {%(weight)s}
 local POPW = {%(pop)s}
 local RECENT = {VIEW='rv:', CLICK='rc:', PURCHASE='rp:'}
+local USER_KEYS = {%(user_keys)s}
 
 local function fint(x) return string.format('%%.0f', x) end
 
@@ -63,6 +73,10 @@ local function prune(bkey, bmax)
   if #doomed > 0 then redis.call('HDEL', bkey, unpack(doomed)) end
 end
 
+-- users written by this call (their keys get the idle TTL once, at the end) and items whose metadata changed
+local touched = {}
+local changed = {}
+
 local stored = tonumber(redis.call('HGET', offkey, offfield) or '-1')
 local maxoff = stored
 local applied = 0
@@ -86,6 +100,7 @@ for _, e in ipairs(evs) do
       redis.call('HSET', ukey, 'session_id', sid, 'session_events', 0)
       redis.call('DEL', P .. 'us:' .. uid)
     end
+    touched[uid] = true
     redis.call('HINCRBY', ukey, 'events', 1)
     redis.call('HINCRBY', ukey, 'session_events', 1)
     if (not u[2]) or tonumber(u[2]) < ts then redis.call('HSET', ukey, 'last_event_ms', ts_s) end
@@ -99,16 +114,24 @@ for _, e in ipairs(evs) do
       local bkey = P .. 'ib:' .. iid
       redis.call('HINCRBY', bkey, 'm:' .. field .. ':' .. fint(minute), 1)
       redis.call('HINCRBY', bkey, 'h:' .. field .. ':' .. fint(math.floor(minute / 60)), 1)
-      local it = redis.call('HMGET', ikey, 'cat_ts', 'price_ts', 'last_event_ms', 'category', 'bmax', 'bpruned')
+      local it = redis.call('HMGET', ikey, 'cat_ts', 'price_ts', 'last_event_ms', 'category', 'bmax', 'bpruned',
+                            'price', 'title')
+      -- a new item (no event time stored yet) goes into the catalogue's change log
+      if not it[3] then changed[iid] = true end
       -- last seen category / price by event time (ties: the later event wins)
       if cat ~= '' and ((not it[1]) or tonumber(it[1]) <= ts) then
         redis.call('HSET', ikey, 'category', cat, 'cat_ts', ts_s)
+        if it[4] ~= cat then changed[iid] = true end
         it[4] = cat
       end
       if price ~= '' and ((not it[2]) or tonumber(it[2]) <= ts) then
         redis.call('HSET', ikey, 'price', price, 'price_ts', ts_s)
+        if it[7] ~= price then changed[iid] = true; it[7] = price end
       end
-      if title ~= '' then redis.call('HSET', ikey, 'title', title) end
+      if title ~= '' then
+        redis.call('HSET', ikey, 'title', title)
+        if it[8] ~= title then changed[iid] = true; it[8] = title end
+      end
       if (not it[3]) or tonumber(it[3]) < ts then redis.call('HSET', ikey, 'last_event_ms', ts_s) end
       -- keep bucket memory bounded: once per hour of event time drop buckets no window can reach
       local bmax = tonumber(it[5] or '')
@@ -176,10 +199,23 @@ for _, e in ipairs(evs) do
     end
   end
 end
+if user_ttl > 0 then
+  for uid in pairs(touched) do
+    for _, k in ipairs(USER_KEYS) do redis.call('EXPIRE', P .. k .. uid, user_ttl) end
+  end
+end
+if next(changed) then
+  -- one version for the whole call: a reader sees all of its changes or none
+  local ver = redis.call('INCR', P .. '%(iver)s')
+  local args = {}
+  for iid in pairs(changed) do args[#args + 1] = ver; args[#args + 1] = iid end
+  redis.call('ZADD', P .. '%(ichg)s', unpack(args))
+end
 if maxoff > stored then redis.call('HSET', offkey, offfield, fint(maxoff)) end
 return applied
 """ % {"hdr": APPLY_HEADER, "bucket_ms": fs.BUCKET_MS, "window_min": _WINDOW_MIN,
-       "count": _LUA_COUNT, "weight": _LUA_WEIGHT, "pop": _LUA_POP}
+       "count": _LUA_COUNT, "weight": _LUA_WEIGHT, "pop": _LUA_POP, "user_keys": _LUA_USER_KEYS,
+       "iver": keys.CATALOGUE_VERSION, "ichg": keys.CATALOGUE_CHANGES}
 
 _WINDOWS = sorted(fs.WINDOWS_S.items(), key=lambda kv: kv[1])
 _LUA_WINDOWS = ", ".join(str(secs * 1000 // fs.BUCKET_MS) for _, secs in _WINDOWS)

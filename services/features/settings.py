@@ -26,6 +26,8 @@ class FeaturesSettings(BaseSettings):
     batch_within_s: float = Field(default=0.02, gt=0, description="max wait to fill a batch")
     session_items: int = Field(default=10, ge=1, le=100, description="items of the current session kept for co-visitation")
     covisit_max: int = Field(default=50, ge=1, description="co-visited items kept per item")
+    user_ttl_s: int = Field(default=30 * 24 * 3600, ge=0, description="idle time after which a user's keys expire "
+                            "(every event of the user refreshes it; 0 = never): bounds Redis by active users")
     session_timeout_s: float = Field(default=10.0, ge=1, description="Kafka group session timeout: how soon a dead "
                                      "worker's partitions move to another (faust's default is 60 s)")
     heartbeat_interval_s: float = Field(default=2.0, gt=0)

@@ -30,22 +30,25 @@ class BM25Index:
         self.doc_ids: list[str] = []
         self.doc_len: list[int] = []
         self.meta: dict[str, dict] = {}
+        self.doc_of: dict[str, int] = {}  # item id -> document number
         self.avgdl = 0.0
 
     def __len__(self) -> int:
         return len(self.doc_ids)
 
+    @staticmethod
+    def _terms(it: dict) -> list[str]:
+        return tokenize(f"{it.get('title') or ''} {it.get('category') or ''}")
+
     @classmethod
     def build(cls, items: Iterable[dict]) -> "BM25Index":
         idx = cls()
-        seen = set()
         for it in items:
             iid = str(it["item_id"])
-            if iid in seen:
+            if iid in idx.doc_of:
                 continue
-            seen.add(iid)
-            doc = len(idx.doc_ids)
-            tokens = tokenize(f"{it.get('title', '')} {it.get('category', '')}")
+            doc = idx.doc_of[iid] = len(idx.doc_ids)
+            tokens = cls._terms(it)
             idx.doc_ids.append(iid)
             idx.doc_len.append(len(tokens))
             idx.meta[iid] = {k: it.get(k) for k in ("title", "category", "price")}
@@ -54,6 +57,52 @@ class BM25Index:
                 tf[t] += 1
             for t, n in tf.items():
                 idx.postings[t].append((doc, n))
+        idx.avgdl = (sum(idx.doc_len) / len(idx.doc_len)) if idx.doc_len else 0.0
+        return idx
+
+    def updated(self, items: Iterable[dict]) -> "BM25Index":
+        """A new index with ``items`` added, or replacing the documents of the same item ids (the first
+        of repeated ids wins, as in :meth:`build`); this index is left unchanged, so a search running
+        on it is unaffected. Costs copies of the per-document arrays and of the term table plus the
+        posting lists of the changed documents' terms, not a re-tokenisation of every document.
+        Searches give the same results as on ``build`` of the updated catalogue."""
+        idx = BM25Index(self.k1, self.b)
+        idx.postings = defaultdict(list, self.postings)  # lists shared with this index until copied below
+        idx.doc_ids, idx.doc_len = list(self.doc_ids), list(self.doc_len)
+        idx.meta, idx.doc_of = dict(self.meta), dict(self.doc_of)
+        copied: dict[str, list[tuple[int, int]]] = {}
+
+        def plist(term: str) -> list[tuple[int, int]]:
+            if term not in copied:
+                copied[term] = idx.postings[term] = list(idx.postings.get(term, ()))
+            return copied[term]
+
+        done: set[str] = set()
+        for it in items:
+            iid = str(it["item_id"])
+            if iid in done:
+                continue
+            done.add(iid)
+            doc = idx.doc_of.get(iid)
+            if doc is None:
+                doc = idx.doc_of[iid] = len(idx.doc_ids)
+                idx.doc_ids.append(iid)
+                idx.doc_len.append(0)
+            else:
+                for t in set(self._terms(idx.meta[iid])):
+                    lst = plist(t)
+                    lst[:] = [p for p in lst if p[0] != doc]
+            tokens = self._terms(it)
+            idx.doc_len[doc] = len(tokens)
+            idx.meta[iid] = {k: it.get(k) for k in ("title", "category", "price")}
+            tf: dict[str, int] = defaultdict(int)
+            for t in tokens:
+                tf[t] += 1
+            for t, n in tf.items():
+                plist(t).append((doc, n))
+        for t, lst in copied.items():
+            if not lst:
+                del idx.postings[t]
         idx.avgdl = (sum(idx.doc_len) / len(idx.doc_len)) if idx.doc_len else 0.0
         return idx
 
@@ -113,18 +162,45 @@ def catalogue_from_redis(redis_url: str, key_prefix: str, batch: int = 1000) -> 
 
 
 class CatalogueRefresher:
-    """Rebuilds the BM25 index from the feature store every ``period_s`` and swaps it in."""
+    """Keeps the BM25 index in step with the feature store: the whole catalogue once (and again if
+    the store was flushed), then every ``period_s`` only the items new or changed since the last look
+    (the features writer's change log), applied with :meth:`BM25Index.updated` and swapped in."""
 
     def __init__(self, service, redis_url: str, key_prefix: str, period_s: float) -> None:
         import threading
 
         self.service, self.redis_url, self.prefix, self.period_s = service, redis_url, key_prefix, period_s
+        self.version: int | None = None  # the catalogue change version the index holds
+        self._client = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="catalogue", daemon=True)
 
+    def client(self):
+        if self._client is None:
+            from services.features.client import FeatureClient
+
+            self._client = FeatureClient(self.redis_url, self.prefix, socket_timeout=10, socket_connect_timeout=5)
+        return self._client
+
     def refresh(self) -> int:
-        idx = BM25Index.build(catalogue_from_redis(self.redis_url, self.prefix))
-        self.service.index = idx  # atomic swap; a running search keeps the index it started with
+        """Bring the index up to date; returns how many items were (re)indexed."""
+        import logging
+
+        client = self.client()
+        if self.version is not None:
+            changes = client.catalogue_changes(self.version)
+            if changes is not None:
+                self.version, items = changes
+                if items:
+                    # atomic swap; a running search keeps the index it started with
+                    self.service.index = self.service.index.updated({"item_id": i, **m} for i, m in items.items())
+                    logging.getLogger(__name__).info("search index updated from the feature store", extra={
+                        "items": len(items), "indexed": len(self.service.index), "collapse": True})
+                return len(items)
+        version = client.catalogue_version()  # before the scan: changes during it are read next time
+        idx = BM25Index.build({"item_id": i, **m} for i, m in client.catalogue().items())
+        self.service.index, self.version = idx, version
+        logging.getLogger(__name__).info("search index built from the feature store", extra={"items": len(idx)})
         return len(idx)
 
     def _run(self) -> None:
@@ -132,14 +208,12 @@ class CatalogueRefresher:
 
         log = logging.getLogger(__name__)
         while True:
-            n = 0
             try:
-                n = self.refresh()
-                log.info("search index rebuilt from the feature store", extra={"items": n})
+                self.refresh()
             except Exception as exc:
                 log.warning("search index refresh failed", extra={"error": repr(exc), "collapse": True})
             # A cold feature store (first start) fills within seconds: look again soon until it has items.
-            if self._stop.wait(self.period_s if n else min(self.period_s, 5.0)):
+            if self._stop.wait(self.period_s if len(self.service.index) else min(self.period_s, 5.0)):
                 return
 
     def start(self) -> None:
@@ -147,4 +221,7 @@ class CatalogueRefresher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(5)
+        if self._client is not None:
+            self._client.close()

@@ -17,7 +17,7 @@ from recpilot.kafka import create_topics, delete_topics
 from recpilot.simulator import ShopSimulator, event_to_dict
 from recpilot.stack.process import ServiceProcess
 from services.features.client import FeatureClient
-from tests.support.features import applied, features_worker, send, wait_applied
+from tests.support.features import applied, delete_prefix, features_worker, send, wait_applied
 
 N_EVENTS = 20_000
 
@@ -43,9 +43,7 @@ def setup(stack, platform_settings, redis_client, unique, tmp_path):
     for w in workers:
         w.stop()
     client.close()
-    keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    delete_prefix(redis_client, prefix)
     delete_topics(platform_settings, [topic, base_env["RECPILOT_FEATURES_METRICS_TOPIC"]])
 
 

@@ -21,7 +21,7 @@ from recpilot.kafka import create_topics, delete_topics
 from recpilot.pb import events_pb2
 from recpilot.simulator import ShopSimulator, event_to_dict
 from services.features.client import FeatureClient
-from tests.support.features import features_worker, send, wait_applied
+from tests.support.features import delete_prefix, features_worker, send, wait_applied, worker_env
 
 
 @pytest.fixture
@@ -31,18 +31,15 @@ def pipeline(stack, platform_settings, redis_client, unique, tmp_path):
     prefix = f"test:fp:{unique}:"
     create_topics(platform_settings, [topic], 4)
     create_topics(platform_settings, [mtopic], 1)
-    env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_APP_ID": f"test-features-{unique}",
-           "RECPILOT_FEATURES_KEY_PREFIX": prefix, "RECPILOT_FEATURES_METRICS_TOPIC": mtopic,
-           "RECPILOT_FEATURES_METRICS_INTERVAL_S": "1", "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")}
+    env = worker_env(topic, mtopic, f"test-features-{unique}", tmp_path / "faust", key_prefix=prefix,
+                     metrics_interval_s=1)
     worker = features_worker(env, platform_settings.home / "logs" / f"test-features-{unique}.log")
     client = FeatureClient(platform_settings.redis_url, prefix)
     yield {"topic": topic, "metrics_topic": mtopic, "prefix": prefix, "worker": worker, "client": client,
            "env": env}
     worker.stop()
     client.close()
-    keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    delete_prefix(redis_client, prefix)
     delete_topics(platform_settings, [topic, mtopic])
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,7 @@ from recpilot import featurespec as fs
 from recpilot.simulator import ShopSimulator, event_to_dict
 from services.features.client import AsyncFeatureClient, FeatureClient
 from services.features.writer import FeatureWriter
+from tests.support.features import delete_prefix
 
 HOUR = 3_600_000
 
@@ -30,13 +32,13 @@ def _partitioned(events, partitions=4, topic="t"):
     return out
 
 
-def _apply(url, prefix, batches):
+def _apply(url, prefix, batches, user_ttl_s=0):
     import redis.asyncio as aioredis
 
     async def go():
         r = aioredis.Redis.from_url(url)
         try:
-            return await FeatureWriter(r, prefix, session_items=6, covisit_max=20).apply(batches)
+            return await FeatureWriter(r, prefix, session_items=6, covisit_max=20, user_ttl_s=user_ttl_s).apply(batches)
         finally:
             await r.aclose()
 
@@ -47,9 +49,7 @@ def _apply(url, prefix, batches):
 def prefix(redis_client, unique):
     p = f"test:feat:{unique}:"
     yield p
-    keys = list(redis_client.scan_iter(f"{p}*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    delete_prefix(redis_client, p)
 
 
 @pytest.fixture
@@ -193,4 +193,91 @@ def test_bucket_memory_is_bounded(stack, url, prefix, redis_client):
             assert items == [offline.item("hot", now), offline.item("cold", now)], now
         assert 0 < c.item("cold", last)["views_1h"] < c.item("cold", last)["views_24h"] == 40
     finally:
+        c.close()
+
+
+def _event(user, item, ts, etype=None, **context):
+    from recpilot.pb import events_pb2
+
+    ev = events_pb2.UserEvent(event_id=f"{user}-{item}-{ts}", user_id=user, session_id=f"s-{user}",
+                              event_type=etype or events_pb2.VIEW, item_id=item, timestamp_ms=ts, price=5.0)
+    for k, v in context.items():
+        ev.context[k] = v
+    return ev
+
+
+def test_user_keys_expire_after_the_idle_ttl_refreshed_on_write(stack, url, prefix, redis_client, wait_until):
+    from recpilot.pb import events_pb2
+    from services.features import keys
+
+    t0 = 1_800_000_000_000
+    first = [_event("u1", "i1", t0, category="books"), _event("u1", "i2", t0 + 1, events_pb2.CLICK, category="books"),
+             _event("u1", "i2", t0 + 2, events_pb2.PURCHASE, category="books")]
+    _apply(url, prefix, {"t:0": list(enumerate(first))}, user_ttl_s=100)
+    user_keys = [f"{prefix}{k}u1" for k in keys.USER_KEYS]
+    ttls = {k: redis_client.ttl(k) for k in user_keys}
+    assert all(0 < t <= 100 for t in ttls.values()), ttls  # every user key exists and expires
+    for k in (f"{prefix}i:i1", f"{prefix}ib:i2", f"{prefix}pop", f"{prefix}popc:books", f"{prefix}cv:i1",
+              f"{prefix}off", f"{prefix}ichg", f"{prefix}iver"):
+        assert redis_client.ttl(k) == -1, k  # never an item, a count or an offset
+
+    for k in user_keys:
+        redis_client.expire(k, 5)
+    _apply(url, prefix, {"t:0": [(3, _event("u1", "", t0 + 3, events_pb2.SEARCH))]}, user_ttl_s=100)
+    assert all(redis_client.ttl(k) > 5 for k in user_keys)  # one event refreshes all of the user's keys
+    _apply(url, prefix, {"t:0": [(3, _event("u1", "", t0 + 3, events_pb2.SEARCH))]}, user_ttl_s=1)
+    assert all(redis_client.ttl(k) > 5 for k in user_keys)  # a replayed event writes nothing, not even the TTL
+
+    _apply(url, prefix, {"t:1": [(0, _event("u2", "i1", t0 + 4, category="books"))]}, user_ttl_s=1)
+    _apply(url, prefix, {"t:2": [(0, _event("u3", "i1", t0 + 5, category="books"))]}, user_ttl_s=0)
+    wait_until(lambda: not redis_client.exists(*[f"{prefix}{k}u2" for k in keys.USER_KEYS]), 10,
+               "u2's keys did not expire")
+    c = FeatureClient(url, prefix)
+    try:
+        assert c.user("u2") == fs.empty_user("u2")  # an expired user reads as a new one
+        assert c.item("i1", t0 + 10)["views"] == 3 and c.item("i2", t0 + 10)["purchases"] == 1  # counts stay
+        assert redis_client.ttl(f"{prefix}u:u3") == -1  # 0: no TTL
+        assert c.user("u1")["events"] == 4
+    finally:
+        c.close()
+
+
+def test_catalogue_change_log_holds_new_and_changed_items_only(stack, url, prefix):
+    from services.inference.search import BM25Index, CatalogueRefresher
+
+    t0 = 1_800_000_000_000
+    c = FeatureClient(url, prefix)
+    service = SimpleNamespace(index=BM25Index())
+    ref = CatalogueRefresher(service, url, prefix, 60.0)
+    try:
+        assert c.catalogue_version() == 0 and c.catalogue_changes(0) == (0, {})
+        _apply(url, prefix, {"t:0": [(0, _event("u1", "x", t0, title="Wool hat", category="hats")),
+                                     (1, _event("u1", "y", t0 + 1, title="Red scarf", category="scarves"))]})
+        v1, changed = c.catalogue_changes(0)
+        assert v1 == c.catalogue_version() > 0
+        assert changed == {"x": {"title": "Wool hat", "category": "hats", "price": 5.0},
+                           "y": {"title": "Red scarf", "category": "scarves", "price": 5.0}}
+        assert ref.refresh() == 2 and [i for i, _ in service.index.search("hat", 5)] == ["x"]
+
+        # more events with the same metadata, and a replay: nothing changed
+        _apply(url, prefix, {"t:0": [(1, _event("u1", "y", t0 + 1, title="Red scarf", category="scarves")),
+                                     (2, _event("u2", "x", t0 + 2, title="Wool hat", category="hats"))]})
+        assert c.catalogue_changes(v1) == (v1, {})
+        assert ref.refresh() == 0
+
+        _apply(url, prefix, {"t:0": [(3, _event("u2", "y", t0 + 3, title="Green scarf", category="scarves")),
+                                     (4, _event("u2", "z", t0 + 4, title="Green gloves", category="gloves"))]})
+        v2, changed = c.catalogue_changes(v1)
+        assert v2 > v1 and set(changed) == {"y", "z"} and changed["y"]["title"] == "Green scarf"
+        assert ref.refresh() == 2
+        assert [i for i, _ in service.index.search("green", 5)] == ["y", "z"]  # equal scores: by id
+        assert service.index.search("red", 5) == [] and len(service.index) == 3
+
+        # the store flushed (its keys gone): the change version went back, the refresher reads it whole
+        delete_prefix(c.redis, prefix)
+        assert c.catalogue_changes(v2) is None
+        ref.refresh()
+        assert len(service.index) == 0
+    finally:
+        ref.stop()
         c.close()

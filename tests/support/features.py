@@ -15,6 +15,22 @@ def features_worker(env: dict, log: Path) -> ServiceProcess:
     return ServiceProcess("services.features", log, env=env)
 
 
+def worker_env(topic: str, metrics_topic: str, group: str, datadir, **settings) -> dict:
+    """The ``RECPILOT_FEATURES_*`` variables of a test worker on its own input and metrics topics,
+    consumer group and faust data dir; ``settings`` add more (``key_prefix=``, ``redis_url=`` ...)."""
+    env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_METRICS_TOPIC": metrics_topic,
+           "RECPILOT_FEATURES_APP_ID": group, "RECPILOT_FEATURES_DATADIR": str(datadir)}
+    env.update({f"RECPILOT_FEATURES_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def delete_prefix(redis_client, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a test's own features in the shared Redis)."""
+    keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
 def send(platform, topic: str, events, paced: bool = False) -> None:
     """A plain confluent-kafka producer (what any shop backend would use), keyed by user id.
     ``paced``: 200 events then a 50 ms pause (a steady stream that outlasts a crash in the middle
@@ -43,3 +59,25 @@ def wait_applied(client, n: int, worker: ServiceProcess, timeout: float = 45.0) 
         return applied(client) >= n
 
     wait_until(done, timeout, f"{n} events applied (now {client.offsets()})", detail=worker.log_tail)
+
+
+def assert_matches_offline(client, events, now_ms: int) -> None:
+    """The features in Redis are those of :class:`featurespec.OfflineFeatureStore` over ``events``, every
+    event counted exactly once: per item the counts equal those of the input, and every item and
+    user dict equals the offline store's."""
+    from collections import Counter
+
+    from recpilot import featurespec as fs
+    from recpilot.simulator import event_to_dict
+
+    offline = fs.OfflineFeatureStore()
+    for ev in events:
+        offline.apply(event_to_dict(ev))
+    expected = Counter((e.item_id, fs.COUNT_FIELD[fs.EVENT_NAMES[e.event_type]])
+                       for e in events if fs.EVENT_NAMES.get(e.event_type) in fs.COUNT_FIELD)
+    _, items = client.fetch("", sorted({e.item_id for e in events if e.item_id}), now_ms)
+    for it in items:
+        assert {f: it[f] for f in fs.COUNT_FIELDS} == {f: expected[(it["item_id"], f)] for f in fs.COUNT_FIELDS}
+        assert it == offline.item(it["item_id"], now_ms)
+    for uid in sorted({e.user_id for e in events}):
+        assert client.user(uid) == offline.user(uid)

@@ -16,7 +16,8 @@ from services.features import scripts
 from services.features.app import freshness_seconds
 from services.features.metrics import Reservoir, quantile
 from services.features.settings import FeaturesSettings
-from services.features.writer import apply_args, chunks, encode_event
+from services.features.writer import (RETRY_KINDS, FeatureWriter, apply_args, chunks, encode_event, offsets_ahead,
+                                      transient_error_kind)
 
 
 def _ev(**kw) -> events_pb2.UserEvent:
@@ -44,9 +45,10 @@ def test_encode_event_no_price_and_unknown_type():
 
 
 def test_apply_args_header_and_layout():
-    args = apply_args("pfx:", "events.clean:3", [(7, _ev()), (8, _ev(item_id="i10"))], session_items=4, covisit_max=9)
+    args = apply_args("pfx:", "events.clean:3", [(7, _ev()), (8, _ev(item_id="i10"))], session_items=4, covisit_max=9,
+                      user_ttl_s=3600)
     assert args[:scripts.APPLY_HEADER] == ["pfx:", "events.clean:3", str(fs.RECENT_LEN),
-                                          str(fs.AFFINITY_HALF_LIFE_MS), "4", "9"]
+                                          str(fs.AFFINITY_HALF_LIFE_MS), "4", "9", "3600"]
     assert len(args) == scripts.APPLY_HEADER + 1
     body = json.loads(args[scripts.APPLY_HEADER])
     assert len(body) == 2 and all(len(e) == len(scripts.APPLY_FIELDS) for e in body)
@@ -163,6 +165,8 @@ def test_cli_registers_features_commands():
     p = build_parser()
     args = p.parse_args(["features", "item", "i1", "--json"])
     assert args.item_id == "i1" and args.json and callable(args.func)
+    args = p.parse_args(["features", "reset-offsets", "--topic", "t", "--partition", "1", "--partition", "3"])
+    assert (args.topic, args.partition, args.force) == ("t", [1, 3], False) and callable(args.func)
 
 
 def test_features_http_server_binds_the_platform_bind_host(monkeypatch):
@@ -181,3 +185,101 @@ def test_features_http_server_binds_the_platform_bind_host(monkeypatch):
     assert health.host == "0.0.0.0" and health.port == 9102
     monkeypatch.setenv("RECPILOT_FEATURES_HTTP_HOST", "127.0.0.2")
     assert health_server(load(FeaturesSettings), load(PlatformSettings), pipeline).host == "127.0.0.2"
+
+
+def test_redis_errors_worth_a_retry_are_told_from_bugs():
+    from redis import exceptions as rx
+
+    cases = {
+        rx.ConnectionError("Connection refused"): "connection",
+        rx.TimeoutError("Timeout reading from socket"): "timeout",
+        rx.BusyLoadingError("Redis is loading the dataset in memory"): "loading",
+        rx.ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist"):
+            "misconf",
+        rx.ReadOnlyError("You can't write against a read only replica. script: 1f0e, on @user_script:97."): "readonly",
+        rx.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."): "oom",
+        rx.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL"): "busy",
+        rx.MasterDownError("Link with MASTER is down and replica-serve-stale-data is set to 'no'."): "masterdown",
+        rx.ResponseError("NOREPLICAS Not enough good replicas to write."): "noreplicas",
+    }
+    for exc, kind in cases.items():
+        assert transient_error_kind(exc) == kind, exc
+        assert kind in RETRY_KINDS
+    for exc in (rx.ResponseError("ERR user_script:12: attempt to compare nil with number script: 1f0e"),
+                rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+                rx.NoPermissionError("this user has no permissions to run the 'evalsha' command"),
+                rx.ResponseError("ERR value is BUSY"), ValueError("MISCONF")):
+        assert transient_error_kind(exc) is None, exc
+
+
+def test_offsets_ahead_only_where_stored_reaches_the_end():
+    stored = {"t:0": 99, "t:1": 5, "t:2": 7, "u:0": 3}
+    ends = {"t:0": 10, "t:1": 6, "t:2": 7, "t:3": 0, "u:0": -1}
+    # t:0 stored beyond a recreated topic's end, t:2 exactly at it (offset 7 needs an end of 8);
+    # t:1 is behind its end (lag), t:3 has nothing stored, u:0's end is unknown
+    assert offsets_ahead(stored, ends) == {"t:0": {"stored": 99, "end": 10}, "t:2": {"stored": 7, "end": 7}}
+    assert offsets_ahead({}, ends) == {} and offsets_ahead(stored, {}) == {}
+
+
+class _FakePipe:
+    def __init__(self, redis):
+        self.redis, self.calls = redis, []
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    def evalsha(self, sha, numkeys, *args):
+        self.calls.append(args)
+
+    async def execute(self, raise_on_error=True):
+        assert raise_on_error is False
+        return [self.redis.answer(args) for args in self.calls]
+
+
+class _FakeRedis:
+    """Answers each APPLY call from a script of outcomes per source, recording what was sent."""
+
+    def __init__(self, outcomes):
+        self.outcomes, self.sent, self.loads = outcomes, [], 0
+
+    def register_script(self, body):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sha="sha1")
+
+    async def script_load(self, body):
+        self.loads += 1
+
+    def pipeline(self, transaction=True):
+        return _FakePipe(self)
+
+    def answer(self, args):
+        self.sent.append((args[1], json.loads(args[scripts.APPLY_HEADER])[0][0]))
+        out = self.outcomes[args[1]].pop(0)
+        return out if not isinstance(out, type) else out(f"{out.__name__} from the fake")
+
+
+def test_writer_retry_redoes_only_the_calls_that_failed():
+    import asyncio
+
+    from redis import exceptions as rx
+
+    evs = [(k, _ev()) for k in range(3)]
+    fake = _FakeRedis({"t:0": [3], "t:1": [rx.ReadOnlyError, 3], "t:2": [rx.NoScriptError, 2]})
+    writer = FeatureWriter(fake, "p:", user_ttl_s=60)
+    job = writer.prepare({"t:0": evs, "t:1": evs, "t:2": evs})
+    assert all(args[scripts.APPLY_HEADER - 1] == "60" for _, args in job.pending)
+
+    async def go():
+        with pytest.raises(rx.ReadOnlyError):  # the first real error, not the missing script
+            await writer.run(job)
+        assert [src for src, _ in job.pending] == ["t:1", "t:2"] and job.applied == {"t:0": 3, "t:1": 0, "t:2": 0}
+        await writer.run(job)
+
+    asyncio.run(go())
+    assert job.done and job.applied == {"t:0": 3, "t:1": 3, "t:2": 2}
+    assert [src for src, _ in fake.sent] == ["t:0", "t:1", "t:2", "t:1", "t:2"]
+    assert fake.loads == 2  # loaded once, and again after NOSCRIPT
