@@ -87,7 +87,7 @@ def test_a_message_whose_handling_raises_goes_to_the_dlq_and_the_batch_goes_on()
     class Broken(Validator):
         def check(self, value, now_ms):
             if value == b"boom":
-                raise RuntimeError("validator bug")
+                raise RuntimeError("validator bug \ud800")  # a message that is not UTF-8 either
             return super().check(value, now_ms)
 
     svc, prod = service(Broken()), Producer()
@@ -95,7 +95,7 @@ def test_a_message_whose_handling_raises_goes_to_the_dlq_and_the_batch_goes_on()
     assert [t for t, *_ in prod.sent] == ["t.clean", "t.dlq", "t.clean"]
     _, value, key, h = prod.sent[1]
     assert (value, key) == (b"boom", b"k")
-    assert h["error"] == b"internal_error" and h["error_detail"] == b"RuntimeError: validator bug"
+    assert h["error"] == b"internal_error" and h["error_detail"] == b"RuntimeError: validator bug \\ud800"
     assert (h["trace"], h["source_topic"], h["source_partition"], h["source_offset"]) == (b"t1", b"t.raw", b"0", b"1")
     assert svc.ingestor.stats.rejected["internal_error"] == 1 and svc.ingestor.stats.accepted == 2
 
