@@ -12,8 +12,9 @@ producing its clean event fails for a reason of its own, such as its size) goes 
 ``dlq_prefix_bytes`` bytes with the headers ``original_size`` and ``original_sha256``, since a
 copy of a message at the broker's size limit plus headers cannot be produced; original headers
 that cannot be read or copied are left out (header ``original_headers: dropped``), and so is the
-end of a key too large to copy (header ``original_key_size``). Failures that
-are not about one message (the producer or the broker) fail the batch as below.
+end of a key too large to copy (header ``original_key_size``). Failures that are not about one
+message (the producer or the broker) fail the batch as below; so does a refusal the broker reports
+only in a delivery report (e.g. a topic whose ``max.message.bytes`` is below the producer's).
 
 The consumer offsets move only with the output:
 
@@ -47,8 +48,8 @@ from recpilot.pb import events_pb2
 from recpilot.settings import PlatformSettings
 from services.ingest import metrics as M
 from services.ingest.pipeline import Ingestor, Stats
-from services.ingest.validate import Rejection
 from services.ingest.settings import IngestSettings
+from services.ingest.validate import Rejection
 
 log = logging.getLogger(__name__)
 UserEvent = events_pb2.UserEvent
