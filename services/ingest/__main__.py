@@ -30,7 +30,9 @@ def main() -> int:
 
     def build() -> IngestService:  # a fresh service: new clients, a new de-duplicator (warmed at start)
         ingestor = Ingestor(
-            Validator(s.max_payload_bytes, s.max_future_ms, int(s.max_age_s * 1000), s.max_id_length),
+            Validator(s.max_payload_bytes, s.max_future_ms, int(s.max_age_s * 1000), s.max_id_length,
+                      s.max_query_length, s.max_context_entries, s.max_context_key_length,
+                      s.max_context_value_length),
             Deduplicator(s.dedup_capacity, int(s.dedup_ttl_s * 1000)),
         )
         return IngestService(s, platform, ingestor)

@@ -58,3 +58,8 @@ class Deduplicator:
         self._seen[k] = at_ms
         if len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
+            self.evicted += 1
+
+    def forget(self, event_id: str) -> None:
+        """Drop ``event_id`` (an event recorded but then not published)."""
+        self._seen.pop(id_key(event_id), None)

@@ -18,6 +18,9 @@ BATCH_SECONDS = Histogram(
 )
 LAG = Gauge("recpilot_ingest_consumer_lag_messages", "raw messages not yet consumed (from librdkafka statistics)")
 DEDUP_ENTRIES = Gauge("recpilot_ingest_dedup_entries", "event ids held by the de-duplicator")
+DEDUP_EVICTIONS = Counter(
+    "recpilot_ingest_dedup_evictions_total",
+    "event ids dropped by the de-duplicator at capacity before their TTL ran out (a later duplicate of one passes)")
 EVENT_DELAY = Histogram(
     "recpilot_ingest_event_delay_seconds", "ingest time minus event time (first event of each batch)",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),

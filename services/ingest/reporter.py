@@ -9,6 +9,7 @@ Names (``value``; ``labels`` in brackets):
   events_per_s                                                          messages received per second (interval)
   consumer_lag                                                          raw messages not yet consumed
   dedup_entries                                                         ids held by the de-duplicator
+  dedup_evictions_total                                                 ids dropped at capacity before their TTL
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def metric_events(cur: Stats, prev: Stats, seconds: float, now_ms: int, instance
         ev("reject_rate", d.rejected_total / d.received if d.received else 0.0),
         ev("duplicate_rate", d.duplicates / d.received if d.received else 0.0),
         ev("events_per_s", d.received / seconds if seconds > 0 else 0.0),
+        ev("dedup_evictions_total", cur.dedup_evicted),
     ]
     out += [ev("rejected_total", n, {"reason": r}) for r, n in sorted(cur.rejected.items()) if n]
     if lag is not None:

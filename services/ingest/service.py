@@ -3,7 +3,20 @@
 Consumes ``raw_topic`` in batches; for each message publishes the clean event (keyed by user id)
 to ``clean_topic`` or the original bytes to ``dlq_topic`` with headers ``error``,
 ``error_detail``, ``source_topic``, ``source_partition``, ``source_offset`` (original headers
-kept), or drops a duplicate. The consumer offsets move only with the output:
+kept), or drops a duplicate.
+
+Nothing about one message stops the stream: a message whose handling raises (validation, or
+producing its clean event fails for a reason of its own, such as its size) goes to the DLQ as
+``internal_error`` with the exception in ``error_detail``. The DLQ copy of a message over
+``max_payload_bytes`` (or one the producer refuses as too large) is its first
+``dlq_prefix_bytes`` bytes with the headers ``original_size`` and ``original_sha256``, since a
+copy of a message at the broker's size limit plus headers cannot be produced; original headers
+that cannot be read or copied are left out (header ``original_headers: dropped``), and so is the
+end of a key too large to copy (header ``original_key_size``). Failures that are not about one
+message (the producer or the broker) fail the batch as below; so does a refusal the broker reports
+only in a delivery report (e.g. a topic whose ``max.message.bytes`` is below the producer's).
+
+The consumer offsets move only with the output:
 
 * ``transactional=False`` (default): idempotent producer; after a batch the producer is flushed,
   delivery errors are checked, and only then the offsets are committed (at-least-once).
@@ -24,10 +37,11 @@ the batch is replayed by the next start.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from recpilot import kafka as rkafka
 from recpilot.pb import events_pb2
@@ -35,6 +49,7 @@ from recpilot.settings import PlatformSettings
 from services.ingest import metrics as M
 from services.ingest.pipeline import Ingestor, Stats
 from services.ingest.settings import IngestSettings
+from services.ingest.validate import Rejection
 
 log = logging.getLogger(__name__)
 UserEvent = events_pb2.UserEvent
@@ -42,6 +57,21 @@ UserEvent = events_pb2.UserEvent
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _produce(prod: Producer, topic: str, value: bytes | None, key: bytes | None, headers: list) -> None:
+    while True:
+        try:
+            prod.produce(topic, value, key, headers=headers)
+            return
+        except BufferError:  # the local queue is full: serve delivery reports, then retry
+            prod.poll(0.05)
+
+
+def _too_large(exc: KafkaException) -> bool:
+    """The producer refused this one message for its size (not a producer or broker failure)."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE
 
 
 class IngestService:
@@ -214,7 +244,7 @@ class IngestService:
 
     def _handle(self, msgs: list, prod: Producer) -> None:
         s = self.s
-        clean, dlq = s.clean_topic, s.dlq_topic
+        clean = s.clean_topic
         process = self.ingestor.process
         produce, poll = prod.produce, prod.poll
         now = _now_ms()
@@ -222,39 +252,77 @@ class IngestService:
         first_ts = 0
         for m in msgs:
             value = m.value()
-            r = process(value, now)
+            r = process(value, now)  # does not raise: a validation error is a Rejection
             if r is None:
                 continue
             if r.__class__ is UserEvent:
-                if not first_ts:
-                    first_ts = r.timestamp_ms
-                args = (clean, r.SerializeToString(), r.user_id)
-                headers = None
-            else:
-                headers = list(m.headers() or ())
-                headers += [("error", r.reason), ("error_detail", r.detail),
-                            ("source_topic", m.topic()), ("source_partition", str(m.partition())),
-                            ("source_offset", str(m.offset()))]
-                args = (dlq, value, m.key())
-            while True:
                 try:
-                    if headers is None:
-                        produce(*args)
-                    else:
-                        produce(*args, headers=headers)
-                    break
-                except BufferError:
-                    poll(0.05)
+                    out = r.SerializeToString()
+                    while True:
+                        try:
+                            produce(clean, out, r.user_id)
+                            break
+                        except BufferError:
+                            poll(0.05)
+                    if not first_ts:
+                        first_ts = r.timestamp_ms
+                    continue
+                except KafkaException as exc:
+                    if not _too_large(exc):
+                        raise  # the producer or the broker: the batch fails
+                    r = self.ingestor.failed(r, exc)
+                except Exception as exc:  # about this message only
+                    r = self.ingestor.failed(r, exc)
+            self._dead_letter(prod, m, value, r)
         poll(0)
         if first_ts:
             M.EVENT_DELAY.observe(max(0.0, (now - first_ts) / 1000.0))
 
+    def _dead_letter(self, prod: Producer, m, value: bytes | None, r: Rejection) -> None:
+        """The DLQ copy of ``m``: its bytes (a prefix with size and sha256 headers when over
+        ``max_payload_bytes``), its own headers, then the reason and the source."""
+        s = self.s
+        ours = [("error", r.reason), ("error_detail", r.detail.encode("utf-8", "backslashreplace")),
+                ("source_topic", m.topic()), ("source_partition", str(m.partition())),
+                ("source_offset", str(m.offset()))]
+        key = m.key()
+        if r.reason == "internal_error":
+            log.warning("handling a message raised; sent to the DLQ",
+                        extra={"source_partition": m.partition(), "source_offset": m.offset(), "error": r.detail})
+        if value is not None and len(value) > s.max_payload_bytes:
+            value, trailer = self._prefix(value)
+            ours += trailer
+        try:
+            _produce(prod, s.dlq_topic, value, key, list(m.headers() or ()) + ours)
+            return
+        except KafkaException as exc:
+            if not _too_large(exc):
+                raise  # the producer or the broker: the batch fails
+            problem: Exception = exc
+            if value is not None and len(value) > s.dlq_prefix_bytes:
+                value, trailer = self._prefix(value)
+                ours += trailer
+            if key is not None and len(key) > s.dlq_prefix_bytes:
+                ours.append(("original_key_size", str(len(key))))
+                key = key[:s.dlq_prefix_bytes]
+        except (ValueError, TypeError) as exc:  # original headers that cannot be read or copied
+            problem = exc
+        log.warning("DLQ copy without its original headers",
+                    extra={"source_partition": m.partition(), "source_offset": m.offset(), "error": repr(problem)})
+        _produce(prod, s.dlq_topic, value, key, ours + [("original_headers", "dropped")])
+
+    def _prefix(self, value: bytes) -> tuple[bytes, list[tuple[str, str]]]:
+        return value[:self.s.dlq_prefix_bytes], [("original_size", str(len(value))),
+                                                 ("original_sha256", hashlib.sha256(value).hexdigest())]
+
     def _publish_stats(self) -> None:
-        cur = self.ingestor.stats.snapshot()
+        cur = self.ingestor.snapshot()
         d = cur.minus(self._published)
         M.RECEIVED.inc(d.received)
         M.ACCEPTED.inc(d.accepted)
         M.DUPLICATES.inc(d.duplicates)
+        if d.dedup_evicted:
+            M.DEDUP_EVICTIONS.inc(d.dedup_evicted)
         for reason, n in d.rejected.items():
             if n:
                 M.REJECTED.labels(reason=reason).inc(n)

@@ -43,7 +43,14 @@ class IngestSettings(BaseSettings):
     max_payload_bytes: int = Field(default=65_536, ge=64)
     max_future_ms: int = Field(default=300_000, ge=0, description="reject events further in the future")
     max_age_s: float = Field(default=7 * 86_400.0, gt=0, description="reject events older than this horizon")
-    max_id_length: int = Field(default=256, ge=8)
+    max_id_length: int = Field(default=256, ge=8, description="event, user, session, item and request ids")
+    max_query_length: int = Field(default=1024, ge=1, description="characters of a query")
+    max_context_entries: int = Field(default=64, ge=0, description="entries of an event's context map")
+    max_context_key_length: int = Field(default=256, ge=1, description="characters of a context key")
+    max_context_value_length: int = Field(default=1024, ge=1, description="characters of a context value")
+    dlq_prefix_bytes: int = Field(
+        default=4096, ge=0, description="the DLQ copy of a message over max_payload_bytes (or one the producer "
+        "refuses as too large) is its first N bytes, with headers original_size and original_sha256")
 
     # De-duplication by event_id: bounded memory with a TTL
     dedup_capacity: int = Field(default=500_000, ge=1)

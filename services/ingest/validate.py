@@ -3,23 +3,34 @@
 A raw message is protobuf ``UserEvent`` bytes, or a JSON object with the same field names
 (``event_type`` as a name such as "VIEW" or as its number). :meth:`Validator.check` returns
 either a normalised ``UserEvent`` or a :class:`Rejection` with one of the fixed codes in
-:data:`REASONS`.
+:data:`REASONS`; it does not raise, whatever the bytes.
 
 Rules, in order:
   oversized            payload larger than ``max_payload_bytes`` (checked before decoding)
-  undecodable          empty message, not protobuf, broken JSON, JSON that is not an object
-  unknown_field        a JSON key that is not a UserEvent field
+  undecodable          empty message, not protobuf (or a string in it not UTF-8), broken JSON,
+                       JSON nested too deeply, JSON that is not an object
+  unknown_field        a JSON key, or a protobuf field number, that is not a UserEvent field
   invalid_type         a JSON value of the wrong type (id not a string, price not a number, ...)
   missing_field        event_id, user_id, event_type or timestamp_ms absent/empty, or a SEARCH
                        without query (``detail`` names the field)
   unknown_event_type   event_type not one of VIEW, CLICK, ADD_TO_CART, PURCHASE, SEARCH
   missing_item_id      VIEW, CLICK, ADD_TO_CART or PURCHASE without item_id
-  invalid_value        id longer than ``max_id_length`` or with control characters, price NaN/inf
+  invalid_value        a JSON string that is not valid Unicode (a lone UTF-16 surrogate such as
+                       "\\ud800"), a JSON number out of range; id longer than ``max_id_length`` or
+                       not printable; query longer than ``max_query_length``, more than
+                       ``max_context_entries`` context entries, a context key or value longer than
+                       ``max_context_key_length`` / ``max_context_value_length``, or a query or
+                       context string with a control character (Unicode category Cc); price NaN/inf
   negative_price       price < 0
   future_timestamp     timestamp_ms more than ``max_future_ms`` after now
   stale_timestamp      timestamp_ms older than ``max_age_s`` before now
+  internal_error       not given by the validator: the pipeline's code for a message whose
+                       handling raised (the exception is the detail)
 
-Normalisation: ids, query and context are stripped of surrounding whitespace; JSON event type
+So every string of an accepted event is valid UTF-8, within its length limit and free of control
+characters, and an accepted event carries no field outside the UserEvent schema.
+
+Normalisation: ids and a SEARCH query are stripped of surrounding whitespace; JSON event type
 names are upper-cased; context values become strings; ``ingested_at_ms`` is set to now.
 """
 
@@ -27,8 +38,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
+from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
 
 from recpilot.pb import events_pb2
@@ -36,7 +49,7 @@ from recpilot.pb import events_pb2
 REASONS = (
     "oversized", "undecodable", "unknown_field", "invalid_type", "missing_field",
     "unknown_event_type", "missing_item_id", "invalid_value", "negative_price",
-    "future_timestamp", "stale_timestamp",
+    "future_timestamp", "stale_timestamp", "internal_error",
 )
 REQUIRED = ("event_id", "user_id", "event_type", "timestamp_ms")
 NEEDS_ITEM = frozenset((1, 2, 3, 4))
@@ -46,6 +59,7 @@ _TYPE_BY_NAME = {n: v for n, v in events_pb2.EventType.items() if v in KNOWN_TYP
 _STR_FIELDS = ("event_id", "user_id", "session_id", "item_id", "query", "request_id")
 _ID_FIELDS = ("event_id", "user_id", "session_id", "item_id", "request_id")
 _JSON_FIELDS = frozenset(events_pb2.UserEvent.DESCRIPTOR.fields_by_name)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +69,24 @@ class Rejection:
     missing: str = ""  # the missing field for missing_field/missing_item_id (data-quality metrics)
 
 
-def _bad_id(value: str, limit: int) -> bool:
-    return len(value) > limit or not value.isprintable()
+def _bad_text(value: str, limit: int) -> bool:
+    """Longer than ``limit`` or holding a control character (printable strings have none)."""
+    return len(value) > limit or (not value.isprintable() and _CONTROL.search(value) is not None)
 
 
 class Validator:
     def __init__(self, max_payload_bytes: int = 65_536, max_future_ms: int = 300_000,
-                 max_age_ms: int = 7 * 86_400_000, max_id_length: int = 256) -> None:
+                 max_age_ms: int = 7 * 86_400_000, max_id_length: int = 256, max_query_length: int = 1024,
+                 max_context_entries: int = 64, max_context_key_length: int = 256,
+                 max_context_value_length: int = 1024) -> None:
         self.max_payload_bytes = max_payload_bytes
         self.max_future_ms = max_future_ms
         self.max_age_ms = max_age_ms
         self.max_id_length = max_id_length
+        self.max_query_length = max_query_length
+        self.max_context_entries = max_context_entries
+        self.max_context_key_length = max_context_key_length
+        self.max_context_value_length = max_context_value_length
 
     # -- decoding ----------------------------------------------------------------------------
     def decode(self, value: bytes | None) -> events_pb2.UserEvent | Rejection:
@@ -93,18 +114,23 @@ class Validator:
             ev.ParseFromString(value)
         except (DecodeError, RuntimeError, ValueError) as exc:
             return Rejection("undecodable", f"not a UserEvent protobuf: {exc}"[:200])
+        unknown = unknown_fields.UnknownFieldSet(ev)
+        if len(unknown):
+            numbers = sorted({f.field_number for f in unknown})
+            return Rejection("unknown_field", "field number " + ",".join(map(str, numbers))[:180])
         return ev
 
     def _from_json(self, value: bytes) -> events_pb2.UserEvent | Rejection:
         try:
             d = json.loads(value)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             return Rejection("undecodable", f"invalid JSON: {exc}"[:200])
         if not isinstance(d, dict):
             return Rejection("undecodable", "JSON value is not an object")
         unknown = d.keys() - _JSON_FIELDS
         if unknown:
-            return Rejection("unknown_field", ",".join(sorted(unknown))[:200])
+            names = ",".join(sorted(unknown))[:200]
+            return Rejection("unknown_field", names.encode("utf-8", "backslashreplace").decode())
         ev = events_pb2.UserEvent()
         for f in _STR_FIELDS:
             v = d.get(f)
@@ -112,7 +138,10 @@ class Validator:
                 continue
             if not isinstance(v, str):
                 return Rejection("invalid_type", f"{f} must be a string, got {type(v).__name__}")
-            setattr(ev, f, v)
+            try:
+                setattr(ev, f, v)
+            except UnicodeEncodeError as exc:  # a lone surrogate: not encodable as UTF-8
+                return Rejection("invalid_value", f"{f} is not valid Unicode: {exc.reason}")
         et = d.get("event_type")
         if et is not None:
             if isinstance(et, str):
@@ -133,7 +162,10 @@ class Validator:
         if price is not None:
             if isinstance(price, bool) or not isinstance(price, (int, float)):
                 return Rejection("invalid_type", f"price must be a number, got {type(price).__name__}")
-            ev.price = float(price)
+            try:
+                ev.price = float(price)
+            except OverflowError:
+                return Rejection("invalid_value", "price out of range")
         for f in ("timestamp_ms", "ingested_at_ms"):
             ts = d.get(f)
             if ts is None:
@@ -150,7 +182,10 @@ class Validator:
             for k, v in ctx.items():
                 if isinstance(v, (dict, list)):
                     return Rejection("invalid_type", f"context[{k[:40]!r}] must be a scalar")
-                ev.context[k] = v if isinstance(v, str) else json.dumps(v)
+                try:
+                    ev.context[k] = v if isinstance(v, str) else json.dumps(v)
+                except UnicodeEncodeError as exc:
+                    return Rejection("invalid_value", f"context is not valid Unicode: {exc.reason}")
         return ev
 
     # -- rules -------------------------------------------------------------------------------
@@ -158,11 +193,18 @@ class Validator:
         ev = self.decode(value)
         if isinstance(ev, Rejection):
             return ev
-        # normalise ids (strip surrounding whitespace) before the presence checks
+        # normalise ids (strip surrounding whitespace) before the presence checks, and note the
+        # first one too long or not printable (rejected after the presence checks)
+        limit = self.max_id_length
+        bad_id = None
         for f in _ID_FIELDS:
             v = getattr(ev, f)
-            if v and v != (s := v.strip()):
-                setattr(ev, f, s)
+            if v:
+                if v != (s := v.strip()):
+                    setattr(ev, f, s)
+                    v = s
+                if bad_id is None and (len(v) > limit or not v.isprintable()):
+                    bad_id = f
         if not ev.event_id:
             return Rejection("missing_field", "event_id", "event_id")
         if not ev.user_id:
@@ -183,11 +225,24 @@ class Validator:
                 return Rejection("missing_field", "query", "query")
             if q != ev.query:
                 ev.query = q
-        limit = self.max_id_length
-        for f in _ID_FIELDS:
-            v = getattr(ev, f)
-            if v and _bad_id(v, limit):
-                return Rejection("invalid_value", f"{f} longer than {limit} or with control characters")
+        if bad_id is not None:
+            return Rejection("invalid_value", f"{bad_id} longer than {limit} or with control characters")
+        q = ev.query
+        if q and _bad_text(q, self.max_query_length):
+            return Rejection("invalid_value", f"query longer than {self.max_query_length} or with control characters")
+        ctx = ev.context
+        n = len(ctx)
+        if n:
+            if n > self.max_context_entries:
+                return Rejection("invalid_value", f"more than {self.max_context_entries} context entries")
+            kl, vl = self.max_context_key_length, self.max_context_value_length
+            search = _CONTROL.search
+            for k in ctx:  # _bad_text inlined; ctx[k] costs less than ctx.items() on upb maps
+                v = ctx[k]
+                if len(k) > kl or len(v) > vl or (
+                        not (k.isprintable() and v.isprintable()) and (search(k) or search(v))):
+                    return Rejection("invalid_value", f"context key longer than {kl} or value longer than {vl} "
+                                     "or with control characters")
         price = ev.price
         if price != 0.0:
             if not math.isfinite(price):

@@ -123,7 +123,7 @@ def test_payload_size_limit_is_checked_before_decoding():
     big = ev(context={"note": "x" * 2000}).SerializeToString()
     assert reason(big, max_payload_bytes=1024) == "oversized"
     assert reason(b"{" + b" " * 2000, max_payload_bytes=1024) == "oversized"
-    assert isinstance(check(big, max_payload_bytes=4096), events_pb2.UserEvent)
+    assert isinstance(check(big, max_payload_bytes=4096, max_context_value_length=2000), events_pb2.UserEvent)
 
 
 def test_ids_too_long_or_with_control_characters():
