@@ -6,14 +6,19 @@ the feature snapshot and the protobuf ``Impression`` and hands it to the idempot
 whose delivery reports are counted. When Kafka is slow the queue
 absorbs bursts; when it is full (``max_pending`` records, or ``max_bytes`` of their estimated
 memory, :meth:`ImpressionRecord.approx_bytes`), the newest impressions are dropped and counted
-rather than slowing answers down or growing the process without bound (Kafka down). On shutdown
-the queue is drained and the producer flushed.
+rather than slowing answers down or growing the process without bound (Kafka down). The producer's
+own buffer is held to the same bounds (``max_pending`` messages not yet acknowledged, ``max_bytes``
+of their serialised values): with the broker gone the thread stops handing records over, the
+deque fills and later impressions are dropped, instead of librdkafka absorbing them up to its
+own, much larger, limits. On shutdown the queue is drained and the producer flushed, for at most
+``stop``'s timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -107,6 +112,7 @@ class ImpressionLogger:
         self._bytes_out = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
+        self._inflight_bytes = 0  # serialised values handed to the producer, not yet reported (thread only)
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -128,7 +134,8 @@ class ImpressionLogger:
     def pending_bytes(self) -> int:
         return self._bytes_in - self._bytes_out
 
-    def _delivery(self, err, _msg) -> None:
+    def _delivery(self, err, msg) -> None:
+        self._inflight_bytes -= len(msg.value() or b"")
         if err is None:
             self.delivered += 1
             m.IMPRESSIONS.labels("delivered").inc()
@@ -137,27 +144,29 @@ class ImpressionLogger:
             m.IMPRESSIONS.labels("failed").inc()
             log.warning("impression not delivered", extra={"error": str(err), "collapse": True})
 
-    def _send(self, rec: ImpressionRecord) -> None:
-        data = rec.to_proto().SerializeToString()
-        while True:
-            try:
-                self.producer.produce(self.topic, value=data, key=rec.user_id.encode(), on_delivery=self._delivery)
-                return
-            except BufferError:  # librdkafka queue full: wait for deliveries
-                self.producer.poll(0.05)
-
     def _drain(self) -> None:
+        """Hand queued records to the producer while its buffer is within the bounds; the rest
+        stay queued for the next round."""
         q = self._q
         m.IMPRESSIONS_PENDING.set(len(q))
-        while q:
+        room = self.max_pending - len(self.producer)
+        while q and room > 0 and self._inflight_bytes < self.max_bytes:
             rec = q.popleft()
-            self._bytes_out += rec.nbytes
             try:
-                self._send(rec)
+                data = rec.to_proto().SerializeToString()
+                self.producer.produce(self.topic, value=data, key=rec.user_id.encode(), on_delivery=self._delivery)
+            except BufferError:  # librdkafka's own limits: keep the record for the next round
+                q.appendleft(rec)
+                break
             except Exception:
+                self._bytes_out += rec.nbytes
                 self.failed += 1
                 m.IMPRESSIONS.labels("failed").inc()
                 log.exception("impression not produced", extra={"request_id": rec.request_id})
+                continue
+            self._bytes_out += rec.nbytes
+            self._inflight_bytes += len(data)
+            room -= 1
         self.producer.poll(0)
 
     def _run(self) -> None:
@@ -169,10 +178,13 @@ class ImpressionLogger:
                 return
 
     def stop(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._thread.join(timeout)
-        if self._q:  # the thread died or timed out: finish here
-            self._drain()
-        remaining = self.producer.flush(timeout)
+        if not self._thread.is_alive():  # finish here what the thread left queued (broker slow or gone)
+            while self._q and time.monotonic() < deadline:
+                self._drain()
+                self.producer.poll(0.05)
+        remaining = self.producer.flush(max(0.0, deadline - time.monotonic())) + len(self._q)
         if remaining:
             log.error("impressions not delivered at shutdown", extra={"count": remaining})

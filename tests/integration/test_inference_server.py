@@ -8,7 +8,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -18,39 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recpilot import featurespec as fs
 from recpilot.pb import events_pb2, recommend_pb2, recommend_pb2_grpc
 from recpilot.pb import open_inference_grpc_pb2 as oip
-from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
-from services.inference.routing import Desired, ModelManager
+from services.inference.routing import Desired
 from services.inference.search import BM25Index
-from services.inference.settings import InferenceSettings
 from bench.toymodel import build_module, write_version
-
-COLOURS = ["red", "blue", "green", "black"]
-KINDS = {"shoes": "footwear", "jacket": "outerwear", "scarf": "accessories", "boots": "footwear"}
-
-
-def _catalogue():
-    items = []
-    for i in range(40):
-        colour = COLOURS[i % 4]
-        kind = list(KINDS)[(i // 4) % 4]
-        items.append({"item_id": f"it{i:03d}", "title": f"{colour} {kind} model {i}", "category": KINDS[kind],
-                      "price": 10.0 + i})
-    return items
-
-
-def _events(items, now_ms):
-    evs, off = [], 0
-    for u in range(6):
-        for j in range(8):
-            it = items[(u * 7 + j * 3) % len(items)]
-            etype = [events_pb2.VIEW, events_pb2.VIEW, events_pb2.CLICK, events_pb2.PURCHASE][j % 4]
-            ev = events_pb2.UserEvent(event_id=f"e{off}", user_id=f"user{u}", session_id=f"s{u}", event_type=etype,
-                                      item_id=it["item_id"], price=it["price"],
-                                      timestamp_ms=now_ms - 600_000 + off * 1000,
-                                      context={"category": it["category"], "title": it["title"]})
-            evs.append((off, ev))
-            off += 1
-    return evs
+from tests.support.inference import Running, catalogue, events, write_features
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +32,13 @@ def world(tmp_path_factory, request):
 
     import redis.asyncio as aioredis
 
-    from services.features.writer import FeatureWriter
-
     uid = uuid.uuid4().hex[:10]
     prefix = f"t{uid}:"
-    items = _catalogue()
+    items = catalogue()
     now_ms = int(time.time() * 1000)
-    evs = _events(items, now_ms)
+    evs = events(items, now_ms)
 
-    async def write():
-        r = aioredis.Redis.from_url(platform.redis_url)
-        await FeatureWriter(r, prefix).apply({"events.clean:0": evs})
-        await r.aclose()
-
-    asyncio.run(write())
+    write_features(platform.redis_url, prefix, evs)
     offline = fs.OfflineFeatureStore()
     from google.protobuf.json_format import MessageToDict
 
@@ -96,52 +59,6 @@ def world(tmp_path_factory, request):
         await r.aclose()
 
     asyncio.run(clean())
-
-
-class Running:
-    def __init__(self, world, load: bool = True, redis_url: str | None = None, **overrides):
-        from recpilot import kafka
-        from services.features.client import AsyncFeatureClient
-        from services.inference.impressions import ImpressionLogger
-        from services.inference.dataplane import DataPlane
-        from services.inference.grpc_server import InferenceServer
-
-        p = world["platform"]
-        self.topic = f"impressions-test-{world['uid']}"
-        s = InferenceSettings(grpc_port=0, grpc_host="127.0.0.1", http_port=0, feature_key_prefix=world["prefix"],
-                              impressions_topic=self.topic, bootstrap=False, **overrides)
-        self.s = s
-        self.ex = ThreadPoolExecutor(1)
-        self.models = ModelManager(world["root"], s.model_names, device="cpu", executor=self.ex,
-                                   batching_for=s.batching_for)
-        self.features = AsyncFeatureClient(redis_url or p.redis_url, s.feature_key_prefix)
-        self.impressions = ImpressionLogger(kafka.producer(p), s.impressions_topic)
-        self.service = DataPlane(s, self.features, self.models, impressions=self.impressions,
-                                 index=BM25Index.build(world["items"]))
-        self.server = InferenceServer(s, self.service)
-        self.impressions.start()
-        self.server.start()
-        if load:
-            self.models.reconcile("ranker", Desired(production=world["versions"][0]))
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
-        self.reco = recommend_pb2_grpc.RecommenderStub(self.channel)
-        self.oip = oip_grpc.GRPCInferenceServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    def wait_serving(self, want=health_pb2.HealthCheckResponse.SERVING, timeout=10.0):
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            st = self.health.Check(health_pb2.HealthCheckRequest(service="")).status
-            if st == want:
-                return st
-            time.sleep(0.1)
-        return st
-
-    def close(self):
-        self.channel.close()
-        self.server.stop()
-        self.impressions.stop(10)
-        self.ex.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -103,10 +104,14 @@ def test_impression_queue_is_bounded_in_bytes():
         def __init__(self):
             self.sent = []
 
-        def produce(self, topic, value, key, on_delivery):
+        def produce(self, topic, value, key, on_delivery):  # acknowledged at once
             self.sent.append(value)
+            on_delivery(None, types.SimpleNamespace(value=lambda: value))
 
         def poll(self, _t):
+            return 0
+
+        def __len__(self):
             return 0
 
     def rec(n, k):
@@ -129,6 +134,42 @@ def test_impression_queue_is_bounded_in_bytes():
     logger.log(rec(99, 50))
     assert logger.pending_bytes == size and logger.dropped == 5
 
+
+
+def test_the_producer_buffer_is_held_to_the_queue_bound():
+    """Broker gone: librdkafka would take every record (up to its own limits); the thread hands it at
+    most ``max_pending`` unacknowledged ones, so the deque fills and later impressions are dropped."""
+    from services.inference.impressions import ImpressionLogger, ImpressionRecord
+
+    class Stuck:  # a producer whose messages are never acknowledged
+        def __init__(self):
+            self.sent = []
+
+        def produce(self, topic, value, key, on_delivery):
+            self.sent.append(value)
+
+        def poll(self, _t):
+            return 0
+
+        def __len__(self):
+            return len(self.sent)
+
+    def rec(n):
+        return ImpressionRecord(f"r{n}", "u", "s", "recommend", "", "ranker", "1", "p", [("it", 1, 0.5, 1.0)], {}, 0,
+                                False, "production")
+
+    producer = Stuck()
+    logger = ImpressionLogger(producer, "t", max_pending=5, max_bytes=1 << 30)
+    for n in range(20):
+        logger.log(rec(n))
+        logger._drain()
+    assert len(producer.sent) == 5  # the producer's buffer: at the bound
+    assert len(logger._q) == 5 and logger.dropped == 10  # the deque full, the rest dropped
+    small = ImpressionLogger(Stuck(), "t", max_pending=100, max_bytes=1)  # the byte bound: one in flight
+    for n in range(3):
+        small._q.append(rec(n))  # past log()'s own byte check: only the producer side is tested
+        small._drain()
+    assert len(small.producer.sent) == 1 and len(small._q) == 2
 
 def test_an_empty_auth_token_is_refused_at_start(monkeypatch):
     for empty in ("", "   "):
