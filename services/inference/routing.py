@@ -90,6 +90,7 @@ class ReconcileResult:
     loaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unloaded: list[str] = field(default_factory=list)
+    superseded: bool = False  # a newer reconcile of the model started meanwhile: this one changed nothing
 
 
 class ModelManager:
@@ -186,21 +187,32 @@ class ModelManager:
             res.failed[version] = why
         return got
 
-    def reconcile(self, model: str, want: Desired) -> ReconcileResult:
+    def ticket(self, model: str) -> int:
+        """A place in the order of ``model``'s reconciles, for :meth:`reconcile` run later (in
+        another thread): the reconcile of the newest ticket decides."""
+        with self._lock:
+            self._generation[model] += 1
+            return self._generation[model]
+
+    def reconcile(self, model: str, want: Desired, ticket: int | None = None) -> ReconcileResult:
         """Make ``model`` serve ``want``: load new versions beside the old (outside the lock, with a
-        timeout), swap, unload the rest. When another reconcile of the model started meanwhile, the
-        newer one decides and this one changes nothing."""
+        timeout), swap, unload the rest. When another reconcile of the model started (or took a
+        :meth:`ticket`) meanwhile, the newer one decides and this one changes nothing
+        (``superseded``)."""
         res = ReconcileResult(model)
         if model not in self._routes:
             return res
         with self._lock:
-            self._generation[model] += 1
-            generation = self._generation[model]
+            if ticket is None:
+                self._generation[model] += 1
+                ticket = self._generation[model]
+            generation = ticket
             have = self._routes[model].versions()
         missing = [v for v in dict.fromkeys((want.production, want.canary, want.shadow)) if v and v not in have]
         got = self._wait_loads(model, missing, res) if missing else {}
         with self._lock:
             if self._generation[model] != generation:
+                res.superseded = True
                 log.info("deployment state superseded while its versions loaded; the newer one decides",
                          extra={"model": model, "revision": want.revision, "loaded": sorted(got)})
                 return res
@@ -276,6 +288,11 @@ class DeploymentSync:
     to its *latest* state, so a replay of 100 commands loads the final versions once. Commands
     seen after the follower caught up are acknowledged (APPLIED, or FAILED with the reason); once
     caught up, the replica also acknowledges each served model's latest command ("at startup: ...").
+
+    After the initial reconcile, each change runs in a thread of its own with a :meth:`ModelManager.ticket`
+    taken in arrival order, so a change never waits for the loads of an earlier one (a rollback
+    while a new version's load hangs applies at once): the newest decides, a superseded reconcile
+    changes nothing, and its commands are acknowledged by the newer one with the state it applied.
     """
 
     def __init__(self, manager: ModelManager, follower_factory: Callable[[Callable], object]) -> None:
@@ -285,6 +302,8 @@ class DeploymentSync:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deployment-sync", daemon=True)
         self._initial_done = threading.Event()
+        self._acks_lock = threading.Lock()
+        self._to_ack: dict[str, list[tuple[int, object]]] = {}  # per model: (ticket, command) not yet acked
 
     @property
     def ready(self) -> bool:
@@ -313,17 +332,43 @@ class DeploymentSync:
         live = bool(getattr(self.follower, "ready", False))
         self._todo.put((state.model_name, command if live else None))
 
-    def _apply(self, model: str, commands: list, startup: bool = False) -> None:
+    def _dispatch(self, model: str, commands: list) -> None:
+        """Apply ``model``'s latest state in a thread of its own, after the changes before it."""
+        if not self.manager.serves(model):
+            return
+        with self._acks_lock:
+            ticket = self.manager.ticket(model)
+            self._to_ack.setdefault(model, []).extend((ticket, cmd) for cmd in commands)
+        threading.Thread(target=self._apply_guarded, args=(model, ticket), name=f"reconcile-{model}",
+                         daemon=True).start()
+
+    def _apply_guarded(self, model: str, ticket: int) -> None:
+        try:
+            self._apply(model, [], ticket=ticket)
+        except Exception:
+            log.exception("reconcile failed", extra={"model": model})
+
+    def _apply(self, model: str, commands: list, startup: bool = False, ticket: int | None = None) -> None:
         if not self.manager.serves(model):
             return
         from recpilot.pb import deployments_pb2 as dpb
 
         state = self.follower.state(model)
         want = Desired.from_state(state)
-        res = self.manager.reconcile(model, want)
+        res = self.manager.reconcile(model, want, ticket)
+        if res.superseded:
+            return  # the newer reconcile acknowledges the commands
+        if ticket is not None:
+            with self._acks_lock:  # the commands up to this change (later ones: their own reconcile)
+                pending = self._to_ack.get(model, [])
+                commands = [cmd for t, cmd in pending if t <= ticket]
+                older = {id(cmd) for t, cmd in pending if t < ticket}
+                self._to_ack[model] = [(t, cmd) for t, cmd in pending if t > ticket]
+        else:
+            older = set()
         fallback = None
         if want.production and want.production in res.failed and not self.manager.loaded(model):
-            fallback = self._fall_back(model, state, want, res)
+            fallback = self._fall_back(model, state, want, res, ticket)
         for cmd in commands:
             if cmd.kind == dpb.POLICY:
                 ok, msg = True, f"policy {state.policy_version}"
@@ -334,12 +379,15 @@ class DeploymentSync:
             else:
                 ok, msg = True, f"serving production={state.production_version} canary={state.canary_version}" \
                                 f"@{state.canary_percent:g}% shadow={state.shadow_version}"
+                if id(cmd) in older:
+                    msg = "superseded by a newer command; " + msg
             try:
                 self.follower.ack(cmd, dpb.APPLIED if ok else dpb.FAILED, ("at startup: " if startup else "") + msg)
             except Exception:
                 log.exception("could not publish the deployment ack", extra={"model": model})
 
-    def _fall_back(self, model: str, state, want: Desired, res: ReconcileResult) -> str | None:
+    def _fall_back(self, model: str, state, want: Desired, res: ReconcileResult,
+                   ticket: int | None = None) -> str | None:
         """Production failed to load and nothing serves (a replica starting on a damaged version):
         serve the newest earlier production version that loads rather than no model."""
         from dataclasses import replace
@@ -349,7 +397,7 @@ class DeploymentSync:
         for version in reversed(lineage(state)):
             if version in res.failed or version == want.production:
                 continue
-            more = self.manager.reconcile(model, replace(want, production=version))
+            more = self.manager.reconcile(model, replace(want, production=version), ticket)
             res.failed.update(more.failed)
             res.loaded.extend(more.loaded)
             if self.manager.loaded(model):
@@ -395,7 +443,4 @@ class DeploymentSync:
                 if cmd is not None:
                     per_model[name].append(cmd)
             for name, cmds in per_model.items():
-                try:
-                    self._apply(name, cmds)
-                except Exception:
-                    log.exception("reconcile failed", extra={"model": name})
+                self._dispatch(name, cmds)

@@ -255,3 +255,66 @@ def test_a_newer_reconcile_wins_over_an_older_one_that_finishes_its_loads_later(
     r = mgr.routes("ranker")
     assert r.production.version == v1 and r.revision == 3 and r.policy_version == "p2"
     ex.shutdown()
+
+
+def test_deployment_sync_applies_a_rollback_while_a_load_hangs(repo, hanging_load, wait_until):
+    """Through DeploymentSync: a deploy of v2 whose load hangs, then a rollback to the loaded v1: the
+    rollback serves within a second (not after model_load_timeout_s), both commands are acknowledged,
+    and the late end of the load changes nothing."""
+    import threading
+
+    from services.inference.routing import DeploymentSync
+
+    root, versions, _bad = repo
+    v1, v2 = versions[11], versions[12]
+    hanging, release = hanging_load
+    ex = ThreadPoolExecutor(1)
+    mgr = ModelManager(root, ["ranker"], device="cpu", executor=ex, batching_for=lambda _n: BatchingConfig(),
+                       load_timeout_s=30.0)
+
+    class Follower:  # the deployment log, already caught up
+        ready = True
+
+        def __init__(self, on_change):
+            self.on_change, self.acks = on_change, []
+            self.st = pb.DeploymentState(model_name="ranker", production_version=v1, revision=1)
+
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+        def state(self, _name):
+            return self.st
+
+        def ack(self, cmd, status, message):
+            self.acks.append((cmd.command_id, status, message))
+
+        def change(self, command_id, action, version, revision):
+            self.st = pb.DeploymentState(model_name="ranker", production_version=version, revision=revision)
+            self.on_change(self.st, pb.DeploymentCommand(command_id=command_id, action=action, model_name="ranker",
+                                                         version=version))
+
+    sync = DeploymentSync(mgr, Follower)
+    follower = sync.follower
+    sync.start()
+    try:
+        wait_until(lambda: sync.ready and mgr.loaded("ranker"), 30, "v1 never served")
+        follower.change("deploy-v2", pb.DEPLOY, v2, 2)
+        assert hanging.wait(10)
+        follower.change("rollback", pb.ROLLBACK, v1, 3)
+        wait_until(lambda: mgr.routes("ranker").revision == 3, 1.0, "the rollback waited for the hanging load")
+        assert mgr.routes("ranker").production.version == v1
+        wait_until(lambda: len(follower.acks) == 2, 5, lambda: f"acks: {follower.acks}")
+        assert {cid: status for cid, status, _ in follower.acks} == {"deploy-v2": pb.APPLIED, "rollback": pb.APPLIED}
+        assert "superseded" in dict((c, m) for c, _, m in follower.acks)["deploy-v2"]
+        release.set()  # the load ends late: its reconcile is superseded, nothing changes
+        wait_until(lambda: not any(t.name == "reconcile-ranker" for t in threading.enumerate()), 30,
+                   "the superseded reconcile never ended")
+        r = mgr.routes("ranker")
+        assert r.production.version == v1 and r.revision == 3 and mgr.find("ranker", v2) is None
+        assert len(follower.acks) == 2
+    finally:
+        sync.stop()
+        ex.shutdown()
