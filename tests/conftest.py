@@ -8,9 +8,7 @@ started by tests) inherit them.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 import uuid
 
 import pytest
@@ -77,32 +75,11 @@ def unique():
     return uuid.uuid4().hex[:10]
 
 
-def _poll(predicate, timeout: float, message, interval: float):
-    """The shared body of the two waits: yields until the deadline, returns predicate()'s value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{message() if callable(message) else message} (waited {timeout:g} s)")
-        yield min(interval, max(deadline - time.monotonic(), 0.0))
-
-
 @pytest.fixture
 def wait_until():
-    """``wait_until(predicate, timeout, message, interval=0.05)``: call ``predicate`` until it returns
-    something true and return that; fail the test with ``message`` (a string, or a callable giving
-    one, e.g. the end of a log) once ``timeout`` seconds have passed. Use it instead of a fixed sleep
-    whenever a test waits for a side effect."""
-
-    def wait(predicate, timeout: float, message, interval: float = 0.05):
-        polls = _poll(predicate, timeout, message, interval)
-        try:
-            while True:
-                time.sleep(next(polls))
-        except StopIteration as done:
-            return done.value
+    """``wait_until(predicate, timeout, message, interval=0.05)`` (tests/support/wait.py): poll
+    instead of a fixed sleep whenever a test waits for a side effect."""
+    from tests.support.wait import wait_until as wait
 
     return wait
 
@@ -110,15 +87,8 @@ def wait_until():
 @pytest.fixture
 def wait_until_async():
     """``await wait_until_async(predicate, timeout, message, interval=0.05)``: as ``wait_until``, for a
-    test running an event loop (it yields to the loop between polls instead of blocking it)."""
-
-    async def wait(predicate, timeout: float, message, interval: float = 0.05):
-        polls = _poll(predicate, timeout, message, interval)
-        try:
-            while True:
-                await asyncio.sleep(next(polls))
-        except StopIteration as done:
-            return done.value
+    test running an event loop."""
+    from tests.support.wait import wait_until_async as wait
 
     return wait
 

@@ -143,18 +143,6 @@ def tail(path: Path | str, lines: int = 40) -> str:
 # -- waiting ------------------------------------------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1,
-               detail: Callable[[], str] | None = None) -> None:
-    """Poll ``predicate`` every ``interval`` s until it is true; :class:`TimeoutError` naming
-    ``what`` (plus ``detail()``, e.g. a log tail) when ``timeout`` s pass first."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            extra = detail() if detail is not None else ""
-            raise TimeoutError(f"{what}: not within {timeout:g}s" + (f"\n{extra}" if extra else ""))
-        time.sleep(interval)
-
-
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     """(status, body) of a GET; status 0 (and the error) when nothing answers."""
     try:

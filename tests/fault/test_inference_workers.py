@@ -12,7 +12,7 @@ import grpc
 
 from bench.toymodel import write_version
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
-from recpilot.stack.process import wait_until
+from tests.support.wait import wait_until
 from tests.support.inference import publish, server_env, start_server
 
 
@@ -58,12 +58,12 @@ def test_two_workers_share_the_port_restart_and_stop(stack, platform_settings, t
         assert 'recpilot_inference_worker_restarts_total{worker="1"} 0.0' in text
 
         os.kill(workers[1], signal.SIGKILL)  # a worker dies: the other keeps serving, it comes back
-        wait_until(lambda: proc.get("/readyz", 3)[0] == 503, 10, "readyz reports the dead worker", 0.3,
-                   detail=proc.log_tail)
+        wait_until(lambda: proc.get("/readyz", 3)[0] == 503, 10,
+                   lambda: "readyz reports the dead worker:\n" + proc.log_tail(), 0.3)
         assert set(_ask(gport, 4)) == {v1}
         wait_until(lambda: 'recpilot_inference_worker_restarts_total{worker="1"} 1.0' in proc.get("/metrics", 3)[1]
-                   and proc.get("/readyz", 3)[0] == 200, 120, "the worker restarted and ready", 0.3,
-                   detail=proc.log_tail)
+                   and proc.get("/readyz", 3)[0] == 200, 120,
+                   lambda: "the worker restarted and ready:\n" + proc.log_tail(), 0.3)
         assert len(proc.children()) == 2 and workers[1] not in proc.children()
         assert set(_ask(gport)) == {v1}
 

@@ -18,7 +18,6 @@ from recpilot import featurespec as fs
 from recpilot.pb import events_pb2, recommend_pb2, recommend_pb2_grpc
 from recpilot.pb import open_inference_grpc_pb2 as oip
 from services.inference.routing import Desired
-from services.inference.search import BM25Index
 from bench.toymodel import build_module, write_version
 from tests.support.inference import Running, catalogue, events, write_features
 

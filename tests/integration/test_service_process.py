@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from recpilot.stack.process import StackError
-from recpilot.stack.process import ServiceProcess, wait_until
+from recpilot.stack.process import ServiceProcess, StackError
 
 # A stand-in service: the platform's HealthServer and JSON logging; FAKESVC_MODE says how it behaves.
 FAKE = '''
@@ -66,11 +65,3 @@ def test_not_ready_in_time_fails_and_is_killed(fake_service):
     with pytest.raises(StackError, match="fakesvc not ready after 2s"):
         proc.wait_ready(2)
     assert not proc.alive() and proc.returncode == -signal.SIGKILL
-
-
-def test_wait_until_polls_and_names_what_it_waited_for():
-    calls = []
-    wait_until(lambda: calls.append(1) or len(calls) >= 3, 5, "three calls", interval=0.01)
-    assert len(calls) == 3
-    with pytest.raises(TimeoutError, match=r"never: not within 0.05s\nthe detail"):
-        wait_until(lambda: False, 0.05, "never", interval=0.01, detail=lambda: "the detail")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from recpilot.stack.process import ServiceProcess, wait_until
+from recpilot.stack.process import ServiceProcess
+from tests.support.wait import wait_until
 
 
 def features_worker(env: dict, log: Path) -> ServiceProcess:
@@ -58,7 +59,7 @@ def wait_applied(client, n: int, worker: ServiceProcess, timeout: float = 45.0) 
         assert worker.alive(), worker.log_tail()
         return applied(client) >= n
 
-    wait_until(done, timeout, f"{n} events applied (now {client.offsets()})", detail=worker.log_tail)
+    wait_until(done, timeout, lambda: f"{n} events applied (now {client.offsets()}):\n{worker.log_tail()}")
 
 
 def assert_matches_offline(client, events, now_ms: int) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from recpilot.kafka import committed_offsets
-from recpilot.stack.process import ServiceProcess, wait_until
+from recpilot.stack.process import ServiceProcess
+from tests.support.wait import wait_until
 
 KINDS = ("raw", "clean", "dlq", "metrics")
 
@@ -30,5 +31,5 @@ def wait_committed(platform, group: str, topic: str, partitions: list[int], n: i
         assert proc.alive(), f"ingest exited with {proc.returncode}:\n{proc.log_tail(60)}"
         return sum(committed_offsets(platform, group, topic, partitions).values()) >= n
 
-    wait_until(done, timeout, what or f"{n} offsets of {topic} committed by {group}", 0.25,
-               detail=lambda: proc.log_tail(60))
+    what = what or f"{n} offsets of {topic} committed by {group}"
+    wait_until(done, timeout, lambda: f"{what}:\n{proc.log_tail(60)}", 0.25)
