@@ -122,12 +122,70 @@ def _check_metric_block(block: Any, where: str, errors: list[str], required: boo
             errors.append(f"{where}.logloss: expected >= 0, got {v!r}")
 
 
+POLICY_ARTIFACT = "policy.pt"
+POLICY_SUFFIX = ".policy"  # the policies of ranker model ``m`` are versions of ``m.policy``
+# recpilot.rl.slate.Exploration's logged form (that module parses it; this one only checks its shape)
+EXPLORATION_RE = re.compile(r"greedy|uniform|epsilon_greedy:(0|1|0?\.[0-9]+|1\.0*)|softmax:[0-9.]+(e[-+]?[0-9]+)?")
+
+
+def validate_policy_meta(meta: dict, name: str | None = None, version: str | None = None) -> list[str]:
+    """Every problem with the ``model.json`` of a re-ranking policy (``"kind": "policy"``; the
+    schema is in docs/learning.md)."""
+    errors: list[str] = []
+    for key in ("name", "version", "kind", "framework", "artifact", "created_ms", "inputs", "outputs",
+                "policy", "training"):
+        if key not in meta:
+            errors.append(f"{key}: missing")
+    if name is not None and "name" in meta and meta["name"] != name:
+        errors.append(f"name: {meta['name']!r} does not match the directory {name!r}")
+    if name is not None and not name.endswith(POLICY_SUFFIX):
+        errors.append(f"name: a policy is stored under '<model>{POLICY_SUFFIX}', got {name!r}")
+    if version is not None and "version" in meta and str(meta["version"]) != version:
+        errors.append(f"version: {meta['version']!r} does not match the directory {version!r}")
+    if meta.get("framework", "torch") != "torch":
+        errors.append(f"framework: a policy is a torch module, got {meta.get('framework')!r}")
+    if meta.get("artifact", POLICY_ARTIFACT) != POLICY_ARTIFACT:
+        errors.append(f"artifact: a policy is stored as {POLICY_ARTIFACT!r}, got {meta.get('artifact')!r}")
+    if "created_ms" in meta and not (_is_int(meta["created_ms"]) and meta["created_ms"] > 0):
+        errors.append(f"created_ms: expected a positive integer, got {meta['created_ms']!r}")
+    for key in ("inputs", "outputs"):
+        specs = meta.get(key)
+        if key in meta:
+            if not isinstance(specs, list) or not specs:
+                errors.append(f"{key}: expected a non-empty list")
+            else:
+                for i, spec in enumerate(specs):
+                    _check_tensor(spec, f"{key}[{i}]", errors)
+    pol = meta.get("policy")
+    if "policy" in meta:
+        if not isinstance(pol, dict):
+            errors.append("policy: expected an object")
+        else:
+            feats = pol.get("features")
+            if not (isinstance(feats, list) and feats and all(isinstance(x, str) for x in feats)):
+                errors.append("policy.features: expected a non-empty list of input names")
+            if not (isinstance(pol.get("exploration"), str) and EXPLORATION_RE.fullmatch(pol["exploration"])):
+                errors.append("policy.exploration: expected greedy, uniform, epsilon_greedy:<p> or softmax:<t>, "
+                              f"got {pol.get('exploration')!r}")
+    if "training" in meta and not isinstance(meta["training"], dict):
+        errors.append("training: expected an object")
+    files = meta.get("files")
+    if files is not None and not (
+        isinstance(files, dict)
+        and all(isinstance(v, dict) and isinstance(v.get("sha256"), str) and _is_int(v.get("bytes")) for v in files.values())
+    ):
+        errors.append("files: expected {relative path: {sha256, bytes}}")
+    return errors
+
+
 def validate_meta(meta: Any, name: str | None = None, version: str | None = None) -> list[str]:
     """Every problem with a ``model.json`` dict (empty list: valid). The schema is in
-    docs/deployments.md."""
+    docs/deployments.md (rankers) and docs/learning.md (policies, ``"kind": "policy"``)."""
     errors: list[str] = []
     if not isinstance(meta, dict):
         return [f"model.json must be a JSON object, got {type(meta).__name__}"]
+    if meta.get("kind") == "policy":
+        return validate_policy_meta(meta, name, version)
     required = ("name", "version", "framework", "artifact", "created_ms", "inputs", "outputs",
                 "feature_set", "dense_features", "id_features", "training", "metrics", "reference")
     for key in required:

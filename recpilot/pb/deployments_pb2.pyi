@@ -75,7 +75,7 @@ class DeploymentCommand(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., action: _Optional[_Union[DeploymentAction, str]] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., percent: _Optional[float] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., force: _Optional[bool] = ..., timestamp_ms: _Optional[int] = ..., auc_tolerance: _Optional[float] = ..., logloss_tolerance: _Optional[float] = ...) -> None: ...
 
 class DeploymentState(_message.Message):
-    __slots__ = ("model_name", "production_version", "canary_version", "canary_percent", "shadow_version", "history", "revision", "policy_version", "updated_ms")
+    __slots__ = ("model_name", "production_version", "canary_version", "canary_percent", "shadow_version", "history", "revision", "policy_version", "updated_ms", "policy_canary_version", "policy_canary_percent")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     PRODUCTION_VERSION_FIELD_NUMBER: _ClassVar[int]
     CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,8 @@ class DeploymentState(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     production_version: str
     canary_version: str
@@ -94,7 +96,9 @@ class DeploymentState(_message.Message):
     revision: int
     policy_version: str
     updated_ms: int
-    def __init__(self, model_name: _Optional[str] = ..., production_version: _Optional[str] = ..., canary_version: _Optional[str] = ..., canary_percent: _Optional[float] = ..., shadow_version: _Optional[str] = ..., history: _Optional[_Iterable[_Union[DeploymentCommand, _Mapping]]] = ..., revision: _Optional[int] = ..., policy_version: _Optional[str] = ..., updated_ms: _Optional[int] = ...) -> None: ...
+    policy_canary_version: str
+    policy_canary_percent: float
+    def __init__(self, model_name: _Optional[str] = ..., production_version: _Optional[str] = ..., canary_version: _Optional[str] = ..., canary_percent: _Optional[float] = ..., shadow_version: _Optional[str] = ..., history: _Optional[_Iterable[_Union[DeploymentCommand, _Mapping]]] = ..., revision: _Optional[int] = ..., policy_version: _Optional[str] = ..., updated_ms: _Optional[int] = ..., policy_canary_version: _Optional[str] = ..., policy_canary_percent: _Optional[float] = ...) -> None: ...
 
 class DeploymentAck(_message.Message):
     __slots__ = ("command_id", "model_name", "version", "status", "replica", "message", "revision", "timestamp_ms")

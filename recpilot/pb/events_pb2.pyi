@@ -56,19 +56,21 @@ class UserEvent(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., item_id: _Optional[str] = ..., query: _Optional[str] = ..., price: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., ingested_at_ms: _Optional[int] = ...) -> None: ...
 
 class ImpressionItem(_message.Message):
-    __slots__ = ("item_id", "position", "score", "propensity")
+    __slots__ = ("item_id", "position", "score", "propensity", "pool_index")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    POOL_INDEX_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     position: int
     score: float
     propensity: float
-    def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ...) -> None: ...
+    pool_index: int
+    def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., pool_index: _Optional[int] = ...) -> None: ...
 
 class Impression(_message.Message):
-    __slots__ = ("request_id", "user_id", "session_id", "surface", "query", "model_name", "model_version", "policy_version", "items", "features", "timestamp_ms", "fallback", "variant", "context")
+    __slots__ = ("request_id", "user_id", "session_id", "surface", "query", "model_name", "model_version", "policy_version", "items", "features", "timestamp_ms", "fallback", "variant", "context", "pool_item_ids", "pool_scores", "pool_dense", "exploration", "policy_variant")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +99,11 @@ class Impression(_message.Message):
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    POOL_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    POOL_SCORES_FIELD_NUMBER: _ClassVar[int]
+    POOL_DENSE_FIELD_NUMBER: _ClassVar[int]
+    EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VARIANT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user_id: str
     session_id: str
@@ -111,10 +118,15 @@ class Impression(_message.Message):
     fallback: bool
     variant: str
     context: _containers.ScalarMap[str, str]
-    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., surface: _Optional[str] = ..., query: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ImpressionItem, _Mapping]]] = ..., features: _Optional[_Mapping[str, float]] = ..., timestamp_ms: _Optional[int] = ..., fallback: _Optional[bool] = ..., variant: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    pool_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    pool_scores: _containers.RepeatedScalarFieldContainer[float]
+    pool_dense: _containers.RepeatedScalarFieldContainer[float]
+    exploration: str
+    policy_variant: str
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., surface: _Optional[str] = ..., query: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ImpressionItem, _Mapping]]] = ..., features: _Optional[_Mapping[str, float]] = ..., timestamp_ms: _Optional[int] = ..., fallback: _Optional[bool] = ..., variant: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., pool_item_ids: _Optional[_Iterable[str]] = ..., pool_scores: _Optional[_Iterable[float]] = ..., pool_dense: _Optional[_Iterable[float]] = ..., exploration: _Optional[str] = ..., policy_variant: _Optional[str] = ...) -> None: ...
 
 class Reward(_message.Message):
-    __slots__ = ("request_id", "user_id", "item_id", "position", "propensity", "model_version", "policy_version", "clicked", "added_to_cart", "purchased", "revenue", "reward", "impression_ts_ms", "outcome_ts_ms", "features")
+    __slots__ = ("request_id", "user_id", "item_id", "position", "propensity", "model_version", "policy_version", "clicked", "added_to_cart", "purchased", "revenue", "reward", "impression_ts_ms", "outcome_ts_ms", "features", "session_id", "surface", "variant", "published_ms", "dense", "score", "outcome_events")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +149,13 @@ class Reward(_message.Message):
     IMPRESSION_TS_MS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_TS_MS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_MS_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_EVENTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user_id: str
     item_id: str
@@ -152,7 +171,14 @@ class Reward(_message.Message):
     impression_ts_ms: int
     outcome_ts_ms: int
     features: _containers.ScalarMap[str, float]
-    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., clicked: _Optional[bool] = ..., added_to_cart: _Optional[bool] = ..., purchased: _Optional[bool] = ..., revenue: _Optional[float] = ..., reward: _Optional[float] = ..., impression_ts_ms: _Optional[int] = ..., outcome_ts_ms: _Optional[int] = ..., features: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    session_id: str
+    surface: str
+    variant: str
+    published_ms: int
+    dense: _containers.RepeatedScalarFieldContainer[float]
+    score: float
+    outcome_events: int
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., clicked: _Optional[bool] = ..., added_to_cart: _Optional[bool] = ..., purchased: _Optional[bool] = ..., revenue: _Optional[float] = ..., reward: _Optional[float] = ..., impression_ts_ms: _Optional[int] = ..., outcome_ts_ms: _Optional[int] = ..., features: _Optional[_Mapping[str, float]] = ..., session_id: _Optional[str] = ..., surface: _Optional[str] = ..., variant: _Optional[str] = ..., published_ms: _Optional[int] = ..., dense: _Optional[_Iterable[float]] = ..., score: _Optional[float] = ..., outcome_events: _Optional[int] = ...) -> None: ...
 
 class MetricEvent(_message.Message):
     __slots__ = ("service", "name", "value", "labels", "timestamp_ms", "summary", "instance")

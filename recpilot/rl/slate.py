@@ -1,0 +1,128 @@
+"""Slates: how a re-ranking policy turns item values into the shown list, with exact propensities.
+
+A re-ranking policy sees a *pool* of M candidate items (the ranker's top M) with a value per item
+(the ranker's score, or a learned Q-value) and fills k slots. Every rule here is **stratified**:
+
+* sort the pool by value, best first (ties by pool order): ``order = [g_1, g_2, ..., g_M]``;
+* slot j (0-based) draws only from its own group ``G_j = [g_j, g_{j+k}, g_{j+2k}, ...]``;
+  the groups are disjoint, so the k slots are drawn independently and never repeat an item;
+* inside its group a slot takes the best item (``greedy``), the best with probability
+  ``1 - epsilon`` and a uniform member otherwise (``epsilon_greedy``), or a member with
+  probability ``softmax(value / temperature)`` over the group (``softmax``, Boltzmann).
+
+Because the slots are independent, the probability that the policy shows pool item ``a`` in slot
+``j`` — the *marginal* propensity, the one the Open Bandit Dataset logs and slot-level off-policy
+estimators need — is exact and cheap: the matrix :func:`marginals` returns, row ``j`` being the
+distribution of slot ``j`` over the pool (zero outside ``G_j``). With ``greedy`` it is one-hot and
+the shown list is the pool's top k by value.
+
+``uniform`` (a uniformly random ordered k-subset of the pool: every item has marginal ``1/M`` in
+every slot) is the exploration baseline; it is not stratified.
+
+Pure numpy: the serving process, the learner, the simulator and off-policy evaluation share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RULES = ("greedy", "epsilon_greedy", "softmax", "uniform")
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """A slate rule and its parameter. ``str()`` is the form logged in ``Impression.exploration``."""
+
+    rule: str = "greedy"
+    epsilon: float = 0.0      # epsilon_greedy: chance a slot explores its group
+    temperature: float = 1.0  # softmax: values are divided by it before the softmax
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"unknown exploration rule {self.rule!r} (expected one of {', '.join(RULES)})")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        if not self.temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def __str__(self) -> str:
+        if self.rule == "epsilon_greedy":
+            return f"epsilon_greedy:{self.epsilon:g}"
+        if self.rule == "softmax":
+            return f"softmax:{self.temperature:g}"
+        return self.rule
+
+    @classmethod
+    def parse(cls, text: str) -> Exploration:
+        """The inverse of ``str()``: ``greedy``, ``uniform``, ``epsilon_greedy:0.1``, ``softmax:0.5``."""
+        rule, _, arg = (text or "greedy").partition(":")
+        try:
+            if rule == "epsilon_greedy":
+                return cls(rule, epsilon=float(arg))
+            if rule == "softmax":
+                return cls(rule, temperature=float(arg))
+        except ValueError as exc:
+            raise ValueError(f"bad exploration {text!r}: {exc}") from None
+        if arg:
+            raise ValueError(f"bad exploration {text!r}: {rule} takes no parameter")
+        return cls(rule)
+
+
+GREEDY = Exploration()
+
+
+def value_order(values: np.ndarray) -> np.ndarray:
+    """Pool indices by value, best first; ties keep pool order."""
+    return np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
+
+
+def groups(values: np.ndarray, k: int) -> list[np.ndarray]:
+    """The slot groups ``G_0..G_{k'-1}`` (``k' = min(k, M)``), each best first."""
+    order = value_order(values)
+    return [order[j::k] for j in range(min(k, len(order)))]
+
+
+def marginals(values: np.ndarray, k: int, exploration: Exploration = GREEDY) -> np.ndarray:
+    """``P[j, a]``: the probability that slot ``j`` shows pool item ``a``; shape ``[min(k, M), M]``,
+    every row sums to 1."""
+    v = np.asarray(values, dtype=np.float64)
+    m = len(v)
+    kk = min(k, m)
+    p = np.zeros((kk, m))
+    if kk == 0:
+        return p
+    if exploration.rule == "uniform":
+        p[:] = 1.0 / m
+        return p
+    for j, g in enumerate(groups(v, k)):
+        if exploration.rule == "greedy":
+            p[j, g[0]] = 1.0
+        elif exploration.rule == "epsilon_greedy":
+            p[j, g] = exploration.epsilon / len(g)
+            p[j, g[0]] += 1.0 - exploration.epsilon
+        else:  # softmax over the group, shifted by its max for stability
+            z = v[g] / exploration.temperature
+            w = np.exp(z - z.max())
+            p[j, g] = w / w.sum()
+    return p
+
+
+def sample(values: np.ndarray, k: int, exploration: Exploration, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a slate: pool indices for slots 1..min(k, M) and each one's marginal propensity."""
+    m = len(values)
+    kk = min(k, m)
+    if exploration.rule == "uniform":
+        idx = rng.permutation(m)[:kk]
+        return idx, np.full(kk, 1.0 / m) if m else np.zeros(0)
+    p = marginals(values, k, exploration)
+    if exploration.rule == "greedy":
+        idx = p.argmax(axis=1)
+    else:
+        idx = np.empty(kk, dtype=np.int64)
+        u = rng.random(kk)
+        for j, g in enumerate(groups(values, k)):  # draw inside the slot's group only
+            cum = np.cumsum(p[j, g])
+            idx[j] = g[min(int(np.searchsorted(cum, u[j] * cum[-1], side="right")), len(g) - 1)]
+    return idx, p[np.arange(kk), idx]
