@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from recpilot.simulator.traffic import ShopSimulator, TrafficMix
+from recpilot.simulator.traffic import CLICK, ShopSimulator, TrafficMix
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,15 @@ class RunResult:
     behind_s: float = 0.0  # how far the generator was behind its schedule at the end
     recommend_calls: int = 0
     recommend_failures: int = 0
+    # closed loop: items shown in answered recommendations and the shoppers' clicks on them, in
+    # total and per policy version that chose the list (the CTR line `recpilot simulate` prints)
+    shown: int = 0
+    clicks: int = 0
+    by_policy: dict[str, list[int]] = field(default_factory=dict)  # policy version -> [shown, clicks]
+
+    @property
+    def ctr(self) -> float:
+        return self.clicks / self.shown if self.shown else 0.0
 
     @property
     def rate(self) -> float:
@@ -189,8 +198,15 @@ def simulate(producer, topic: str, sim: ShopSimulator, rate: float, probe: Recom
             else:
                 kind = "recommended"
                 ranked = [it.item_id for it in sorted(resp.items, key=lambda x: x.position)]
+                clicks = 0
                 for ev in sim.outcomes_for(user, session_id, ranked, resp.request_id, now_ms):
                     records.append((ev.user_id.encode(), mix.encode(ev)))
+                    clicks += ev.event_type == CLICK
+                counts = res.by_policy.setdefault(resp.policy_version or "-", [0, 0])
+                counts[0] += len(ranked)
+                counts[1] += clicks
+                res.shown += len(ranked)
+                res.clicks += clicks
                 if not records:
                     sent += 1  # a shopper who looked and did nothing still took a step
                     continue

@@ -71,10 +71,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
 
+    last = {"shown": 0, "clicks": 0, "by_policy": {}}
+
     def progress(r):
         rec = "answering" if probe is not None and probe.available else "absent"
+        shown, clicks = r.shown - last["shown"], r.clicks - last["clicks"]
+        ctr = f"{clicks / shown:.4f}" if shown else "-"
+        policies = []  # the policies that chose lists in this interval, with their CTR
+        for version, (s_, c_) in sorted(r.by_policy.items()):
+            s0, c0 = last["by_policy"].get(version, (0, 0))
+            if s_ > s0:
+                policies.append(f"{version}:{(c_ - c0) / (s_ - s0):.4f}")
+        last.update(shown=r.shown, clicks=r.clicks, by_policy={k: tuple(v) for k, v in r.by_policy.items()})
         print(f"  {r.seconds:7.0f}s events={r.sent} ({r.rate:,.1f}/s) recommender={rec} "
-              f"calls={r.recommend_calls} failed={r.recommend_failures}", flush=True)
+              f"calls={r.recommend_calls} failed={r.recommend_failures} ctr={ctr} "
+              f"policy_ctr={','.join(policies) or '-'}", flush=True)
 
     res = simulate(prod, args.topic, sim, args.rate, probe, args.recommend_share, args.duration,
                    stop=lambda: bool(stopping), fmt=args.format, progress=progress)
@@ -82,7 +93,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         probe.close()
     print(json.dumps({"sent": res.sent, "seconds": round(res.seconds, 1), "rate": round(res.rate, 1),
                       "kinds": res.kinds, "recommend_calls": res.recommend_calls,
-                      "recommend_failures": res.recommend_failures}))
+                      "recommend_failures": res.recommend_failures, "shown": res.shown, "clicks": res.clicks,
+                      "ctr": round(res.ctr, 5),
+                      "by_policy": {v: {"shown": s_, "clicks": c_, "ctr": round(c_ / s_, 5) if s_ else 0.0}
+                                    for v, (s_, c_) in res.by_policy.items()}}))
     return 0
 
 

@@ -80,6 +80,10 @@ def test_simulate_uses_the_recommender_and_survives_its_absence(stack, platform_
     clicked = {(e.request_id, e.item_id) for e in outcomes if e.event_type == events_pb2.CLICK}
     views = [(e.request_id, e.item_id) for e in outcomes if e.event_type == events_pb2.VIEW]
     assert views and set(views) <= clicked
+    # the CTR line counts every shown item and every click on one, by the policy that chose the list
+    answered = res.recommend_calls - res.recommend_failures
+    assert res.shown == 10 * answered and res.clicks == len(clicked)
+    assert res.by_policy == {"-": [res.shown, res.clicks]}  # this fake server names no policy
     assert {e.item_id for e in outcomes} <= set(servicer.item_ids)
     # after the server stopped: plain open-loop traffic kept flowing
     assert res.kinds.get("open_loop", 0) > 0 and res.recommend_failures >= 1
