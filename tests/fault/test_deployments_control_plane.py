@@ -1,8 +1,8 @@
 """Only the control plane changes what is served.
 
 Forged commands are written straight to the control topic with a plain ``confluent_kafka``
-producer, bypassing the CLI's checks, and to the acks topic (which every replica may write); the control topic is deleted, and truncated, under a replica's
-deployment state. The replica is the serving process's deployment side in-process (a real
+producer, bypassing the CLI's checks, and to the acks topic (which every replica may write); the
+control topic is deleted, and truncated, under a replica's deployment state. The replica is the serving process's deployment side in-process (a real
 ``DeploymentFollower`` feeding ``DeploymentSync`` and a ``ModelManager`` over real TorchScript
 versions). Each test uses its own control topic on the shared broker and its own repository.
 """

@@ -30,10 +30,9 @@ Code outside ``recpilot.models`` imports from this package; inside it, from the 
 
 from recpilot.models.deployments.checks import promotion_gate, repository_admission
 from recpilot.models.deployments.controller import DeploymentController, PromotionRefused, Submitted
-from recpilot.models.deployments.log import (AckLogReader, ControlTopicUnavailable, DeploymentFollower, PublishError,
-                                             ControlLogReader,
-                                             control_topic_spec, ensure_control_topic, publish_message, replay,
-                                             repository_book)
+from recpilot.models.deployments.log import (AckLogReader, ControlLogReader, ControlTopicUnavailable,
+                                             DeploymentFollower, PublishError, control_topic_spec, ensure_control_topic,
+                                             publish_message, replay, repository_book)
 from recpilot.models.deployments.snapshot import Snapshot, plan_start, read_snapshot, snapshot_path, write_snapshot
 from recpilot.models.deployments.state import (ACK_NAMES, ACTION_NAMES, ACTIONS, CANARY_BUCKETS, CommandRejected,
                                                DeploymentBook, DeploymentError, DeploymentSettings, InvalidCommand,
@@ -50,8 +49,8 @@ __all__ = [
     "promotion_gate", "repository_admission", "Snapshot", "plan_start", "read_snapshot", "snapshot_path",
     "write_snapshot",
     # log
-    "AckLogReader", "DeploymentFollower", "ControlLogReader", "control_topic_spec", "ensure_control_topic", "publish_message", "replay",
-    "repository_book",
+    "AckLogReader", "DeploymentFollower", "ControlLogReader", "control_topic_spec", "ensure_control_topic",
+    "publish_message", "replay", "repository_book",
     # controller
     "DeploymentController", "Submitted",
     # errors

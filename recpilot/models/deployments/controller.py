@@ -7,9 +7,9 @@ model repository: the versions exist and are intact, and a promotion passes the 
 gate (:func:`promotion_gate`) unless forced with a recorded reason. It then publishes the command,
 reads the log back to report whether it was applied, and, if asked, waits for the serving
 replicas' acknowledgements, which it reads from the acks topic (``control.acks``; never from the
-control topic, where an ack written by an earlier version is skipped). With the repository, it replays the log with the same checks every
-replica applies (:mod:`.checks`) and writes the deployment snapshot (:mod:`.snapshot`) after each
-command it saw applied.
+control topic, where an ack written by an earlier version is skipped). With the repository, it
+replays the log with the same checks every replica applies (:mod:`.checks`) and writes the
+deployment snapshot (:mod:`.snapshot`) after each command it saw applied.
 """
 
 from __future__ import annotations

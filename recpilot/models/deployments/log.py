@@ -161,6 +161,8 @@ class ControlLogReader:
     :func:`.snapshot.plan_start`: the book may be seeded from the snapshot and the log read from
     its offsets; ``start_plan`` says how it started and ``problems`` what was wrong with the log."""
 
+    _kind = "control"  # the label of recpilot_deployments_stray_messages_total
+
     def __init__(self, settings: PlatformSettings, topic: str, book: DeploymentBook | None = None,
                  client_id: str = "recpilot-deployments", lock: threading.RLock | None = None,
                  snapshot_root: Path | None = None) -> None:
@@ -312,8 +314,6 @@ class ControlLogReader:
         if self.on_message is not None:
             self.on_message(kind, obj)
         return 1
-
-    _kind = "control"
 
     @property
     def assigned(self) -> bool:
