@@ -1,16 +1,18 @@
 """`recpilot bench deployments`: how long rebuilding deployment state from control.deployments takes,
 and how fast a change reaches a serving replica.
 
-Uses a throw-away topic ``bench.deployments.<id>`` on the configured broker (deleted at the end)
-and a throw-away model repository in a temp dir; never touches ``control.deployments``.
+Uses a throw-away topic ``bench.deployments.<id>`` and its acks topic ``bench.deployments.<id>.acks``
+on the configured broker (deleted at the end) and a throw-away model repository in a temp dir;
+never touches ``control.deployments`` or ``control.acks``.
 
 Figures:
-* replay: time for a fresh reader to rebuild the state from a log of N commands (+ N/2 acks);
+* replay: time for a fresh reader to rebuild the state from a log of N commands (N/2 acks beside it,
+  on the acks topic, which a replay does not read);
 * follower catch-up: start of a DeploymentFollower until ``ready`` on that log;
 * propagation: a command produced (acks=all, flushed) until ``on_change`` runs in a live follower;
 * controller round trip: ``DeploymentController.submit`` (replay, repository check, publish, read back)
-  and with ``wait_acks_s`` until the follower's ack is read back: what `recpilot models canary --wait` costs
-  besides interpreter start-up.
+  and with ``wait_acks_s`` until the follower's ack is read back from the acks topic: what
+  `recpilot models canary --wait` costs besides interpreter start-up.
 """
 
 from __future__ import annotations
@@ -59,16 +61,19 @@ def run(args: argparse.Namespace) -> int:
     from recpilot.models.repository import ModelRepository
     from recpilot.pb import deployments_pb2 as pb
     from recpilot.settings import PlatformSettings, load
+    from recpilot.topics import acks_topic
 
     quiet_client_logs("recpilot.deployments.kafka")
     s = load(PlatformSettings)
     topic = f"bench.deployments.{uuid.uuid4().hex[:10]}"
+    acks = acks_topic(topic)
     print(f"machine: {machine()}")
     print(f"broker: {s.kafka_bootstrap}, topic {topic}, log of {args.commands} commands")
     ensure_control_topic(s, topic)
+    ensure_control_topic(s, acks)
     prod = producer(s, **{"client.id": "recpilot-bench"})
     try:
-        # 1. a log: deploy, then canary / clear_canary pairs, with an ack for every other command
+        # 1. a log: deploy, then canary / clear_canary pairs; an ack for every other command on the acks topic
         t0 = time.perf_counter()
         cmds = [new_command("deploy", "ranker", "1", actor="bench")]
         for i in range(args.commands - 1):
@@ -79,12 +84,12 @@ def run(args: argparse.Namespace) -> int:
             if i % 2 == 0:
                 ack = pb.DeploymentAck(command_id=c.command_id, model_name="ranker", status=pb.APPLIED,
                                        replica="bench:0", timestamp_ms=c.timestamp_ms)
-                prod.produce(topic, key=b"ranker", value=pb.ControlMessage(ack=ack).SerializeToString())
+                prod.produce(acks, key=b"ranker", value=pb.ControlMessage(ack=ack).SerializeToString())
             if i % 1000 == 999:
                 prod.poll(0)
         flush_or_raise(prod, 60)
-        n_msgs = len(cmds) + (len(cmds) + 1) // 2
-        print(f"publish {n_msgs} messages: {time.perf_counter() - t0:.2f}s")
+        n_msgs, n_acks = len(cmds), (len(cmds) + 1) // 2
+        print(f"publish {n_msgs} commands + {n_acks} acks: {time.perf_counter() - t0:.2f}s")
 
         # 2. replay
         times = []
@@ -157,6 +162,6 @@ def run(args: argparse.Namespace) -> int:
             f.stop()
     finally:
         prod.flush(10)
-        for name, why in delete_topics(s, [topic]).items():
+        for name, why in delete_topics(s, [topic, acks]).items():
             print(f"could not delete {name}: {why}")
     return 0

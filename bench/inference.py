@@ -583,7 +583,9 @@ def run(args) -> int:
         gc.unfreeze()  # frozen objects outlive teardown: nanobind (triton, under torch) reports them as leaks
         _clean_features(platform, prefix)
         try:
-            failed = kafka.delete_topics(platform, [topic, f"impressions.bench-{uid}"], timeout=10)
+            from recpilot.topics import acks_topic
+
+            failed = kafka.delete_topics(platform, [topic, acks_topic(topic), f"impressions.bench-{uid}"], timeout=10)
         except Exception as exc:  # noqa: BLE001 - the broker is gone: say so, keep the results
             failed = {"all": str(exc)}
         if failed:

@@ -12,12 +12,21 @@ EVENTS_DLQ = "events.dlq"
 IMPRESSIONS = "impressions"
 REWARDS = "rewards"
 CONTROL_DEPLOYMENTS = "control.deployments"
+CONTROL_ACKS = "control.acks"
 ALERTS = "alerts"
 METRICS_SERVICES = ("ingest", "features", "inference")  # rl_feedback and monitor add theirs when they land
 
 
 def metrics_topic(service: str) -> str:
     return f"metrics.{service}"
+
+
+def acks_topic(control_topic: str) -> str:
+    """Where the serving replicas acknowledge the commands of ``control_topic``: ``control.acks``
+    for ``control.deployments``, ``<control_topic>.acks`` for any other (a test's or a second
+    installation's own control topic), so every control topic has acks of its own. Acks never go to
+    the control topic itself: its WRITE grant is the control plane's alone (docs/security.md)."""
+    return CONTROL_ACKS if control_topic == CONTROL_DEPLOYMENTS else f"{control_topic}.acks"
 
 
 @dataclass(frozen=True)
@@ -38,8 +47,11 @@ def catalogue(settings: PlatformSettings) -> list[TopicSpec]:
         TopicSpec(EVENTS_DLQ, one, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
         TopicSpec(IMPRESSIONS, imp),
         TopicSpec(REWARDS, imp),
-        # Deployment commands and acks are the audit trail: keep them.
+        # Deployment commands (written by the control plane) and the replicas' acks (a topic of
+        # their own, so that writing commands can be granted to the control plane alone) are the
+        # audit trail: keep them.
         TopicSpec(CONTROL_DEPLOYMENTS, 1, {"retention.ms": "-1"}),
+        TopicSpec(CONTROL_ACKS, 1, {"retention.ms": "-1"}),
         TopicSpec(ALERTS, one, {"retention.ms": str(90 * 24 * 3600 * 1000)}),
     ]
     specs += [TopicSpec(metrics_topic(s), one, {"retention.ms": week_ms}) for s in METRICS_SERVICES]

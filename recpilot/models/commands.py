@@ -286,7 +286,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     try:
         with _controller(args) as ctl:
-            book = ctl.refresh()
+            book = ctl.read_acks()
             names = [args.model] if args.model else sorted(set(book.states) | set(ctl.repository.models()))
             if args.wait and names:
                 # wait for acknowledgements of each model's latest applied command
@@ -299,7 +299,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except DeploymentError as exc:
         raise _deployment_error(exc) from None
     if args.json:
-        print(json.dumps({"topic": ctl.topic, "models": out, "log_problems": problems}, indent=2))
+        print(json.dumps({"topic": ctl.topic, "acks_topic": ctl.acks_topic, "models": out, "log_problems": problems},
+                         indent=2))
         return 0
     for problem in problems:
         print(f"WARNING: {problem}")

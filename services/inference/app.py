@@ -77,7 +77,8 @@ class InferenceApp:
         index = BM25Index.build(load_catalogue(s.catalogue_path, s.catalogue_seed, s.catalogue_items))
         sync = self.sync = DeploymentSync(
             models, lambda cb: DeploymentFollower(platform, self.replica, cb, s.deployments_topic,
-                                                  repository=platform.model_repo))
+                                                  repository=platform.model_repo,
+                                                  acks_topic=s.deployments_acks_topic or None))
         plane = self.plane = DataPlane(s, features, models, impressions=impressions, index=index, telemetry=telemetry,
                                        extra_ready=sync.readiness)
         self.server = InferenceServer(s, plane)

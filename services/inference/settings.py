@@ -60,7 +60,11 @@ class InferenceSettings(RecpilotSettings):
                                  "CPU); 1+: beside it (GPU, or models slow enough that the loop must keep going)")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     batching_per_model: dict[str, BatchingConfig] = Field(default_factory=dict, description="overrides by model name")
-    deployments_topic: str = "control.deployments"
+    deployments_topic: str = Field(default="control.deployments", description="the control topic this replica "
+                                   "follows (it only reads it)")
+    deployments_acks_topic: str = Field(default="", description="where this replica acknowledges deployment "
+                                        "commands; empty: control.acks for control.deployments, <topic>.acks for "
+                                        "another control topic")
     replica_id: str = Field(default="", description="default host:pid")
     bootstrap: bool = Field(default=True, description="with no production version of the default model: deploy its newest "
                             "version, or train + deploy a small model when the repository is empty")

@@ -1,8 +1,8 @@
 """Only the control plane changes what is served.
 
 Forged commands are written straight to the control topic with a plain ``confluent_kafka``
-producer, bypassing the CLI's checks; the control topic is deleted, and truncated, under a replica's
-deployment state. The replica is the serving process's deployment side in-process (a real
+producer, bypassing the CLI's checks, and to the acks topic (which every replica may write); the
+control topic is deleted, and truncated, under a replica's deployment state. The replica is the serving process's deployment side in-process (a real
 ``DeploymentFollower`` feeding ``DeploymentSync`` and a ``ModelManager`` over real TorchScript
 versions). Each test uses its own control topic on the shared broker and its own repository.
 """
@@ -21,6 +21,7 @@ from recpilot import cli
 from recpilot.models.deployments import DeploymentController, DeploymentFollower, DeploymentSettings, replay
 from recpilot.models.repository import ModelRepository
 from recpilot.pb import deployments_pb2 as pb
+from recpilot.topics import acks_topic
 from services.inference.routing import DeploymentSync, ModelManager
 from services.inference.settings import BatchingConfig
 
@@ -33,7 +34,7 @@ def topic(stack, platform_settings, unique):
     yield name
     from recpilot.kafka import delete_topics
 
-    delete_topics(platform_settings, [name], timeout=10)
+    delete_topics(platform_settings, [name, acks_topic(name)], timeout=10)
 
 
 @pytest.fixture
@@ -94,13 +95,15 @@ def test_forged_commands_are_rejected_and_the_replica_keeps_serving(stack, platf
 
         prod = Producer({"bootstrap.servers": platform_settings.kafka_bootstrap})  # no CLI, no checks
 
-        def forge(action, version, **kw) -> pb.DeploymentCommand:
+        def forge(action, version, on=topic, **kw) -> pb.DeploymentCommand:
             c = pb.DeploymentCommand(command_id=uuid.uuid4().hex, action=action, kind=pb.RANKER, model_name="ranker",
                                      version=version, actor="forger@nowhere", timestamp_ms=1, **kw)
-            prod.produce(topic, key=b"ranker", value=pb.ControlMessage(command=c).SerializeToString())
+            prod.produce(on, key=b"ranker", value=pb.ControlMessage(command=c).SerializeToString())
             assert prod.flush(20) == 0
             return c
 
+        # a valid promotion written to the acks topic (a replica's credentials allow that much): nobody applies it
+        via_acks = forge(pb.PROMOTE, v2, on=acks_topic(topic), force=True, reason="forged on the acks topic")
         traversal = forge(pb.PROMOTE, "../x", force=True, reason="forced")
         missing = forge(pb.PROMOTE, "99", force=True, reason="forced")
         shadow_missing = forge(pb.SHADOW, "99")
@@ -117,6 +120,7 @@ def test_forged_commands_are_rejected_and_the_replica_keeps_serving(stack, platf
         assert status_b == "FAILED" and "TorchScript" in why_b
         assert replica.serving == v1  # never without a model, never another one
         assert replica.sync.follower.state("ranker").revision == 2  # the rejected ones changed nothing
+        assert via_acks.command_id not in replica.sync.follower.book.outcomes
         assert metric("recpilot_deployments_commands_rejected_total") - rejected_before == 3
 
         # `recpilot models status` shows the rejections with the reason and the replica's ack
@@ -126,6 +130,7 @@ def test_forged_commands_are_rejected_and_the_replica_keeps_serving(stack, platf
         assert not h["applied"] and "invalid version '../x'" in h["rejected"]
         assert [(a["replica"], a["status"]) for a in h["acks"]] == [("replica-a", "REJECTED")]
         assert not by_id[missing.command_id]["applied"] and by_id[broken.command_id]["applied"]
+        assert via_acks.command_id not in by_id
     finally:
         replica.close()
 

@@ -1,6 +1,7 @@
 """Deployment control on the real test Kafka broker: the CLI, the controller and real followers.
 
-Each test uses its own control topic (``test.deployments.<unique>``) and its own model repository
+Each test uses its own control topic (``test.deployments.<unique>``, acks on
+``test.deployments.<unique>.acks``) and its own model repository
 (a tmp dir with tiny real version trees), so tests never see each other's state. Restarts: the
 state is rebuilt by replaying the topic in a *fresh process* (and by a new follower); the shared
 test broker itself is not restarted here, since other engineers' tests run on it (the broker keeps
@@ -30,6 +31,7 @@ from recpilot.models.deployments import (
 from recpilot.models.repository import MODEL_JSON, ModelRepository
 from recpilot.paths import REPO_ROOT
 from recpilot.pb import deployments_pb2 as pb
+from recpilot.topics import acks_topic
 from tests.support.repository import snapshot, tiny_writer
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,7 +43,7 @@ def topic(stack, platform_settings, unique):
     yield name
     from recpilot.kafka import delete_topics
 
-    delete_topics(platform_settings, [name], timeout=10)  # a topic never created counts as deleted
+    delete_topics(platform_settings, [name, acks_topic(name)], timeout=10)  # one never created counts as deleted
 
 
 @pytest.fixture
@@ -68,6 +70,18 @@ def status_json(capsys, repo, topic, *extra):
 
 def log_size(platform_settings, topic) -> int:
     return replay(platform_settings, topic, timeout=20).messages
+
+
+def bodies(platform_settings, topic) -> list[tuple[str, object]]:
+    """(body kind, body) of every message now on ``topic``, read with a plain consumer."""
+    from recpilot.kafka import read_to_end
+
+    out = []
+    for m in read_to_end(platform_settings, topic, timeout=30):
+        msg = pb.ControlMessage.FromString(m.value())
+        kind = msg.WhichOneof("body")
+        out.append((kind, getattr(msg, kind)))
+    return out
 
 
 def test_deploy_canary_promote_rollback_and_rebuild_in_fresh_process(stack, platform_settings, capsys, repo, topic):
@@ -302,6 +316,46 @@ def test_follower_applies_acks_and_rebuilds_after_restart(stack, platform_settin
     assert acks["clear_shadow"] == []
     rc, out, err = run_cli(capsys, repo, topic, "status", "--wait", "0.5")
     assert rc == 0 and "ack FAILED   replica-a" in out and "cannot load version 3" in out
+
+    # the replicas wrote their acks to the acks topic and nothing to the control topic
+    on_control = bodies(platform_settings, topic)
+    assert [k for k, _ in on_control] == ["command"] * 7
+    on_acks = bodies(platform_settings, acks_topic(topic))
+    assert [(k, a.replica, pb.AckStatus.Name(a.status)) for k, a in on_acks] == [
+        ("ack", "replica-a", s) for s in ("APPLIED", "APPLIED", "FAILED", "APPLIED")]  # canary .. rollback
+    assert {a.command_id for _, a in on_acks} <= {c.command_id for _, c in on_control}
+
+
+def test_acks_of_an_earlier_version_on_the_control_topic_are_skipped(stack, platform_settings, capsys, repo, topic):
+    """A control topic written by the previous version (acks beside the commands): every reader
+    skips those acks, rebuilds the same state, and looks for acks on the acks topic only."""
+    from recpilot.kafka import flush_or_raise, producer
+    from recpilot.models.deployments import new_command
+
+    prod = producer(platform_settings)
+    cmds = [new_command("deploy", "ranker", "1", actor="old"), new_command("canary", "ranker", "2", percent=10,
+                                                                           actor="old")]
+    for c in cmds:
+        prod.produce(topic, key=b"ranker", value=pb.ControlMessage(command=c).SerializeToString())
+        old_ack = pb.DeploymentAck(command_id=c.command_id, model_name="ranker", version=c.version,
+                                   status=pb.APPLIED, replica="old-replica", timestamp_ms=c.timestamp_ms)
+        prod.produce(topic, key=b"ranker", value=pb.ControlMessage(ack=old_ack).SerializeToString())
+    flush_or_raise(prod, 20)
+
+    book = replay(platform_settings, topic)
+    assert book.stray == 2 and book.acks == {} and book.state("ranker").revision == 2
+    rec = Recorder()
+    f = start_follower(platform_settings, "replica-new", topic, rec)
+    try:
+        assert rec.calls == [("1", "2", 10.0, "CANARY", "2")]
+        with DeploymentController(platform_settings, repo, DeploymentSettings(topic=topic), actor="ops") as ctl:
+            sub = ctl.submit("clear_canary", "ranker", wait_acks_s=30)
+        assert [(a.replica, a.status) for a in sub.acks] == [("replica-new", pb.APPLIED)]
+    finally:
+        f.stop()
+    assert f.book.stray == 2
+    st = status_json(capsys, repo, topic)["models"][0]
+    assert [[a["replica"] for a in h["acks"]] for h in st["history"]] == [[], [], ["replica-new"]]
 
 
 def test_control_topic_configuration_is_checked(stack, platform_settings, topic):

@@ -1,6 +1,7 @@
 """`python -m services.inference` as a real process following a unique control topic: hot swap
-under concurrent load fails no request, a corrupt version is refused (FAILED ack) while the old one
-keeps serving, canary routing by stable hash, graceful SIGTERM."""
+under concurrent load fails no request, a corrupt version is refused (FAILED ack, on the acks topic,
+none on the control topic) while the old one keeps serving, canary routing by stable hash, graceful
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,8 +18,15 @@ from bench.toymodel import write_version
 from recpilot import kafka
 from recpilot.pb import deployments_pb2 as dpb
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
+from recpilot.topics import acks_topic
 from services.inference.routing import is_canary
 from tests.support.inference import publish, server_env, start_server
+
+
+def _bodies(platform, topic):
+    """(body kind, body) of every message on the topic so far."""
+    return [(msg.WhichOneof("body"), getattr(msg, msg.WhichOneof("body")))
+            for msg in (dpb.ControlMessage.FromString(m.value()) for m in kafka.read_to_end(platform, topic, timeout=30))]
 
 
 def _acks(platform, topic, group):
@@ -108,8 +116,10 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
     after = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u0", k=5, candidate_ids=cands))
     assert after.model_version == server["v2"] and not after.fallback
 
-    acks = [a for a in _acks(platform_settings, server["topic"], f"t-acks-{server['unique']}")
+    acks = [a for a in _acks(platform_settings, acks_topic(server["topic"]), f"t-acks-{server['unique']}")
             if a.replica == server["replica"]]
+    # the replica only reads the control topic: its acks are all on the acks topic
+    assert {kind for kind, _ in _bodies(platform_settings, server["topic"])} == {"command"}
     by_cmd = {a.command_id: a for a in acks}
     assert by_cmd[bad_cmd].status == dpb.FAILED and "TorchScript" in by_cmd[bad_cmd].message
     assert any(a.status == dpb.APPLIED and a.version == server["v2"] for a in acks)

@@ -1,5 +1,6 @@
 """Every Kafka client of recpilot over SASL_SSL (SCRAM), against one private broker started by the
-stack manager with its SASL_SSL listener; the example ACL set on control.deployments."""
+stack manager with its SASL_SSL listener; the example ACL set on control.deployments and
+control.acks, with a real deployment follower acknowledging as the serving replicas' principal."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pydantic import SecretStr
 from recpilot import kafka
 from recpilot.paths import REPO_ROOT
 from recpilot.settings import PlatformSettings
-from recpilot.topics import CONTROL_DEPLOYMENTS
+from recpilot.topics import CONTROL_ACKS, CONTROL_DEPLOYMENTS
 from services.features.app import broker_settings
 
 
@@ -39,7 +40,8 @@ def _produce(settings: PlatformSettings, topic: str, value: bytes) -> KafkaError
     return errors[0]
 
 
-def test_every_client_over_sasl_ssl_wrong_password_refused_and_control_acls(secure_broker, unique, wait_until):
+def test_every_client_over_sasl_ssl_wrong_password_refused_and_control_acls(secure_broker, unique, wait_until,
+                                                                           tmp_path):
     plain, broker = secure_broker
     sec = broker.security_dir
     # what a user sets (RECPILOT_KAFKA_SASL_PASSWORD_FILE ...): the stack's admin principal
@@ -49,7 +51,8 @@ def test_every_client_over_sasl_ssl_wrong_password_refused_and_control_acls(secu
     topic = f"sec-{unique}"
 
     # admin, producer, faust's aiokafka client, consumer: one message each way
-    assert set(kafka.create_topics(s, [topic, CONTROL_DEPLOYMENTS], 1)) == {topic, CONTROL_DEPLOYMENTS}
+    assert set(kafka.create_topics(s, [topic, CONTROL_DEPLOYMENTS, CONTROL_ACKS], 1)) == {
+        topic, CONTROL_DEPLOYMENTS, CONTROL_ACKS}
     prod = kafka.producer(s)
     prod.produce(topic, value=b"from confluent-kafka")
     kafka.flush_or_raise(prod, 30)
@@ -88,18 +91,49 @@ def test_every_client_over_sasl_ssl_wrong_password_refused_and_control_acls(secu
     del bad  # stop its reconnect attempts
     assert "Authentication failed" in auth_error.str() and "not-the-password" not in auth_error.str()
 
-    # the example ACL set: monitor may write control.deployments, ingest (no ACL) may not
+    # the example ACL set: monitor may write control.deployments, ingest (no ACL) may not, the
+    # serving replicas (inference) read it and write their acks to control.acks only
     adm = kafka.admin(s)
     for fut in adm.alter_user_scram_credentials([
             UserScramCredentialUpsertion(user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"pw-" + user.encode())
-            for user in ("monitor", "ingest")]).values():
+            for user in ("monitor", "ingest", "inference")]).values():
         fut.result(30)
     acls = _acls_script()
     acls.apply(adm, acls.control_acls(["User:recpilot-cli", "User:monitor", "User:rl_feedback"], ["User:inference"]))
     monitor, ingest = _as(s, "monitor", "pw-monitor"), _as(s, "ingest", "pw-ingest")
+    inference = _as(s, "inference", "pw-inference")
     wait_until(lambda: _produce(monitor, CONTROL_DEPLOYMENTS, b"command") is None, 60,
                "monitor cannot write control.deployments with the example ACLs")
     wait_until(lambda: kafka.admin(ingest).list_topics(timeout=5).brokers, 30, "ingest cannot authenticate")
     refused = _produce(ingest, CONTROL_DEPLOYMENTS, b"forged")
     assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, refused
+    wait_until(lambda: kafka.admin(inference).list_topics(timeout=5).brokers, 30, "inference cannot authenticate")
+    refused = _produce(inference, CONTROL_DEPLOYMENTS, b"forged by a replica")
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, refused
     assert [m.value() for m in kafka.read_to_end(s, CONTROL_DEPLOYMENTS, timeout=60)] == [b"command"]
+
+    # a real follower as the replicas' principal: follows the command the monitor publishes and
+    # acknowledges it on control.acks, where the monitor's controller reads the ack
+    from recpilot.models.deployments import DeploymentController, DeploymentFollower, new_command, publish_message
+    from recpilot.models.repository import ModelRepository
+    from recpilot.pb import deployments_pb2 as pb
+
+    follower = DeploymentFollower(
+        inference, "replica-sasl", lambda st, c: follower.ready and follower.ack(c, pb.APPLIED, "serving"))
+    follower.start()
+    try:
+        assert follower.wait_ready(60), f"the follower did not catch up as User:inference: {follower.error}"
+        cmd = new_command("deploy", "ranker", "1", actor="monitor")
+        publish_message(kafka.producer(monitor), CONTROL_DEPLOYMENTS, pb.ControlMessage(command=cmd), "ranker", 30,
+                        "the command")
+        with DeploymentController(monitor, ModelRepository(tmp_path / "none"), actor="monitor",
+                                  verify_repository=False) as ctl:
+            acks = ctl.wait_acks(cmd.command_id, 60)
+            assert ctl.state("ranker").production_version == "1"
+    finally:
+        follower.stop()
+    assert [(a.replica, a.status, a.message) for a in acks] == [("replica-sasl", pb.APPLIED, "serving")]
+    assert follower.error is None
+    on_acks = [pb.ControlMessage.FromString(m.value()) for m in kafka.read_to_end(s, CONTROL_ACKS, timeout=60)]
+    assert [(m.WhichOneof("body"), m.ack.command_id) for m in on_acks] == [("ack", cmd.command_id)]
+    assert len(kafka.read_to_end(s, CONTROL_DEPLOYMENTS, timeout=60)) == 2  # b"command" and the deploy: no ack

@@ -44,7 +44,7 @@ def test_status_reports_both_ready(stack):
         assert isinstance(comps[name]["pid"], int)
     assert comps["kafka"]["address"] == f"127.0.0.1:{stack.s.kafka_port}"
     md = admin(stack.s).list_topics(timeout=10)
-    assert {EVENTS_RAW, EVENTS_CLEAN, "control.deployments", "metrics.ingest"} <= set(md.topics)
+    assert {EVENTS_RAW, EVENTS_CLEAN, "control.deployments", "control.acks", "metrics.ingest"} <= set(md.topics)
     assert len(md.topics[EVENTS_RAW].partitions) == stack.s.events_partitions
 
 

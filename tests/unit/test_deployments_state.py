@@ -8,6 +8,7 @@ from recpilot.featurespec import stable_hash
 from recpilot.models.deployments import (
     CommandRejected,
     DeploymentBook,
+    DeploymentSettings,
     apply_command,
     check_command,
     lineage,
@@ -115,11 +116,45 @@ def test_acks_and_garbage_in_the_book():
     c = book.state("ranker").history[0]
     for replica, status in (("host:1", pb.APPLIED), ("host:2", pb.FAILED), ("host:1", pb.APPLIED)):
         ack = pb.DeploymentAck(command_id=c.command_id, model_name="ranker", replica=replica, status=status)
-        assert book.apply_bytes(pb.ControlMessage(ack=ack).SerializeToString())[0] == "ack"
+        assert book.apply_ack_bytes(pb.ControlMessage(ack=ack).SerializeToString())[0] == "ack"
     assert {r: a.status for r, a in book.acks[c.command_id].items()} == {"host:1": pb.APPLIED, "host:2": pb.FAILED}
     assert book.apply_bytes(b"\xff\xff not protobuf")[0] == "bad"
-    assert book.undecodable == 1
+    assert book.apply_ack_bytes(b"\xff\xff not protobuf")[0] == "bad"
+    assert book.undecodable == 2 and book.stray == 0 and book.ack_messages == 4
     assert book.state("ranker").production_version == "1"
+
+
+def test_the_acks_topic_follows_the_control_topic_unless_named(monkeypatch):
+    from services.inference.settings import InferenceSettings
+
+    for var in ("RECPILOT_DEPLOY_TOPIC", "RECPILOT_DEPLOY_ACKS_TOPIC"):
+        monkeypatch.delenv(var, raising=False)
+    assert DeploymentSettings().acks_topic_for() == "control.acks"
+    assert DeploymentSettings(topic="t").acks_topic_for() == "t.acks"
+    assert DeploymentSettings(topic="t", acks_topic="a").acks_topic_for() == "a"
+    assert DeploymentSettings(topic="t", acks_topic="a").acks_topic_for("u") == "u.acks"  # another control topic
+    assert InferenceSettings().deployments_acks_topic == ""  # derived: control.acks
+
+
+def test_each_topic_takes_only_its_own_kind_of_message():
+    """An ack on the control topic (a log written by the previous version, where acks shared the
+    topic) is skipped; a command on the acks topic (which every replica may write) is never applied."""
+    book, _ = run(cmd("deploy", "1"))
+    c = book.state("ranker").history[0]
+    legacy = pb.ControlMessage(ack=pb.DeploymentAck(command_id=c.command_id, model_name="ranker", replica="old:1",
+                                                    status=pb.APPLIED)).SerializeToString()
+    kind, ack = book.apply_bytes(legacy, 1)
+    assert kind == "stray" and ack.replica == "old:1"
+    assert book.acks == {} and book.stray == 1
+    # replay goes on past it: the next command is applied
+    kind, out = book.apply_bytes(pb.ControlMessage(command=cmd("deploy", "2")).SerializeToString(), 2)
+    assert kind == "command" and out.applied and book.state("ranker").revision == 2
+
+    forged = cmd("promote", "2")
+    kind, _ = book.apply_ack_bytes(pb.ControlMessage(command=forged).SerializeToString(), 0)
+    assert kind == "stray" and book.stray == 2
+    assert forged.command_id not in book.outcomes and book.state("ranker").production_version == "1"
+    assert book.apply_ack_bytes(pb.ControlMessage(state=pb.DeploymentState()).SerializeToString())[0] == "stray"
 
 
 def test_policy_versions_are_tracked_separately():

@@ -2,7 +2,7 @@ from confluent_kafka import Message
 
 from recpilot.kafka import commit_offsets
 from recpilot.settings import PlatformSettings
-from recpilot.topics import CONTROL_DEPLOYMENTS, EVENTS_RAW, catalogue
+from recpilot.topics import CONTROL_ACKS, CONTROL_DEPLOYMENTS, EVENTS_RAW, acks_topic, catalogue
 
 
 def test_commit_offsets_is_last_plus_one_per_partition():
@@ -17,8 +17,17 @@ def test_catalogue_uses_partition_settings():
     assert specs[EVENTS_RAW].partitions == 6
     assert specs[CONTROL_DEPLOYMENTS].partitions == 1
     assert specs[CONTROL_DEPLOYMENTS].config["retention.ms"] == "-1"
+    # the replicas' acks: a topic of their own, kept like the commands (the audit trail)
+    assert CONTROL_ACKS == "control.acks" and specs[CONTROL_ACKS].partitions == 1
+    assert specs[CONTROL_ACKS].config["retention.ms"] == "-1"
     assert specs["metrics.inference"].partitions == 2
-    assert len(specs) == 10
+    assert len(specs) == 11
+
+
+def test_every_control_topic_has_an_acks_topic_of_its_own():
+    assert acks_topic(CONTROL_DEPLOYMENTS) == CONTROL_ACKS
+    assert acks_topic("test.deployments.abc") == "test.deployments.abc.acks"
+    assert acks_topic(CONTROL_ACKS) != CONTROL_ACKS  # never the control topic itself
 
 
 def test_usable_skips_eof_reports_errors_and_raises_on_fatal():

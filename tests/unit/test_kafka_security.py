@@ -134,12 +134,29 @@ def test_local_broker_sasl_ssl_listener_config(tmp_path):
     assert plain.client_env() == {} and plain.client_settings() is plain.s
 
 
-def test_example_acls_let_only_control_principals_and_replicas_write_the_control_topic():
+def test_example_acls_let_only_control_principals_write_the_control_topic():
     spec = importlib.util.spec_from_file_location("recpilot_example_acls", REPO_ROOT / "deploy" / "kafka" / "acls.py")
     acls = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(acls)
-    bindings = acls.control_acls(["User:recpilot-cli", "User:monitor", "User:rl_feedback"], ["User:inference"])
-    writers = {b.principal for b in bindings if b.operation.name == "WRITE"}
-    assert writers == {"User:recpilot-cli", "User:monitor", "User:rl_feedback", "User:inference"}
-    assert {b.name for b in bindings if b.restype.name == "TOPIC"} == {"control.deployments"}
+    control = ["User:recpilot-cli", "User:monitor", "User:rl_feedback"]
+    bindings = acls.control_acls(control, ["User:inference"])
+
+    def grants(topic):
+        out: dict[str, set[str]] = {}
+        for b in bindings:
+            if b.restype.name == "TOPIC" and b.name == topic:
+                out.setdefault(b.principal, set()).add(b.operation.name)
+        return out
+
+    assert {b.name for b in bindings if b.restype.name == "TOPIC"} == {"control.deployments", "control.acks"}
+    # control.deployments: WRITE for the control plane only; the replicas read it
+    assert grants("control.deployments") == {**{p: {"DESCRIBE", "READ", "WRITE"} for p in control},
+                                             "User:inference": {"DESCRIBE", "READ"}}
+    # control.acks: the replicas write their acks there; the control plane reads them
+    assert grants("control.acks") == {**{p: {"DESCRIBE", "READ"} for p in control},
+                                      "User:inference": {"DESCRIBE", "WRITE"}}
+    assert {b.principal for b in bindings if b.restype.name == "GROUP"} == set(control) | {"User:inference"}
     assert all(b.permission_type.name == "ALLOW" for b in bindings)
+    # another control topic gets its own acks topic, or the one named
+    assert {b.name for b in acls.control_acls(control, ["User:i"], "t") if b.restype.name == "TOPIC"} == {"t", "t.acks"}
+    assert {b.name for b in acls.control_acls(control, ["User:i"], "t", "a") if b.restype.name == "TOPIC"} == {"t", "a"}

@@ -1,10 +1,11 @@
-"""Deployment control: the state of every model, event-sourced on ``control.deployments``.
+"""Deployment control: the state of every model, event-sourced on ``control.deployments``; the
+serving replicas' acknowledgements on ``control.acks``.
 
 Five modules, each importing only the ones above it:
 
 * :mod:`.state` — pure, no I/O: building commands (:func:`new_command`), checking and applying them
   (:func:`check_command`, :func:`apply_command`), canary routing, and :class:`DeploymentBook`, which
-  replays a sequence of control messages (commands and acks) into states, outcomes and acks;
+  replays the control topic's commands into states and outcomes and collects the acks topic's acks;
   :class:`DeploymentSettings`; the action and ack names.
 * :mod:`.checks` — the checks that need the model repository (the version exists and is intact, the
   offline-metric :func:`promotion_gate`), run by the controller before publishing and by every
@@ -12,8 +13,9 @@ Five modules, each importing only the ones above it:
 * :mod:`.snapshot` — the copy of the state in the model repository and :func:`plan_start`, which
   decides at start whether the log or the snapshot is the state (a lost or truncated log);
 * :mod:`.log` — the control topic: :class:`ControlLogReader` and :func:`replay` read it from the
-  beginning, :class:`DeploymentFollower` keeps a serving replica's state current and publishes its
-  acks, :func:`ensure_control_topic` and :func:`publish_message` write to it.
+  beginning (:class:`AckLogReader` the acks topic), :class:`DeploymentFollower` keeps a serving
+  replica's state current and publishes its acks to the acks topic, :func:`ensure_control_topic`
+  and :func:`publish_message` write to them.
 * :mod:`.controller` — :class:`DeploymentController` validates a command against the replayed state
   and the model repository (the offline-metric :func:`promotion_gate` included), publishes it,
   reads back its outcome, writes the snapshot and waits for replica acks.
@@ -28,9 +30,9 @@ Code outside ``recpilot.models`` imports from this package; inside it, from the 
 
 from recpilot.models.deployments.checks import promotion_gate, repository_admission
 from recpilot.models.deployments.controller import DeploymentController, PromotionRefused, Submitted
-from recpilot.models.deployments.log import (ControlTopicUnavailable, DeploymentFollower, PublishError, ControlLogReader,
-                                             control_topic_spec, ensure_control_topic, publish_message, replay,
-                                             repository_book)
+from recpilot.models.deployments.log import (AckLogReader, ControlLogReader, ControlTopicUnavailable,
+                                             DeploymentFollower, PublishError, control_topic_spec, ensure_control_topic,
+                                             publish_message, replay, repository_book)
 from recpilot.models.deployments.snapshot import Snapshot, plan_start, read_snapshot, snapshot_path, write_snapshot
 from recpilot.models.deployments.state import (ACK_NAMES, ACTION_NAMES, ACTIONS, CANARY_BUCKETS, CommandRejected,
                                                DeploymentBook, DeploymentError, DeploymentSettings, InvalidCommand,
@@ -47,8 +49,8 @@ __all__ = [
     "promotion_gate", "repository_admission", "Snapshot", "plan_start", "read_snapshot", "snapshot_path",
     "write_snapshot",
     # log
-    "DeploymentFollower", "ControlLogReader", "control_topic_spec", "ensure_control_topic", "publish_message", "replay",
-    "repository_book",
+    "AckLogReader", "DeploymentFollower", "ControlLogReader", "control_topic_spec", "ensure_control_topic",
+    "publish_message", "replay", "repository_book",
     # controller
     "DeploymentController", "Submitted",
     # errors

@@ -6,9 +6,10 @@ against the state replayed from the control topic (:mod:`.state`, :mod:`.log`) a
 model repository: the versions exist and are intact, and a promotion passes the offline-metric
 gate (:func:`promotion_gate`) unless forced with a recorded reason. It then publishes the command,
 reads the log back to report whether it was applied, and, if asked, waits for the serving
-replicas' acknowledgements. With the repository, it replays the log with the same checks every
-replica applies (:mod:`.checks`) and writes the deployment snapshot (:mod:`.snapshot`) after each
-command it saw applied.
+replicas' acknowledgements, which it reads from the acks topic (``control.acks``; never from the
+control topic, where an ack written by an earlier version is skipped). With the repository, it
+replays the log with the same checks every replica applies (:mod:`.checks`) and writes the
+deployment snapshot (:mod:`.snapshot`) after each command it saw applied.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from recpilot.errors import FailedPrecondition
 from recpilot.models.deployments.checks import gate_problems, promotion_gate
 from recpilot.models.deployments.log import (
+    AckLogReader,
     PublishError,
     ControlLogReader,
     ensure_control_topic,
@@ -76,17 +78,20 @@ class DeploymentController:
     """
 
     def __init__(self, settings: PlatformSettings, repository=None, deploy_settings: DeploymentSettings | None = None,
-                 *, topic: str | None = None, actor: str | None = None, verify_repository: bool = True) -> None:
+                 *, topic: str | None = None, actor: str | None = None, verify_repository: bool = True,
+                 acks_topic: str | None = None) -> None:
         """``verify_repository=False`` skips the repository checks (existence, integrity) for a
         publisher that has no access to the repository (e.g. the monitor on another host rolling
         back or clearing a canary); the state checks still apply, replicas still verify versions on
         load, and a promotion over a production version is then refused unless forced (the metric
-        gate needs the repository)."""
+        gate needs the repository). ``acks_topic``: where the replicas acknowledge (default: the
+        control topic's, :meth:`DeploymentSettings.acks_topic_for`)."""
         from recpilot.settings import load
 
         self.settings = settings
         self.deploy = deploy_settings or load(DeploymentSettings)
         self.topic = topic or self.deploy.topic
+        self.acks_topic = acks_topic or self.deploy.acks_topic_for(self.topic)
         self.actor = actor or default_actor()
         if repository is None:
             from recpilot.models.repository import ModelRepository
@@ -95,10 +100,14 @@ class DeploymentController:
         self.repository = repository
         self.verify_repository = verify_repository
         self._reader: ControlLogReader | None = None
+        self._acks_reader: AckLogReader | None = None
         self._producer = None
         self._topic_ensured = False
 
     def close(self) -> None:
+        if self._acks_reader is not None:
+            self._acks_reader.close()
+            self._acks_reader = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -134,12 +143,27 @@ class DeploymentController:
     def state(self, model_name: str) -> pb.DeploymentState:
         return self.refresh().state(model_name)
 
+    def read_acks(self, timeout: float | None = None) -> DeploymentBook:
+        """:meth:`refresh`, then bring ``book.acks`` up to the acks topic's current end (an acks
+        topic that does not exist yet holds no acks). Publishing alone never reads the acks."""
+        book = self.refresh(timeout)
+        if self._acks_reader is None:
+            self._acks_reader = AckLogReader(self.settings, self.acks_topic, book, client_id="recpilot-controller-acks")
+        self._acks_reader.read_to_end(timeout or self.deploy.replay_timeout_s)
+        return book
+
     def wait_acks(self, command_id: str, seconds: float, replicas: int = 1) -> list[pb.DeploymentAck]:
-        """Tail the topic until ``replicas`` replicas acknowledged ``command_id`` or ``seconds`` passed."""
-        book = self.refresh()
+        """Tail the acks topic until ``replicas`` replicas acknowledged ``command_id`` or ``seconds`` passed."""
+        book = self.read_acks()
+        reader = self._acks_reader
         deadline = time.monotonic() + seconds
         while len(book.acks.get(command_id, {})) < replicas and time.monotonic() < deadline:
-            self._reader.poll_once(min(0.5, max(deadline - time.monotonic(), 0.01)))
+            wait = min(0.5, max(deadline - time.monotonic(), 0.01))
+            if reader.assigned:
+                reader.poll_once(wait)
+            else:  # no acks topic yet: look again (the first replica creates it)
+                time.sleep(wait)
+                reader.read_to_end(self.deploy.replay_timeout_s)
         return sorted(book.acks.get(command_id, {}).values(), key=lambda a: (a.timestamp_ms, a.replica))
 
     # -- validating ----------------------------------------------------------------------

@@ -2,18 +2,24 @@
 
 ``control.deployments`` is the only store of deployment state. It carries
 :class:`~recpilot.pb.deployments_pb2.ControlMessage` envelopes keyed by model name: commands written
-by the controller (the CLI; the monitor and rl_feedback later) and acknowledgements written by
-serving replicas. Retention is forever, so anyone rebuilds the state by replaying the topic from
-the beginning, including after a restart of the broker (Kafka keeps the log on disk).
+by the controller (the CLI, the monitor, rl_feedback). The serving replicas' acknowledgements go to
+a topic of their own, ``control.acks`` (:func:`recpilot.topics.acks_topic`; the same envelope with
+an ``ack`` body), so that WRITE on the control topic can be granted to the control plane alone.
+Both keep everything (retention forever), so anyone rebuilds the state by replaying the control
+topic from the beginning, including after a restart of the broker (Kafka keeps the log on disk).
+An ack found on the control topic (an earlier version wrote them there) is skipped, as is anything
+but an ack on the acks topic.
 
 * reading: :class:`ControlLogReader` (assign from the beginning, watermarks, read to the end, tail),
+  :class:`AckLogReader` (the same for the acks topic, into the book's ``acks``),
   :func:`replay` (one-shot), :class:`DeploymentFollower` (the thread inside each serving replica
-  that keeps the state current, calls ``on_change`` and publishes acks, REJECTED ones included);
+  that keeps the state current, calls ``on_change`` and publishes acks, REJECTED ones included, to
+  the acks topic);
 * a reader given the model repository applies its checks while replaying (:mod:`.checks`) and starts
   from the deployment snapshot kept there when the log was lost or truncated (:mod:`.snapshot`,
   reported: log, ``recpilot_deployments_control_log_lost``, ``log_problems``);
-* writing: :func:`ensure_control_topic` (one partition, retention forever) and :func:`publish_message`
-  (one message, waited for until the broker confirmed it).
+* writing: :func:`ensure_control_topic` (one partition, retention forever; for the acks topic too)
+  and :func:`publish_message` (one message, waited for until the broker confirmed it).
 
 The Kafka client is imported inside the functions that use it, so importing this module stays
 light.
@@ -38,6 +44,7 @@ from recpilot.models.deployments.state import (ACK_NAMES, DeploymentBook, Deploy
 from recpilot.pb import deployments_pb2 as pb
 from recpilot.settings import PlatformSettings
 from recpilot.topics import CONTROL_DEPLOYMENTS
+from recpilot.topics import acks_topic as acks_topic_of
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection refused while a broker restarts, ...) go through logging:
@@ -56,6 +63,9 @@ _m_truncated = Gauge("recpilot_deployments_control_log_truncated",
                      "1 when the control topic's low watermark was above 0 at start")
 _m_acks = Counter("recpilot_deployments_acks_published_total", "acknowledgements published by this process",
                   ["status"])
+_m_stray = Counter("recpilot_deployments_stray_messages_total",
+                   "messages skipped for being on the wrong topic: an ack on the control topic (written by an "
+                   "earlier version), a command or state on the acks topic", ["topic"])
 
 
 class ControlTopicUnavailable(DeploymentError, Unavailable):
@@ -74,13 +84,15 @@ class PublishError(DeploymentError, Unavailable):
 def control_topic_spec(topic: str):
     from recpilot.topics import TopicSpec
 
-    # Commands and acks are the audit trail and the state: keep them forever, one partition.
+    # Commands (and, on their own topic, acks) are the audit trail and the state: keep them
+    # forever, one partition.
     return TopicSpec(topic, 1, {"retention.ms": "-1"})
 
 
 def ensure_control_topic(settings: PlatformSettings, topic: str, timeout: float = 20.0) -> list[str]:
-    """Create the control topic if missing (1 partition, retention forever); return warnings about
-    an existing topic whose configuration would lose deployment history (also logged)."""
+    """Create the control topic (or an acks topic) if missing (1 partition, retention forever);
+    return warnings about an existing topic whose configuration would lose deployment history (also
+    logged). Only reads metadata when the topic exists: no CREATE grant needed then."""
     from confluent_kafka.admin import ConfigResource
 
     from recpilot.kafka import admin, ensure_topics
@@ -148,6 +160,8 @@ class ControlLogReader:
     With ``snapshot_root`` (the model repository) the start is planned by
     :func:`.snapshot.plan_start`: the book may be seeded from the snapshot and the log read from
     its offsets; ``start_plan`` says how it started and ``problems`` what was wrong with the log."""
+
+    _kind = "control"  # the label of recpilot_deployments_stray_messages_total
 
     def __init__(self, settings: PlatformSettings, topic: str, book: DeploymentBook | None = None,
                  client_id: str = "recpilot-deployments", lock: threading.RLock | None = None,
@@ -294,10 +308,20 @@ class ControlLogReader:
         if self.on_before is not None:
             self.on_before(m.partition(), m.offset())
         self._positions[m.partition()] = m.offset() + 1
-        kind, obj = self.book.apply_bytes(m.value(), m.offset())
+        kind, obj = self._apply(m.value(), m.offset())
+        if kind == "stray":
+            _m_stray.labels(self._kind).inc()
         if self.on_message is not None:
             self.on_message(kind, obj)
         return 1
+
+    @property
+    def assigned(self) -> bool:
+        """The topic was found and is being read (False while it does not exist)."""
+        return self._assigned
+
+    def _apply(self, value: bytes | None, offset: int) -> tuple[str, object]:
+        return self.book.apply_bytes(value, offset)
 
     def caught_up(self, ends: dict[int, int], lows: dict[int, int] | None = None) -> bool:
         lows = lows or {}
@@ -325,6 +349,21 @@ class ControlLogReader:
         return self.book
 
 
+class AckLogReader(ControlLogReader):
+    """Reads an acks topic (``control.acks``) from the beginning and tails it, recording the acks in
+    ``book.acks`` (:meth:`DeploymentBook.apply_ack_bytes`: only ack bodies count; a command written
+    there is never applied). No snapshot: acks are not state."""
+
+    _kind = "acks"
+
+    def __init__(self, settings: PlatformSettings, topic: str, book: DeploymentBook,
+                 client_id: str = "recpilot-acks", lock: threading.RLock | None = None) -> None:
+        super().__init__(settings, topic, book, client_id=client_id, lock=lock)
+
+    def _apply(self, value: bytes | None, offset: int) -> tuple[str, object]:
+        return self.book.apply_ack_bytes(value, offset)
+
+
 def replay(settings: PlatformSettings, topic: str = CONTROL_DEPLOYMENTS, timeout: float = 20.0,
            repository: Path | None = None) -> DeploymentBook:
     """The deployment state of every model, rebuilt from the whole topic (with ``repository``: its
@@ -350,7 +389,9 @@ class DeploymentFollower:
     ``repository``, failing its checks) changes nothing, is not passed on, and is answered with a
     REJECTED ack carrying the reason. ``on_change`` runs on the follower's thread; if it raises, a
     FAILED ack with the error is published for that command. ``ack(command, status, message)``
-    publishes a :class:`DeploymentAck` with this replica's id.
+    publishes a :class:`DeploymentAck` with this replica's id to ``acks_topic`` (default: the
+    control topic's, :func:`recpilot.topics.acks_topic`), never to the control topic, which a
+    replica only reads. Acks found on the control topic (an earlier version's) are skipped.
 
     ``repository`` (the model repository's root): apply its checks while replaying and start from
     its deployment snapshot when the log was lost or truncated; ``problems`` then says what was
@@ -360,8 +401,9 @@ class DeploymentFollower:
     def __init__(self, settings: PlatformSettings, replica_id: str,
                  on_change: Callable[[pb.DeploymentState, pb.DeploymentCommand], None] | None = None,
                  topic: str = CONTROL_DEPLOYMENTS, *, ensure_topic: bool = True, repository: Path | None = None,
-                 deploy: DeploymentSettings | None = None) -> None:
+                 deploy: DeploymentSettings | None = None, acks_topic: str | None = None) -> None:
         self.settings, self.replica_id, self.topic = settings, replica_id, topic
+        self.acks_topic = acks_topic or acks_topic_of(topic)
         self.on_change = on_change
         self.ensure_topic = ensure_topic
         self.repository = repository
@@ -435,10 +477,20 @@ class DeploymentFollower:
         ack = pb.DeploymentAck(command_id=command.command_id, model_name=command.model_name, version=command.version,
                                status=status, replica=self.replica_id, message=message, revision=revision,
                                timestamp_ms=now_ms())
-        publish_message(self._producer, self.topic, pb.ControlMessage(ack=ack), command.model_name, 10.0,
+        publish_message(self._producer, self.acks_topic, pb.ControlMessage(ack=ack), command.model_name, 10.0,
                         f"ack for {command.command_id}")
         _m_acks.labels(ACK_NAMES.get(status, "UNSPECIFIED")).inc()
         return ack
+
+    def _ensure_acks_topic(self) -> None:
+        """Create the acks topic when missing. Following does not depend on it: a replica whose
+        principal may not create topics (the example ACLs) still follows, and its acks fail
+        (logged) until ``recpilot topics`` created it."""
+        try:
+            ensure_control_topic(self.settings, self.acks_topic, timeout=5.0)
+        except Exception as exc:
+            log.warning("cannot create the acks topic; acks are not delivered until it exists",
+                        extra={"topic": self.acks_topic, "error": str(exc), "replica": self.replica_id})
 
     # -- the thread ----------------------------------------------------------------------
     def _run_guarded(self) -> None:
@@ -481,6 +533,7 @@ class DeploymentFollower:
                 try:
                     if self.ensure_topic:
                         ensure_control_topic(self.settings, self.topic, timeout=5.0)
+                        self._ensure_acks_topic()
                     if reader._assign(5.0):
                         lows, ends = reader.watermarks(5.0)
                         break

@@ -6,7 +6,11 @@ that is invalid against the state it meets (:func:`check_command` says why) is *
 stays in the log for the audit trail but changes nothing, and the revision only counts applied
 commands. Because only the state and the command decide, every replayer (the CLI, each serving
 replica, a fresh process after a restart) rebuilds the same state: :class:`DeploymentBook` does it
-for a sequence of control messages (commands, acknowledgements), wherever they were read from.
+for the messages of the control topic (commands; :meth:`DeploymentBook.apply_bytes`), wherever
+they were read from, and collects the replicas' acknowledgements read from the acks topic
+(:meth:`DeploymentBook.apply_ack_bytes`). Each topic's reader takes only its own kind of message:
+an ack found on the control topic (written there by an earlier version) and a command found on the
+acks topic (which every serving replica may write) are skipped and counted (``stray``).
 
 The log is writable by anyone the broker lets write, so every replayer applies the checks the CLI
 applies before publishing, not only the state machine's: :func:`check_command` refuses malformed
@@ -35,7 +39,7 @@ from recpilot.errors import FailedPrecondition, InvalidArgument, RecpilotError
 from recpilot.models.repository import NAME_RE, VERSION_RE
 from recpilot.pb import deployments_pb2 as pb
 from recpilot.settings import RecpilotSettings
-from recpilot.topics import CONTROL_DEPLOYMENTS
+from recpilot.topics import CONTROL_DEPLOYMENTS, acks_topic
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +59,19 @@ class DeploymentSettings(RecpilotSettings):
     model_config = SettingsConfigDict(env_prefix="RECPILOT_DEPLOY_", extra="forbid", case_sensitive=False)
 
     topic: str = Field(default=CONTROL_DEPLOYMENTS, min_length=1, description="the control topic (tests override it)")
+    acks_topic: str = Field(default="", description="the topic the serving replicas acknowledge commands on; empty: "
+                            "control.acks for control.deployments, <topic>.acks for another control topic")
     auc_tolerance: float = Field(default=0.005, ge=0, description="promotion refused if auc < production auc - this")
     logloss_tolerance: float = Field(default=0.01, ge=0,
                                      description="promotion refused if logloss > production logloss + this")
     replay_timeout_s: float = Field(default=20.0, gt=0, description="how long a replay of the topic may take")
     publish_timeout_s: float = Field(default=30.0, gt=0)
+
+    def acks_topic_for(self, topic: str | None = None) -> str:
+        """The acks topic of ``topic`` (default: this ``topic``): ``acks_topic`` when set and
+        ``topic`` is the configured one, else derived (:func:`recpilot.topics.acks_topic`)."""
+        topic = topic or self.topic
+        return self.acks_topic if self.acks_topic and topic == self.topic else acks_topic(topic)
 
 
 class DeploymentError(RecpilotError):
@@ -250,7 +262,8 @@ Admission = Callable[[pb.DeploymentState, pb.DeploymentCommand], "str | None"]
 
 @dataclass
 class DeploymentBook:
-    """States, outcomes and acknowledgements rebuilt from the messages of the control topic.
+    """States and outcomes rebuilt from the messages of the control topic, and the replicas'
+    acknowledgements read from the acks topic.
 
     ``admit(state, command)``: checks beyond :func:`check_command` (why the command cannot be
     applied, or None), e.g. :func:`.checks.repository_admission`. ``base``: the states the book was
@@ -260,8 +273,10 @@ class DeploymentBook:
     states: dict[str, pb.DeploymentState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)          # command_id -> outcome
     acks: dict[str, dict[str, pb.DeploymentAck]] = field(default_factory=dict)  # command_id -> replica -> ack
-    messages: int = 0
+    messages: int = 0                    # control topic messages applied (apply_bytes)
+    ack_messages: int = 0                # acks topic messages read (apply_ack_bytes)
     undecodable: int = 0
+    stray: int = 0                       # an ack on the control topic, a command or state on the acks topic
     admit: Admission | None = None
     base: tuple[dict[int, int], dict[str, pb.DeploymentState]] | None = None
 
@@ -282,26 +297,49 @@ class DeploymentBook:
         out.CopyFrom(st)
         return out
 
-    def apply_bytes(self, value: bytes | None, offset: int = -1) -> tuple[str, object]:
-        """Apply one message; returns ("command", Outcome) | ("ack", DeploymentAck) | ("state", _) | ("bad", None)."""
-        self.messages += 1
+    def _parse(self, value: bytes | None, offset: int, where: str) -> tuple[str | None, pb.ControlMessage | None]:
         msg = pb.ControlMessage()
         try:
             msg.ParseFromString(value or b"")
         except Exception:
             self.undecodable += 1
-            log.warning("undecodable message on the control topic", extra={"offset": offset})
-            return "bad", None
+            log.warning(f"undecodable message on the {where} topic", extra={"offset": offset})
+            return None, None
         body = msg.WhichOneof("body")
+        if body is None:
+            self.undecodable += 1
+        return body, msg
+
+    def apply_bytes(self, value: bytes | None, offset: int = -1) -> tuple[str, object]:
+        """Apply one message of the control topic; returns ("command", Outcome) | ("state", _) |
+        ("stray", DeploymentAck) | ("bad", None). An ack there (the control topic of an earlier
+        version carried them) is skipped: acks are read from the acks topic only."""
+        self.messages += 1
+        body, msg = self._parse(value, offset, "control")
         if body == "command":
             return "command", self.apply_command(msg.command, offset)
+        if body == "state":
+            return "state", msg.state  # informational snapshots; the commands are the source of truth
+        if body == "ack":
+            self.stray += 1
+            return "stray", msg.ack
+        return "bad", None
+
+    def apply_ack_bytes(self, value: bytes | None, offset: int = -1) -> tuple[str, object]:
+        """Record one message of the acks topic; returns ("ack", DeploymentAck) | ("stray", _) |
+        ("bad", None). Only ack bodies count: a command or state there is never applied (every
+        serving replica may write that topic), only counted and logged."""
+        self.ack_messages += 1
+        body, msg = self._parse(value, offset, "acks")
         if body == "ack":
             a = msg.ack
             self.acks.setdefault(a.command_id, {})[a.replica] = a
             return "ack", a
-        if body == "state":
-            return "state", msg.state  # informational snapshots; the commands are the source of truth
-        self.undecodable += 1
+        if body is not None:
+            self.stray += 1
+            log.warning("a message that is not an ack on the acks topic: ignored",
+                        extra={"offset": offset, "body": body, "collapse": True})
+            return "stray", getattr(msg, body)
         return "bad", None
 
     def apply_command(self, cmd: pb.DeploymentCommand, offset: int = -1) -> Outcome:
