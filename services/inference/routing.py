@@ -295,8 +295,12 @@ class DeploymentSync:
     changes nothing, and its commands are acknowledged by the newer one with the state it applied.
     """
 
-    def __init__(self, manager: ModelManager, follower_factory: Callable[[Callable], object]) -> None:
+    def __init__(self, manager: ModelManager, follower_factory: Callable[[Callable], object],
+                 policies=None) -> None:
+        """``policies``: the replica's :class:`~services.inference.policy.PolicyRegistry`, brought
+        to each state's policy versions after its ranker versions (None: policies are not served)."""
         self.manager = manager
+        self.policies = policies
         self.follower = follower_factory(self._on_change)
         self._todo: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -358,6 +362,10 @@ class DeploymentSync:
         res = self.manager.reconcile(model, want, ticket)
         if res.superseded:
             return  # the newer reconcile acknowledges the commands
+        pres = None
+        if self.policies is not None:
+            pres = self.policies.reconcile(model, state.policy_version, state.policy_canary_version,
+                                           float(state.policy_canary_percent), ticket)
         if ticket is not None:
             with self._acks_lock:  # the commands up to this change (later ones: their own reconcile)
                 pending = self._to_ack.get(model, [])
@@ -371,7 +379,9 @@ class DeploymentSync:
             fallback = self._fall_back(model, state, want, res, ticket)
         for cmd in commands:
             if cmd.kind == dpb.POLICY:
-                ok, msg = True, f"policy {state.policy_version}"
+                ok, msg = self._policy_ack(state, cmd, pres)
+                if ok and id(cmd) in older:
+                    msg = "superseded by a newer command; " + msg
             elif cmd.version and cmd.version in res.failed:
                 ok, msg = False, res.failed[cmd.version]
                 if fallback:
@@ -385,6 +395,21 @@ class DeploymentSync:
                 self.follower.ack(cmd, dpb.APPLIED if ok else dpb.FAILED, ("at startup: " if startup else "") + msg)
             except Exception:
                 log.exception("could not publish the deployment ack", extra={"model": model})
+
+    def _policy_ack(self, state, cmd, pres) -> tuple[bool, str]:
+        """(applied?, message) for a POLICY command: FAILED when the version it makes serve failed
+        to load (what served before keeps serving)."""
+        if self.policies is None:
+            return False, "this replica does not serve re-ranking policies"
+        routes = self.policies.routes(state.model_name)
+        serving = f"serving policy production={routes.production.version} canary=" + \
+            (f"{routes.canary.version}@{routes.canary_percent:g}%" if routes.canary is not None else "")
+        target = cmd.version if cmd.action != dpb.ROLLBACK else state.policy_version  # where a rollback went
+        if pres is not None and target in pres.failed:
+            return False, f"{pres.failed[target]}; {serving}"
+        if pres is not None and pres.superseded:
+            return True, "superseded by a newer command; " + serving
+        return True, serving
 
     def _fall_back(self, model: str, state, want: Desired, res: ReconcileResult,
                    ticket: int | None = None) -> str | None:

@@ -74,6 +74,9 @@ class InferenceSettings(RecpilotSettings):
     num_candidates: int = Field(default=200, ge=1, le=5000)
     max_candidate_ids: int = Field(default=2000, ge=1, description="request candidate_ids above this are rejected")
     max_k: int = Field(default=1000, ge=1)
+    policy_pool: int = Field(default=40, ge=1, le=5000, description="the pool a re-ranking policy chooses from: the "
+                             "ranker's top M candidates by score, logged with every impression (a learned policy's "
+                             "own pool_size overrides it; never fewer than k)")
 
     # -- request limits (INVALID_ARGUMENT beyond them) -------------------------------------
     max_id_length: int = Field(default=256, ge=1, description="characters of user_id, session_id, request_id, "

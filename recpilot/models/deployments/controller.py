@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from recpilot.errors import FailedPrecondition
-from recpilot.models.deployments.checks import gate_problems, promotion_gate
+from recpilot.models.deployments.checks import gate_problems, policy_problem, promotion_gate
 from recpilot.models.deployments.log import (
     PublishError,
     ControlLogReader,
@@ -198,6 +198,22 @@ class DeploymentController:
                                           f"production version, which is {prev}")
                 version = prev
                 self._meta(model, prev, f"roll back {model} to version {prev}")
+        elif kind == pb.POLICY:
+            if act == pb.ROLLBACK:
+                prev = previous_production(state, pb.POLICY)
+                if prev is None:
+                    raise CommandRejected(f"policy of {model} has no previous production version to roll back to "
+                                          f"(production: {state.policy_version or 'ranker-order'})")
+                if version and version != prev:
+                    raise CommandRejected(f"cannot roll back the policy of {model} to {version}: rollback returns "
+                                          f"to the previous production policy, which is {prev}")
+                version = prev
+            if self.verify_repository and act in (pb.DEPLOY, pb.PROMOTE, pb.CANARY, pb.ROLLBACK):
+                if not version:
+                    raise InvalidCommand(f"{action} needs a policy version of {model}")
+                problem = policy_problem(self.repository, model, version, verify=True)
+                if problem:
+                    raise DeploymentError(f"cannot {what} (policy): {problem}")
         if overridden:
             reason = f"{reason} [promotion gate overridden: {'; '.join(overridden)}]"
         cmd = new_command(act, model, version, percent=percent, actor=self.actor, reason=reason, force=force,
