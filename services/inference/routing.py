@@ -399,6 +399,8 @@ class DeploymentSync:
     def _policy_ack(self, state, cmd, pres) -> tuple[bool, str]:
         """(applied?, message) for a POLICY command: FAILED when the version it makes serve failed
         to load (what served before keeps serving)."""
+        from recpilot.pb import deployments_pb2 as dpb
+
         if self.policies is None:
             return False, "this replica does not serve re-ranking policies"
         routes = self.policies.routes(state.model_name)

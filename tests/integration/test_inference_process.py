@@ -14,32 +14,10 @@ import grpc
 import pytest
 
 from bench.toymodel import write_version
-from recpilot import kafka
 from recpilot.pb import deployments_pb2 as dpb
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
 from services.inference.routing import is_canary
-from tests.support.inference import publish, server_env, start_server
-
-
-def _acks(platform, topic, group):
-    """Every ack on the topic so far."""
-    c = kafka.consumer(platform, group)
-    c.subscribe([topic])
-    out, t0, idle = [], time.monotonic(), 0
-    try:
-        while time.monotonic() - t0 < 15 and idle < 4:
-            m = c.poll(0.5)
-            if m is None:
-                idle += 1 if out or time.monotonic() - t0 > 3 else 0
-                continue
-            if m.error():
-                continue
-            msg = dpb.ControlMessage.FromString(m.value())
-            if msg.WhichOneof("body") == "ack":
-                out.append(msg.ack)
-    finally:
-        c.close()
-    return out
+from tests.support.inference import publish, read_acks, server_env, start_server
 
 
 @pytest.fixture
@@ -108,7 +86,7 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
     after = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u0", k=5, candidate_ids=cands))
     assert after.model_version == server["v2"] and not after.fallback
 
-    acks = [a for a in _acks(platform_settings, server["topic"], f"t-acks-{server['unique']}")
+    acks = [a for a in read_acks(platform_settings, server["topic"], f"t-acks-{server['unique']}")
             if a.replica == server["replica"]]
     by_cmd = {a.command_id: a for a in acks}
     assert by_cmd[bad_cmd].status == dpb.FAILED and "TorchScript" in by_cmd[bad_cmd].message
