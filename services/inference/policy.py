@@ -42,6 +42,7 @@ from recpilot.models.deployments.state import in_canary
 from recpilot.rl.features import POLICY_FEATURES, policy_inputs
 from recpilot.rl.slate import GREEDY, sample
 from services.inference import metrics as m
+from services.inference.loading import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,7 @@ class PolicyRegistry:
         self._lock = threading.Lock()        # one switch at a time; never held while a version loads
         self._started: dict[str, int] = {}   # per model: the newest reconcile ticket seen
         self._applied: dict[str, int] = {}   # per model: the ticket of the table in place
-        self._loading: dict[tuple[str, str], Future] = {}
-        self._loading_lock = threading.Lock()
+        self._loading = InFlight()
 
     # -- reads (request path, lock-free) -----------------------------------------------------
     def routes(self, model: str) -> PolicyRoutes:
@@ -201,26 +201,12 @@ class PolicyRegistry:
         self._loaded[(model, version)] = policy
 
     def _load(self, model: str, version: str) -> Future:
-        key = (model, version)
-        with self._loading_lock:
-            fut = self._loading.get(key)
-            if fut is not None:
-                return fut
-            fut = self._loading[key] = Future()
+        def load() -> Policy:
+            if self.loader is None:
+                raise RuntimeError("this replica has no model repository to load policies from")
+            return self.loader(model, version)
 
-        def run() -> None:
-            try:
-                if self.loader is None:
-                    raise RuntimeError("this replica has no model repository to load policies from")
-                fut.set_result(self.loader(model, version))
-            except BaseException as exc:  # noqa: BLE001 - handed to the reconcile that waits
-                fut.set_exception(exc)
-            finally:
-                with self._loading_lock:
-                    self._loading.pop(key, None)
-
-        threading.Thread(target=run, name=f"load-{model}.policy:{version}", daemon=True).start()
-        return fut
+        return self._loading.start((model, version), load, f"load-{model}.policy:{version}")
 
     def reconcile(self, model: str, production: str = "", canary: str = "", canary_percent: float = 0.0,
                   ticket: int | None = None) -> PolicyResult:

@@ -28,19 +28,18 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recpilot.featurespec import stable_hash
+from recpilot.models.deployments.state import in_canary
 from services.inference import metrics as m
 from services.inference.backends import LoadFailed, ModelVersion, load_version
+from services.inference.loading import InFlight
 from services.inference.settings import BatchingConfig
 
 log = logging.getLogger(__name__)
 
-CANARY_BUCKETS = 10_000
-
-
 def is_canary(user_id: str, percent: float) -> bool:
-    """A user goes to the canary iff stable_hash(user_id, 10_000) < percent * 100."""
-    return stable_hash(user_id, CANARY_BUCKETS) < percent * 100
+    """A user goes to the canary iff stable_hash(user_id, 10_000) < percent * 100 (the one rule of
+    :func:`recpilot.models.deployments.state.in_canary`, for rankers and policies alike)."""
+    return in_canary(user_id, percent)
 
 
 @dataclass(frozen=True)
@@ -117,8 +116,7 @@ class ModelManager:
         self._routes: dict[str, Routes] = {n: Routes() for n in self.model_names}
         self._lock = threading.Lock()  # one routing switch at a time (never held while a version loads)
         self._generation = {n: 0 for n in self.model_names}  # reconciles started, per model
-        self._loading: dict[tuple[str, str], Future] = {}  # loads in flight, shared by the reconciles that wait
-        self._loading_lock = threading.Lock()
+        self._loading = InFlight()  # loads in flight, shared by the reconciles that wait
 
     # -- reads (any thread, lock-free) -----------------------------------------------------------
     def routes(self, model: str) -> Routes:
@@ -145,25 +143,9 @@ class ModelManager:
     # -- writes ----------------------------------------------------------------------------------
     def _load(self, model: str, version: str) -> Future:
         """The load of ``model:version`` in its own (daemon) thread; the one already in flight if any."""
-        key = (model, version)
-        with self._loading_lock:
-            fut = self._loading.get(key)
-            if fut is not None:
-                return fut
-            fut = self._loading[key] = Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(load_version(self.repo_root, model, version, device=self.device,
-                                            batching=self.batching_for(model), executor=self.executor))
-            except BaseException as exc:  # noqa: BLE001 - handed to the reconciles that wait
-                fut.set_exception(exc)
-            finally:
-                with self._loading_lock:
-                    self._loading.pop(key, None)
-
-        threading.Thread(target=run, name=f"load-{model}:{version}", daemon=True).start()
-        return fut
+        return self._loading.start((model, version), lambda: load_version(
+            self.repo_root, model, version, device=self.device, batching=self.batching_for(model),
+            executor=self.executor), f"load-{model}:{version}")
 
     def _wait_loads(self, model: str, versions: list[str], res: ReconcileResult) -> dict[str, ModelVersion]:
         """Start (or join) the loads of ``versions`` and wait for them, ``load_timeout_s`` in all;
