@@ -135,6 +135,10 @@ class InferenceSettings(RecpilotSettings):
             raise ValueError("tls_cert and tls_key must be set together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        policies = [n for n in self.model_names if n.endswith(".policy")]
+        if policies:
+            raise ValueError(f"model_names {policies}: '<model>.policy' holds a model's re-ranking policies, served "
+                             "with the model itself (its deployment state's policy versions), not as a ranker")
         if self.default_model not in self.model_names:
             raise ValueError(f"default_model {self.default_model!r} is not in model_names {self.model_names}")
         return self

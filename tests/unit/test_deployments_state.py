@@ -163,6 +163,12 @@ def test_policy_canary_and_clear_canary():
     assert st2.canary_version == "" and st2.policy_canary_version == "7"
 
 
+def test_a_policy_store_is_not_a_model_of_its_own():
+    for kind in (pb.RANKER, pb.POLICY):
+        c = new_command("deploy", "ranker.policy", "1", kind=kind)
+        assert "holds the re-ranking policies of ranker, not a model" in check_command(pb.DeploymentState(), c)
+
+
 def test_policy_canary_routes_by_the_ranker_canarys_hash():
     st = pb.DeploymentState(model_name="ranker", production_version="1", policy_version="2",
                             policy_canary_version="5", policy_canary_percent=20)

@@ -64,6 +64,8 @@ def test_settings_reject_bad_values(monkeypatch):
     monkeypatch.setenv("RECPILOT_INFERENCE_BATCHING_PER_MODEL", '{"big": {"enabled": false}}')
     s = load(InferenceSettings)
     assert s.batching_for("ranker").max_batch_size == 64 and s.batching_for("big").enabled is False
+    with pytest.raises(ValueError, match="holds a model's re-ranking policies"):
+        InferenceSettings(model_names=["ranker", "ranker.policy"])
     assert s.http_port == 9103 and s.grpc_port == 50051
 
 

@@ -32,7 +32,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from recpilot.errors import FailedPrecondition, InvalidArgument, RecpilotError
-from recpilot.models.repository import NAME_RE, VERSION_RE
+from recpilot.models.repository import NAME_RE, POLICY_SUFFIX, VERSION_RE
 from recpilot.pb import deployments_pb2 as pb
 from recpilot.settings import RecpilotSettings
 from recpilot.topics import CONTROL_DEPLOYMENTS
@@ -141,6 +141,9 @@ def check_command(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> str |
     act, kind = cmd.action, _kind(cmd)
     if not NAME_RE.fullmatch(cmd.model_name):
         return f"invalid model name {cmd.model_name[:80]!r} (letters, digits, '_', '.', '-'; at most 64)"
+    if cmd.model_name.endswith(POLICY_SUFFIX):
+        return (f"{cmd.model_name} holds the re-ranking policies of {cmd.model_name.removesuffix(POLICY_SUFFIX)}, "
+                f"not a model: deploy them with kind policy on {cmd.model_name.removesuffix(POLICY_SUFFIX)}")
     if cmd.version:
         # ranker versions are repository directories ("1", "2", ...); policy versions are names
         if kind == pb.RANKER and not VERSION_RE.fullmatch(cmd.version):
