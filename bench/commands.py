@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _train(bench)
     _deployments(bench)
     _inference(bench)
+    _policy(bench)
     _grpc_floor(bench)
 
 
@@ -76,6 +77,19 @@ def _deployments(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--changes", type=int, default=50, help="commands timed from produce to on_change")
     p.add_argument("--submits", type=int, default=20, help="controller round trips to time")
     p.set_defaults(func=_run("deployments"))
+
+
+def _policy(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("policy", help="the re-ranking policy step of Recommend: a learned policy vs the ranker's order")
+    p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--pool", type=int, default=40, help="the policy's pool (inference setting policy_pool)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--width", type=int, default=64, help="hidden units per layer of the learned policy's MLP")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--exploration", nargs="+", default=["greedy", "epsilon_greedy:0.1", "softmax:0.5"])
+    p.add_argument("--requests", type=int, default=5000, help="requests timed per policy")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run("policy"))
 
 
 def _inference(bench: argparse._SubParsersAction) -> None:

@@ -56,7 +56,7 @@ def _controller(args: argparse.Namespace):
 def _resolve_model(args: argparse.Namespace, repo) -> str:
     if args.model:
         return args.model
-    models = repo.models()
+    models = repo.rankers()
     if len(models) == 1:
         return models[0]
     if not models:
@@ -89,6 +89,8 @@ def state_dict(state, book=None, history: int | None = None) -> dict:
         "model": state.model_name, "production_version": state.production_version or None,
         "canary_version": state.canary_version or None, "canary_percent": state.canary_percent,
         "shadow_version": state.shadow_version or None, "policy_version": state.policy_version or None,
+        "policy_canary_version": state.policy_canary_version or None,
+        "policy_canary_percent": state.policy_canary_percent,
         "revision": state.revision, "updated_ms": state.updated_ms, "updated": _iso(state.updated_ms),
     }
     if book is not None:
@@ -126,10 +128,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not args.no_state:
         try:
             book = replay(platform, deploy.topic, timeout=args.timeout, repository=repo.root)
-            states = {m["name"]: book.state(m["name"]) for m in models}
+            names = {m["name"].removesuffix(".policy") for m in models}  # a policy's state is its ranker's
+            states = {n: book.state(n) for n in names}
         except DeploymentError as exc:
             state_error = str(exc)
     for m in models:
+        if m["kind"] == "policy":  # <ranker>.policy: roles from the ranker's state
+            pst = states.get(m["name"].removesuffix(".policy"))
+            for v in m["versions"]:
+                v["roles"] = [] if pst is None else (["production"] if v["version"] == pst.policy_version else []) + \
+                    ([f"canary {pst.policy_canary_percent:g}%"] if v["version"] == pst.policy_canary_version else [])
+            continue
         st = states.get(m["name"])
         if st is not None:
             m["production_version"] = st.production_version or None
@@ -165,6 +174,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         for v in m["versions"]:
             if not v["valid"]:
                 print(f"  {v['version']:>7}  CORRUPT    {v['error']}")
+                continue
+            if v["kind"] == "policy":
+                print(f"  {v['version']:>7}  policy     {_iso(v['created_ms']):<20} exploration {v['exploration']}, "
+                      f"pool {v['pool_size']}, gamma {v['gamma']}  {', '.join(v['roles'])}")
                 continue
             mt = v["metrics"]
 
@@ -207,14 +220,16 @@ def _print_submitted(args: argparse.Namespace, sub) -> None:
         print(json.dumps(out, indent=2))
         return
     c = sub.command
-    print(f"{command_dict(c)['action']} {c.model_name}" + (f" version {c.version}" if c.version else "")
+    policy = command_dict(c)["kind"] == "policy"
+    print(("policy " if policy else "") + f"{command_dict(c)['action']} {c.model_name}"
+          + (f" version {c.version}" if c.version else "")
           + (f" {c.percent:g}%" if c.percent else "") + f": published as {c.command_id} by {c.actor}")
     if sub.overridden:
         print("  promotion gate overridden (--force): " + "; ".join(sub.overridden))
     s = sub.state
     print(f"  revision {s.revision}: production {s.production_version or '-'}, canary "
           f"{(s.canary_version + f' ({s.canary_percent:g}%)') if s.canary_version else '-'}, shadow "
-          f"{s.shadow_version or '-'}")
+          f"{s.shadow_version or '-'}" + (_policy_line(state_dict(s)) if policy or s.policy_version else ""))
     if args.wait:
         if sub.acks:
             for a in sub.acks:
@@ -229,19 +244,26 @@ def _run_action(args: argparse.Namespace, action: str) -> int:
     from recpilot.models.deployments.log import PublishError
     from recpilot.models.deployments.state import DeploymentError
 
+    from recpilot.models.deployments.state import KINDS
+    from recpilot.models.repository import POLICY_SUFFIX
+
+    kind = getattr(args, "kind", None) or "ranker"
+    policy = kind == "policy"
     try:
         with _controller(args) as ctl:
             model = _resolve_model(args, ctl.repository)
             version = getattr(args, "version", None) or ""
-            kw = {}
+            kw = {"kind": KINDS[kind]}
             if action in ("deploy", "canary", "shadow") and not version:
-                version = ctl.repository.latest(model) or ""
+                version = ctl.repository.latest(model + POLICY_SUFFIX if policy else model) or ""
             if action == "promote":
                 if not version:
-                    version = ctl.state(model).canary_version
+                    st = ctl.state(model)
+                    version = st.policy_canary_version if policy else st.canary_version
                     if not version:
-                        raise InvalidArgument(f"promote needs --version (no canary of {model} to promote)")
-                kw.update(auc_tolerance=args.auc_tolerance, logloss_tolerance=args.logloss_tolerance)
+                        raise InvalidArgument(f"promote needs --version (no {kind} canary of {model} to promote)")
+                if not policy:
+                    kw.update(auc_tolerance=args.auc_tolerance, logloss_tolerance=args.logloss_tolerance)
             if action == "canary":
                 kw["percent"] = args.percent
             sub = ctl.submit(action, model, version, reason=args.reason or "", force=getattr(args, "force", False),
@@ -281,13 +303,21 @@ def cmd_rollback(args):
     return _run_action(args, "rollback")
 
 
+def _policy_line(m: dict) -> str:
+    """``  policy P  policy canary C (x%)`` of a state_dict (the ranker's order when none is deployed)."""
+    out = f"  policy {m['policy_version'] or 'ranker-order'}"
+    if m["policy_canary_version"]:
+        out += f"  policy canary {m['policy_canary_version']} ({m['policy_canary_percent']:g}%)"
+    return out
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from recpilot.models.deployments.state import DeploymentError
 
     try:
         with _controller(args) as ctl:
             book = ctl.read_acks()
-            names = [args.model] if args.model else sorted(set(book.states) | set(ctl.repository.models()))
+            names = [args.model] if args.model else sorted(set(book.states) | set(ctl.repository.rankers()))
             if args.wait and names:
                 # wait for acknowledgements of each model's latest applied command
                 for name in names:
@@ -309,11 +339,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for m in out:
         canary = f"{m['canary_version']} ({m['canary_percent']:g}%)" if m["canary_version"] else "-"
         print(f"{m['model']}: production {m['production_version'] or '-'}  canary {canary}  shadow "
-              f"{m['shadow_version'] or '-'}" + (f"  policy {m['policy_version']}" if m["policy_version"] else "")
-              + f"  (revision {m['revision']}, updated {m['updated']})")
+              f"{m['shadow_version'] or '-'}" + _policy_line(m) + f"  (revision {m['revision']}, updated {m['updated']})")
         for h in m["history"]:
-            what = f"{h['action']}" + (f" {h['version']}" if h["version"] else "") + \
-                (f" {h['percent']:g}%" if h["action"] == "canary" else "")
+            what = ("policy " if h["kind"] == "policy" else "") + f"{h['action']}" + \
+                (f" {h['version']}" if h["version"] else "") + (f" {h['percent']:g}%" if h["action"] == "canary" else "")
             flag = "" if h["applied"] else f"  REJECTED: {h['rejected']}"
             forced = " [forced]" if h["force"] else ""
             print(f"  {h['time']}  r{h['revision'] if h['revision'] is not None else '-':<4} {what:<22} "
@@ -392,6 +421,12 @@ def _target(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=merged)
 
 
+def _kind(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=("ranker", "policy"), default="ranker",
+                   help="ranker (default) or policy: the model's re-ranking policy, versions of <model>.policy in the "
+                        "repository (the ranker's order serves while none is deployed)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     mp = sub.add_parser("models", help="model repository and deployment control (deploy, canary, promote, ...)")
     ms = mp.add_subparsers(dest="models_command", metavar="ACTION")
@@ -414,12 +449,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = ms.add_parser("deploy", help="make a version available (it becomes production if there is none)")
     _common(p)
+    _kind(p)
     p.add_argument("--version", help="default: the latest version")
     p.set_defaults(func=cmd_deploy)
     _target(p)
 
     p = ms.add_parser("promote", help="make a version production (refused if its offline metrics are worse)")
     _common(p)
+    _kind(p)
     p.add_argument("--version", help="default: the current canary")
     p.add_argument("--force", action="store_true", help="override the metric gate (needs --reason; recorded)")
     p.add_argument("--auc-tolerance", type=float, default=None,
@@ -433,6 +470,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--version", help="default: the latest version")
     p.add_argument("--percent", type=float, help="share of users, 0 < P <= 100 (0 clears the canary)")
+    _kind(p)
     p.add_argument("--clear", action="store_true", help="stop the canary")
     p.set_defaults(func=cmd_canary)
     _target(p)
@@ -446,6 +484,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = ms.add_parser("rollback", help="return production to the previous production version")
     _common(p)
+    _kind(p)
     p.add_argument("--version", help="optional: the version you expect to return to (refused if it is not)")
     p.set_defaults(func=cmd_rollback)
     _target(p)

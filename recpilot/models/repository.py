@@ -472,6 +472,11 @@ class ModelRepository:
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and NAME_RE.match(p.name) and self.versions(p.name))
 
+    def rankers(self) -> list[str]:
+        """:meth:`models` less the re-ranking policies (``<model>.policy``): the models a serving
+        replica, ``recpilot models`` and the bootstrap treat as rankers."""
+        return [n for n in self.models() if not n.endswith(POLICY_SUFFIX)]
+
     def versions(self, name: str) -> list[str]:
         """Version directories of ``name`` ("1", "2", ...), sorted numerically."""
         d = self.root / name
@@ -548,14 +553,22 @@ class ModelRepository:
             for v in self.versions(name):
                 try:
                     m = self.meta(name, v)
-                    versions.append({"version": v, "valid": True, "framework": m["framework"],
+                    if m.get("kind") == "policy":
+                        pol = m["policy"]
+                        versions.append({"version": v, "valid": True, "kind": "policy", "framework": m["framework"],
+                                         "created_ms": m["created_ms"], "exploration": pol.get("exploration"),
+                                         "pool_size": pol.get("pool_size"), "gamma": pol.get("gamma"),
+                                         "ope": m.get("ope")})
+                        continue
+                    versions.append({"version": v, "valid": True, "kind": "ranker", "framework": m["framework"],
                                      "feature_set": m["feature_set"], "created_ms": m["created_ms"],
                                      "training_rows": m["training"].get("rows"),
                                      "data_window": m["training"].get("data_window"),
                                      "metrics": metrics_summary(m)})
                 except ModelRepositoryError as exc:
                     versions.append({"version": v, "valid": False, "error": str(exc)})
-            out.append({"name": name, "versions": versions})
+            out.append({"name": name, "kind": "policy" if name.endswith(POLICY_SUFFIX) else "ranker",
+                        "versions": versions})
         return out
 
     # -- writing -------------------------------------------------------------------------

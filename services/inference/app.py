@@ -51,6 +51,7 @@ class InferenceApp:
         from services.inference.grpc_server import InferenceServer
         from services.inference.impressions import ImpressionLogger
         from services.inference.metrics import install_gc_metrics
+        from services.inference.policy import PolicyRegistry
         from services.inference.routing import DeploymentSync, ModelManager
         from services.inference.search import BM25Index, CatalogueRefresher, load_catalogue
         from services.inference.telemetry import Telemetry
@@ -65,6 +66,7 @@ class InferenceApp:
         models = ModelManager(platform.model_repo, s.model_names, device=s.device,
                               batching_for=s.batching_for, executor=self.executor,
                               load_timeout_s=s.model_load_timeout_s)
+        policies = PolicyRegistry(platform.model_repo, pool_size=s.policy_pool, load_timeout_s=s.model_load_timeout_s)
         features = AsyncFeatureClient(platform.redis_url, s.feature_key_prefix)
         # Impressions are off the request path: batched for impressions_linger_ms (fewer, larger
         # produce requests).
@@ -78,8 +80,9 @@ class InferenceApp:
         sync = self.sync = DeploymentSync(
             models, lambda cb: DeploymentFollower(platform, self.replica, cb, s.deployments_topic,
                                                   repository=platform.model_repo,
-                                                  acks_topic=s.deployments_acks_topic or None))
-        plane = self.plane = DataPlane(s, features, models, impressions=impressions, index=index, telemetry=telemetry,
+                                                  acks_topic=s.deployments_acks_topic or None), policies)
+        plane = self.plane = DataPlane(s, features, models, policies=policies, impressions=impressions, index=index,
+                                       telemetry=telemetry,
                                        extra_ready=sync.readiness)
         self.server = InferenceServer(s, plane)
         self.http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=plane.ready,

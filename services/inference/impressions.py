@@ -48,7 +48,16 @@ class ImpressionRecord:
     context: dict[str, str] = field(default_factory=dict)
     # The ranker's inputs of the shown items, in position order ([k, D] float32); turned into
     # ``"<position>:<feature>"`` entries of ``features`` off the request path (see snapshot_keys).
+    # Without it, the rows of ``pool_dense`` at ``pool_index`` are used.
     shown_dense: np.ndarray | None = None
+    # The pool the policy chose from (the ranker's top M, best first): ids, ranker scores [M] and
+    # ranker inputs [M, D]; each shown item's pool row; the policy's exploration rule and variant.
+    pool_item_ids: list[str] | None = None
+    pool_scores: np.ndarray | None = None
+    pool_dense: np.ndarray | None = None
+    pool_index: list[int] | None = None
+    exploration: str = ""
+    policy_variant: str = ""
     nbytes: int = 0  # set by ImpressionLogger.log: approx_bytes() when queued
 
     def approx_bytes(self) -> int:
@@ -57,6 +66,11 @@ class ImpressionRecord:
         n += len(self.query) + len(self.user_id) + len(self.session_id)
         if self.shown_dense is not None:
             n += self.shown_dense.nbytes
+        if self.pool_item_ids is not None:
+            n += _POOL_BYTES + _POOL_ITEM_BYTES * len(self.pool_item_ids)
+        for a in (self.pool_scores, self.pool_dense):
+            if a is not None:
+                n += _ARRAY_BYTES + a.nbytes
         return n
 
     def to_proto(self):
@@ -67,13 +81,28 @@ class ImpressionRecord:
             surface=self.surface, query=self.query, model_name=self.model_name,
             model_version=self.model_version, policy_version=self.policy_version,
             timestamp_ms=self.timestamp_ms, fallback=self.fallback, variant=self.variant,
+            exploration=self.exploration, policy_variant=self.policy_variant,
         )
-        for iid, pos, score, prop in self.items:
-            imp.items.add(item_id=iid, position=pos, score=score, propensity=prop)
+        rows = self.pool_index
+        if rows is not None:
+            for (iid, pos, score, prop), row in zip(self.items, rows):
+                imp.items.add(item_id=iid, position=pos, score=score, propensity=prop, pool_index=row)
+        else:
+            for iid, pos, score, prop in self.items:
+                imp.items.add(item_id=iid, position=pos, score=score, propensity=prop)
         imp.features.update(self.features)
-        if self.shown_dense is not None and len(self.shown_dense):
+        shown = self.shown_dense
+        if shown is None and self.pool_dense is not None and rows:
+            shown = self.pool_dense[rows]
+        if shown is not None and len(shown):
             # float32 -> Python float, exactly as float(row[j]); keys built once per position
-            imp.features.update(zip(snapshot_keys(len(self.shown_dense)), self.shown_dense.ravel().tolist()))
+            imp.features.update(zip(snapshot_keys(len(shown)), shown.ravel().tolist()))
+        if self.pool_item_ids is not None:
+            imp.pool_item_ids.extend(self.pool_item_ids)
+        if self.pool_scores is not None:
+            imp.pool_scores.extend(self.pool_scores.tolist())
+        if self.pool_dense is not None:
+            imp.pool_dense.extend(self.pool_dense.ravel().tolist())
         imp.context.update(self.context)
         return imp
 
@@ -85,6 +114,13 @@ class ImpressionRecord:
 _RECORD_BYTES = 550
 _ITEM_BYTES = 160
 _ENTRY_BYTES = 130
+# The pool, measured the same way (200 candidates with 7-character ids, the pool's ids, ranker scores
+# and inputs as the service slices them): 5,150 B more per record with a pool of 40, 13,540 B with
+# 100, of which the arrays' data (nbytes, counted as such) is 2,880 B and 7,200 B; the rest is the
+# id list and the id strings the pool keeps alive (about 64 B each) and two array headers.
+_POOL_BYTES = 60
+_POOL_ITEM_BYTES = 70
+_ARRAY_BYTES = 112
 
 _SNAPSHOT_KEYS: list[str] = []
 

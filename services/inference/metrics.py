@@ -39,6 +39,10 @@ QUEUE_DEPTH = Gauge("recpilot_inference_queue_depth_requests", "requests waiting
 
 MODEL_LOADS = Counter("recpilot_inference_model_loads_total", "model version loads (outcome: ok, failed, timeout)",
                       ["model", "outcome"])
+POLICY_LOADS = Counter("recpilot_inference_policy_loads_total", "re-ranking policy version loads (outcome: ok, "
+                       "failed, timeout)", ["model", "outcome"])
+POLICY_SECONDS = Histogram("recpilot_inference_policy_seconds", "re-ranking policy per request (pool, values, slate)",
+                           ["policy"], buckets=_LAT)
 MODEL_UNLOADS = Counter("recpilot_inference_model_unloads_total", "model version unloads", ["model"])
 MODEL_LOAD_SECONDS = Histogram(
     "recpilot_inference_model_load_seconds", "load + warm-up time", ["model"],

@@ -28,19 +28,18 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recpilot.featurespec import stable_hash
+from recpilot.models.deployments.state import in_canary
 from services.inference import metrics as m
 from services.inference.backends import LoadFailed, ModelVersion, load_version
+from services.inference.loading import InFlight
 from services.inference.settings import BatchingConfig
 
 log = logging.getLogger(__name__)
 
-CANARY_BUCKETS = 10_000
-
-
 def is_canary(user_id: str, percent: float) -> bool:
-    """A user goes to the canary iff stable_hash(user_id, 10_000) < percent * 100."""
-    return stable_hash(user_id, CANARY_BUCKETS) < percent * 100
+    """A user goes to the canary iff stable_hash(user_id, 10_000) < percent * 100 (the one rule of
+    :func:`recpilot.models.deployments.state.in_canary`, for rankers and policies alike)."""
+    return in_canary(user_id, percent)
 
 
 @dataclass(frozen=True)
@@ -117,8 +116,7 @@ class ModelManager:
         self._routes: dict[str, Routes] = {n: Routes() for n in self.model_names}
         self._lock = threading.Lock()  # one routing switch at a time (never held while a version loads)
         self._generation = {n: 0 for n in self.model_names}  # reconciles started, per model
-        self._loading: dict[tuple[str, str], Future] = {}  # loads in flight, shared by the reconciles that wait
-        self._loading_lock = threading.Lock()
+        self._loading = InFlight()  # loads in flight, shared by the reconciles that wait
 
     # -- reads (any thread, lock-free) -----------------------------------------------------------
     def routes(self, model: str) -> Routes:
@@ -145,25 +143,9 @@ class ModelManager:
     # -- writes ----------------------------------------------------------------------------------
     def _load(self, model: str, version: str) -> Future:
         """The load of ``model:version`` in its own (daemon) thread; the one already in flight if any."""
-        key = (model, version)
-        with self._loading_lock:
-            fut = self._loading.get(key)
-            if fut is not None:
-                return fut
-            fut = self._loading[key] = Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(load_version(self.repo_root, model, version, device=self.device,
-                                            batching=self.batching_for(model), executor=self.executor))
-            except BaseException as exc:  # noqa: BLE001 - handed to the reconciles that wait
-                fut.set_exception(exc)
-            finally:
-                with self._loading_lock:
-                    self._loading.pop(key, None)
-
-        threading.Thread(target=run, name=f"load-{model}:{version}", daemon=True).start()
-        return fut
+        return self._loading.start((model, version), lambda: load_version(
+            self.repo_root, model, version, device=self.device, batching=self.batching_for(model),
+            executor=self.executor), f"load-{model}:{version}")
 
     def _wait_loads(self, model: str, versions: list[str], res: ReconcileResult) -> dict[str, ModelVersion]:
         """Start (or join) the loads of ``versions`` and wait for them, ``load_timeout_s`` in all;
@@ -295,8 +277,12 @@ class DeploymentSync:
     changes nothing, and its commands are acknowledged by the newer one with the state it applied.
     """
 
-    def __init__(self, manager: ModelManager, follower_factory: Callable[[Callable], object]) -> None:
+    def __init__(self, manager: ModelManager, follower_factory: Callable[[Callable], object],
+                 policies=None) -> None:
+        """``policies``: the replica's :class:`~services.inference.policy.PolicyRegistry`, brought
+        to each state's policy versions after its ranker versions (None: policies are not served)."""
         self.manager = manager
+        self.policies = policies
         self.follower = follower_factory(self._on_change)
         self._todo: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -358,6 +344,10 @@ class DeploymentSync:
         res = self.manager.reconcile(model, want, ticket)
         if res.superseded:
             return  # the newer reconcile acknowledges the commands
+        pres = None
+        if self.policies is not None:
+            pres = self.policies.reconcile(model, state.policy_version, state.policy_canary_version,
+                                           float(state.policy_canary_percent), ticket)
         if ticket is not None:
             with self._acks_lock:  # the commands up to this change (later ones: their own reconcile)
                 pending = self._to_ack.get(model, [])
@@ -371,7 +361,9 @@ class DeploymentSync:
             fallback = self._fall_back(model, state, want, res, ticket)
         for cmd in commands:
             if cmd.kind == dpb.POLICY:
-                ok, msg = True, f"policy {state.policy_version}"
+                ok, msg = self._policy_ack(state, cmd, pres)
+                if ok and id(cmd) in older:
+                    msg = "superseded by a newer command; " + msg
             elif cmd.version and cmd.version in res.failed:
                 ok, msg = False, res.failed[cmd.version]
                 if fallback:
@@ -385,6 +377,23 @@ class DeploymentSync:
                 self.follower.ack(cmd, dpb.APPLIED if ok else dpb.FAILED, ("at startup: " if startup else "") + msg)
             except Exception:
                 log.exception("could not publish the deployment ack", extra={"model": model})
+
+    def _policy_ack(self, state, cmd, pres) -> tuple[bool, str]:
+        """(applied?, message) for a POLICY command: FAILED when the version it makes serve failed
+        to load (what served before keeps serving)."""
+        from recpilot.pb import deployments_pb2 as dpb
+
+        if self.policies is None:
+            return False, "this replica does not serve re-ranking policies"
+        routes = self.policies.routes(state.model_name)
+        serving = f"serving policy production={routes.production.version} canary=" + \
+            (f"{routes.canary.version}@{routes.canary_percent:g}%" if routes.canary is not None else "")
+        target = cmd.version if cmd.action != dpb.ROLLBACK else state.policy_version  # where a rollback went
+        if pres is not None and target in pres.failed:
+            return False, f"{pres.failed[target]}; {serving}"
+        if pres is not None and pres.superseded:
+            return True, "superseded by a newer command; " + serving
+        return True, serving
 
     def _fall_back(self, model: str, state, want: Desired, res: ReconcileResult,
                    ticket: int | None = None) -> str | None:

@@ -66,6 +66,7 @@ class Result:
     fallback: bool = False
     fallback_reason: str = ""
     variant: str = ""
+    policy_variant: str = ""
 
 
 class _DeadlineNear(Exception):
@@ -86,7 +87,7 @@ class RankingService:
         self.s = settings
         self.features = features
         self.models = models
-        self.policies = policies or PolicyRegistry()
+        self.policies = policies if policies is not None else PolicyRegistry(pool_size=settings.policy_pool)
         self.impressions = impressions
         self.index = index or BM25Index()
         self.telemetry = telemetry
@@ -298,13 +299,28 @@ class RankingService:
             self.telemetry.scored(name, mv.version, variant, mv.meta, scores, dense)
         if routes.shadow is not None and routes.shadow is not mv:
             asyncio.get_running_loop().create_task(self._shadow(routes.shadow, req, dense, ids, scores))
-        policy = self.policies.get(routes.policy_version)
-        idx, props = policy.rerank(user, candidates, scores, req.k)
-        out = [(candidates[i], float(scores[i]), pos, float(p)) for pos, (i, p) in enumerate(zip(idx, props), start=1)]
-        res = Result(out, req.request_id, name, mv.version, getattr(policy, "version", routes.policy_version),
-                     False, "", variant)
-        self._log(req, res, surface, {"user:session_events": float(user.get("session_events") or 0),
-                                      "user:events": float(user.get("events") or 0)}, dense[idx])
+        policy, policy_variant = self.policies.choose(name, req.user_id)
+        t1 = time.perf_counter()
+        try:
+            slate = policy.choose(scores, dense, req.k)
+        except Exception as exc:  # a learned policy that fails: the ranker's order answers (and is logged as such)
+            log.error("policy failed; the ranker's order answers", extra={
+                "request_id": req.request_id, "model": name, "policy_version": policy.version, "error": repr(exc),
+                "collapse": True})
+            policy, policy_variant = self.policies.default, "production"
+            slate = policy.choose(scores, dense, req.k)
+        m.POLICY_SECONDS.labels("ranker-order" if policy is self.policies.default else "learned").observe(
+            time.perf_counter() - t1)
+        chosen = slate.pool[slate.shown].tolist()
+        out = [(candidates[i], float(scores[i]), pos, p)
+               for pos, (i, p) in enumerate(zip(chosen, slate.propensities.tolist()), start=1)]
+        res = Result(out, req.request_id, name, mv.version, policy.version, False, "", variant, policy_variant)
+        if self.impressions is not None:
+            pool = slate.pool
+            self._log(req, res, surface, {"user:session_events": float(user.get("session_events") or 0),
+                                          "user:events": float(user.get("events") or 0)},
+                      pool=([candidates[i] for i in pool.tolist()], scores[pool], dense[pool]),
+                      pool_index=slate.shown.tolist(), exploration=slate.exploration)
         return res
 
     async def _shadow(self, mv, req: Request, dense, ids, served: np.ndarray) -> None:
@@ -320,14 +336,19 @@ class RankingService:
             log.warning("shadow scoring failed", extra={"request_id": req.request_id, "error": repr(exc), "collapse": True})
 
     def _log(self, req: Request, res: Result, surface: str, features: dict[str, float],
-             shown_dense: np.ndarray | None = None) -> None:
+             pool: tuple[list[str], np.ndarray, np.ndarray] | None = None, pool_index: list[int] | None = None,
+             exploration: str = "") -> None:
         """Hand the impression to the logger: the feature snapshot is the user-level values plus
-        the shown items' ranker inputs (``"<position>:<feature>"``, built off the request path)."""
+        the shown items' ranker inputs (``"<position>:<feature>"``, built off the request path);
+        ``pool`` (ids, ranker scores, ranker inputs) is what the policy chose from, ``pool_index``
+        the pool row of each shown item."""
         if self.impressions is None:
             return
+        ids, scores, dense = pool if pool is not None else (None, None, None)
         self.impressions.log(ImpressionRecord(
             request_id=res.request_id, user_id=req.user_id, session_id=req.session_id, surface=surface,
             query=req.query, model_name=res.model_name, model_version=res.model_version,
             policy_version=res.policy_version, items=[(i, p, s, q) for i, s, p, q in res.items],
             features=features, timestamp_ms=int(time.time() * 1000), fallback=res.fallback,
-            variant=res.variant, context=dict(req.context), shown_dense=shown_dense))
+            variant=res.variant, context=dict(req.context), pool_item_ids=ids, pool_scores=scores, pool_dense=dense,
+            pool_index=pool_index, exploration=exploration, policy_variant=res.policy_variant))

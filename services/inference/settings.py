@@ -78,6 +78,9 @@ class InferenceSettings(RecpilotSettings):
     num_candidates: int = Field(default=200, ge=1, le=5000)
     max_candidate_ids: int = Field(default=2000, ge=1, description="request candidate_ids above this are rejected")
     max_k: int = Field(default=1000, ge=1)
+    policy_pool: int = Field(default=40, ge=1, le=5000, description="the pool a re-ranking policy chooses from: the "
+                             "ranker's top M candidates by score, logged with every impression (a learned policy's "
+                             "own pool_size overrides it; never fewer than k)")
 
     # -- request limits (INVALID_ARGUMENT beyond them) -------------------------------------
     max_id_length: int = Field(default=256, ge=1, description="characters of user_id, session_id, request_id, "
@@ -136,6 +139,10 @@ class InferenceSettings(RecpilotSettings):
             raise ValueError("tls_cert and tls_key must be set together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        policies = [n for n in self.model_names if n.endswith(".policy")]
+        if policies:
+            raise ValueError(f"model_names {policies}: '<model>.policy' holds a model's re-ranking policies, served "
+                             "with the model itself (its deployment state's policy versions), not as a ranker")
         if self.default_model not in self.model_names:
             raise ValueError(f"default_model {self.default_model!r} is not in model_names {self.model_names}")
         return self

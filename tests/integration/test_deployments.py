@@ -453,3 +453,37 @@ def test_race_loser_is_recorded_as_rejected(stack, platform_settings, capsys, re
     book = replay(platform_settings, topic)
     assert not book.outcomes[bad.command_id].applied
     assert book.state("ranker").canary_version == "" and book.state("ranker").revision == 3
+
+
+def test_policy_commands_through_the_cli(stack, platform_settings, capsys, repo, topic):
+    """`recpilot models ... --kind policy`: a policy canary beside the ranker's order, promote, a
+    rollback, a missing or tampered policy version refused before publishing; `status` and `list`
+    show the policies (and nothing takes `ranker.policy` for a ranker)."""
+    from tests.support.policy import write_toy_policy
+
+    p1 = write_toy_policy(repo.root, exploration="epsilon_greedy:0.1")
+    p2 = write_toy_policy(repo.root, exploration="softmax:0.5")
+    bad = write_toy_policy(repo.root, tampered=True)
+    assert run_cli(capsys, repo, topic, "deploy", "1")[0] == 0  # --model: the only ranker, not ranker.policy
+    rc, out, _ = run_cli(capsys, repo, topic, "canary", p1, "--kind", "policy", "--percent", "50")
+    assert rc == 0 and f"policy canary ranker version {p1} 50%" in out and "policy canary 1 (50%)" in out
+    rc, _, err = run_cli(capsys, repo, topic, "promote", "--kind", "policy")  # default: the policy canary
+    assert rc == 0, err
+    assert run_cli(capsys, repo, topic, "promote", p2, "--kind", "policy")[0] == 0
+    before = log_size(platform_settings, topic)
+    for version, why in (("9", "has no version '9'"), (bad, "sha256 mismatch")):
+        rc, _, err = run_cli(capsys, repo, topic, "canary", version, "--kind", "policy", "--percent", "10")
+        assert rc == 1 and why in err and "nothing published" in err
+    assert log_size(platform_settings, topic) == before
+    assert run_cli(capsys, repo, topic, "rollback", "--kind", "policy")[0] == 0
+    (m,) = status_json(capsys, repo, topic)["models"]
+    assert (m["production_version"], m["policy_version"], m["policy_canary_version"]) == ("1", p1, None)
+    assert [(h["kind"], h["action"], h["version"]) for h in m["history"]] == [
+        ("ranker", "deploy", "1"), ("policy", "canary", p1), ("policy", "promote", p1), ("policy", "promote", p2),
+        ("policy", "rollback", p1)]
+    rc, out, _ = run_cli(capsys, repo, topic, "status")
+    assert rc == 0 and f"policy {p1}" in out and f"policy rollback {p1}" in out
+    rc, out, err = run_cli(capsys, repo, topic, "list", "--json")
+    listed = {x["name"]: x for x in json.loads(out)["models"]}
+    assert listed["ranker.policy"]["kind"] == "policy"
+    assert [v["roles"] for v in listed["ranker.policy"]["versions"]] == [["production"], [], []]

@@ -15,39 +15,17 @@ import grpc
 import pytest
 
 from bench.toymodel import write_version
-from recpilot import kafka
 from recpilot.pb import deployments_pb2 as dpb
 from recpilot.pb import recommend_pb2, recommend_pb2_grpc
-from recpilot.topics import acks_topic
+from recpilot import kafka
 from services.inference.routing import is_canary
-from tests.support.inference import publish, server_env, start_server
+from tests.support.inference import publish, read_acks, server_env, start_server
 
 
 def _bodies(platform, topic):
     """(body kind, body) of every message on the topic so far."""
     return [(msg.WhichOneof("body"), getattr(msg, msg.WhichOneof("body")))
             for msg in (dpb.ControlMessage.FromString(m.value()) for m in kafka.read_to_end(platform, topic, timeout=30))]
-
-
-def _acks(platform, topic, group):
-    """Every ack on the topic so far."""
-    c = kafka.consumer(platform, group)
-    c.subscribe([topic])
-    out, t0, idle = [], time.monotonic(), 0
-    try:
-        while time.monotonic() - t0 < 15 and idle < 4:
-            m = c.poll(0.5)
-            if m is None:
-                idle += 1 if out or time.monotonic() - t0 > 3 else 0
-                continue
-            if m.error():
-                continue
-            msg = dpb.ControlMessage.FromString(m.value())
-            if msg.WhichOneof("body") == "ack":
-                out.append(msg.ack)
-    finally:
-        c.close()
-    return out
 
 
 @pytest.fixture
@@ -116,7 +94,7 @@ def test_swap_under_load_corrupt_version_canary_and_sigterm(server, platform_set
     after = stub.Recommend(recommend_pb2.RecommendRequest(user_id="u0", k=5, candidate_ids=cands))
     assert after.model_version == server["v2"] and not after.fallback
 
-    acks = [a for a in _acks(platform_settings, acks_topic(server["topic"]), f"t-acks-{server['unique']}")
+    acks = [a for a in read_acks(platform_settings, server["topic"], f"t-acks-{server['unique']}")
             if a.replica == server["replica"]]
     # the replica only reads the control topic: its acks are all on the acks topic
     assert {kind for kind, _ in _bodies(platform_settings, server["topic"])} == {"command"}

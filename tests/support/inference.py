@@ -12,7 +12,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recpilot.pb import events_pb2, recommend_pb2_grpc
+from recpilot import kafka
+from recpilot.pb import deployments_pb2, events_pb2, recommend_pb2_grpc
 from recpilot.pb import open_inference_grpc_pb2_grpc as oip_grpc
 from services.inference.routing import Desired, ModelManager
 from services.inference.search import BM25Index
@@ -24,6 +25,62 @@ from bench.inference import Server, publish_command
 def publish(platform, topic: str, action: str, version: str, percent: float = 0.0) -> str:
     """A deployment command for "ranker" on ``topic`` (no controller checks); its command id."""
     return publish_command(platform, topic, action, version, percent, actor="test", reason="test")
+
+
+def publish_policy(platform, topic: str, action: str, version: str = "", percent: float = 0.0) -> str:
+    """A deployment command for the re-ranking policy of "ranker" (kind POLICY) on ``topic`` (no
+    controller checks); its command id."""
+    from recpilot.models.deployments import new_command
+    from recpilot.pb import deployments_pb2 as pb
+
+    prod = kafka.producer(platform)
+    cmd = new_command(action, "ranker", version, percent=percent, actor="test", reason="test", kind=pb.POLICY)
+    prod.produce(topic, key=b"ranker", value=pb.ControlMessage(command=cmd).SerializeToString())
+    kafka.flush_or_raise(prod, 10)
+    return cmd.command_id
+
+
+def read_impressions(platform, topic: str, request_ids: set[str], group: str, timeout: float = 30.0) -> dict:
+    """The impressions on ``topic`` whose request id is in ``request_ids`` (request id -> Impression),
+    read from the start until all are found or ``timeout`` passes."""
+    found: dict = {}
+    c = kafka.consumer(platform, group)
+    c.subscribe([topic])
+    t0 = time.monotonic()
+    try:
+        while len(found) < len(request_ids) and time.monotonic() - t0 < timeout:
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            imp = events_pb2.Impression.FromString(msg.value())
+            if imp.request_id in request_ids:
+                found[imp.request_id] = imp
+    finally:
+        c.close()
+    return found
+
+
+def read_acks(platform, topic: str, group: str) -> list:
+    """Every deployment ack for the control ``topic`` so far (on its acks topic)."""
+    from recpilot.topics import acks_topic
+
+    c = kafka.consumer(platform, group)
+    c.subscribe([acks_topic(topic)])
+    out, t0, idle = [], time.monotonic(), 0
+    try:
+        while time.monotonic() - t0 < 15 and idle < 4:
+            m = c.poll(0.5)
+            if m is None:
+                idle += 1 if out or time.monotonic() - t0 > 3 else 0
+                continue
+            if m.error():
+                continue
+            msg = deployments_pb2.ControlMessage.FromString(m.value())
+            if msg.WhichOneof("body") == "ack":
+                out.append(msg.ack)
+    finally:
+        c.close()
+    return out
 
 
 def server_env(root: Path, topic: str, unique: str, **extra: str) -> dict:

@@ -167,3 +167,22 @@ def test_down_with_nothing_running_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RECPILOT_HOME", str(tmp_path / "home"))
     assert main(["down"]) == 0
     assert capsys.readouterr().out == "nothing of ours was running\n"
+
+
+def test_models_commands_take_kind_policy_and_status_names_the_policies():
+    """`recpilot models deploy|promote|canary|rollback --kind policy` parse (ranker by default), and
+    the status line names the production policy (the ranker's order when none) and the policy canary."""
+    from recpilot.cli import build_parser
+    from recpilot.models.commands import _policy_line, state_dict
+    from recpilot.pb import deployments_pb2 as pb
+
+    parser = build_parser()
+    for action in ("deploy", "promote", "canary", "rollback"):
+        assert parser.parse_args(["models", action, "--kind", "policy"]).kind == "policy"
+        assert parser.parse_args(["models", action]).kind == "ranker"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["models", "shadow", "--kind", "policy"])
+    st = pb.DeploymentState(model_name="ranker", production_version="1", policy_version="2",
+                            policy_canary_version="3", policy_canary_percent=25)
+    assert _policy_line(state_dict(st)) == "  policy 2  policy canary 3 (25%)"
+    assert _policy_line(state_dict(pb.DeploymentState(model_name="ranker"))) == "  policy ranker-order"

@@ -175,3 +175,33 @@ def test_a_restored_base_is_carried_by_the_next_snapshot(tmp_path):
     p2 = plan_start(again, "id-2", {0: 0}, {0: 1})
     assert (p2.read_from, p2.lost, p2.problems) == ({0: 0}, False, [])
     assert p2.seed["ranker"].production_version == "2" and p2.seed["ranker"].canary_version == ""
+
+
+def test_policy_commands_are_checked_against_the_models_policy_versions(repo):
+    """A POLICY command names a version of ``<model>.policy`` that exists and is a valid policy; the
+    controller's full check (every file against the manifest) refuses a tampered one too."""
+    from recpilot.models.deployments.checks import policy_problem
+    from tests.support.policy import write_toy_policy
+
+    good = write_toy_policy(repo.root, exploration="softmax:0.5")
+    tampered = write_toy_policy(repo.root, tampered=True)
+    P = pb.POLICY
+    book, outs = replay(repo, cmd("deploy", "1"),
+                        cmd("deploy", "9", kind=P),                   # no such policy version
+                        cmd("canary", good, percent=50, kind=P),
+                        cmd("promote", good, kind=P),
+                        cmd("canary", "3", percent=10, kind=P))       # "3" of the ranker exists, of its policies not
+    assert [o.applied for o in outs] == [True, False, True, True, False]
+    assert "policy version 9 of ranker cannot be served" in outs[1].reason
+    assert "model 'ranker.policy' has no version '3'" in outs[4].reason
+    st = book.state("ranker")
+    assert (st.production_version, st.policy_version, st.policy_canary_version) == ("1", good, "")
+    assert policy_problem(repo, "ranker", good, verify=True) is None
+    assert policy_problem(repo, "ranker", tampered) is None  # sizes match: replayers apply it, the load fails
+    assert "sha256 mismatch" in policy_problem(repo, "ranker", tampered, verify=True)
+    assert "cannot be served" in policy_problem(repo, "ranker", "1.5")
+    # the repository lists the policies as a model of their own; nothing treats them as a ranker
+    assert repo.models() == ["ranker", "ranker.policy"] and repo.rankers() == ["ranker"]
+    listed = {m["name"]: m for m in repo.describe()}
+    assert listed["ranker.policy"]["kind"] == "policy" and listed["ranker"]["kind"] == "ranker"
+    assert [v["exploration"] for v in listed["ranker.policy"]["versions"] if v["valid"]] == ["softmax:0.5", "greedy"]

@@ -160,11 +160,60 @@ def test_each_topic_takes_only_its_own_kind_of_message():
 def test_policy_versions_are_tracked_separately():
     book, outs = run(cmd("deploy", "1"),
                      cmd("promote", "p1", kind=pb.POLICY), cmd("promote", "p2", kind=pb.POLICY),
-                     cmd("rollback", kind=pb.POLICY), cmd("canary", "p3", percent=5, kind=pb.POLICY))
+                     cmd("rollback", kind=pb.POLICY), cmd("shadow", "p3", kind=pb.POLICY))
     st = book.state("ranker")
     assert st.production_version == "1" and st.policy_version == "p1"
     assert [o.applied for o in outs] == [True, True, True, True, False]
-    assert lineage(st, pb.RANKER) == ["1"]
+    assert "shadow is not supported for policies" in outs[-1].reason
+    assert lineage(st, pb.RANKER) == ["1"] and lineage(st, pb.POLICY) == ["p1"]
+
+
+def test_policy_canary_and_clear_canary():
+    P = pb.POLICY
+    book, outs = run(cmd("deploy", "1"),
+                     cmd("canary", "3", percent=50, kind=P),      # beside the ranker's order: no policy yet
+                     cmd("deploy", "2", kind=P),                  # the first policy: production
+                     cmd("canary", "2", percent=5, kind=P),       # production is not a canary
+                     cmd("clear_canary", kind=P),
+                     cmd("clear_canary", kind=P),                 # none left
+                     cmd("canary", "3", percent=150, kind=P),
+                     cmd("canary", "3", percent=25, kind=P),
+                     cmd("promote", "3", kind=P))                 # promoting the canary ends it
+    assert [o.applied for o in outs] == [True, True, True, False, True, False, False, True, True]
+    assert "version 2 is production" in outs[3].reason
+    assert "policy ranker has no canary" in outs[5].reason
+    assert "canary percent must be in (0, 100]" in outs[6].reason
+    st = book.state("ranker")
+    assert (st.policy_version, st.policy_canary_version, st.policy_canary_percent) == ("3", "", 0.0)
+    # the ranker's canary fields are untouched by policy commands, and the other way round
+    assert (st.production_version, st.canary_version, st.canary_percent) == ("1", "", 0.0)
+    book2, _ = run(cmd("deploy", "1"), cmd("deploy", "2"), cmd("canary", "2", percent=10),
+                   cmd("canary", "7", percent=30, kind=P))
+    st2 = book2.state("ranker")
+    assert (st2.canary_version, st2.canary_percent, st2.policy_canary_version, st2.policy_canary_percent) == \
+        ("2", 10.0, "7", 30.0)
+    # clear_canary of the ranker keeps the policy canary
+    book2.apply_command(cmd("clear_canary"))
+    st2 = book2.state("ranker")
+    assert st2.canary_version == "" and st2.policy_canary_version == "7"
+
+
+def test_a_policy_store_is_not_a_model_of_its_own():
+    for kind in (pb.RANKER, pb.POLICY):
+        c = new_command("deploy", "ranker.policy", "1", kind=kind)
+        assert "holds the re-ranking policies of ranker, not a model" in check_command(pb.DeploymentState(), c)
+
+
+def test_policy_canary_routes_by_the_ranker_canarys_hash():
+    st = pb.DeploymentState(model_name="ranker", production_version="1", policy_version="2",
+                            policy_canary_version="5", policy_canary_percent=20)
+    users = [f"u{i}" for i in range(2000)]
+    routed = [u for u in users if routes_to_canary(st, u, pb.POLICY)]
+    assert routed == [u for u in users if stable_hash(u, 10_000) < 2000]
+    assert not any(routes_to_canary(st, u) for u in users)  # no ranker canary
+    assert {serving_version(st, u, pb.POLICY) for u in routed} == {"5"}
+    assert {serving_version(st, u, pb.POLICY) for u in users if u not in routed} == {"2"}
+    assert {serving_version(st, u) for u in users} == {"1"}
 
 
 def test_canary_routing_uses_stable_hash():

@@ -46,10 +46,10 @@ def test_bm25_category_ranking_and_restrict():
 
 
 def test_default_policy_keeps_ranker_order_with_propensity_one():
-    pol = PolicyRegistry().get("whatever-version")
-    assert isinstance(pol, RankerOrderPolicy)
-    idx, props = pol.rerank({}, ["x", "y", "z", "w"], np.array([0.1, 0.9, 0.5, 0.9], np.float32), 3)
-    assert idx == [1, 3, 2] and props == [1.0, 1.0, 1.0]
+    pol, variant = PolicyRegistry().choose("any-model", "user")
+    assert isinstance(pol, RankerOrderPolicy) and variant == "production" and pol.version == "ranker-order"
+    slate = pol.choose(np.array([0.1, 0.9, 0.5, 0.9], np.float32), np.zeros((4, len(DENSE_FEATURES))), 3)
+    assert slate.pool[slate.shown].tolist() == [1, 3, 2] and slate.propensities.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_settings_reject_bad_values(monkeypatch):
@@ -64,6 +64,8 @@ def test_settings_reject_bad_values(monkeypatch):
     monkeypatch.setenv("RECPILOT_INFERENCE_BATCHING_PER_MODEL", '{"big": {"enabled": false}}')
     s = load(InferenceSettings)
     assert s.batching_for("ranker").max_batch_size == 64 and s.batching_for("big").enabled is False
+    with pytest.raises(ValueError, match="holds a model's re-ranking policies"):
+        InferenceSettings(model_names=["ranker", "ranker.policy"])
     assert s.http_port == 9103 and s.grpc_port == 50051
 
 

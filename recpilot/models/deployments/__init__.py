@@ -36,7 +36,7 @@ from recpilot.models.deployments.log import (AckLogReader, ControlLogReader, Con
 from recpilot.models.deployments.snapshot import Snapshot, plan_start, read_snapshot, snapshot_path, write_snapshot
 from recpilot.models.deployments.state import (ACK_NAMES, ACTION_NAMES, ACTIONS, CANARY_BUCKETS, CommandRejected,
                                                DeploymentBook, DeploymentError, DeploymentSettings, InvalidCommand,
-                                               Outcome, apply_command, check_command, default_actor, lineage,
+                                               KIND_NAMES, KINDS, Outcome, POLICY_ACTIONS, in_canary, apply_command, check_command, default_actor, lineage,
                                                new_command, now_ms, previous_production, routes_to_canary,
                                                serving_version)
 
@@ -44,7 +44,7 @@ __all__ = [
     # state
     "ACK_NAMES", "ACTION_NAMES", "ACTIONS", "CANARY_BUCKETS", "DeploymentBook", "DeploymentSettings", "Outcome",
     "apply_command", "check_command", "default_actor", "lineage", "new_command", "now_ms", "previous_production",
-    "routes_to_canary", "serving_version",
+    "routes_to_canary", "serving_version", "KINDS", "KIND_NAMES", "POLICY_ACTIONS", "in_canary",
     # checks, snapshot
     "promotion_gate", "repository_admission", "Snapshot", "plan_start", "read_snapshot", "snapshot_path",
     "write_snapshot",

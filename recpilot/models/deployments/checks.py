@@ -74,6 +74,40 @@ def gate_tolerances(cmd: pb.DeploymentCommand, auc_tolerance: float, logloss_tol
             cmd.logloss_tolerance if cmd.HasField("logloss_tolerance") else logloss_tolerance)
 
 
+def policy_target(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> str:
+    """The policy version a POLICY command makes serve ("" for none: clear_canary)."""
+    if cmd.action in (pb.DEPLOY, pb.PROMOTE, pb.CANARY):
+        return cmd.version
+    if cmd.action == pb.ROLLBACK:
+        return previous_production(state, pb.POLICY) or ""
+    return ""
+
+
+def policy_problem(repository, model: str, version: str, verify: bool = False) -> str | None:
+    """Why version ``version`` of ``model``'s re-ranking policies (``<model>.policy`` in the
+    repository) cannot be served, or None: it exists and its model.json is a valid policy
+    (:func:`~recpilot.models.repository.validate_policy_meta`); with ``verify`` (the controller,
+    before publishing) also every file against the manifest, as a replica checks before loading."""
+    from recpilot.models.repository import POLICY_SUFFIX, ModelRepositoryError, validate_policy_meta
+
+    name = model + POLICY_SUFFIX
+    try:
+        meta = repository.verify(name, version) if verify else repository.meta(name, version)
+    except ModelRepositoryError as exc:
+        return f"policy version {version} of {model} cannot be served: {exc}"
+    problems = validate_policy_meta(meta, name, str(version)) if meta.get("kind") == "policy" else \
+        [f"kind is {meta.get('kind')!r}, not 'policy'"]
+    if problems:
+        return f"policy version {version} of {model} is not a valid policy: " + "; ".join(problems)
+    return None
+
+
+def policy_admission(repository, state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> str | None:
+    """Why a POLICY command cannot be applied given the repository (None: it can)."""
+    target = policy_target(state, cmd)
+    return policy_problem(repository, cmd.model_name, target) if target else None
+
+
 def repository_admission(repository, auc_tolerance: float, logloss_tolerance: float) -> Admission:
     """``admit(state, command)`` for a :class:`~.state.DeploymentBook`: why a ranker command cannot be
     applied given the model repository (None: it can). The same checks the controller runs before
@@ -81,8 +115,8 @@ def repository_admission(repository, auc_tolerance: float, logloss_tolerance: fl
     from recpilot.models.repository import ModelRepositoryError
 
     def admit(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> str | None:
-        if (cmd.kind or pb.RANKER) != pb.RANKER:
-            return None
+        if (cmd.kind or pb.RANKER) == pb.POLICY:
+            return policy_admission(repository, state, cmd)
         act, model = cmd.action, cmd.model_name
         if act in (pb.DEPLOY, pb.PROMOTE, pb.CANARY, pb.SHADOW):
             target = cmd.version

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from recpilot.errors import FailedPrecondition
-from recpilot.models.deployments.checks import gate_problems, promotion_gate
+from recpilot.models.deployments.checks import gate_problems, policy_problem, promotion_gate
 from recpilot.models.deployments.log import (
     AckLogReader,
     PublishError,
@@ -67,6 +67,20 @@ class Submitted:
     state: pb.DeploymentState
     acks: list[pb.DeploymentAck] = field(default_factory=list)
     overridden: list[str] = field(default_factory=list)   # gate failures overridden by --force
+
+
+def _rollback_target(state: pb.DeploymentState, model: str, version: str, kind: int) -> str:
+    """The version a ROLLBACK of ``kind`` returns to; :class:`CommandRejected` when there is none or
+    ``version`` (the one the caller expects) is another."""
+    prev = previous_production(state, kind)
+    what, current = (f"the policy of {model}", state.policy_version or "ranker-order") if kind == pb.POLICY \
+        else (model, state.production_version or "none")
+    if prev is None:
+        raise CommandRejected(f"{what} has no previous production version to roll back to (production: {current})")
+    if version and version != prev:
+        raise CommandRejected(f"cannot roll back {what} to {version}: rollback returns to the previous "
+                              f"production version, which is {prev}")
+    return prev
 
 
 class DeploymentController:
@@ -213,15 +227,17 @@ class DeploymentController:
                             + ". Use --force --reason TEXT to promote anyway (recorded in the history).")
                     overridden = problems
             elif act == pb.ROLLBACK:
-                prev = previous_production(state)
-                if prev is None:
-                    raise CommandRejected(f"{model} has no previous production version to roll back to "
-                                          f"(production: {state.production_version or 'none'})")
-                if version and version != prev:
-                    raise CommandRejected(f"cannot roll back {model} to {version}: rollback returns to the previous "
-                                          f"production version, which is {prev}")
-                version = prev
+                version = prev = _rollback_target(state, model, version, kind)
                 self._meta(model, prev, f"roll back {model} to version {prev}")
+        elif kind == pb.POLICY:
+            if act == pb.ROLLBACK:
+                version = _rollback_target(state, model, version, kind)
+            if self.verify_repository and act in (pb.DEPLOY, pb.PROMOTE, pb.CANARY, pb.ROLLBACK):
+                if not version:
+                    raise InvalidCommand(f"{action} needs a policy version of {model}")
+                problem = policy_problem(self.repository, model, version, verify=True)
+                if problem:
+                    raise DeploymentError(f"cannot {what} (policy): {problem}")
         if overridden:
             reason = f"{reason} [promotion gate overridden: {'; '.join(overridden)}]"
         cmd = new_command(act, model, version, percent=percent, actor=self.actor, reason=reason, force=force,

@@ -36,7 +36,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from recpilot.errors import FailedPrecondition, InvalidArgument, RecpilotError
-from recpilot.models.repository import NAME_RE, VERSION_RE
+from recpilot.models.repository import NAME_RE, POLICY_SUFFIX, VERSION_RE
 from recpilot.pb import deployments_pb2 as pb
 from recpilot.settings import RecpilotSettings
 from recpilot.topics import CONTROL_DEPLOYMENTS, acks_topic
@@ -48,6 +48,10 @@ ACTIONS = {
     "rollback": pb.ROLLBACK, "clear_canary": pb.CLEAR_CANARY, "clear_shadow": pb.CLEAR_SHADOW,
 }
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+# what a re-ranking policy (kind POLICY) accepts: no shadow (a policy's choice is only seen when served)
+POLICY_ACTIONS = (pb.DEPLOY, pb.PROMOTE, pb.CANARY, pb.CLEAR_CANARY, pb.ROLLBACK)
+KINDS = {"ranker": pb.RANKER, "policy": pb.POLICY}
+KIND_NAMES = {v: k for k, v in KINDS.items()}
 ACK_NAMES = {pb.APPLIED: "APPLIED", pb.REJECTED: "REJECTED", pb.FAILED: "FAILED",
              pb.ACK_STATUS_UNSPECIFIED: "UNSPECIFIED"}
 CANARY_BUCKETS = 10_000
@@ -149,6 +153,9 @@ def check_command(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> str |
     act, kind = cmd.action, _kind(cmd)
     if not NAME_RE.fullmatch(cmd.model_name):
         return f"invalid model name {cmd.model_name[:80]!r} (letters, digits, '_', '.', '-'; at most 64)"
+    if cmd.model_name.endswith(POLICY_SUFFIX):
+        return (f"{cmd.model_name} holds the re-ranking policies of {cmd.model_name.removesuffix(POLICY_SUFFIX)}, "
+                f"not a model: deploy them with kind policy on {cmd.model_name.removesuffix(POLICY_SUFFIX)}")
     if cmd.version:
         # ranker versions are repository directories ("1", "2", ...); policy versions are names
         if kind == pb.RANKER and not VERSION_RE.fullmatch(cmd.version):
@@ -159,23 +166,26 @@ def check_command(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> str |
         return f"unknown action {act}"
     if cmd.force and not cmd.reason.strip():
         return "--force needs a --reason (it is recorded)"
-    current = state.production_version if kind == pb.RANKER else state.policy_version
-    what = "model" if kind == pb.RANKER else "policy"
+    policy = kind == pb.POLICY
+    current = state.policy_version if policy else state.production_version
+    canary = state.policy_canary_version if policy else state.canary_version
+    what = "policy" if policy else "model"
     if act in (pb.DEPLOY, pb.PROMOTE, pb.CANARY, pb.SHADOW) and not cmd.version:
         return f"{ACTION_NAMES[act]} needs a version"
-    if kind == pb.POLICY and act not in (pb.DEPLOY, pb.PROMOTE, pb.ROLLBACK):
+    if policy and act not in POLICY_ACTIONS:
         return f"{ACTION_NAMES[act]} is not supported for policies"
     if act in (pb.DEPLOY, pb.PROMOTE) and cmd.version == current:
         return f"version {cmd.version} of {what} {cmd.model_name} is already production"
     if act in (pb.CANARY, pb.SHADOW):
-        if not current:
+        # a policy canary needs no learned production policy: it then runs beside the ranker's order
+        if not current and not policy:
             return f"{cmd.model_name} has no production version yet; deploy one first"
         if cmd.version == current:
             return f"version {cmd.version} is production; a {ACTION_NAMES[act]} must be another version"
     if act == pb.CANARY and not 0.0 < cmd.percent <= 100.0:
         return f"canary percent must be in (0, 100], got {cmd.percent:g} (use clear_canary to stop a canary)"
-    if act == pb.CLEAR_CANARY and not state.canary_version:
-        return f"{cmd.model_name} has no canary"
+    if act == pb.CLEAR_CANARY and not canary:
+        return f"{what} {cmd.model_name} has no canary" if policy else f"{cmd.model_name} has no canary"
     if act == pb.CLEAR_SHADOW and not state.shadow_version:
         return f"{cmd.model_name} has no shadow"
     if act == pb.ROLLBACK:
@@ -210,6 +220,12 @@ def _apply_in_place(new: pb.DeploymentState, cmd: pb.DeploymentCommand) -> None:
     if kind == pb.POLICY:
         if act == pb.PROMOTE or act == pb.ROLLBACK or (act == pb.DEPLOY and not new.policy_version):
             new.policy_version = target
+            if new.policy_canary_version == target:
+                new.policy_canary_version, new.policy_canary_percent = "", 0.0
+        elif act == pb.CANARY:
+            new.policy_canary_version, new.policy_canary_percent = target, cmd.percent
+        elif act == pb.CLEAR_CANARY:
+            new.policy_canary_version, new.policy_canary_percent = "", 0.0
     else:
         if act == pb.PROMOTE or act == pb.ROLLBACK or (act == pb.DEPLOY and not new.production_version):
             new.production_version = target
@@ -229,17 +245,28 @@ def _apply_in_place(new: pb.DeploymentState, cmd: pb.DeploymentCommand) -> None:
     new.updated_ms = cmd.timestamp_ms
 
 
-def routes_to_canary(state: pb.DeploymentState, user_id: str) -> bool:
-    """Canary routing everywhere: ``stable_hash(user_id, 10_000) < percent * 100``."""
-    if not state.canary_version or state.canary_percent <= 0:
+def in_canary(user_id: str, percent: float) -> bool:
+    """The one canary rule, for rankers and policies alike: ``stable_hash(user_id, 10_000) < percent * 100``."""
+    if percent <= 0:
         return False
     from recpilot.featurespec import stable_hash
 
-    return stable_hash(str(user_id), CANARY_BUCKETS) < state.canary_percent * 100
+    return stable_hash(str(user_id), CANARY_BUCKETS) < percent * 100
 
 
-def serving_version(state: pb.DeploymentState, user_id: str) -> str:
-    """The version that answers ``user_id``: the canary for its share of users, else production."""
+def routes_to_canary(state: pb.DeploymentState, user_id: str, kind: int = pb.RANKER) -> bool:
+    """Whether ``user_id`` is answered by the canary of ``kind`` (the ranker's by default, or the
+    re-ranking policy's): :func:`in_canary` with that canary's percent."""
+    if kind == pb.POLICY:
+        return bool(state.policy_canary_version) and in_canary(user_id, state.policy_canary_percent)
+    return bool(state.canary_version) and in_canary(user_id, state.canary_percent)
+
+
+def serving_version(state: pb.DeploymentState, user_id: str, kind: int = pb.RANKER) -> str:
+    """The version of ``kind`` that answers ``user_id``: the canary for its share of users, else
+    production (for policies: the policy version; empty = the ranker's order)."""
+    if kind == pb.POLICY:
+        return state.policy_canary_version if routes_to_canary(state, user_id, kind) else state.policy_version
     return state.canary_version if routes_to_canary(state, user_id) else state.production_version
 
 
