@@ -84,11 +84,39 @@ def groups(values: np.ndarray, k: int) -> list[np.ndarray]:
     return [order[j::k] for j in range(min(k, len(order)))]
 
 
+def _slot_table(values: np.ndarray, k: int, exploration: Exploration) -> tuple[np.ndarray, np.ndarray]:
+    """The groups as columns: ``rows[r, j]`` = pool index of group ``j``'s ``r``-th best item (-1
+    past the group's end) and ``prob[r, j]`` its probability of being slot ``j``'s item; shape
+    ``[ceil(M / k), min(k, M)]``. Vectorised: no Python loop over slots."""
+    v = np.asarray(values, dtype=np.float64)
+    m = len(v)
+    kk = min(k, m)
+    order = value_order(v)
+    depth = -(-m // kk)
+    flat = np.full(depth * kk, -1, dtype=np.int64)
+    flat[:m] = order
+    rows = flat.reshape(depth, kk)  # rank r * kk + j -> row r, column j (k >= M: one row)
+    if kk < k:  # fewer items than slots: every item is its own group, in value order
+        rows = order.reshape(1, m)
+    real = rows >= 0
+    sizes = real.sum(axis=0)
+    if exploration.rule == "greedy":
+        prob = np.zeros(rows.shape)
+        prob[0] = 1.0
+    elif exploration.rule == "epsilon_greedy":
+        prob = np.where(real, exploration.epsilon / sizes, 0.0)
+        prob[0] += 1.0 - exploration.epsilon
+    else:  # softmax over each group, shifted by its max for stability
+        z = np.where(real, v[np.where(real, rows, 0)] / exploration.temperature, -np.inf)
+        w = np.exp(z - z.max(axis=0))
+        prob = w / w.sum(axis=0)
+    return rows, prob
+
+
 def marginals(values: np.ndarray, k: int, exploration: Exploration = GREEDY) -> np.ndarray:
     """``P[j, a]``: the probability that slot ``j`` shows pool item ``a``; shape ``[min(k, M), M]``,
     every row sums to 1."""
-    v = np.asarray(values, dtype=np.float64)
-    m = len(v)
+    m = len(values)
     kk = min(k, m)
     p = np.zeros((kk, m))
     if kk == 0:
@@ -96,16 +124,10 @@ def marginals(values: np.ndarray, k: int, exploration: Exploration = GREEDY) -> 
     if exploration.rule == "uniform":
         p[:] = 1.0 / m
         return p
-    for j, g in enumerate(groups(v, k)):
-        if exploration.rule == "greedy":
-            p[j, g[0]] = 1.0
-        elif exploration.rule == "epsilon_greedy":
-            p[j, g] = exploration.epsilon / len(g)
-            p[j, g[0]] += 1.0 - exploration.epsilon
-        else:  # softmax over the group, shifted by its max for stability
-            z = v[g] / exploration.temperature
-            w = np.exp(z - z.max())
-            p[j, g] = w / w.sum()
+    rows, prob = _slot_table(values, k, exploration)
+    real = rows >= 0
+    cols = np.broadcast_to(np.arange(kk), rows.shape)
+    p[cols[real], rows[real]] = prob[real]
     return p
 
 
@@ -113,16 +135,15 @@ def sample(values: np.ndarray, k: int, exploration: Exploration, rng: np.random.
     """Draw a slate: pool indices for slots 1..min(k, M) and each one's marginal propensity."""
     m = len(values)
     kk = min(k, m)
+    if kk == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
     if exploration.rule == "uniform":
-        idx = rng.permutation(m)[:kk]
-        return idx, np.full(kk, 1.0 / m) if m else np.zeros(0)
-    p = marginals(values, k, exploration)
+        return rng.permutation(m)[:kk], np.full(kk, 1.0 / m)
+    rows, prob = _slot_table(values, k, exploration)
     if exploration.rule == "greedy":
-        idx = p.argmax(axis=1)
-    else:
-        idx = np.empty(kk, dtype=np.int64)
-        u = rng.random(kk)
-        for j, g in enumerate(groups(values, k)):  # draw inside the slot's group only
-            cum = np.cumsum(p[j, g])
-            idx[j] = g[min(int(np.searchsorted(cum, u[j] * cum[-1], side="right")), len(g) - 1)]
-    return idx, p[np.arange(kk), idx]
+        return rows[0].copy(), np.ones(kk)
+    cum = np.cumsum(prob, axis=0)
+    u = rng.random(kk) * cum[-1]
+    pick = np.minimum((cum <= u).sum(axis=0), (rows >= 0).sum(axis=0) - 1)  # inside the slot's group only
+    cols = np.arange(kk)
+    return rows[pick, cols], prob[pick, cols]
