@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench import ope as bench_ope
 from recpilot.errors import FailedPrecondition, InvalidArgument
 from recpilot.rl import slate
 from recpilot.rl.logged import LoggedSlates, ValuePolicy
@@ -168,42 +169,16 @@ def test_weighted_rewards_are_modelled_on_their_scale():
     assert m.predict(np.zeros((1, 1)), 1)[0, 0] == pytest.approx(2.5, abs=1e-3)
 
 
-# --- unbiasedness on a synthetic bandit with known click probabilities ------------------------------
+# --- unbiasedness on a synthetic bandit with known click probabilities (bench/ope.py) ---------------
 
-M, K, F = 8, 3, 3
-THETA = np.array([1.2, -0.8, 0.5])
-POS_BIAS = np.array([1.0, 0.7, 0.5])
+M, K = 8, 3
 
 
-def click_prob(x):
-    """True P(click | item inputs, slot): [M, K]; a logistic item attraction times a slot examination."""
-    return (1 / (1 + np.exp(-(x @ THETA - 1.5))))[:, None] * POS_BIAS[None, :]
+def bandit_logs(seed, n, logger, k=K):
+    return bench_ope.bandit_logs(seed, n, logger, k, M)
 
 
-def bandit_logs(seed: int, n: int, logger: slate.Exploration, k: int = K) -> tuple[LoggedSlates, np.ndarray]:
-    """Logs drawn by ``logger`` (values = the first input, a weak signal) and the pools' true click
-    probabilities [n, M, K]."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, M, F)).astype(np.float32)
-    shown = np.zeros((n, k), np.int64)
-    prop = np.zeros((n, k))
-    reward = np.zeros((n, k))
-    truth = np.zeros((n, M, K))
-    for i in range(n):
-        truth[i] = click_prob(x[i].astype(np.float64))
-        idx, p = slate.sample(x[i, :, 0].astype(np.float64), k, logger, rng)
-        shown[i], prop[i] = idx, p
-        reward[i] = rng.random(k) < truth[i][idx, np.arange(k)]
-    return LoggedSlates(x, np.ones((n, M), bool), shown, prop, reward, [f"f{j}" for j in range(F)],
-                        source=f"bandit:{seed}"), truth
-
-
-def true_value(logs: LoggedSlates, truth: np.ndarray, target, k: int) -> float:
-    """Exact expected reward per slot of ``target`` on these pools: marginals x click probabilities."""
-    return float(np.mean([np.sum(target.marginals(logs.pool(i), k) * truth[i][:, :k].T) / k for i in range(logs.n)]))
-
-
-TARGET = ValuePolicy(lambda x: x @ THETA, slate.Exploration.parse("epsilon_greedy:0.2"), "learned")
+TARGET = bench_ope.bandit_target("epsilon_greedy:0.2")
 
 
 @pytest.mark.parametrize("logger,k", [(slate.Exploration("uniform"), K), (slate.Exploration.parse("softmax:1"), 1)])
@@ -214,7 +189,7 @@ def test_estimators_are_unbiased_and_intervals_cover(logger, k):
     truths = []
     for seed in range(seeds):
         logs, truth = bandit_logs(seed, n, logger, k)
-        v = true_value(logs, truth, TARGET, k)
+        v = bench_ope.true_value(logs, truth, TARGET, k)
         truths.append(v)
         rep = evaluate(logs, TARGET, n_boot=200, seed=seed)
         for e in est:
