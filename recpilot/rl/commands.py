@@ -138,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
 
     estimators = tuple(e.strip() for e in args.estimators.split(",") if e.strip())
     logs = load_logs(args.logs, args)
+    if logs.n == 0:
+        why = ", ".join(f"{k} {v}" for k, v in logs.meta.items() if isinstance(v, int | float))
+        raise FailedPrecondition(f"no logged decisions to evaluate in {logs.source}" + (f" ({why})" if why else ""))
     if args.save:
         from recpilot.rl.logs import to_file
 
