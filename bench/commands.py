@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _inference(bench)
     _policy(bench)
     _grpc_floor(bench)
+    _ope(bench)
 
 
 def _ingest(bench: argparse._SubParsersAction) -> None:
@@ -145,3 +146,18 @@ def _grpc_floor(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
                    help="the event loop of --server aio (the inference server's default is uvloop)")
     p.set_defaults(func=_run("floor"))
+
+
+def _ope(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("ope", help="off-policy estimators against a known truth, and the Open Bandit sample report")
+    p.add_argument("--part", choices=("coverage", "obd", "all"), default="all")
+    p.add_argument("--seeds", type=int, default=20, help="coverage: synthetic logs drawn")
+    p.add_argument("--decisions", type=int, default=2000, help="coverage: decisions per log")
+    p.add_argument("--logger", default="uniform", help="coverage: the logging rule (uniform: 3 slots; else 1 slot)")
+    p.add_argument("--target", default="epsilon_greedy:0.2", help="coverage: the target's rule")
+    p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--level", type=float, default=0.95)
+    p.add_argument("--l2", type=float, default=1.0, help="obd: the reward model's L2 penalty")
+    p.add_argument("--obd-dir", default=None, help="obd: the dataset folder (default: RECPILOT_TRAIN_OBD_DIR)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.set_defaults(func=_run("ope"))

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "recpilot.models.train_commands",  # train, tune
     "recpilot.models.commands",     # models list|verify|deploy|promote|canary|shadow|rollback|status
     "services.inference.commands",  # recommend, search
+    "recpilot.rl.commands",         # ope
 ]
 
 # The benchmark package lives beside the product and is not in the service image; there, and only
