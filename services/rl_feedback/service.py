@@ -128,7 +128,8 @@ class RlFeedbackService:
         self.consumer = rkafka.consumer(p, s.group_id, **{
             "client.id": f"rl-feedback-{s.instance_id}", "isolation.level": "read_committed",
             "enable.partition.eof": True, "partition.assignment.strategy": "range",
-            "session.timeout.ms": s.session_timeout_ms, "queued.max.messages.kbytes": 64 * 1024})
+            "session.timeout.ms": s.session_timeout_ms, "queued.max.messages.kbytes": 64 * 1024,
+            **({"group.instance.id": s.instance_id} if s.static_membership else {})})
         self._thread = threading.Thread(target=self._run_guarded, name="rl-feedback-loop", daemon=True)
         self._thread.start()
         self.started = True
@@ -160,10 +161,9 @@ class RlFeedbackService:
 
     # -- assignment -----------------------------------------------------------------------------
     def _on_assign(self, _consumer, partitions) -> None:
-        mine = sorted({tp.partition for tp in partitions if tp.topic == self.s.impressions_topic})
-        for p in mine:
-            if p not in self.tasks:
-                self.tasks[p] = self._restore(p)
+        mine = sorted({tp.partition for tp in partitions if tp.topic == self.s.impressions_topic} - set(self.tasks))
+        if mine:
+            self.tasks.update(self._restore(mine))
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions]})
 
     def _on_revoke(self, _consumer, partitions) -> None:
@@ -175,27 +175,35 @@ class RlFeedbackService:
                         self._closed_stats = _plus(self._closed_stats, task.join.stats)
         log.info("partitions revoked", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions]})
 
-    def _restore(self, p: int) -> _Task:
+    def _restore(self, parts: list[int]) -> dict[int, _Task]:
+        """The tasks of ``parts``, each with its state read from its changelog partition (read_committed,
+        from the start to the end; the latest record of each key is the state)."""
         t0 = time.monotonic()
-        latest: dict[bytes, bytes | None] = {}
+        latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in parts}
 
         def keep(m) -> None:
-            latest[m.key()] = m.value()
+            latest[m.partition()][m.key()] = m.value()
 
         reader = rkafka.TopicReader(self.platform, self.s.changelog_topic, group_id=f"{self.s.group_id}-restore",
                                     **{"client.id": f"rl-feedback-restore-{self.s.instance_id}"})
         try:
-            pending = reader.read({p: OFFSET_BEGINNING}, keep, timeout=self.s.restore_timeout_s)
+            starts = {p: OFFSET_BEGINNING for p, (lo, hi) in reader.watermarks(parts).items() if hi > lo}
+            pending = reader.read(starts, keep, timeout=self.s.restore_timeout_s)
         finally:
             reader.close()
         if pending:
-            raise FailedPrecondition(f"changelog partition {p} not read to its end in {self.s.restore_timeout_s}s")
-        join = PartitionJoin(self.s.window_ms, self.weights)
-        join.restore(latest)
-        M.RESTORED.inc(len(latest))
-        log.info("join state restored", extra={"partition": p, "records": len(latest), "open": len(join.open),
-                                               "buffered": join.buffered, "seconds": round(time.monotonic() - t0, 3)})
-        return _Task(p, join, Watermark(self.s.grace_ms))
+            raise FailedPrecondition(f"changelog partitions {sorted(pending)} not read to their end in "
+                                     f"{self.s.restore_timeout_s}s")
+        tasks = {}
+        for p in parts:
+            join = PartitionJoin(self.s.window_ms, self.weights)
+            join.restore(latest[p])
+            M.RESTORED.inc(len(latest[p]))
+            tasks[p] = _Task(p, join, Watermark(self.s.grace_ms))
+            log.info("join state restored", extra={"partition": p, "records": len(latest[p]), "open": len(join.open),
+                                                   "buffered": join.buffered})
+        log.info("join state restore done", extra={"partitions": parts, "seconds": round(time.monotonic() - t0, 3)})
+        return tasks
 
     # -- the loop -------------------------------------------------------------------------------
     def _run_guarded(self) -> None:

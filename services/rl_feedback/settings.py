@@ -48,6 +48,9 @@ class RlFeedbackSettings(BaseSettings):
     commit_timeout_s: float = Field(default=30.0, gt=0)
     restore_timeout_s: float = Field(default=120.0, gt=0, description="reading a partition's changelog on assignment")
     session_timeout_ms: int = Field(default=10_000, ge=1_000, description="consumer group session timeout")
+    static_membership: bool = Field(
+        default=False, description="group.instance.id = instance_id: a restarted replica gets its partitions back "
+        "at once instead of after the session timeout (instance ids must then be unique per replica)")
 
     metrics_interval_s: float = Field(default=5.0, gt=0)
     stall_after_s: float = Field(default=30.0, gt=0, description="/readyz fails when the loop did not poll for this long")
