@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
                               env={"OMP_NUM_THREADS": "1"})
         proc.start()
         proc.wait_ready(120)
-        cpu0, t_ready = proc.cpu_seconds(), time.monotonic()
+        cpu0, t_ready, ready_ms = proc.cpu_seconds(), time.monotonic(), now_ms()
         want = len(traffic.expected)
         while len(reader.rewards) < want:
             if not proc.alive():
@@ -244,11 +244,14 @@ def run(args: argparse.Namespace) -> int:
         recv = sorted(t for _, t in reader.rewards)
         span = (recv[-1] - recv[0]) / 1000.0 if len(recv) > 1 else float("nan")
         wall = time.monotonic() - t_ready
+        pubs = sorted(r.published_ms for r in got)
+        pub_span = (pubs[-1] - pubs[0]) / 1000.0 if len(pubs) > 1 else float("nan")
         problems = check(got, traffic)
         failed += problems
         print(f"throughput: {n} impressions ({len(got)} rewards) joined in {wall:.2f}s from ready "
               f"(first->last reward {span:.2f}s): {n / wall:,.0f} impressions/s from ready, "
-              f"{n / span:,.0f}/s first->last; process CPU {cpu:.1f}s = {n / max(cpu, 1e-9):,.0f} impressions "
+              f"{n / span:,.0f}/s first->last received; published_ms: first {pubs[0] - ready_ms} ms after ready, "
+              f"first->last {pub_span:.2f}s = {n / pub_span:,.0f} impressions/s; process CPU {cpu:.1f}s = {n / max(cpu, 1e-9):,.0f} impressions "
               f"per CPU-second; peak RSS {proc.peak_rss_mb():.0f} MB; check: {'ok' if not problems else problems}")
 
         # Phase 2: live traffic at a rate; outcomes produced when their event time comes

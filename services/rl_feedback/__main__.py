@@ -28,7 +28,7 @@ def interval_events(pub: MetricPublisher, svc: RlFeedbackService) -> list:
     st = svc.stats()
     evs = [pub.event("impressions_total", st.impressions), pub.event("rewards_total", st.rewards),
            pub.event("rewards_with_outcome_total", st.positive)]
-    evs += [pub.event("outcomes_total", getattr(st, attr), fate=fate) for fate, attr in (
+    evs += [pub.event("outcomes_total", getattr(st, attr), {"fate": fate}) for fate, attr in (
         ("joined", "joined"), ("duplicate", "duplicates"), ("late", "late"), ("unmatched", "unmatched"),
         ("not_shown", "not_shown"))]
     lat = sorted(svc.take_latencies())

@@ -35,6 +35,7 @@ rebuilds the state from the latest value of every key.
 from __future__ import annotations
 
 import heapq
+import struct
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ Reward = events_pb2.Reward
 
 CLICKED, CARTED, PURCHASED = 1, 2, 4
 OUTCOME_FLAGS = {events_pb2.CLICK: CLICKED, events_pb2.ADD_TO_CART: CARTED, events_pb2.PURCHASE: PURCHASED}
-IMP_PREFIX = b"i:"   # changelog key of an open impression: i:<request_id> -> compact Impression
+IMP_PREFIX = b"i:"   # changelog key of an open impression: i:<request_id> -> encode_open(head, item parts)
 EVENT_PREFIX = b"e:"  # changelog key of a held outcome: e:<event_id> -> UserEvent (request_id set once joined)
 _D = len(DENSE_FEATURES)
 
@@ -97,49 +98,105 @@ class JoinStats:
 
 
 class _Open:
-    """One open impression: its compact form and the outcomes of each shown item (by slot)."""
+    """One open impression: its rewards' bytes without the outcome (a shared head, one part per
+    shown item) and the outcomes of each shown item (by slot)."""
 
-    __slots__ = ("rid", "user", "ts", "blob", "items", "flags", "revenue", "out_ts", "events")
+    __slots__ = ("rid", "user", "ts", "head", "items", "parts", "flags", "revenue", "out_ts", "events")
 
-    def __init__(self, rid: str, user: str, ts: int, blob: bytes, items: tuple[str, ...]) -> None:
-        self.rid, self.user, self.ts, self.blob, self.items = rid, user, ts, blob, items
+    def __init__(self, rid: str, user: str, ts: int, head: bytes, items: tuple[str, ...], parts: list[bytes]) -> None:
+        self.rid, self.user, self.ts, self.head, self.items, self.parts = rid, user, ts, head, items, parts
         self.flags: bytearray | None = None
         self.revenue: list[float] | None = None
         self.out_ts: list[int] | None = None
         self.events: dict[str, int] = {}  # event id -> slot
 
 
-def compact(imp: Impression) -> Impression:
-    """What the join keeps of an impression: the fields a Reward copies, the user-level features
-    (``user:*``) and, as the "pool", only the shown items' dense rows (``pool_index`` = slot).
-    The dense row of a shown item comes from the logged pool, else from the ``<position>:<feature>``
-    snapshot entries; compacting a compact impression gives the same impression."""
-    c = Impression(request_id=imp.request_id, user_id=imp.user_id, session_id=imp.session_id,
-                   surface=imp.surface, model_name=imp.model_name, model_version=imp.model_version,
-                   policy_version=imp.policy_version, timestamp_ms=imp.timestamp_ms, variant=imp.variant,
-                   exploration=imp.exploration, policy_variant=imp.policy_variant)
+# Rewards are built from serialized parts: a protobuf message's serialization followed by another's
+# is the serialization of the two merged, so the fields every reward of an impression shares are
+# encoded once (the head), each shown item's fields once at arrival (by hand: item_id,
+# position, propensity, score, dense; checked against the protobuf parser by the unit tests), and
+# only the publish time and an item's outcome at close.
+_F32 = struct.Struct("<f").pack
+_ROW = struct.Struct(f"<{_D}f").pack
+_VARINT1 = [bytes([i]) for i in range(128)]
+
+
+def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _VARINT1[n]
+    n &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_PROP_SCORE = struct.Struct("<BfBBf").pack  # tag 5 fixed32, propensity, tag 21 fixed32 (2 bytes), score
+_DENSE_TAG = b"\xa2\x01" + _varint(4 * _D)   # tag 20 length-delimited (packed floats), length
+
+
+def _published(ms: int) -> bytes:
+    return b"\x98\x01" + _varint(ms)  # Reward.published_ms (19)
+
+
+def reward_parts(imp: Impression) -> tuple[bytes, list[bytes], tuple[str, ...]]:
+    """The head (fields shared by the impression's rewards, with the user-level ``user:*``
+    features), one part per shown item (Reward item_id (3), position (4), propensity (5), score
+    (21), dense (20)), and the shown item ids. An item's dense row comes from the logged pool, else
+    from the ``<position>:<feature>`` snapshot entries, else is left empty."""
+    head = Reward(request_id=imp.request_id, user_id=imp.user_id, model_version=imp.model_version,
+                  policy_version=imp.policy_version, impression_ts_ms=imp.timestamp_ms, session_id=imp.session_id,
+                  surface=imp.surface, variant=imp.variant)
     feats = imp.features
-    c.features.update({k: v for k, v in feats.items() if k.startswith("user:")})
+    if feats:
+        head.features.update({k: v for k, v in feats.items() if k.startswith("user:")})
+    items = [(it.item_id, it.position, it.propensity, it.score, it.pool_index) for it in imp.items]
     pool = imp.pool_dense
     npool = len(pool) // _D
-    rows: list[float] = []
-    have_rows = True
-    for j, it in enumerate(imp.items):
-        c.items.add(item_id=it.item_id, position=it.position, score=it.score, propensity=it.propensity,
-                    pool_index=j)
-        if not have_rows:
-            continue
-        if npool and it.pool_index < npool:
-            rows.extend(pool[it.pool_index * _D:(it.pool_index + 1) * _D])
-        else:
-            keys = [f"{it.position}:{f}" for f in DENSE_FEATURES]
-            if all(k in feats for k in keys):  # (a protobuf map's [] would insert a missing key)
-                rows.extend([feats[k] for k in keys])
-            else:
-                have_rows = False
-    if have_rows and rows:
-        c.pool_dense.extend(rows)
-    return c
+    rows: dict[int, bytes] = {}
+    if npool and items:
+        idx = [x[4] for x in items]
+        lo, hi = max(0, min(idx)), min(npool - 1, max(idx))
+        if lo <= hi:  # one slice of the pool's rows lo..hi, packed at once, cut into rows
+            raw = struct.pack(f"<{(hi - lo + 1) * _D}f", *pool[lo * _D:(hi + 1) * _D])
+            rb = 4 * _D
+            rows = {i: raw[(i - lo) * rb:(i - lo + 1) * rb] for i in idx if lo <= i <= hi}
+    parts = []
+    varint = _varint
+    for iid, pos, prop, score, pi in items:
+        b = iid.encode()
+        dense = rows.get(pi)
+        if dense is None:
+            keys = [f"{pos}:{f}" for f in DENSE_FEATURES]
+            # (a protobuf map's [] would insert a missing key)
+            dense = _ROW(*[feats[k] for k in keys]) if all(k in feats for k in keys) else b""
+        parts.append(b"".join((b"\x1a", varint(len(b)), b, b"\x20", varint(pos),
+                               _PROP_SCORE(0x2D, prop, 0xAD, 0x01, score), _DENSE_TAG if dense else b"", dense)))
+    return head.SerializeToString(), parts, tuple(x[0] for x in items)
+
+
+_FRAME = b"R1"
+
+
+def encode_open(head: bytes, parts: list[bytes]) -> bytes:
+    """The changelog value of an open impression: its head and item parts, length-framed."""
+    n = len(parts)
+    return b"".join([_FRAME, struct.pack(f"<H{n + 1}I", n, len(head), *map(len, parts)), head, *parts])
+
+
+def decode_open(value: bytes) -> tuple[bytes, list[bytes]]:
+    if value[:2] != _FRAME:
+        raise ValueError("not an rl_feedback open-impression record")
+    (n,) = struct.unpack_from("<H", value, 2)
+    lens = struct.unpack_from(f"<{n + 1}I", value, 4)
+    pos = 4 + 4 * (n + 1)
+    out = []
+    for ln in lens:
+        out.append(value[pos:pos + ln])
+        pos += ln
+    return out[0], out[1:]
 
 
 class Watermark:
@@ -221,15 +278,17 @@ class PartitionJoin:
         if not rid or rid in self.open or rid in self._closed:
             self.stats.duplicate_impressions += 1
             return
-        c = compact(imp)
-        blob = c.SerializeToString()
-        st = _Open(rid, c.user_id, c.timestamp_ms, blob, tuple(it.item_id for it in c.items))
+        head, parts, items = reward_parts(imp)
+        self._open(head, parts, rid, imp.user_id, imp.timestamp_ms, items)
+
+    def _open(self, head: bytes, parts: list[bytes], rid: str, user: str, ts: int, items: tuple[str, ...]) -> None:
+        st = _Open(rid, user, ts, head, items, parts)
         self.open[rid] = st
         self.stats.impressions += 1
         heapq.heappush(self._due, (st.ts + self.window_ms, rid))
         self._by_user.setdefault(st.user, []).append(st)
         if self._log:
-            self.out.changelog.append((IMP_PREFIX + rid.encode(), blob))
+            self.out.changelog.append((IMP_PREFIX + rid.encode(), encode_open(head, parts)))
         if self._buffer:
             self._claim(st)
 
@@ -379,41 +438,33 @@ class PartitionJoin:
             self._closed.pop(rid, None)
 
     def _close(self, imp: _Open, published_ms: int) -> None:
-        c = Impression.FromString(imp.blob)
-        head = Reward(request_id=imp.rid, user_id=imp.user, model_version=c.model_version,
-                      policy_version=c.policy_version, impression_ts_ms=imp.ts, session_id=c.session_id,
-                      surface=c.surface, variant=c.variant, published_ms=published_ms)
-        head.features.update(c.features)
-        hb = head.SerializeToString()
         key = imp.user.encode()
-        dense = list(c.pool_dense)
-        d = _D if len(dense) == _D * len(c.items) else 0
-        flags, revenue, out_ts = imp.flags, imp.revenue, imp.out_ts
-        if flags is not None:
+        prefix = imp.head + _published(published_ms)
+        rewards = self.out.rewards
+        flags = imp.flags
+        positive = 0
+        if flags is None:
+            rewards.extend([(key, prefix + part) for part in imp.parts])
+        else:
+            revenue, out_ts, weights = imp.revenue, imp.out_ts, self.weights
             nev = [0] * len(imp.items)
             for slot in imp.events.values():
                 nev[slot] += 1
-        rewards = self.out.rewards
-        weights = self.weights
-        positive = 0
-        for j, it in enumerate(c.items):
-            r = Reward(item_id=it.item_id, position=it.position, propensity=it.propensity, score=it.score,
-                       dense=dense[j * d:(j + 1) * d] if d else None)
-            if flags is not None and flags[j]:
+            for j, part in enumerate(imp.parts):
                 f = flags[j]
-                r.clicked = bool(f & CLICKED)
-                r.added_to_cart = bool(f & CARTED)
-                r.purchased = bool(f & PURCHASED)
-                r.revenue = revenue[j]
-                r.reward = weights.reward(f, revenue[j])
-                r.outcome_ts_ms = out_ts[j]
-                r.outcome_events = nev[j]
+                if not f:
+                    rewards.append((key, prefix + part))
+                    continue
+                o = Reward(clicked=bool(f & CLICKED), added_to_cart=bool(f & CARTED), purchased=bool(f & PURCHASED),
+                           revenue=revenue[j], reward=weights.reward(f, revenue[j]), outcome_ts_ms=out_ts[j],
+                           outcome_events=nev[j])
+                rewards.append((key, prefix + part + o.SerializeToString()))
                 self.out.latencies_ms.append(published_ms - out_ts[j])
                 positive += 1
-            rewards.append((key, hb + r.SerializeToString()))  # concatenated fields = merged message
+        n = len(imp.parts)
         st = self.stats
         st.closed += 1
-        st.rewards += len(c.items)
+        st.rewards += n
         st.positive += positive
         lst = self._by_user.get(imp.user)
         if lst is not None:
@@ -442,7 +493,10 @@ class PartitionJoin:
         try:
             for k, v in latest.items():
                 if v is not None and k.startswith(IMP_PREFIX):
-                    self.impression(Impression.FromString(v))
+                    head, parts = decode_open(v)
+                    h = Reward.FromString(head)
+                    self._open(head, parts, h.request_id, h.user_id, h.impression_ts_ms,
+                               tuple(Reward.FromString(p).item_id for p in parts))
             for k, v in latest.items():
                 if v is not None and k.startswith(EVENT_PREFIX):
                     self.outcome(UserEvent.FromString(v))

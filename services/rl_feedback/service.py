@@ -295,6 +295,9 @@ class RlFeedbackService:
         if self._delivery_errors:
             raise rkafka.DeliveryError(f"{len(self._delivery_errors)} messages failed: {self._delivery_errors[:3]}")
         self.transactions += 1
+        if self.transactions == 1:
+            log.info("first transaction committed", extra={"rewards": sum(len(o.rewards) for _p, o in outs),
+                                                           "offsets": len(offsets)})
         M.BATCHES.inc()
         M.BATCH_SECONDS.observe(time.perf_counter() - t0)
         if lat:

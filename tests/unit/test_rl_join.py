@@ -7,7 +7,7 @@ import pytest
 
 from recpilot.featurespec import DENSE_FEATURES
 from recpilot.pb import events_pb2
-from services.rl_feedback.join import PartitionJoin, Watermark, Weights, compact
+from services.rl_feedback.join import PartitionJoin, Watermark, Weights, decode_open, encode_open, reward_parts
 
 W = 10_000
 D = len(DENSE_FEATURES)
@@ -201,17 +201,29 @@ def test_restore_from_changelog_gives_the_same_rewards():
         assert run(crash) == base, crash
 
 
-def test_compact_is_idempotent_and_falls_back_to_the_position_snapshot():
-    c = compact(imp())
-    assert compact(c) == c
+def test_reward_parts_encode_what_the_protobuf_parser_reads():
+    i = imp(items=("a", "b", "c" * 200))  # an item id longer than one varint byte
+    i.items[1].position = 300
+    i.items[2].propensity = 0.123
+    head, parts, ids = reward_parts(i)
+    assert decode_open(encode_open(head, parts)) == (head, parts) and ids == ("a", "b", "c" * 200)
+    r = events_pb2.Reward.FromString(head + parts[1])
+    want = events_pb2.Reward(request_id="r1", user_id="u1", model_version="3", policy_version="2",
+                             impression_ts_ms=1_000, session_id="s1", surface="recommend", variant="production",
+                             item_id="b", position=300, propensity=0.5, score=i.items[1].score,
+                             dense=[float(100 + c) for c in range(D)])
+    want.features["user:clicks_1h"] = 2.0
+    assert r == want
+    r2 = events_pb2.Reward.FromString(head + parts[2])
+    assert r2.item_id == "c" * 200 and r2.propensity == i.items[2].propensity
+
+
+def test_dense_row_falls_back_to_the_position_snapshot():
     i = imp(pool=False)
-    for c_ in range(D):
-        i.features[f"2:{DENSE_FEATURES[c_]}"] = float(c_)
-    i.items[0].position = 2
-    i.items[1].position = 2
-    i.items[2].position = 2
-    assert list(compact(i).pool_dense) == [float(c_) for c_ in range(D)] * 3
-    assert list(compact(imp(pool=False)).pool_dense) == []  # no snapshot for every item: no dense
+    for c_, f in enumerate(DENSE_FEATURES):
+        i.features[f"2:{f}"] = float(c_)
+    _head, parts, _ids = reward_parts(i)
+    assert [list(events_pb2.Reward.FromString(p).dense) for p in parts] == [[], [float(c_) for c_ in range(D)], []]
 
 
 def test_watermark_waits_for_the_slower_input_then_follows_the_wall_clock():
@@ -229,3 +241,24 @@ def test_watermark_waits_for_the_slower_input_then_follows_the_wall_clock():
     wm.observe(0, 200_000)
     wm.reached_end(0)
     assert wm.advance(101_000) == 100_500           # event time capped by the wall clock
+
+
+def test_interval_metric_events_name_the_fates_and_the_latency():
+    from recpilot.metricevents import MetricPublisher
+    from services.rl_feedback.__main__ import interval_events
+
+    class Svc:
+        def stats(self):
+            j = PartitionJoin(W)
+            j.stats.rewards, j.stats.late, j.stats.joined = 30, 2, 5
+            return j.stats
+
+        def take_latencies(self):
+            return [900, 100, 500]
+
+    evs = {(e.name, tuple(sorted(e.labels.items()))): e
+           for e in interval_events(MetricPublisher(None, "rl_feedback", "i1"), Svc())}
+    assert evs[("rewards_total", ())].value == 30
+    assert evs[("outcomes_total", (("fate", "late"),))].value == 2
+    lat = evs[("reward_latency_ms", ())]
+    assert lat.summary.count == 3 and lat.summary.max == 900 and lat.summary.quantiles["p50"] == 500
