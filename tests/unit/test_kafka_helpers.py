@@ -18,7 +18,16 @@ def test_catalogue_uses_partition_settings():
     assert specs[CONTROL_DEPLOYMENTS].partitions == 1
     assert specs[CONTROL_DEPLOYMENTS].config["retention.ms"] == "-1"
     assert specs["metrics.inference"].partitions == 2
-    assert len(specs) == 10
+    assert len(specs) == 12
+
+
+def test_the_join_changelog_is_compacted_and_copartitioned_with_impressions():
+    from recpilot.topics import IMPRESSIONS, RL_JOIN_CHANGELOG
+
+    specs = {t.name: t for t in catalogue(PlatformSettings(impressions_partitions=5, events_partitions=5))}
+    assert specs[RL_JOIN_CHANGELOG].partitions == specs[IMPRESSIONS].partitions == 5
+    assert specs[RL_JOIN_CHANGELOG].config["cleanup.policy"] == "compact"
+    assert "metrics.rl_feedback" in specs
 
 
 def test_usable_skips_eof_reports_errors_and_raises_on_fatal():
