@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     from recpilot.errors import FailedPrecondition
     from recpilot.settings import PlatformSettings, load
     from recpilot.stack.process import ServiceProcess
-    from bench.machine import machine
+    from bench.machine import busy_cores, machine, thread_cpu
 
     p = load(PlatformSettings)
     prefix = f"bench-rl-join-{uuid.uuid4().hex[:8]}"
@@ -232,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         proc.start()
         proc.wait_ready(120)
         cpu0, t_ready, ready_ms = proc.cpu_seconds(), time.monotonic(), now_ms()
+        threads0 = thread_cpu(proc.pid)
         want = len(traffic.expected)
         while len(reader.rewards) < want:
             if not proc.alive():
@@ -241,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.05)
         got = [r for r, _ in reader.rewards]
         cpu = proc.cpu_seconds() - cpu0
+        threads1 = thread_cpu(proc.pid)
+        loop_cpu = threads1.get("rl-feedback-loo", 0.0) - threads0.get("rl-feedback-loo", 0.0)
         recv = sorted(t for _, t in reader.rewards)
         span = (recv[-1] - recv[0]) / 1000.0 if len(recv) > 1 else float("nan")
         wall = time.monotonic() - t_ready
@@ -252,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
               f"(first->last reward {span:.2f}s): {n / wall:,.0f} impressions/s from ready, "
               f"{n / span:,.0f}/s first->last received; published_ms: first {pubs[0] - ready_ms} ms after ready, "
               f"first->last {pub_span:.2f}s = {n / pub_span:,.0f} impressions/s; process CPU {cpu:.1f}s = {n / max(cpu, 1e-9):,.0f} impressions "
-              f"per CPU-second; peak RSS {proc.peak_rss_mb():.0f} MB; check: {'ok' if not problems else problems}")
+              f"per CPU-second, {n / max(loop_cpu, 1e-9):,.0f} per CPU-second of the join thread (the GIL-bound "
+              f"part; librdkafka's threads run beside it: {busy_cores(threads0, threads1, wall)}); peak RSS {proc.peak_rss_mb():.0f} MB; check: {'ok' if not problems else problems}")
 
         # Phase 2: live traffic at a rate; outcomes produced when their event time comes
         if args.duration > 0:

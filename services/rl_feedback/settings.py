@@ -32,8 +32,8 @@ class RlFeedbackSettings(BaseSettings):
 
     # The join
     window_s: float = Field(
-        default=30.0, gt=0, description="attribution window: outcomes up to this long after the impression count; "
-        "an impression's rewards are published when event time passes impression time + window")
+        default=10.0, gt=0, description="attribution window: outcomes up to this long after the impression count; "
+        "an impression's rewards are published when event time passes impression time + window (docs/learning.md)")
     grace_ms: int = Field(
         default=500, ge=0, description="while an input is caught up, event time is the wall clock minus this: the "
         "time an outcome may take from its event time to events.clean and still count")
