@@ -147,6 +147,7 @@ def _rl_join(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--grace-ms", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=5000)
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--replicas", type=int, default=1, help="rl_feedback processes sharing the partitions")
     p.add_argument("--timeout", type=float, default=300.0, help="give up on the throughput phase after this long")
     p.add_argument("--keep-topics", action="store_true")
     p.set_defaults(func=_run("rl_join"))

@@ -2,7 +2,8 @@
 
 Phase 1 (throughput): N impressions (10 shown items each, a pool of 40 with dense inputs, as
 inference logs them) and outcome events for a share of them are produced to the bench's own topics
-as a backlog, with event times spaced as a stream; then one rl_feedback process joins them.
+as a backlog, with event times spaced as a stream; then ``--replicas`` rl_feedback processes (one
+consumer group: the partitions split between them) join them.
 Reported: impressions joined per second (first to last reward committed) and per CPU-second of the
 process. Phase 2 (latency): impressions and their outcomes produced live at a rate, event time =
 wall time; reported: reward latency = reward ``published_ms`` minus the outcome's event time
@@ -213,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
                                 instance_id=prefix, batch_size=args.batch_size)
     log_dir = Path(p.home) / "logs"
     print(machine())
-    proc = None
+    procs: list = []
     reader = RewardReader(p, names["rewards"])
     failed = []
     try:
@@ -227,36 +228,43 @@ def run(args: argparse.Namespace) -> int:
         produce_all(p, names, traffic)
         print(f"produced {n} impressions x {args.items} items and {len(traffic.events)} outcome events "
               f"in {time.perf_counter() - tp:.1f}s")
-        proc = ServiceProcess("services.rl_feedback", log_dir / f"{prefix}.log", settings=settings,
-                              env={"OMP_NUM_THREADS": "1"})
-        proc.start()
-        proc.wait_ready(120)
-        cpu0, t_ready, ready_ms = proc.cpu_seconds(), time.monotonic(), now_ms()
-        threads0 = thread_cpu(proc.pid)
+        for r in range(args.replicas):
+            procs.append(ServiceProcess("services.rl_feedback", log_dir / f"{prefix}-{r}.log",
+                                        settings={**settings, "instance_id": f"{prefix}-{r}"},
+                                        env={"OMP_NUM_THREADS": "1"}).start())
+        cpu0, threads0 = 0.0, []
+        for r, proc in enumerate(procs):  # the clock starts when the first replica is ready
+            proc.wait_ready(120)
+            if r == 0:
+                t_ready, ready_ms = time.monotonic(), now_ms()
+            cpu0 += proc.cpu_seconds()
+            threads0.append(thread_cpu(proc.pid))
         want = len(traffic.expected)
         while len(reader.rewards) < want:
-            if not proc.alive():
-                raise FailedPrecondition(f"rl_feedback exited:\n{proc.log_tail(40)}")
+            for proc in procs:
+                if not proc.alive():
+                    raise FailedPrecondition(f"rl_feedback exited:\n{proc.log_tail(40)}")
             if time.monotonic() - t_ready > args.timeout:
                 break
             time.sleep(0.05)
         got = [r for r, _ in reader.rewards]
-        cpu = proc.cpu_seconds() - cpu0
-        threads1 = thread_cpu(proc.pid)
-        loop_cpu = threads1.get("rl-feedback-loo", 0.0) - threads0.get("rl-feedback-loo", 0.0)
-        recv = sorted(t for _, t in reader.rewards)
-        span = (recv[-1] - recv[0]) / 1000.0 if len(recv) > 1 else float("nan")
         wall = time.monotonic() - t_ready
-        pubs = sorted(r.published_ms for r in got)
-        pub_span = (pubs[-1] - pubs[0]) / 1000.0 if len(pubs) > 1 else float("nan")
+        cpu = sum(pr.cpu_seconds() for pr in procs) - cpu0
+        threads1 = [thread_cpu(pr.pid) for pr in procs]
+        loop_cpu = sum(t1.get("rl-feedback-loo", 0.0) - t0.get("rl-feedback-loo", 0.0)
+                       for t0, t1 in zip(threads0, threads1))
+        busy = "; ".join(busy_cores(t0, t1, wall) for t0, t1 in zip(threads0, threads1))
+        pubs = sorted(r.published_ms for r in got) or [ready_ms]
+        done_s = (pubs[-1] - ready_ms) / 1000.0
         problems = check(got, traffic)
         failed += problems
-        print(f"throughput: {n} impressions ({len(got)} rewards) joined in {wall:.2f}s from ready "
-              f"(first->last reward {span:.2f}s): {n / wall:,.0f} impressions/s from ready, "
-              f"{n / span:,.0f}/s first->last received; published_ms: first {pubs[0] - ready_ms} ms after ready, "
-              f"first->last {pub_span:.2f}s = {n / pub_span:,.0f} impressions/s; process CPU {cpu:.1f}s = {n / max(cpu, 1e-9):,.0f} impressions "
-              f"per CPU-second, {n / max(loop_cpu, 1e-9):,.0f} per CPU-second of the join thread (the GIL-bound "
-              f"part; librdkafka's threads run beside it: {busy_cores(threads0, threads1, wall)}); peak RSS {proc.peak_rss_mb():.0f} MB; check: {'ok' if not problems else problems}")
+        print(f"throughput, {args.replicas} replica(s): {n} impressions ({len(got)} rewards) joined, ready -> last "
+              f"reward published {done_s:.2f}s = {n / max(done_s, 1e-9):,.0f} impressions/s (first reward "
+              f"published {(pubs[0] - ready_ms) / 1000:.2f}s after ready: windows close as the backlog's event time "
+              f"advances); CPU {cpu:.1f}s = {n / max(cpu, 1e-9):,.0f} impressions per CPU-second, "
+              f"{n / max(loop_cpu, 1e-9):,.0f} per CPU-second of the join threads (GIL-bound: one core per replica at "
+              f"most); cores busy: {busy}; peak RSS {max(pr.peak_rss_mb() for pr in procs):.0f} MB per replica; "
+              f"check: {'ok' if not problems else problems}")
 
         # Phase 2: live traffic at a rate; outcomes produced when their event time comes
         if args.duration > 0:
@@ -293,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{len(pub)} rewards with outcomes; check: {'ok' if not problems else problems}")
     finally:
         reader.close()
-        if proc is not None:
+        for proc in procs:
             proc.stop(30)
         if not args.keep_topics:
             rkafka.delete_topics(p, list(names.values()))
