@@ -262,3 +262,25 @@ def test_interval_metric_events_name_the_fates_and_the_latency():
     assert evs[("outcomes_total", (("fate", "late"),))].value == 2
     lat = evs[("reward_latency_ms", ())]
     assert lat.summary.count == 3 and lat.summary.max == 900 and lat.summary.quantiles["p50"] == 500
+
+
+def test_start_refuses_inputs_that_are_not_copartitioned():
+    from types import SimpleNamespace as NS
+
+    from recpilot.errors import FailedPrecondition
+    from services.rl_feedback.service import check_copartitioned
+    from services.rl_feedback.settings import RlFeedbackSettings
+
+    def admin(**counts):
+        topics = {t: NS(error=None, partitions=dict.fromkeys(range(n))) for t, n in counts.items()}
+        return NS(list_topics=lambda timeout: NS(topics=topics))
+
+    s = RlFeedbackSettings(impressions_topic="imp", events_topic="ev", changelog_topic="cl")
+    assert check_copartitioned(admin(imp=4, ev=4), s) == 4
+    assert check_copartitioned(admin(imp=4, ev=4, cl=4), s) == 4
+    with pytest.raises(FailedPrecondition, match="not co-partitioned"):
+        check_copartitioned(admin(imp=4, ev=6), s)
+    with pytest.raises(FailedPrecondition, match="changelog must be co-partitioned"):
+        check_copartitioned(admin(imp=4, ev=4, cl=2), s)
+    with pytest.raises(FailedPrecondition, match="does not exist"):
+        check_copartitioned(admin(imp=4), s)
