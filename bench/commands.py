@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _policy(bench)
     _grpc_floor(bench)
     _ope(bench)
+    _rl_join(bench)
 
 
 def _ingest(bench: argparse._SubParsersAction) -> None:
@@ -161,3 +162,22 @@ def _ope(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--obd-dir", default=None, help="obd: the dataset folder (default: RECPILOT_TRAIN_OBD_DIR)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.set_defaults(func=_run("ope"))
+
+
+def _rl_join(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("rl-join", help="reward joiner: impressions joined/s, reward latency, exactly one reward each")
+    p.add_argument("--impressions", type=int, default=100_000, help="backlog of the throughput phase")
+    p.add_argument("--items", type=int, default=10, help="shown items per impression")
+    p.add_argument("--outcome-share", type=float, default=0.3, help="share of impressions with outcome events")
+    p.add_argument("--stream-rate", type=float, default=5000.0,
+                   help="event-time spacing of the backlog (impressions/s of the stream it stands for)")
+    p.add_argument("--rate", type=float, default=1000.0, help="impressions/s of the live latency phase")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of the live phase (0 = skip)")
+    p.add_argument("--window", type=float, default=5.0, help="attribution window (s) the service runs with")
+    p.add_argument("--grace-ms", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--replicas", type=int, default=1, help="rl_feedback processes sharing the partitions")
+    p.add_argument("--timeout", type=float, default=300.0, help="give up on the throughput phase after this long")
+    p.add_argument("--keep-topics", action="store_true")
+    p.set_defaults(func=_run("rl_join"))

@@ -11,10 +11,11 @@ EVENTS_CLEAN = "events.clean"
 EVENTS_DLQ = "events.dlq"
 IMPRESSIONS = "impressions"
 REWARDS = "rewards"
+RL_JOIN_CHANGELOG = "rl_feedback.join-changelog"  # the reward joiner's state, co-partitioned with impressions
 CONTROL_DEPLOYMENTS = "control.deployments"
 CONTROL_ACKS = "control.acks"
 ALERTS = "alerts"
-METRICS_SERVICES = ("ingest", "features", "inference")  # rl_feedback and monitor add theirs when they land
+METRICS_SERVICES = ("ingest", "features", "inference", "rl_feedback")  # monitor adds its own when it lands
 
 
 def metrics_topic(service: str) -> str:
@@ -47,6 +48,11 @@ def catalogue(settings: PlatformSettings) -> list[TopicSpec]:
         TopicSpec(EVENTS_DLQ, one, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
         TopicSpec(IMPRESSIONS, imp),
         TopicSpec(REWARDS, imp),
+        # The reward joiner's open impressions and held outcomes: the latest record per key is the
+        # state (compacted), one partition per impressions partition.
+        TopicSpec(RL_JOIN_CHANGELOG, imp, {"cleanup.policy": "compact", "segment.ms": str(10 * 60 * 1000),
+                                           "min.cleanable.dirty.ratio": "0.1",
+                                           "delete.retention.ms": str(3600 * 1000)}),
         # Deployment commands (written by the control plane) and the replicas' acks (a topic of
         # their own, so that writing commands can be granted to the control plane alone) are the
         # audit trail: keep them.

@@ -37,6 +37,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("ingest", "services.ingest", "services.ingest.settings:IngestSettings"),
     ServiceSpec("features", "services.features", "services.features.settings:FeaturesSettings"),
     ServiceSpec("inference", "services.inference", "services.inference.settings:InferenceSettings", 300.0),
+    ServiceSpec("rl_feedback", "services.rl_feedback", "services.rl_feedback.settings:RlFeedbackSettings"),
 )
 
 

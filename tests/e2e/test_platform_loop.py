@@ -1,6 +1,7 @@
 """The whole loop as a user runs it: `recpilot up` on a fresh home, shop events from a plain Kafka
 producer, features in Redis, Recommend answered by a model the first run trained and deployed, the
-response's request id in `impressions`, and `recpilot down` leaving nothing running."""
+response's request id in `impressions`, a click on it joined into one reward per shown item on
+`rewards`, and `recpilot down` leaving nothing running."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ PORTS = {
     "RECPILOT_KAFKA_PORT": "29292", "RECPILOT_KAFKA_CONTROLLER_PORT": "29293", "RECPILOT_REDIS_PORT": "26579",
     "RECPILOT_INGEST_HTTP_PORT": "29101", "RECPILOT_FEATURES_HTTP_PORT": "29102",
     "RECPILOT_INFERENCE_HTTP_PORT": "29103", "RECPILOT_INFERENCE_GRPC_PORT": "29051",
+    "RECPILOT_RL_FEEDBACK_HTTP_PORT": "29104", "RECPILOT_RL_FEEDBACK_WINDOW_S": "2",
 }
 
 
@@ -42,7 +44,7 @@ def test_events_to_features_to_recommendations_to_impressions(platform_env):
     env = platform_env
     _cli(env, "up")
     st = {c["name"]: c for c in json.loads(_cli(env, "status", "--json"))["components"]}
-    for name in ("kafka", "redis", "ingest", "features", "inference"):
+    for name in ("kafka", "redis", "ingest", "features", "inference", "rl_feedback"):
         assert st[name]["running"] and st[name]["ready"], st[name]
 
     boot = f"127.0.0.1:{PORTS['RECPILOT_KAFKA_PORT']}"
@@ -96,6 +98,28 @@ def test_events_to_features_to_recommendations_to_impressions(platform_env):
     assert found is not None, "response not in impressions"
     assert found.model_version == resp.model_version and found.user_id == "shopper-1"
     assert [i.item_id for i in found.items] == [i.item_id for i in resp.items]
+
+    # rl_feedback: a click on the first item, with the response's request id, gives that item reward 1
+    # and the others 0, one reward each, once the 2 s window closes
+    click = {"event_id": f"e2e-{uuid.uuid4().hex}", "user_id": "shopper-1", "session_id": "s1", "event_type": "CLICK",
+             "item_id": resp.items[0].item_id, "request_id": resp.request_id, "timestamp_ms": found.timestamp_ms + 50}
+    prod.produce("events.raw", key=b"shopper-1", value=json.dumps(click).encode())
+    assert prod.flush(30) == 0
+    c = Consumer({"bootstrap.servers": boot, "group.id": f"e2e-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+                  "isolation.level": "read_committed"})
+    c.subscribe(["rewards"])
+    rewards = []
+    deadline = time.monotonic() + 60
+    while len(rewards) < 3 and time.monotonic() < deadline:
+        for m in c.consume(100, 0.5):
+            if m.error() is None:
+                r = events_pb2.Reward.FromString(m.value())
+                if r.request_id == resp.request_id:
+                    rewards.append(r)
+    c.close()
+    assert sorted((r.item_id, r.clicked, r.reward) for r in rewards) == sorted(
+        (it.item_id, it.item_id == resp.items[0].item_id, float(it.item_id == resp.items[0].item_id)) for it in resp.items)
+    assert {r.position for r in rewards} == {1, 2, 3} and all(r.model_version == resp.model_version for r in rewards)
 
     _cli(env, "down")
     st = json.loads(_cli(env, "status", "--json"))

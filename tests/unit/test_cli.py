@@ -106,8 +106,8 @@ def test_stack_usage_error_exits_2_and_a_failure_1(capsys, monkeypatch):
     from recpilot.stack import commands
     from recpilot.stack.process import StackError
 
-    _usage_and_failure(capsys, ["up", "--no-services", "--only", "rl_feedback"], 2,
-                       "unknown service rl_feedback (services: ingest, features, inference)")
+    _usage_and_failure(capsys, ["up", "--no-services", "--only", "nosuch"], 2,
+                       "unknown service nosuch (services: ingest, features, inference, rl_feedback)")
 
     class Broken:
         def down(self):

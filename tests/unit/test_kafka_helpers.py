@@ -21,13 +21,22 @@ def test_catalogue_uses_partition_settings():
     assert CONTROL_ACKS == "control.acks" and specs[CONTROL_ACKS].partitions == 1
     assert specs[CONTROL_ACKS].config["retention.ms"] == "-1"
     assert specs["metrics.inference"].partitions == 2
-    assert len(specs) == 11
+    assert len(specs) == 13
 
 
 def test_every_control_topic_has_an_acks_topic_of_its_own():
     assert acks_topic(CONTROL_DEPLOYMENTS) == CONTROL_ACKS
     assert acks_topic("test.deployments.abc") == "test.deployments.abc.acks"
     assert acks_topic(CONTROL_ACKS) != CONTROL_ACKS  # never the control topic itself
+
+
+def test_the_join_changelog_is_compacted_and_copartitioned_with_impressions():
+    from recpilot.topics import IMPRESSIONS, RL_JOIN_CHANGELOG
+
+    specs = {t.name: t for t in catalogue(PlatformSettings(impressions_partitions=5, events_partitions=5))}
+    assert specs[RL_JOIN_CHANGELOG].partitions == specs[IMPRESSIONS].partitions == 5
+    assert specs[RL_JOIN_CHANGELOG].config["cleanup.policy"] == "compact"
+    assert "metrics.rl_feedback" in specs
 
 
 def test_usable_skips_eof_reports_errors_and_raises_on_fatal():

@@ -1,0 +1,91 @@
+"""`python -m services.rl_feedback`: join impressions with their outcomes into rewards.
+
+Loads settings, sets up logging, builds the join transport (and, when it lands, the learner in
+``services/rl_feedback/learning.py`` as a second component of the same lifecycle), runs until
+SIGTERM (then: the current transaction commits, the consumer leaves its group, metrics stop).
+A failed step stops the loop without committing; a fresh service then starts in-process after a
+backoff (its partitions' state restored from the changelog), as a process restart would."""
+
+from __future__ import annotations
+
+import logging
+
+from recpilot import kafka as rkafka
+from recpilot.httpserver import HealthServer
+from recpilot.lifecycle import Lifecycle
+from recpilot.log import setup_logging
+from recpilot.metricevents import MetricPublisher, summary
+from recpilot.settings import load_service
+from services.rl_feedback.service import RlFeedbackService
+from services.rl_feedback.settings import RlFeedbackSettings
+
+log = logging.getLogger("services.rl_feedback")
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+def interval_events(pub: MetricPublisher, svc: RlFeedbackService) -> list:
+    """The MetricEvents of one interval: cumulative counts and the interval's reward latency."""
+    st = svc.stats()
+    evs = [pub.event("impressions_total", st.impressions), pub.event("rewards_total", st.rewards),
+           pub.event("rewards_with_outcome_total", st.positive)]
+    evs += [pub.event("outcomes_total", getattr(st, attr), {"fate": fate}) for fate, attr in (
+        ("joined", "joined"), ("duplicate", "duplicates"), ("late", "late"), ("unmatched", "unmatched"),
+        ("not_shown", "not_shown"))]
+    lat = sorted(svc.take_latencies())
+    if lat:
+        n = len(lat)
+        q = {"p50": lat[n // 2], "p99": lat[min(n - 1, int(n * 0.99))]}
+        evs.append(pub.event("reward_latency_ms", lat[n // 2],
+                             summary=summary(n, sum(lat), lat[0], lat[-1], q)))
+    return evs
+
+
+def main() -> int:
+    platform, s = load_service("rl_feedback", RlFeedbackSettings)
+    setup_logging("rl_feedback", platform.log_level)
+    current = [RlFeedbackService(s, platform)]
+    metric_events = MetricPublisher(
+        rkafka.producer(platform, **{"client.id": f"rl-feedback-metrics-{s.instance_id}", "linger.ms": 50}),
+        "rl_feedback", s.instance_id, topic=s.metrics_topic)
+    http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=lambda: current[0].ready())
+
+    life = Lifecycle()
+    life.install_signal_handlers()
+    http.start()
+    life.add("http", http.stop)
+    try:
+        current[0].start()
+    except Exception:
+        log.exception("rl_feedback failed to start")
+        life.shutdown()
+        return 1
+    life.add("metric-events", lambda: metric_events.close(5))
+    metric_events.start(s.metrics_interval_s, lambda: interval_events(metric_events, current[0]))
+    life.add("rl_feedback", lambda: current[0].stop())
+    # The learner (policy lifecycle) joins here as a second component: started after the joiner,
+    # registered with `life` so that it stops first.
+    delay = 1.0
+    while True:
+        life.wait(check=lambda: current[0].running, on_stop=False)
+        failed = current[0]
+        if life.stopping.is_set() or failed.error is None:
+            break
+        if failed.transactions:
+            delay = 1.0
+        log.error("rl_feedback loop failed; restarting", extra={"error": repr(failed.error), "in_s": delay})
+        while not life.stopping.wait(delay):
+            delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
+            nxt = RlFeedbackService(s, platform)
+            try:
+                nxt.start()
+            except Exception as exc:
+                log.error("rl_feedback restart failed", extra={"error": repr(exc), "next_in_s": delay})
+                continue
+            current[0] = nxt
+            break
+    life.shutdown()
+    return 0 if current[0].error is None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
