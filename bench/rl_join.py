@@ -190,7 +190,7 @@ def topic_names(prefix: str) -> dict[str, str]:
 def service_settings(names: dict[str, str], group: str, **extra) -> dict:
     return {"impressions_topic": names["impressions"], "events_topic": names["events"],
             "rewards_topic": names["rewards"], "changelog_topic": names["changelog"],
-            "metrics_topic": names["metrics"], "group_id": group, **extra}
+            "metrics_topic": names["metrics"], "group_id": group, "learner_enabled": "false", **extra}
 
 
 def _pct(xs: list[float], q: float) -> float:

@@ -23,12 +23,13 @@ from recpilot.errors import EXIT_USAGE, FailedPrecondition, RecpilotError
 COMMAND_MODULES = [
     "recpilot.stack.commands",      # setup, up, down, status, topics
     "services.ingest.commands",     # generate, simulate
-    "bench.commands",               # bench ingest|features|train|deployments|inference|grpc-floor (development checkout only)
+    "bench.commands",               # bench ingest|features|train|deployments|inference|policy|grpc-floor|ope|rl-join|rl (development checkout only)
     "services.features.commands",   # features user|item|popular|candidates
     "recpilot.models.train_commands",  # train, tune
     "recpilot.models.commands",     # models list|verify|deploy|promote|canary|shadow|rollback|status
     "services.inference.commands",  # recommend, search
     "recpilot.rl.commands",         # ope
+    "services.rl_feedback.commands",  # policy status
 ]
 
 # The benchmark package lives beside the product and is not in the service image; there, and only

@@ -1,8 +1,9 @@
 """`python -m services.rl_feedback`: join impressions with their outcomes into rewards.
 
-Loads settings, sets up logging, builds the join transport (and, when it lands, the learner in
-``services/rl_feedback/learning.py`` as a second component of the same lifecycle), runs until
-SIGTERM (then: the current transaction commits, the consumer leaves its group, metrics stop).
+Loads settings, sets up logging, builds the join transport and the policy learner
+(``services/rl_feedback/learning.py``, a second component of the same lifecycle; off with
+``RECPILOT_RL_FEEDBACK_LEARNER_ENABLED=false``), runs until SIGTERM (then: the learner stops, the
+current transaction commits, the consumer leaves its group, metrics stop).
 A failed step stops the loop without committing; a fresh service then starts in-process after a
 backoff (its partitions' state restored from the changelog), as a process restart would."""
 
@@ -16,11 +17,13 @@ from recpilot.lifecycle import Lifecycle
 from recpilot.log import setup_logging
 from recpilot.metricevents import MetricPublisher, summary
 from recpilot.settings import load_service
+from services.rl_feedback.learning import PolicyLearner
 from services.rl_feedback.service import RlFeedbackService
 from services.rl_feedback.settings import RlFeedbackSettings
 
 log = logging.getLogger("services.rl_feedback")
 RESTART_BACKOFF_MAX_S = 30.0
+LEARNER_RESTART_S = 5.0
 
 
 def interval_events(pub: MetricPublisher, svc: RlFeedbackService) -> list:
@@ -62,13 +65,27 @@ def main() -> int:
     life.add("metric-events", lambda: metric_events.close(5))
     metric_events.start(s.metrics_interval_s, lambda: interval_events(metric_events, current[0]))
     life.add("rl_feedback", lambda: current[0].stop())
-    # The learner (policy lifecycle) joins here as a second component: started after the joiner,
-    # registered with `life` so that it stops first.
+    learner = [None]
+    if s.learner_enabled:  # the policy lifecycle: started after the joiner, stopped before it
+        learner[0] = PolicyLearner(s, platform)
+        learner[0].start()
+        life.add("learner", lambda: learner[0].stop())
     delay = 1.0
     while True:
-        life.wait(check=lambda: current[0].running, on_stop=False)
+        life.wait(check=lambda: current[0].running and (learner[0] is None or learner[0].running), on_stop=False)
+        if life.stopping.is_set():
+            break
+        if learner[0] is not None and not learner[0].running:
+            # a failed learner restarts from its checkpoint (the joiner is not touched)
+            log.error("policy learner failed; restarting from its checkpoint",
+                      extra={"error": repr(learner[0].error), "in_s": LEARNER_RESTART_S})
+            if life.stopping.wait(LEARNER_RESTART_S):
+                break
+            learner[0] = PolicyLearner(s, platform)
+            learner[0].start()
+            continue
         failed = current[0]
-        if life.stopping.is_set() or failed.error is None:
+        if failed.error is None:
             break
         if failed.transactions:
             delay = 1.0

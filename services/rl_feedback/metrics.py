@@ -24,5 +24,21 @@ REWARD_LATENCY = Histogram(
 )
 RESTORED = Counter("recpilot_rl_feedback_restored_records_total", "changelog records read to restore partitions")
 
+# the policy lifecycle (learning.py)
+LEARNER_REWARDS = Counter("recpilot_rl_learner_rewards_total", "rewards the learner learned from (this process)")
+LEARNER_SKIPPED = Counter("recpilot_rl_learner_skipped_rewards_total", "rewards the learner could not use, by reason",
+                          ["reason"])
+LEARNER_ROWS = Gauge("recpilot_rl_learner_rows", "rewards in the learner's history, checkpoint included")
+LEARNER_UPDATES = Gauge("recpilot_rl_learner_updates", "minibatch updates of the Q-network, checkpoint included")
+LEARNER_CHECKPOINTS = Counter("recpilot_rl_learner_checkpoints_total", "learner checkpoints written")
+POLICY_DECISIONS = Counter("recpilot_rl_policy_decisions_total", "candidate policy versions judged, by outcome",
+                           ["outcome"])
+POLICY_ESTIMATE = Gauge("recpilot_rl_policy_estimate", "the last gate's off-policy estimate (reward per shown item)",
+                        ["policy"])
+
+for _r in ("undecodable", "no_inputs"):
+    LEARNER_SKIPPED.labels(_r)
+for _o in ("published", "held"):
+    POLICY_DECISIONS.labels(_o)
 for _f in OUTCOME_FATES:
     OUTCOMES.labels(fate=_f)

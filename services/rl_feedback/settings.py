@@ -5,6 +5,8 @@ The join rules these settings tune are in ``docs/learning.md`` ("Rewards")."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +53,34 @@ class RlFeedbackSettings(BaseSettings):
     static_membership: bool = Field(
         default=False, description="group.instance.id = instance_id: a restarted replica gets its partitions back "
         "at once instead of after the session timeout (instance ids must then be unique per replica)")
+
+    # The policy lifecycle (services/rl_feedback/learning.py; docs/learning.md "Policy lifecycle")
+    learner_enabled: bool = Field(default=True, description="learn a re-ranking policy from the rewards in this process")
+    learner_model: str = Field(default="ranker", description="the ranker model whose policy is learned (<model>.policy)")
+    learner_state_dir: Path | None = Field(default=None, description="checkpoint folder (default: <home>/rl_feedback)")
+    learner_gamma: float = Field(default=0.0, ge=0.0, lt=1.0, description="discount: 0 = a contextual bandit; above 0 the "
+                                 "next state is the same session's next impression")
+    learner_explore: str = Field(default="epsilon_greedy:0.05", description="exploration of the published policy: "
+                                 "epsilon_greedy:<p> or softmax:<temperature> (the propensities it logs are exact)")
+    learner_hidden: tuple[int, ...] = Field(default=(64, 32), description="Q-network hidden layer sizes")
+    learner_lr: float = Field(default=1e-3, gt=0)
+    learner_seed: int = 0
+    learner_batch: int = Field(default=2_000, ge=1, description="rewards per consume call")
+    learner_updates_per_reward: float = Field(default=0.05, gt=0, description="minibatch updates per reward learned from")
+    learner_every_rewards: int = Field(default=5_000, ge=1, description="a candidate policy every this many rewards ...")
+    learner_every_s: float = Field(default=120.0, gt=0, description="... or every this many seconds")
+    learner_min_rewards: int = Field(default=1_000, ge=1, description="rewards learned from before a cycle")
+    learner_pool_size: int = Field(default=40, ge=1, description="pool size the published policy asks serving for")
+    gate_estimator: Literal["dr", "ips", "snips", "dm"] = Field(default="dr", description="off-policy estimator of the gate")
+    gate_level: float = Field(default=0.95, gt=0, lt=1, description="confidence level of the gate's interval")
+    gate_n_boot: int = Field(default=200, ge=10)
+    gate_tolerance: float = Field(default=0.005, ge=0, description="publish when the candidate's lower bound >= the "
+                                  "serving estimate minus this (reward per shown item)")
+    gate_window_s: float = Field(default=900.0, gt=0, description="logged traffic the gate evaluates on: the last this many seconds")
+    gate_max_decisions: int = Field(default=20_000, ge=1, description="... at most the latest this many decisions")
+    gate_min_decisions: int = Field(default=200, ge=1, description="hold back when the window has fewer decisions")
+    publish_canary_percent: float = Field(default=0.0, ge=0, le=100, description="0: PROMOTE a passing candidate; else "
+                                          "put it on canary for this share of users")
 
     metrics_interval_s: float = Field(default=5.0, gt=0)
     stall_after_s: float = Field(default=30.0, gt=0, description="/readyz fails when the loop did not poll for this long")
