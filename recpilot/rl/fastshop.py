@@ -21,6 +21,11 @@ Every decision can be logged into :class:`recpilot.rl.logged.LoggedSlates` (:met
 ``meta`` holding what :mod:`recpilot.simulator.truth` needs (users, pool item ids, elapsed time) so
 ``truth.policy_value(logs, target)`` gives any target policy's exact value on those contexts.
 
+It lives in ``recpilot.rl``, not ``recpilot.simulator``: it drives the learning loop's code
+(policy inputs, logged slates), and ``recpilot.rl`` reaches the model library, which already reads
+the simulator, so a module of the simulator importing it would close an import cycle
+(``tests/unit/test_architecture.py``). The ground truth itself is ``recpilot.simulator.truth``.
+
 Simulated time: the stream starts at ``start_ms`` and every open-loop event advances the clock by
 ``step_ms``; ``events_per_impression`` open-loop events happen between two recommendation requests.
 """
