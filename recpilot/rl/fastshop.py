@@ -50,12 +50,12 @@ TOP_CATEGORIES = 3  # as the feature service's candidates()
 
 @dataclass
 class FastConfig:
-    seed: int = 0
-    n_users: int = 10_000
-    n_items: int = 2_000
-    concurrent_sessions: int = 200
-    k: int = 10
-    pool_size: int = 40
+    seed: int = 0                    # the ShopSimulator's: catalogue, shoppers, traffic
+    n_users: int = 10_000            # ShopSimulator
+    n_items: int = 2_000             # ShopSimulator
+    concurrent_sessions: int = 200   # ShopSimulator: live sessions a request's shopper is drawn from
+    k: int = 10                      # slots shown
+    pool_size: int = 40              # the ranker's top candidates a policy chooses from (policy_pool)
     num_candidates: int = 200        # as the inference setting num_candidates
     events_per_impression: int = 3   # open-loop events between two recommendation requests
     step_ms: int = 50                # simulated time per open-loop event (20 events/s)
