@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _grpc_floor(bench)
     _ope(bench)
     _rl_join(bench)
+    _rl(bench)
 
 
 def _ingest(bench: argparse._SubParsersAction) -> None:
@@ -181,3 +182,36 @@ def _rl_join(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="give up on the throughput phase after this long")
     p.add_argument("--keep-topics", action="store_true")
     p.set_defaults(func=_run("rl_join"))
+
+
+def _rl(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("rl", help="learning curves of re-ranking policies (uniform, popularity, ranker, "
+                                    "Q-learning, Vowpal Wabbit) on the in-process shop")
+    p.add_argument("--impressions", type=int, default=50_000, help="requests per policy and seed")
+    p.add_argument("--window", type=int, default=5_000, help="impressions per point of the curves")
+    p.add_argument("--k", type=int, default=10, help="slots shown")
+    p.add_argument("--pool", type=int, default=40, help="the ranker's top candidates a policy chooses from")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--methods", default="uniform,popularity,ranker,qlearn,vw")
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--items", type=int, default=2_000)
+    p.add_argument("--ranker-impressions", type=int, default=3_000,
+                   help="requests logged (random order) to train each seed's ranker")
+    p.add_argument("--cache", default=".cache/rl-bench", help="where the trained rankers are kept")
+    p.add_argument("--q-hidden", type=int, nargs="+", default=[64, 32])
+    p.add_argument("--q-lr", type=float, default=1e-3)
+    p.add_argument("--q-batch", type=int, default=128)
+    p.add_argument("--q-steps", type=int, default=1, help="updates per training call")
+    p.add_argument("--q-train-every", type=int, default=1, help="impressions between training calls")
+    p.add_argument("--q-gamma", type=float, default=0.0)
+    p.add_argument("--q-target-sync", type=int, default=250)
+    p.add_argument("--q-explore", default="epsilon_greedy:0.05", help="the final exploration rule")
+    p.add_argument("--q-explore-start", type=float, default=0.3, help="its parameter at the start")
+    p.add_argument("--q-explore-decay", type=int, default=10_000, help="impressions to reach the final rule")
+    p.add_argument("--vw-explore", default="epsilon_greedy:0.05", help="epsilon_greedy:E or softmax:T")
+    p.add_argument("--vw-args", default="", help="extra vw arguments")
+    p.add_argument("--plot", default="docs/img/rl_learning_curves.png", help="PNG path ('' = none)")
+    p.add_argument("--json", default=None, help="also write the curves here")
+    p.set_defaults(func=_run("rl"))

@@ -179,10 +179,13 @@ class ShopSimulator:
 
     # -- closed loop with the Recommender ---------------------------------------------------
     def outcomes_for(self, user: User, session_id: str, ranked_item_ids: list[str], request_id: str,
-                     now_ms: int) -> list[events_pb2.UserEvent]:
+                     now_ms: int, rng: random.Random | None = None) -> list[events_pb2.UserEvent]:
         """What a shopper does with a ranked list: position-bias clicks, then carts and purchases.
 
-        Unknown item ids (not in this catalogue) are skipped; events carry ``request_id``."""
+        Unknown item ids (not in this catalogue) are skipped; events carry ``request_id``. ``rng``
+        (default: the simulator's own) draws the clicks: the in-process mode passes its own, so the
+        open-loop stream does not depend on what a policy showed."""
+        rng = rng or self.rng
         sess = _Session(user, session_id, 1, request_id=request_id)
         elapsed = self._elapsed_s(now_ms)
         out = []
@@ -191,13 +194,13 @@ class ShopSimulator:
             item = self.by_id.get(iid)
             if item is None:
                 continue
-            if self.rng.random() < cm.click_probability(user, item, pos, elapsed):
+            if rng.random() < cm.click_probability(user, item, pos, elapsed):
                 out.append(self.event(sess, CLICK, now_ms, item, request_id=request_id))
                 # the click opens the product page, which the shop tracks as a VIEW
                 out.append(self.event(sess, VIEW, now_ms, item, request_id=request_id))
-                if self.rng.random() < cm.p_cart:
+                if rng.random() < cm.p_cart:
                     out.append(self.event(sess, ADD_TO_CART, now_ms, item, request_id=request_id))
-                    if self.rng.random() < cm.p_purchase:
+                    if rng.random() < cm.p_purchase:
                         out.append(self.event(sess, PURCHASE, now_ms, item, request_id=request_id))
         return out
 
