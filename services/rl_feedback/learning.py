@@ -7,13 +7,13 @@ One thread in the rl_feedback process, beside the joiner:
    (read_committed: only rewards of committed join transactions) and feeds each to the
    :class:`recpilot.rl.qlearn.QLearner` replay buffer, then runs ``learner_updates_per_reward``
    minibatch updates per reward.
-2. **Checkpoint.** Every ``learner_every_rewards`` rewards or ``learner_every_s`` seconds (whichever
-   comes first, once at least ``learner_min_rewards`` rewards were learned from): the learner's
+2. **Checkpoint.** Every ``learner_checkpoint_every_rewards`` rewards and at every cycle: the learner's
    state (networks, optimizer, replay buffer, counters) and the rewards offsets it has consumed go
    to ``<home>/rl_feedback/learner.ckpt`` (written to a temporary file, fsynced, renamed). After a
    crash or ``kill -9`` the learner restores it and reads ``rewards`` from exactly those offsets, so
    learning resumes where the checkpoint left it and no reward is learned from twice.
-3. **Export.** The learner's network becomes the next version of ``<model>.policy`` in the model
+3. **Export.** Every ``learner_every_rewards`` rewards or ``learner_every_s`` seconds (whichever
+   comes first, once at least ``learner_min_rewards`` rewards were learned from), the learner's network becomes the next version of ``<model>.policy`` in the model
    repository (:func:`recpilot.rl.artifact.write_policy_version`), with the off-policy evaluation
    and the decision in its ``model.json`` (``ope``, ``decision``).
 4. **Judge.** Off-policy evaluation on the recent logged traffic (``impressions`` + ``rewards`` of
@@ -137,6 +137,7 @@ class PolicyLearner:
         self.learner = None
         self.offsets: dict[int, int] = {}       # rewards partition -> next offset to learn from
         self.rewards_since = 0                  # rewards learned from since the last cycle
+        self.since_checkpoint = 0               # ... since the last checkpoint
         self.last_cycle = time.monotonic()
         self.last_decision: Decision | None = None
         self.cycles = 0
@@ -148,8 +149,8 @@ class PolicyLearner:
 
         s = self.s
         cfg = QConfig(gamma=s.learner_gamma, loss="bce" if s.learner_gamma == 0 else "huber",
-                      explore=s.learner_explore, explore_start=s.learner_explore_start,
-                      explore_decay=s.learner_explore_decay, seed=s.learner_seed, hidden=tuple(s.learner_hidden),
+                      explore=s.learner_explore, explore_start=None,  # a published version explores at a fixed rate
+                      seed=s.learner_seed, hidden=tuple(s.learner_hidden),
                       lr=s.learner_lr)
         return QLearner(cfg)
 
@@ -180,6 +181,7 @@ class PolicyLearner:
             "learner": self.learner.state_dict(), "offsets": dict(self.offsets), "cycles": self.cycles,
             "last_decision": self.last_decision.to_dict() if self.last_decision else None,
             "written_ms": int(time.time() * 1000)})
+        self.since_checkpoint = 0
         m.LEARNER_CHECKPOINTS.inc()
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -244,6 +246,7 @@ class PolicyLearner:
                         self.learner.observe(rows)
                         self.learner.train(max(1, int(round(len(rows) * s.learner_updates_per_reward))))
                         self.rewards_since += len(rows)
+                        self.since_checkpoint += len(rows)
                         m.LEARNER_REWARDS.inc(len(rows))
                         m.LEARNER_ROWS.set(self.learner.rows)
                         m.LEARNER_UPDATES.set(self.learner.updates)
@@ -251,6 +254,8 @@ class PolicyLearner:
                        or time.monotonic() - self.last_cycle >= s.learner_every_s)
                 if due and self.rewards_since >= s.learner_min_rewards:
                     self.cycle()
+                elif self.since_checkpoint >= s.learner_checkpoint_every_rewards:
+                    self.checkpoint()
         finally:
             consumer.close()
 

@@ -67,6 +67,8 @@ class RlFeedbackSettings(BaseSettings):
     learner_seed: int = 0
     learner_batch: int = Field(default=2_000, ge=1, description="rewards per consume call")
     learner_updates_per_reward: float = Field(default=0.05, gt=0, description="minibatch updates per reward learned from")
+    learner_checkpoint_every_rewards: int = Field(default=10_000, ge=1, description="a checkpoint every this many rewards "
+                                                  "(and at every candidate)")
     learner_every_rewards: int = Field(default=5_000, ge=1, description="a candidate policy every this many rewards ...")
     learner_every_s: float = Field(default=120.0, gt=0, description="... or every this many seconds")
     learner_min_rewards: int = Field(default=1_000, ge=1, description="rewards learned from before a cycle")

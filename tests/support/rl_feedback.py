@@ -18,9 +18,10 @@ def setup_topics(platform, prefix: str, partitions: int = 4) -> dict[str, str]:
     return names
 
 
-def rl_feedback_process(names: dict[str, str], group: str, log: Path, **settings) -> ServiceProcess:
+def rl_feedback_process(names: dict[str, str], group: str, log: Path, env: dict | None = None,
+                        **settings) -> ServiceProcess:
     w = dict(zip(("reward_click", "reward_add_to_cart", "reward_purchase", "reward_revenue"), WEIGHTS))
-    return ServiceProcess("services.rl_feedback", log,
+    return ServiceProcess("services.rl_feedback", log, env=env,
                           settings=service_settings(names, group, **{"instance_id": group, **w, **settings}))
 
 
