@@ -141,6 +141,7 @@ class PolicyLearner:
         self.last_cycle = time.monotonic()
         self.last_decision: Decision | None = None
         self.cycles = 0
+        self._judging: threading.Thread | None = None
         self.restored_from: dict | None = None
 
     # -- learner state ---------------------------------------------------------------------------
@@ -194,6 +195,8 @@ class PolicyLearner:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._judging is not None:
+            self._judging.join(timeout)
 
     @property
     def running(self) -> bool:
@@ -252,27 +255,50 @@ class PolicyLearner:
                         m.LEARNER_UPDATES.set(self.learner.updates)
                 due = (self.rewards_since >= s.learner_every_rewards
                        or time.monotonic() - self.last_cycle >= s.learner_every_s)
-                if due and self.rewards_since >= s.learner_min_rewards:
-                    self.cycle()
+                if due and self.rewards_since >= s.learner_min_rewards and not self.judging:
+                    self.cycle(wait=False)
                 elif self.since_checkpoint >= s.learner_checkpoint_every_rewards:
                     self.checkpoint()
         finally:
             consumer.close()
 
     # -- one lifecycle step ------------------------------------------------------------------------
-    def cycle(self) -> Decision | None:
-        """Checkpoint, judge, export, publish (or not): one candidate policy version."""
+    def cycle(self, wait: bool = True) -> Decision | None:
+        """Checkpoint, then judge and publish (or hold) a snapshot of the network: one candidate
+        policy version. With ``wait=False`` (the loop) the judging runs in a thread of its own while
+        learning goes on; the next cycle waits for it."""
         self.rewards_since = 0
         self.last_cycle = time.monotonic()
         self.cycles += 1
         self.checkpoint()
+        snapshot = self.snapshot()
+        if wait:
+            return self._judge(snapshot)
+        self._judging = threading.Thread(target=self._judge, args=(snapshot,), name="policy-gate", daemon=True)
+        self._judging.start()
+        return None
+
+    @property
+    def judging(self) -> bool:
+        return self._judging is not None and self._judging.is_alive()
+
+    def snapshot(self) -> dict:
+        """What a candidate is made of, taken between two learning steps."""
+        learner = self.learner
+        st = learner.stats()
+        return {"module": learner.export_module(), "cycle": self.cycles, "training": {
+            "source": "rewards", "rows": int(st["rows"]), "updates": int(st["updates"]),
+            "impressions": int(learner.impressions_seen), "offsets": dict(self.offsets),
+            "config": {k: v for k, v in asdict(learner.config).items() if k != "features"},
+            "mean_reward": st["mean_reward"], "cycle": self.cycles}}
+
+    def _judge(self, snapshot: dict) -> Decision | None:
         try:
-            decision = self.judge_and_publish()
+            decision = self.judge_and_publish(snapshot)
         except RecpilotError as exc:  # Kafka or the repository unavailable: try again next cycle
             log.error("policy cycle failed; the next cycle tries again", extra={"error": str(exc)})
             return self.last_decision
-        self.last_decision = decision
-        self.checkpoint()  # the decision survives a restart too
+        self.last_decision = decision  # in the next checkpoint
         return decision
 
     def serving(self) -> tuple[str, object]:
@@ -297,7 +323,7 @@ class PolicyLearner:
         self._ctl.refresh()
         return self._ctl
 
-    def judge_and_publish(self) -> Decision:
+    def judge_and_publish(self, snapshot: dict | None = None) -> Decision:
         from recpilot.pb import deployments_pb2 as pb
         from recpilot.rl.artifact import write_policy_version
         from recpilot.rl.logs import from_kafka
@@ -308,17 +334,17 @@ class PolicyLearner:
         est = s.gate_estimator
         serving_version, serving = self.serving()
         explore = Exploration.parse(s.learner_explore)
-        learner = self.learner
-        module = learner.export_module()
-        snapshot = ValuePolicy(_module_values(module), explore, "candidate")
+        snapshot = snapshot or self.snapshot()
+        module = snapshot["module"]
+        candidate = ValuePolicy(_module_values(module), explore, "candidate")
         logs = from_kafka(self.platform, since_ms=now_ms - int(s.gate_window_s * 1000),
                           max_impressions=s.gate_max_decisions,
                           impressions_topic=s.impressions_topic, rewards_topic=s.rewards_topic)
         n = logs.n
         cand = serv = {}
         if n > 0:
-            kw = {"estimators": (est,), "n_boot": s.gate_n_boot, "level": s.gate_level, "seed": self.cycles}
-            rc = evaluate(logs, snapshot, name="candidate", **kw).estimates[est]
+            kw = {"estimators": (est,), "n_boot": s.gate_n_boot, "level": s.gate_level, "seed": snapshot["cycle"]}
+            rc = evaluate(logs, candidate, name="candidate", **kw).estimates[est]
             rs = evaluate(logs, serving, name=serving_version, **kw).estimates[est]
             cand = {"value": rc.value, "lo": rc.lo, "hi": rc.hi, "ess": rc.ess}
             serv = {"value": rs.value, "lo": rs.lo, "hi": rs.hi, "ess": rs.ess}
@@ -328,11 +354,7 @@ class PolicyLearner:
                                    min_decisions=s.gate_min_decisions)
         else:
             publish, reason = False, "no logged decisions with rewards in the gate window yet"
-        st = learner.stats()
-        training = {"source": "rewards", "rows": int(st["rows"]), "updates": int(st["updates"]),
-                    "impressions": int(learner.impressions_seen), "offsets": dict(self.offsets),
-                    "config": {k: v for k, v in asdict(learner.config).items() if k != "features"},
-                    "mean_reward": st["mean_reward"], "cycle": self.cycles}
+        training = snapshot["training"]
         ope = {"estimator": est, "level": s.gate_level, "decisions": n, "window_s": s.gate_window_s,
                "candidate": cand, "serving": serv, "serving_version": serving_version}
         decision = Decision("", publish, reason, now_ms, serving_version, est, cand, serv, n)

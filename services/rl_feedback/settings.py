@@ -69,17 +69,17 @@ class RlFeedbackSettings(BaseSettings):
     learner_updates_per_reward: float = Field(default=0.05, gt=0, description="minibatch updates per reward learned from")
     learner_checkpoint_every_rewards: int = Field(default=10_000, ge=1, description="a checkpoint every this many rewards "
                                                   "(and at every candidate)")
-    learner_every_rewards: int = Field(default=5_000, ge=1, description="a candidate policy every this many rewards ...")
+    learner_every_rewards: int = Field(default=50_000, ge=1, description="a candidate policy every this many rewards ...")
     learner_every_s: float = Field(default=120.0, gt=0, description="... or every this many seconds")
     learner_min_rewards: int = Field(default=1_000, ge=1, description="rewards learned from before a cycle")
     learner_pool_size: int = Field(default=40, ge=1, description="pool size the published policy asks serving for")
     gate_estimator: Literal["dr", "ips", "snips", "dm"] = Field(default="dr", description="off-policy estimator of the gate")
     gate_level: float = Field(default=0.95, gt=0, lt=1, description="confidence level of the gate's interval")
-    gate_n_boot: int = Field(default=200, ge=10)
-    gate_tolerance: float = Field(default=0.005, ge=0, description="publish when the candidate's lower bound >= the "
+    gate_n_boot: int = Field(default=100, ge=10)
+    gate_tolerance: float = Field(default=0.001, ge=0, description="publish when the candidate's lower bound >= the "
                                   "serving estimate minus this (reward per shown item)")
-    gate_window_s: float = Field(default=900.0, gt=0, description="logged traffic the gate evaluates on: the last this many seconds")
-    gate_max_decisions: int = Field(default=20_000, ge=1, description="... at most the latest this many decisions")
+    gate_window_s: float = Field(default=600.0, gt=0, description="logged traffic the gate evaluates on: the last this many seconds")
+    gate_max_decisions: int = Field(default=5_000, ge=1, description="... at most the latest this many decisions")
     gate_min_decisions: int = Field(default=200, ge=1, description="hold back when the window has fewer decisions")
     publish_canary_percent: float = Field(default=0.0, ge=0, le=100, description="0: PROMOTE a passing candidate; else "
                                           "put it on canary for this share of users")
