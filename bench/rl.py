@@ -234,7 +234,7 @@ def run_method(method: str, cfg, args, seed_dir: Path) -> dict:
             if i >= last:
                 greedy_v[i] = shop.true_value(ctx, slate.marginals(values, k, slate.GREEDY))
         elif i >= last:
-            greedy_v[i] = true_v[i] if method != "uniform" else true_v[i]
+            greedy_v[i] = true_v[i]  # the fixed policies are their own greedy version
     secs = time.monotonic() - t0
     return {"method": method, "seed": cfg.seed, "clicks": clicks, "shown": shown_n, "true": true_v,
             "greedy": greedy_v, "oracle": oracle_v, "seconds": secs, "qstats": q.stats() if q is not None else None}
