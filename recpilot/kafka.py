@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -27,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from recpilot.errors import Unavailable
+from recpilot.lifecycle import LoopThread
 from recpilot.settings import PlatformSettings
 from recpilot.topics import TopicSpec
 
@@ -317,7 +317,7 @@ def flush_or_raise(prod: Producer, timeout: float = 30.0) -> None:
         raise DeliveryError(f"{remaining} messages not delivered within {timeout}s")
 
 
-class ConsumeLoop:
+class ConsumeLoop(LoopThread):
     """Poll batches, hand each to ``handler``, commit only after the handler returned.
 
     ``handler(messages)`` must finish its side effect before returning (for a producer:
@@ -353,36 +353,15 @@ class ConsumeLoop:
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.on_error = on_error
-        self.name = name
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        LoopThread.__init__(self, name)
         self.batches = 0
         self.messages = 0
         self.last_poll = 0.0
         self.assigned: set[tuple[str, int]] = set()
 
-    # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run_guarded, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking new batches, let the current one finish and commit, close the consumer."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run_guarded(self) -> None:
-        try:
-            self.run()
-        except BaseException as exc:  # recorded for the owner to exit non-zero or restart
-            self.error = exc
-            log.exception("consume loop failed; the failed batch was not committed", extra={"loop": self.name})
+    # lifecycle (LoopThread): stop() stops taking new batches, lets the current one finish and
+    # commit, and closes the consumer
+    failure = "consume loop failed; the failed batch was not committed"
 
     def _on_assign(self, _consumer, partitions) -> None:
         self.assigned |= {(p.topic, p.partition) for p in partitions}

@@ -16,6 +16,50 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
+class LoopThread:
+    """A loop on a daemon thread of its own. ``start()`` runs :meth:`run` there; ``stop(timeout)``
+    sets ``_stop`` (which ``run`` watches) and joins; ``running`` says whether the thread lives;
+    ``error`` is the exception that ended ``run`` (logged with :attr:`failure`), for the owner to
+    exit non-zero or restart; :meth:`finished` runs on the thread after ``run``, however it ended."""
+
+    failure = "loop failed"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run_guarded, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def finished(self) -> None:
+        """After :meth:`run` (close clients here)."""
+
+    def _run_guarded(self) -> None:
+        name_os_thread()
+        try:
+            self.run()
+        except BaseException as exc:  # noqa: BLE001 - recorded for the owner
+            self.error = exc
+            log.exception(self.failure, extra={"loop": self.name})
+        finally:
+            self.finished()
+
+
 def name_os_thread(name: str | None = None) -> None:
     """Give the calling thread its Python name (or ``name``) at the OS level too (Linux
     ``prctl(PR_SET_NAME)``, 15 bytes), so ``top -H``, ``/proc/<pid>/task/*/comm`` and the benches'

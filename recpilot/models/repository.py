@@ -122,6 +122,16 @@ def _check_metric_block(block: Any, where: str, errors: list[str], required: boo
             errors.append(f"{where}.logloss: expected >= 0, got {v!r}")
 
 
+def _check_files(meta: dict, errors: list[str]) -> None:
+    """The manifest (``files``), when present: ``{relative path: {sha256, bytes}}``."""
+    files = meta.get("files")
+    if files is not None and not (
+        isinstance(files, dict)
+        and all(isinstance(v, dict) and isinstance(v.get("sha256"), str) and _is_int(v.get("bytes")) for v in files.values())
+    ):
+        errors.append("files: expected {relative path: {sha256, bytes}}")
+
+
 POLICY_ARTIFACT = "policy.pt"
 POLICY_SUFFIX = ".policy"  # the policies of ranker model ``m`` are versions of ``m.policy``
 # recpilot.rl.slate.Exploration's logged form (that module parses it; this one only checks its shape)
@@ -169,12 +179,7 @@ def validate_policy_meta(meta: dict, name: str | None = None, version: str | Non
                               f"got {pol.get('exploration')!r}")
     if "training" in meta and not isinstance(meta["training"], dict):
         errors.append("training: expected an object")
-    files = meta.get("files")
-    if files is not None and not (
-        isinstance(files, dict)
-        and all(isinstance(v, dict) and isinstance(v.get("sha256"), str) and _is_int(v.get("bytes")) for v in files.values())
-    ):
-        errors.append("files: expected {relative path: {sha256, bytes}}")
+    _check_files(meta, errors)
     return errors
 
 
@@ -280,12 +285,7 @@ def validate_meta(meta: Any, name: str | None = None, version: str | None = None
                 _check_metric_block(metrics["production"], "metrics.production", errors, required=False)
     if "reference" in meta and not isinstance(meta["reference"], dict):
         errors.append("reference: expected an object {feature: {mean, std, min, max, quantiles, histogram}}")
-    files = meta.get("files")
-    if files is not None and not (
-        isinstance(files, dict)
-        and all(isinstance(v, dict) and isinstance(v.get("sha256"), str) and _is_int(v.get("bytes")) for v in files.values())
-    ):
-        errors.append("files: expected {relative path: {sha256, bytes}}")
+    _check_files(meta, errors)
     return errors
 
 

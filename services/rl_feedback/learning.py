@@ -45,6 +45,7 @@ from recpilot.featurespec import DENSE_FEATURES
 from recpilot.rl.features import POLICY_FEATURES
 from recpilot.rl.logged import ValuePolicy
 from recpilot.rl.slate import Exploration
+from recpilot.lifecycle import LoopThread
 from services.rl_feedback import metrics as m
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def reward_row(rw) -> dict:
             "impression_ts_ms": rw.impression_ts_ms}
 
 
-class PolicyLearner:
+class PolicyLearner(LoopThread):
     """The lifecycle thread. ``start()`` / ``stop()``; ``status()`` for health and metrics."""
 
     def __init__(self, s, platform, *, repository=None, controller_factory=None) -> None:
@@ -131,9 +132,7 @@ class PolicyLearner:
         self.state_dir = Path(s.learner_state_dir or (platform.home / "rl_feedback"))
         self.ckpt_path = self.state_dir / CHECKPOINT
         self._controller_factory = controller_factory
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        LoopThread.__init__(self, "policy-learner")
         self.learner = None
         self.offsets: dict[int, int] = {}       # rewards partition -> next offset to learn from
         self.rewards_since = 0                  # rewards learned from since the last cycle
@@ -186,28 +185,16 @@ class PolicyLearner:
         m.LEARNER_CHECKPOINTS.inc()
 
     # -- the loop ----------------------------------------------------------------------------------
+    failure = "the policy learner failed"
+
     def start(self) -> None:
         self.restore()
-        self._thread = threading.Thread(target=self._run_guarded, name="policy-learner", daemon=True)
-        self._thread.start()
+        LoopThread.start(self)
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        LoopThread.stop(self, timeout)
         if self._judging is not None:
             self._judging.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run_guarded(self) -> None:
-        try:
-            self.run()
-        except BaseException as exc:  # noqa: BLE001 - reported through .error and the log
-            self.error = exc
-            log.exception("the policy learner failed")
 
     def _consumer(self):
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition

@@ -43,7 +43,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from recpilot import kafka as rkafka
 from recpilot.errors import FailedPrecondition
-from recpilot.lifecycle import name_os_thread
+from recpilot.lifecycle import LoopThread
 from recpilot.pb import events_pb2
 from recpilot.settings import PlatformSettings
 from recpilot.topics import TopicSpec, catalogue
@@ -91,7 +91,7 @@ def check_copartitioned(adm, s: RlFeedbackSettings, timeout: float = 10.0) -> in
     return n
 
 
-class RlFeedbackService:
+class RlFeedbackService(LoopThread):
     def __init__(self, settings: RlFeedbackSettings, platform: PlatformSettings, weights: Weights | None = None) -> None:
         self.s = settings
         self.platform = platform
@@ -101,11 +101,9 @@ class RlFeedbackService:
         self.producer = None
         self.consumer = None
         self.started = False
-        self.error: BaseException | None = None
         self.transactions = 0
         self.last_poll = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        LoopThread.__init__(self, "rl-feedback-loop")
         self._stats_lock = threading.Lock()
         self._closed_stats = JoinStats()  # stats of tasks revoked from this replica
         self._published = JoinStats()
@@ -130,8 +128,7 @@ class RlFeedbackService:
             "enable.partition.eof": True, "partition.assignment.strategy": "range",
             "session.timeout.ms": s.session_timeout_ms, "queued.max.messages.kbytes": 64 * 1024,
             **({"group.instance.id": s.instance_id} if s.static_membership else {})})
-        self._thread = threading.Thread(target=self._run_guarded, name="rl-feedback-loop", daemon=True)
-        self._thread.start()
+        LoopThread.start(self)
         self.started = True
         log.info("rl_feedback started", extra={"impressions": s.impressions_topic, "events": s.events_topic,
                                                 "rewards": s.rewards_topic, "changelog": s.changelog_topic,
@@ -140,13 +137,7 @@ class RlFeedbackService:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop after the current step commits; close the consumer (leaves the group)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        LoopThread.stop(self, timeout)
 
     def ready(self) -> tuple[bool, dict]:
         stalled = time.monotonic() - self.last_poll > self.s.stall_after_s
@@ -206,20 +197,15 @@ class RlFeedbackService:
         return tasks
 
     # -- the loop -------------------------------------------------------------------------------
-    def _run_guarded(self) -> None:
-        name_os_thread()
-        try:
-            self._run()
-        except BaseException as exc:  # recorded for the owner to exit non-zero or restart
-            self.error = exc
-            log.exception("rl_feedback loop failed; the open transaction is not committed")
-        finally:
-            try:
-                self.consumer.close()
-            except Exception:
-                log.exception("consumer close failed")
+    failure = "rl_feedback loop failed; the open transaction is not committed"
 
-    def _run(self) -> None:
+    def finished(self) -> None:
+        try:
+            self.consumer.close()
+        except Exception:
+            log.exception("consumer close failed")
+
+    def run(self) -> None:
         s = self.s
         c = self.consumer
         c.subscribe([s.impressions_topic, s.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
