@@ -152,8 +152,8 @@ def _grpc_floor(bench: argparse._SubParsersAction) -> None:
 
 def _ope(bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser("ope", help="off-policy estimators against a known truth, and the Open Bandit sample report")
-    p.add_argument("--part", choices=("coverage", "obd", "all"), default="all")
-    p.add_argument("--seeds", type=int, default=20, help="coverage: synthetic logs drawn")
+    p.add_argument("--part", choices=("coverage", "sim", "obd", "all"), default="all")
+    p.add_argument("--seeds", type=int, default=20, help="coverage: synthetic logs drawn; sim: logs of the simulator")
     p.add_argument("--decisions", type=int, default=2000, help="coverage: decisions per log")
     p.add_argument("--logger", default="uniform", help="coverage: the logging rule (uniform: 3 slots; else 1 slot)")
     p.add_argument("--target", default="epsilon_greedy:0.2", help="coverage: the target's rule")
@@ -161,6 +161,13 @@ def _ope(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=float, default=0.95)
     p.add_argument("--l2", type=float, default=1.0, help="obd: the reward model's L2 penalty")
     p.add_argument("--obd-dir", default=None, help="obd: the dataset folder (default: RECPILOT_TRAIN_OBD_DIR)")
+    p.add_argument("--sim-decisions", type=int, default=2000, help="sim: decisions logged per seed")
+    p.add_argument("--sim-train", type=int, default=3000, help="sim: decisions of the log the target learns from")
+    p.add_argument("--sim-q-steps", type=int, default=3000, help="sim: the target Q-learner's minibatch updates")
+    p.add_argument("--sim-logger", default="epsilon_greedy:0.1", help="sim: the logging rule on the ranker's scores")
+    p.add_argument("--sim-target", default="epsilon_greedy:0.05", help="sim: the rule the learned target serves with")
+    p.add_argument("--ranker-impressions", type=int, default=3000, help="sim: as bench rl (its cached ranker)")
+    p.add_argument("--cache", default=".cache/rl-bench", help="sim: bench rl's ranker cache")
     p.add_argument("--json", default=None, help="also write the results here")
     p.set_defaults(func=_run("ope"))
 

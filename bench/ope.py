@@ -6,6 +6,10 @@ and the report on the Open Bandit sample.
   ``recpilot.rl.slate.sample``; the target's true value computed exactly from its marginals and the
   probabilities. Over ``--seeds`` logs: each estimator's error relative to the truth and how often
   its interval covers it.
+* ``sim``: the shopper simulator's logs (:class:`recpilot.rl.fastshop.FastShop` with bench rl's
+  cached ranker): a Q-learning target trained on one log of an exploring logging policy, then, per
+  seed, a fresh log of the same logger on the next stretch of traffic, the estimates against the
+  simulator's exact value of the target on those contexts (``recpilot.simulator.truth``).
 * ``obd``: a value model (the direct method's reward model) fitted on the ``bts`` rows, evaluated on
   the ``random`` rows as a greedy and an epsilon-greedy slate, with the uniform policy on both folders
   as the reference (docs/learning.md).
@@ -86,6 +90,134 @@ def coverage(seeds: int, n: int, logger: str, target: str, n_boot: int, level: f
                            for e in ESTIMATORS}}
 
 
+def sim_part(seeds: int, n: int, train_decisions: int, logger: str, target: str, n_boot: int, level: float,
+             q_steps: int, cfg=None, scorer=None, ranker_impressions: int = 3000, cache: str = ".cache/rl-bench",
+             progress=print) -> dict:
+    """The issue's OPE target on simulator logs. One :class:`FastShop` stream (``cfg``, default
+    bench rl's FastConfig seed 0, with its cached ranker unless ``scorer`` is given):
+
+    1. ``train_decisions`` decisions under ``logger`` (a rule on the ranker's scores) -> a
+       :class:`QLearner` (gamma 0) fed their reward rows and trained ``q_steps`` minibatch updates
+       -> the target: its values with the ``target`` rule;
+    2. per seed ``s``: the next ``n`` decisions of the stream under ``logger`` (slates drawn with
+       ``default_rng(s)``), logged; ``evaluate`` (all four estimators, bootstrap ``level`` intervals)
+       against ``policy_value`` (the exact expected CTR of the target on those contexts) and the
+       realised CTR of one run of the target on them (its slates sampled, clicks drawn from the
+       click model; nothing fed back to the store).
+    Also per seed: the share of the target's slot mass on (slot, item) pairs the logger could never
+    show there (``unsupported``), which only the reward model speaks for."""
+    import torch
+
+    from recpilot.rl.fastshop import FastConfig, FastShop
+    from recpilot.rl.ope import evaluate
+    from recpilot.rl.qlearn import QConfig, QLearner
+    from recpilot.simulator.truth import policy_value
+
+    t0 = time.monotonic()
+    cfg = cfg or FastConfig()
+    if scorer is None:
+        from pathlib import Path
+
+        from bench.rl import ranker_for
+
+        scorer, _ = ranker_for(cfg, ranker_impressions, Path(cache), quiet=True)
+    log_rule, tgt_rule = slate.Exploration.parse(logger), slate.Exploration.parse(target)
+    shop = FastShop(cfg, scorer=scorer, log=True)
+    k = cfg.k
+    t_setup = time.monotonic() - t0
+
+    # 1. the target: a Q-learner trained on a separate log of the same logger
+    q = QLearner(QConfig(seed=0, explore=target))
+    rng = np.random.default_rng(10_000)
+    for _ in range(train_decisions):
+        ctx = shop.next_context()
+        if ctx is None:
+            continue
+        idx, prop = slate.sample(ctx.scores.astype(np.float64), k, log_rule, rng)
+        q.observe(ctx.reward_rows(idx, shop.show(ctx, idx, prop)))
+    q.train(q_steps)
+    torch.set_num_threads(1)
+    pol = ValuePolicy(q.values, tgt_rule, f"Q-learner ({train_decisions} logged decisions, {q_steps} updates; {target})")
+    shop.reset_log()
+    t_target = time.monotonic() - t0 - t_setup
+
+    rows = []
+    for s in range(seeds):
+        ts = time.monotonic()
+        rng = np.random.default_rng(s)
+        unsupported = []
+        for _ in range(n):
+            ctx = shop.next_context()
+            if ctx is None:
+                continue
+            values = ctx.scores.astype(np.float64)
+            idx, prop = slate.sample(values, k, log_rule, rng)
+            p_log = slate.marginals(values, k, log_rule)
+            p_tgt = pol.marginals(ctx.x, k)
+            unsupported.append(float((p_tgt * (p_log <= 0)).sum() / p_tgt.shape[0]))
+            shop.show(ctx, idx, prop)
+        logs = shop.logged()
+        shop.reset_log()
+        t_log = time.monotonic() - ts
+        rep = evaluate(logs, pol, n_boot=n_boot, level=level, seed=s)
+        truth = policy_value(logs, pol)["value"]
+        # one run of the target on the same contexts: its slates drawn, clicks from the click model
+        run_rng = np.random.default_rng(50_000 + s)
+        tr = logs.meta["truth"]
+        exam = tr.examine(k)
+        clicks = shown = 0
+        for i in range(logs.n):
+            pool_ids = logs.meta["pool_item_ids"][i]
+            a = tr.attractiveness(logs.meta["users"][i], pool_ids, float(logs.meta["elapsed_s"][i]))
+            sl, _ = slate.sample(q.values(logs.pool(i)), k, tgt_rule, run_rng)
+            clicks += int((run_rng.random(len(sl)) < exam[: len(sl)] * a[sl]).sum())
+            shown += len(sl)
+        row = {"seed": s, "decisions": logs.n, "truth": truth, "realised": clicks / max(shown, 1),
+               "logged_ctr": rep.logged_value, "match_rate": rep.match_rate, "ess": rep.ess,
+               "ess_per_slot": rep.ess_per_slot, "unsupported": float(np.mean(unsupported)),
+               "seconds_log": round(t_log, 1), "seconds": round(time.monotonic() - ts, 1),
+               "estimates": {}}
+        for e, est in rep.estimates.items():
+            row["estimates"][e] = {"value": est.value, "lo": est.lo, "hi": est.hi,
+                                   "rel_error": (est.value - truth) / truth, "covered": bool(est.lo <= truth <= est.hi)}
+        rows.append(row)
+        d = row["estimates"]["dr"]
+        progress(f"  seed {s}: truth {truth:.5f}, DR {d['value']:.5f} [{d['lo']:.5f}, {d['hi']:.5f}] "
+                 f"({100 * d['rel_error']:+.1f}%), IPS {row['estimates']['ips']['value']:.5f}, "
+                 f"ESS {rep.ess:.0f}, unsupported {row['unsupported']:.3f}, {row['seconds']} s")
+    summary = {}
+    for e in rows[0]["estimates"] if rows else ():
+        rel = np.array([r["estimates"][e]["rel_error"] for r in rows])
+        summary[e] = {"within_10pct": int((np.abs(rel) <= 0.10).sum()), "covered": int(sum(r["estimates"][e]["covered"] for r in rows)),
+                      "mean_rel_error": float(rel.mean()), "mean_abs_rel_error": float(np.abs(rel).mean()),
+                      "max_abs_rel_error": float(np.abs(rel).max())}
+    return {"seeds": seeds, "decisions": n, "train_decisions": train_decisions, "logger": f"ranker scores, {logger}",
+            "target": pol.name, "k": k, "pool": cfg.pool_size, "level": level, "n_boot": n_boot,
+            "seconds": {"setup": round(t_setup, 1), "target": round(t_target, 1), "total": round(time.monotonic() - t0, 1)},
+            "rows": rows, "summary": summary}
+
+
+def sim_table(r: dict) -> str:
+    pct = f"{100 * r['level']:g}%"
+    lines = [f"| seed | truth (exact) | realised (one run) | DR | DR {pct} interval | DR rel. error | covered | IPS "
+             f"(rel. error) | SNIPS (rel. error) | DM (rel. error) | weight ESS | unsupported target mass |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        e = row["estimates"]
+        d = e["dr"]
+        lines.append(f"| {row['seed']} | {row['truth']:.5f} | {row['realised']:.5f} | {d['value']:.5f} | "
+                     f"[{d['lo']:.5f}, {d['hi']:.5f}] | {100 * d['rel_error']:+.1f}% | {'yes' if d['covered'] else 'no'} | "
+                     + " | ".join(f"{e[x]['value']:.5f} ({100 * e[x]['rel_error']:+.1f}%)" for x in ("ips", "snips", "dm"))
+                     + f" | {row['ess']:.0f} | {row['unsupported']:.3f} |")
+    n = len(r["rows"])
+    lines += ["", f"| estimator | within 10% of the truth | {pct} interval covers it | mean rel. error | mean abs rel. error | max abs rel. error |",
+              "|---|---|---|---|---|---|"]
+    for e, s in r["summary"].items():
+        lines.append(f"| {e} | {s['within_10pct']}/{n} | {s['covered']}/{n} | {100 * s['mean_rel_error']:+.1f}% | "
+                     f"{100 * s['mean_abs_rel_error']:.1f}% | {100 * s['max_abs_rel_error']:.1f}% |")
+    return "\n".join(lines)
+
+
 def obd_report(obd_dir, n_boot: int, level: float, l2: float) -> list[dict]:
     from recpilot.rl.logs import from_obd
     from recpilot.rl.ope import evaluate, fit_reward_model
@@ -115,6 +247,16 @@ def run(args) -> int:
         for e, r in c["estimators"].items():
             print(f"  {e:<10}{r['mean_rel_error']:>14.4f}{r['mean_abs_rel_error']:>16.4f}{r['max_abs_rel_error']:>15.4f}"
                   f"{r['covered']:>7}/{c['seeds']}")
+    if args.part in ("sim", "all"):
+        print(f"simulator logs: {args.seeds} seeds x {args.sim_decisions} decisions, logger {args.sim_logger} on the "
+              f"ranker's scores, target trained on {args.sim_train} decisions ({args.sim_q_steps} updates), "
+              f"served {args.sim_target}", flush=True)
+        r = sim_part(args.seeds, args.sim_decisions, args.sim_train, args.sim_logger, args.sim_target, args.n_boot,
+                     args.level, args.sim_q_steps, ranker_impressions=args.ranker_impressions, cache=args.cache,
+                     progress=lambda m: print(m, flush=True))
+        out["sim"] = r
+        print(sim_table(r))
+        print(f"seconds: {r['seconds']}; machine at the end: {machine()}")
     if args.part in ("obd", "all"):
         from pathlib import Path
 

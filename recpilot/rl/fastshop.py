@@ -229,6 +229,10 @@ class FastShop:
         a = np.sort(self.truth.attractiveness(ctx._user, ctx.pool_item_ids, ctx.elapsed_s))[::-1][:k]
         return float(self.truth.examine(len(a)) @ a / max(len(a), 1))
 
+    def reset_log(self) -> None:
+        """Forget the decisions logged so far (the next :meth:`logged` starts from here)."""
+        self._log = {k: [] for k in self._log}
+
     def logged(self) -> LoggedSlates:
         """The decisions logged so far (``FastShop(log=True)``), padded to the largest pool and k."""
         lg = self._log
