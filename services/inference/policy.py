@@ -39,6 +39,7 @@ from typing import Protocol
 import numpy as np
 
 from recpilot.models.deployments.state import in_canary
+from recpilot.rl.artifact import DEFAULT_VERSION
 from recpilot.rl.features import POLICY_FEATURES, policy_inputs
 from recpilot.rl.slate import GREEDY, sample
 from services.inference import metrics as m
@@ -46,7 +47,6 @@ from services.inference.loading import InFlight
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VERSION = "ranker-order"  # recpilot.rl.artifact.DEFAULT_VERSION (not imported: that module needs torch)
 
 
 @dataclass(frozen=True)
