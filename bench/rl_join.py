@@ -173,12 +173,7 @@ def produce_all(platform, topic_of: dict[str, str], t: Traffic, events_first: bo
     for kind, msgs in order:
         topic = topic_of[kind]
         for key, value, _ts in msgs:
-            while True:
-                try:
-                    prod.produce(topic, value, key)
-                    break
-                except BufferError:
-                    prod.poll(0.05)
+            rkafka.produce_waiting(prod, topic, value, key)
         prod.poll(0)
     rkafka.flush_or_raise(prod, 60)
 

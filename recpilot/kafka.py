@@ -310,6 +310,17 @@ class DeliveryError(Unavailable, RuntimeError):
     """The broker did not acknowledge every message in time."""
 
 
+def produce_waiting(prod: Producer, topic: str, value: bytes | None, key: bytes | str | None = None, **kw) -> None:
+    """``prod.produce``, waiting while the producer's local queue is full (serving delivery reports
+    with ``poll`` until there is room) instead of failing with BufferError."""
+    while True:
+        try:
+            prod.produce(topic, value, key, **kw)
+            return
+        except BufferError:
+            prod.poll(0.05)
+
+
 def flush_or_raise(prod: Producer, timeout: float = 30.0) -> None:
     """Wait until every queued message is acknowledged by the broker (or fail loudly)."""
     remaining = prod.flush(timeout)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from recpilot.kafka import produce_waiting
 from recpilot.simulator.traffic import CLICK, ShopSimulator, TrafficMix
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,6 @@ class RunResult:
     @property
     def rate(self) -> float:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
-
-
-def _produce(producer, topic: str, key: bytes, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, value, key)
-            return
-        except BufferError:
-            producer.poll(0.05)
 
 
 def open_loop(producer, topic: str, mix: TrafficMix, rate: float, duration_s: float | None = None,
@@ -94,7 +86,7 @@ def open_loop(producer, topic: str, mix: TrafficMix, rate: float, duration_s: fl
         now_ms = _now_ms()
         for _ in range(n):
             key, value, kind = mix.next(now_ms)
-            _produce(producer, topic, key, value)
+            produce_waiting(producer, topic, value, key)
             if on_record is not None:
                 on_record(key, value, kind)
         sent += n
@@ -214,7 +206,7 @@ def simulate(producer, topic: str, sim: ShopSimulator, rate: float, probe: Recom
             key, value, _ = mix.next(now_ms)
             records.append((key, value))
         for key, value in records:
-            _produce(producer, topic, key, value)
+            produce_waiting(producer, topic, value, key)
         res.kinds[kind] = res.kinds.get(kind, 0) + len(records)
         sent += len(records)
         producer.poll(0)

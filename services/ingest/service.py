@@ -59,15 +59,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _produce(prod: Producer, topic: str, value: bytes | None, key: bytes | None, headers: list) -> None:
-    while True:
-        try:
-            prod.produce(topic, value, key, headers=headers)
-            return
-        except BufferError:  # the local queue is full: serve delivery reports, then retry
-            prod.poll(0.05)
-
-
 def _too_large(exc: KafkaException) -> bool:
     """The producer refused this one message for its size (not a producer or broker failure)."""
     err = exc.args[0] if exc.args else None
@@ -293,7 +284,7 @@ class IngestService:
             value, trailer = self._prefix(value)
             ours += trailer
         try:
-            _produce(prod, s.dlq_topic, value, key, list(m.headers() or ()) + ours)
+            rkafka.produce_waiting(prod, s.dlq_topic, value, key, headers=list(m.headers() or ()) + ours)
             return
         except KafkaException as exc:
             if not _too_large(exc):
@@ -309,7 +300,7 @@ class IngestService:
             problem = exc
         log.warning("DLQ copy without its original headers",
                     extra={"source_partition": m.partition(), "source_offset": m.offset(), "error": repr(problem)})
-        _produce(prod, s.dlq_topic, value, key, ours + [("original_headers", "dropped")])
+        rkafka.produce_waiting(prod, s.dlq_topic, value, key, headers=ours + [("original_headers", "dropped")])
 
     def _prefix(self, value: bytes) -> tuple[bytes, list[tuple[str, str]]]:
         return value[:self.s.dlq_prefix_bytes], [("original_size", str(len(value))),

@@ -254,25 +254,14 @@ class RlFeedbackService(LoopThread):
         if not offsets and not any(o for _p, o in outs):
             return
         prod = self.producer
-        produce, poll = prod.produce, prod.poll
         rewards_topic, cl_topic = s.rewards_topic, s.changelog_topic
         prod.begin_transaction()
         lat: list[int] = []
         for p, out in outs:
             for key, value in out.rewards:
-                while True:
-                    try:
-                        produce(rewards_topic, value, key)
-                        break
-                    except BufferError:
-                        poll(0.05)
+                rkafka.produce_waiting(prod, rewards_topic, value, key)
             for key, value in out.changelog:
-                while True:
-                    try:
-                        produce(cl_topic, value, key, partition=p)
-                        break
-                    except BufferError:
-                        poll(0.05)
+                rkafka.produce_waiting(prod, cl_topic, value, key, partition=p)
             lat += out.latencies_ms
         if offsets:
             prod.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in offsets.items()],
