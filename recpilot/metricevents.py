@@ -6,7 +6,9 @@
   drops the event and counts it; delivery failures reported by the broker are counted too. With
   :meth:`MetricPublisher.start` it also runs a background thread that publishes what a collect
   function returns every interval; :meth:`MetricPublisher.close` publishes the last interval and
-  flushes.
+  flushes. Each interval it publishes also carries the process's resource use
+  (:class:`ResourceSampler`: ``cpu_cores``, ``memory_rss_bytes``, ``cpu_limit_cores``, and
+  ``gpu_memory_bytes`` when torch is loaded with a GPU), for the monitor's resource detector.
 
 Usage::
 
@@ -20,6 +22,8 @@ Usage::
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +68,48 @@ def metric_event(service: str, instance: str, name: str, value: float = 0.0, lab
     return ev
 
 
+class ResourceSampler:
+    """The process's resource use since the previous :meth:`sample`: CPU cores used (user+system
+    CPU seconds per wall second), resident memory, the cores it may run on, and the GPU memory
+    torch has allocated when torch is already imported and has a GPU (never imports it)."""
+
+    def __init__(self) -> None:
+        self._prev = (time.monotonic(), self._cpu())
+
+    @staticmethod
+    def _cpu() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    @staticmethod
+    def rss_bytes() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def sample(self) -> dict[str, float]:
+        now, cpu = time.monotonic(), self._cpu()
+        (t0, c0), self._prev = self._prev, (now, cpu)
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+        out = {"cpu_cores": (cpu - c0) / (now - t0) if now > t0 else 0.0,
+               "memory_rss_bytes": float(self.rss_bytes()), "cpu_limit_cores": float(cores)}
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            try:
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    out["gpu_memory_bytes"] = float(torch.cuda.memory_allocated())
+            except Exception:  # a broken driver never stops the metrics
+                pass
+        return out
+
+
 class MetricPublisher:
     """Produces a service's metric events to ``topic`` (default ``metrics.<service>``).
 
@@ -85,6 +131,7 @@ class MetricPublisher:
         self._interval_s = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._resources = ResourceSampler()
 
     # -- building ------------------------------------------------------------------------------
     def event(self, name: str, value: float = 0.0, labels: Mapping[str, str] | None = None, *,
@@ -124,9 +171,16 @@ class MetricPublisher:
         self._thread = threading.Thread(target=self._run, name=f"{self.service}-metrics", daemon=True)
         self._thread.start()
 
+    def resource_events(self) -> list[MetricEvent]:
+        """The process's resource use since the previous call, as events."""
+        now = now_ms()
+        return [self.event(name, value, timestamp_ms=now) for name, value in self._resources.sample().items()]
+
     def publish_collected(self) -> int:
-        """Publish one interval now (what the thread does every interval)."""
-        return self.publish(self._collect()) if self._collect is not None else 0
+        """Publish one interval now (what the thread does every interval), with the resource events."""
+        if self._collect is None:
+            return 0
+        return self.publish([*self._collect(), *self.resource_events()])
 
     def _run(self) -> None:
         name_os_thread()

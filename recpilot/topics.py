@@ -15,7 +15,7 @@ RL_JOIN_CHANGELOG = "rl_feedback.join-changelog"  # the reward joiner's state, c
 CONTROL_DEPLOYMENTS = "control.deployments"
 CONTROL_ACKS = "control.acks"
 ALERTS = "alerts"
-METRICS_SERVICES = ("ingest", "features", "inference", "rl_feedback")  # monitor adds its own when it lands
+METRICS_SERVICES = ("ingest", "features", "inference", "rl_feedback", "monitor")
 
 
 def metrics_topic(service: str) -> str:

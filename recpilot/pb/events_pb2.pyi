@@ -15,12 +15,21 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ADD_TO_CART: _ClassVar[EventType]
     PURCHASE: _ClassVar[EventType]
     SEARCH: _ClassVar[EventType]
+
+class AlertStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALERT_STATUS_UNSPECIFIED: _ClassVar[AlertStatus]
+    FIRING: _ClassVar[AlertStatus]
+    RESOLVED: _ClassVar[AlertStatus]
 EVENT_TYPE_UNSPECIFIED: EventType
 VIEW: EventType
 CLICK: EventType
 ADD_TO_CART: EventType
 PURCHASE: EventType
 SEARCH: EventType
+ALERT_STATUS_UNSPECIFIED: AlertStatus
+FIRING: AlertStatus
+RESOLVED: AlertStatus
 
 class UserEvent(_message.Message):
     __slots__ = ("event_id", "user_id", "session_id", "event_type", "item_id", "query", "price", "timestamp_ms", "request_id", "context", "ingested_at_ms")
@@ -229,3 +238,77 @@ class Summary(_message.Message):
     bucket_bounds: _containers.RepeatedScalarFieldContainer[float]
     bucket_counts: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, count: _Optional[int] = ..., sum: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., quantiles: _Optional[_Mapping[str, float]] = ..., bucket_bounds: _Optional[_Iterable[float]] = ..., bucket_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("fingerprint", "name", "status", "severity", "labels", "annotations", "value", "threshold", "starts_ms", "ends_ms", "generator")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AnnotationsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATIONS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    STARTS_MS_FIELD_NUMBER: _ClassVar[int]
+    ENDS_MS_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    name: str
+    status: AlertStatus
+    severity: str
+    labels: _containers.ScalarMap[str, str]
+    annotations: _containers.ScalarMap[str, str]
+    value: float
+    threshold: float
+    starts_ms: int
+    ends_ms: int
+    generator: str
+    def __init__(self, fingerprint: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[AlertStatus, str]] = ..., severity: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., annotations: _Optional[_Mapping[str, str]] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., starts_ms: _Optional[int] = ..., ends_ms: _Optional[int] = ..., generator: _Optional[str] = ...) -> None: ...
+
+class MonitorAction(_message.Message):
+    __slots__ = ("action_id", "action", "alert_fingerprint", "alert_name", "model_name", "version", "outcome", "detail", "command_id", "timestamp_ms", "instance")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ALERT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ALERT_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    action_id: str
+    action: str
+    alert_fingerprint: str
+    alert_name: str
+    model_name: str
+    version: str
+    outcome: str
+    detail: str
+    command_id: str
+    timestamp_ms: int
+    instance: str
+    def __init__(self, action_id: _Optional[str] = ..., action: _Optional[str] = ..., alert_fingerprint: _Optional[str] = ..., alert_name: _Optional[str] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ..., command_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., instance: _Optional[str] = ...) -> None: ...
+
+class AlertsMessage(_message.Message):
+    __slots__ = ("alert", "action")
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    alert: Alert
+    action: MonitorAction
+    def __init__(self, alert: _Optional[_Union[Alert, _Mapping]] = ..., action: _Optional[_Union[MonitorAction, _Mapping]] = ...) -> None: ...

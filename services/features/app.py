@@ -398,7 +398,8 @@ class FeaturePipeline:
 
     def publish_metrics(self) -> None:
         try:
-            self.metric_publisher().publish(self.metric_events(int(time.time() * 1000)))
+            pub = self.metric_publisher()
+            pub.publish([*self.metric_events(int(time.time() * 1000)), *pub.resource_events()])
         except Exception as exc:  # metrics must never stop the pipeline
             log.warning("metric events not published", extra={"error": repr(exc), "collapse": True})
 

@@ -1,7 +1,7 @@
 """Compact metric events for the monitor: every ``metrics_interval_s`` one batch of protobuf
 ``MetricEvent`` on ``metrics.inference`` (key = instance):
 
-* ``latency_ms`` (summary, labels method) and ``requests`` / ``failures`` / ``fallbacks`` (values,
+* ``latency_ms`` (summary on :data:`LATENCY_BOUNDS_MS`, labels method) and ``requests`` / ``failures`` / ``fallbacks`` (values,
   labels method[, code|reason]) for SLOs;
 * ``score`` (summary, labels model, version, variant): the distribution of the served scores
   (all candidates), bucketed on the model's reference histogram bounds when model.json has them,
@@ -29,14 +29,18 @@ from recpilot.metricevents import metric_event, summary
 _MAX_SCORES = 20_000
 _MAX_ROWS = 2_000
 _Q = {"p01": 1, "p05": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "p99": 99}
+# Latency buckets (ms): the monitor's latency SLO counts the requests above its threshold from them,
+# so a threshold should be one of these bounds.
+LATENCY_BOUNDS_MS = [1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000]
 
 
 def summary_of(values: np.ndarray, bounds: list[float] | None = None):
     v = np.asarray(values, dtype=np.float64)
     quantiles = {name: np.percentile(v, q) for name, q in _Q.items()}
     counts = None
-    if bounds:
-        counts = np.bincount(np.searchsorted(np.asarray(bounds, dtype=np.float64), v, side="right"),
+    if bounds:  # v counts in the first bucket whose bound is >= v (as the model's reference
+        # histogram counts, recpilot.models.evaluate.distribution); the last count: above all bounds
+        counts = np.bincount(np.searchsorted(np.asarray(bounds, dtype=np.float64), v, side="left"),
                              minlength=len(bounds) + 1)
     return summary(v.size, v.sum(), v.min(), v.max(), quantiles, bounds or None, counts)
 
@@ -94,7 +98,7 @@ class Telemetry:
 
         for method, xs in lat.items():
             if xs:
-                ev("latency_ms", {"method": method}, float(np.mean(xs)), summary_of(np.asarray(xs)))
+                ev("latency_ms", {"method": method}, float(np.mean(xs)), summary_of(np.asarray(xs), LATENCY_BOUNDS_MS))
         for (name, method, extra), n in counts.items():
             labels = {"method": method}
             if extra:

@@ -105,9 +105,14 @@ def test_periodic_thread_publishes_each_interval_and_the_last_one_at_close():
     pub.close(1.0)
     n = len(calls)
     assert n >= 4
-    values = [e.value for e in _decoded(prod)]
+    decoded = _decoded(prod)
+    values = [e.value for e in decoded if e.name == "interval"]
     assert values == [float(i) for i in range(1, n + 1) if i != 2]  # the last one came from close()
-    assert pub.sent == n - 1 and prod.flushes == [1.0]
+    resources = [e for e in decoded if e.name != "interval"]  # each interval carries the process's resource use
+    assert {e.name for e in resources} >= {"cpu_cores", "memory_rss_bytes", "cpu_limit_cores"}
+    assert all(e.service == "rl_feedback" and e.instance == "r1" for e in resources)
+    assert [e.value for e in resources if e.name == "memory_rss_bytes"][0] > 10e6
+    assert pub.sent == len(decoded) and prod.flushes == [1.0]
     time.sleep(0.05)
     assert len(calls) == n  # the thread stopped
 
