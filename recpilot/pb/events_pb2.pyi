@@ -135,7 +135,7 @@ class Impression(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., surface: _Optional[str] = ..., query: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ImpressionItem, _Mapping]]] = ..., features: _Optional[_Mapping[str, float]] = ..., timestamp_ms: _Optional[int] = ..., fallback: _Optional[bool] = ..., variant: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., pool_item_ids: _Optional[_Iterable[str]] = ..., pool_scores: _Optional[_Iterable[float]] = ..., pool_dense: _Optional[_Iterable[float]] = ..., exploration: _Optional[str] = ..., policy_variant: _Optional[str] = ...) -> None: ...
 
 class Reward(_message.Message):
-    __slots__ = ("request_id", "user_id", "item_id", "position", "propensity", "model_version", "policy_version", "clicked", "added_to_cart", "purchased", "revenue", "reward", "impression_ts_ms", "outcome_ts_ms", "features", "session_id", "surface", "variant", "published_ms", "dense", "score", "outcome_events")
+    __slots__ = ("request_id", "user_id", "item_id", "position", "propensity", "model_version", "policy_version", "clicked", "added_to_cart", "purchased", "revenue", "reward", "impression_ts_ms", "outcome_ts_ms", "features", "session_id", "surface", "variant", "published_ms", "dense", "score", "outcome_events", "model_name", "policy_variant")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,8 @@ class Reward(_message.Message):
     DENSE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VARIANT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user_id: str
     item_id: str
@@ -187,7 +189,9 @@ class Reward(_message.Message):
     dense: _containers.RepeatedScalarFieldContainer[float]
     score: float
     outcome_events: int
-    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., clicked: _Optional[bool] = ..., added_to_cart: _Optional[bool] = ..., purchased: _Optional[bool] = ..., revenue: _Optional[float] = ..., reward: _Optional[float] = ..., impression_ts_ms: _Optional[int] = ..., outcome_ts_ms: _Optional[int] = ..., features: _Optional[_Mapping[str, float]] = ..., session_id: _Optional[str] = ..., surface: _Optional[str] = ..., variant: _Optional[str] = ..., published_ms: _Optional[int] = ..., dense: _Optional[_Iterable[float]] = ..., score: _Optional[float] = ..., outcome_events: _Optional[int] = ...) -> None: ...
+    model_name: str
+    policy_variant: str
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., model_version: _Optional[str] = ..., policy_version: _Optional[str] = ..., clicked: _Optional[bool] = ..., added_to_cart: _Optional[bool] = ..., purchased: _Optional[bool] = ..., revenue: _Optional[float] = ..., reward: _Optional[float] = ..., impression_ts_ms: _Optional[int] = ..., outcome_ts_ms: _Optional[int] = ..., features: _Optional[_Mapping[str, float]] = ..., session_id: _Optional[str] = ..., surface: _Optional[str] = ..., variant: _Optional[str] = ..., published_ms: _Optional[int] = ..., dense: _Optional[_Iterable[float]] = ..., score: _Optional[float] = ..., outcome_events: _Optional[int] = ..., model_name: _Optional[str] = ..., policy_variant: _Optional[str] = ...) -> None: ...
 
 class MetricEvent(_message.Message):
     __slots__ = ("service", "name", "value", "labels", "timestamp_ms", "summary", "instance")

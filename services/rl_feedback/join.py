@@ -148,7 +148,8 @@ def reward_parts(imp: Impression) -> tuple[bytes, list[bytes], tuple[str, ...]]:
     from the ``<position>:<feature>`` snapshot entries, else is left empty."""
     head = Reward(request_id=imp.request_id, user_id=imp.user_id, model_version=imp.model_version,
                   policy_version=imp.policy_version, impression_ts_ms=imp.timestamp_ms, session_id=imp.session_id,
-                  surface=imp.surface, variant=imp.variant)
+                  surface=imp.surface, variant=imp.variant, model_name=imp.model_name,
+                  policy_variant=imp.policy_variant)
     feats = imp.features
     if feats:
         head.features.update({k: v for k, v in feats.items() if k.startswith("user:")})
