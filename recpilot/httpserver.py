@@ -1,5 +1,7 @@
 """The HTTP side of every service: ``/metrics`` (Prometheus text), ``/healthz`` (live) and
-``/readyz`` (ready: the service can do its job now, with the failing checks in the body)."""
+``/readyz`` (ready: the service can do its job now, with the failing checks in the body), plus any
+JSON documents a service serves (``routes``: path -> a function returning a JSON-able dict, e.g.
+the monitor's ``/status``)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class HealthServer:
         ready: ReadyCheck = _always_ready,
         live: ReadyCheck = _always_ready,
         registry: CollectorRegistry = REGISTRY,
+        routes: dict[str, Callable[[], dict]] | None = None,
     ) -> None:
         if host is None:
             from recpilot.settings import PlatformSettings, load
@@ -35,6 +38,7 @@ class HealthServer:
             host = load(PlatformSettings).bind_host
         self.host, self.port = host, port
         self.ready, self.live, self.registry = ready, live, registry
+        self.routes = dict(routes or {})
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -69,6 +73,14 @@ class HealthServer:
                     except Exception as exc:  # a failing check is "not ready", with the reason
                         ok, details = False, {"error": repr(exc)}
                     self._json(200 if ok else 503, {"status": "ok" if ok else "unavailable", **details})
+                elif path in outer.routes:
+                    try:
+                        body = outer.routes[path]()
+                    except Exception as exc:
+                        log.exception("route failed", extra={"path": path})
+                        self._json(500, {"error": repr(exc)})
+                        return
+                    self._json(200, body)
                 else:
                     self._json(404, {"error": f"no route {path}"})
 

@@ -54,3 +54,27 @@ def test_failing_check_is_not_ready():
         assert code == 503 and "redis down" in json.loads(body)["error"]
     finally:
         srv.stop()
+
+
+def test_json_routes_serve_their_document_and_a_failure_is_a_500():
+    calls = []
+
+    def status():
+        calls.append(1)
+        return {"detectors": {"feature_drift": {"firing": 0}}, "calls": len(calls)}
+
+    def broken():
+        raise RuntimeError("status unavailable")
+
+    srv = HealthServer(0, registry=CollectorRegistry(), routes={"/status": status, "/broken": broken})
+    srv.start()
+    try:
+        base = f"http://127.0.0.1:{srv.port}"
+        code, body, ctype = _get(base + "/status?verbose=1")
+        assert code == 200 and ctype == "application/json"
+        assert json.loads(body) == {"detectors": {"feature_drift": {"firing": 0}}, "calls": 1}
+        code, body, _ = _get(base + "/broken")
+        assert code == 500 and "status unavailable" in json.loads(body)["error"]
+        assert _get(base + "/healthz")[0] == 200
+    finally:
+        srv.stop()
