@@ -194,6 +194,13 @@ class TrainSubprocess:
         return version
 
 
+def train_runner(settings, repository: Path | None = None) -> TrainSubprocess:
+    """The retrain action's :class:`TrainSubprocess` from ``MonitorSettings`` (``retrain_*``)."""
+    return TrainSubprocess(data=settings.retrain_data, last_days=settings.retrain_last_days,
+                           timeout_s=settings.retrain_timeout_s, framework=settings.retrain_framework,
+                           repository=repository)
+
+
 # --------------------------------------------------------------------------------------------
 # the actuator
 # --------------------------------------------------------------------------------------------

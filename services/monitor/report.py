@@ -86,6 +86,14 @@ def _padded(counts: Iterable[int], n_bounds: int) -> np.ndarray | None:
     return c if len(c) == n_bounds + 1 else None
 
 
+def usable(entry) -> bool:
+    """A reference entry with a histogram this report can compare against (counts per bound, or
+    one more for the overflow)."""
+    h = (entry.get("histogram") or {}) if isinstance(entry, dict) else {}
+    bounds, counts = h.get("bounds") or [], h.get("counts") or []
+    return bool(bounds) and len(counts) in (len(bounds), len(bounds) + 1) and sum(counts) > 0
+
+
 def aggregate(events: Iterable[events_pb2.MetricEvent], model: str, version: str, reference: dict,
               since_ms: int = 0) -> Current:
     """Sum the bucket counts of ``model``/``version``'s ``feature`` and ``score`` events at or after
@@ -135,9 +143,8 @@ def compare(reference: dict, current: Current, limits: dict[str, float] | None =
             min_samples: int = DEFAULT_MIN_SAMPLES) -> list[Row]:
     """One row per feature of the reference (the score last): statistics, breaches, verdict."""
     limits = limits or DEFAULT_THRESHOLDS
-    keys = sorted(k for k in reference if k != SCORE and isinstance(reference[k], dict)
-                  and (reference[k].get("histogram") or {}).get("bounds"))
-    if SCORE in reference and (reference[SCORE].get("histogram") or {}).get("bounds"):
+    keys = sorted(k for k in reference if k != SCORE and usable(reference[k]))
+    if usable(reference.get(SCORE)):
         keys.append(SCORE)
     rows = []
     for key in keys:
@@ -145,7 +152,7 @@ def compare(reference: dict, current: Current, limits: dict[str, float] | None =
         bounds = list(ref["histogram"]["bounds"])
         ref_counts = _padded(ref["histogram"]["counts"], len(bounds))
         h = current.histograms.get(key)
-        if h is None or ref_counts is None:
+        if h is None:
             rows.append(Row(key, 0, None, None, None, "no data", [], ref_counts, None, bounds))
             continue
         psi = stats.psi(ref_counts, h.counts)
@@ -285,7 +292,7 @@ def drift_report(platform, repository, model: str, version: str | None = None, m
     version = version or production_version(platform, model, topic=control_topic, repository=repository.root)
     meta = repository.meta(model, version)
     reference = meta.get("reference") or {}
-    if not any(isinstance(v, dict) and (v.get("histogram") or {}).get("bounds") for v in reference.values()):
+    if not any(usable(v) for v in reference.values()):
         raise FailedPrecondition(f"{model}/{version} has no drift reference (model.json 'reference' with histograms); "
                                  "it was trained before references were written: retrain it")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms

@@ -298,6 +298,20 @@ def test_train_subprocess_command_line(tmp_path):
     assert TrainSubprocess(framework="tensorflow").argv("m")[5] == "tensorflow"
 
 
+def test_train_runner_from_settings_and_the_newest_versions_framework(tmp_path):
+    from recpilot.models.repository import ModelRepository
+    from services.monitor.settings import MonitorSettings
+    from tests.support.repository import tiny_writer
+
+    repo = ModelRepository(tmp_path / "models")
+    repo.create_version("ranker", tiny_writer("torch"))
+    repo.create_version("ranker", tiny_writer("tensorflow"))
+    t = act.train_runner(MonitorSettings(retrain_last_days=3, retrain_timeout_s=60), repo.root)
+    argv = t.argv("ranker")
+    assert t.timeout_s == 60 and argv[argv.index("--last-days") + 1] == "3"
+    assert argv[argv.index("--framework") + 1] == "tensorflow" and argv[argv.index("--data") + 1] == "kafka"
+
+
 def test_alert_reason_names_the_alert():
     r = alert_reason(ctr_alert())
     assert r.startswith("monitor: alert CtrRegression{model=ranker,version=2}")

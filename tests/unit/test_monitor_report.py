@@ -173,3 +173,18 @@ def test_actions_cli_enable_disable_status(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert cli.main(["monitor", "actions", "--status"]) == 0
     assert "RECPILOT_MONITOR_ACTIONS_ENABLED=false" in capsys.readouterr().out
+
+
+def test_no_usable_reference_is_a_clear_error(tmp_path):
+    from recpilot.errors import FailedPrecondition
+    from recpilot.models.repository import ModelRepository
+    from tests.support.repository import tiny_writer
+
+    repo = ModelRepository(tmp_path / "models")
+    repo.create_version("ranker", tiny_writer(reference={}))
+    bad = {"histogram": {"bounds": [0.0, 0.5, 1.0], "counts": [3, 4]}}   # counts fit no bounds
+    repo.create_version("ranker", tiny_writer(reference={"item_ctr": bad}))
+    for version in ("1", "2"):
+        with pytest.raises(FailedPrecondition, match=f"ranker/{version} has no drift reference"):
+            report.drift_report(None, repo, "ranker", version)   # decided before any Kafka read
+    assert report.compare({"item_ctr": bad}, report.Current()) == []
