@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "services.inference.commands",  # recommend, search
     "recpilot.rl.commands",         # ope
     "services.rl_feedback.commands",  # policy status
+    "services.monitor.commands",    # monitor status|actions, report drift
 ]
 
 # The benchmark package lives beside the product and is not in the service image; there, and only

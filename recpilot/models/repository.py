@@ -134,6 +134,8 @@ def _check_files(meta: dict, errors: list[str]) -> None:
 
 POLICY_ARTIFACT = "policy.pt"
 POLICY_SUFFIX = ".policy"  # the policies of ranker model ``m`` are versions of ``m.policy``
+# the policy served when no learned one is: the ranker's own order; a policy version with no artifact
+DEFAULT_POLICY_VERSION = "ranker-order"
 # recpilot.rl.slate.Exploration's logged form (that module parses it; this one only checks its shape)
 EXPLORATION_RE = re.compile(r"greedy|uniform|epsilon_greedy:(0|1|0?\.[0-9]+|1\.0*)|softmax:[0-9.]+(e[-+]?[0-9]+)?")
 

@@ -27,13 +27,19 @@ from pathlib import Path
 import numpy as np
 
 from recpilot.errors import FailedPrecondition
-from recpilot.models.repository import POLICY_ARTIFACT, POLICY_SUFFIX, ModelRepository, verify_files
+from recpilot.models.repository import (
+    DEFAULT_POLICY_VERSION,
+    POLICY_ARTIFACT,
+    POLICY_SUFFIX,
+    ModelRepository,
+    verify_files,
+)
 from recpilot.rl.slate import Exploration
 
 log = logging.getLogger(__name__)
 
 EXPORT_ARTIFACT = "policy.pt2"
-DEFAULT_VERSION = "ranker-order"
+DEFAULT_VERSION = DEFAULT_POLICY_VERSION
 
 
 def policy_repo_name(model_name: str) -> str:

@@ -53,6 +53,12 @@ class MonitorSettings(BaseSettings):
                                   "--disable, which survives restarts)")
     action_cooldown_s: float = Field(default=300.0, ge=0, description="at most one action per (action, model) this often")
     state_dir: Path | None = Field(default=None, description="status and the runtime kill switch (default: <home>/monitor)")
+    retrain_data: str = Field(default="kafka", description="the retrain action's `recpilot train --data` source")
+    retrain_last_days: float | None = Field(default=7.0, gt=0, description="the retrain action trains on the latest "
+                                            "this many days of the data (`--last-days`; unset: all of it)")
+    retrain_timeout_s: float = Field(default=3600.0, gt=0, description="the training subprocess is killed after this")
+    retrain_framework: str = Field(default="", description="torch|tensorflow; empty: the framework of the model's "
+                                   "newest version")
 
     metrics_interval_s: float = Field(default=5.0, gt=0)
     stall_after_s: float = Field(default=30.0, gt=0, description="/readyz fails when the loop did not poll for this long")

@@ -85,11 +85,16 @@ def policy_target(state: pb.DeploymentState, cmd: pb.DeploymentCommand) -> str:
 
 def policy_problem(repository, model: str, version: str, verify: bool = False) -> str | None:
     """Why version ``version`` of ``model``'s re-ranking policies (``<model>.policy`` in the
-    repository) cannot be served, or None: it exists and its model.json is a valid policy
+    repository) cannot be served, or None: it is the ranker's own order
+    (:data:`~recpilot.models.repository.DEFAULT_POLICY_VERSION`, which every replica serves without
+    a file), or it exists and its model.json is a valid policy
     (:func:`~recpilot.models.repository.validate_policy_meta`); with ``verify`` (the controller,
     before publishing) also every file against the manifest, as a replica checks before loading."""
-    from recpilot.models.repository import POLICY_SUFFIX, ModelRepositoryError, validate_policy_meta
+    from recpilot.models.repository import DEFAULT_POLICY_VERSION, POLICY_SUFFIX, ModelRepositoryError, \
+        validate_policy_meta
 
+    if version == DEFAULT_POLICY_VERSION:  # the ranker's own order: nothing to load (a pause of the learned policy)
+        return None
     name = model + POLICY_SUFFIX
     try:
         meta = repository.verify(name, version) if verify else repository.meta(name, version)
