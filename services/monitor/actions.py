@@ -305,6 +305,17 @@ class Actuator:
             return self._record(alert, action, FAILED, "the action queue is full (the worker is stuck?)")
         return None
 
+    def restore(self, records: list[events_pb2.MonitorAction]) -> None:
+        """Adopt the audit records an earlier monitor published (the ``alerts`` topic, oldest first):
+        they rejoin the history, and each action that reached the control (executed or failed)
+        restarts its cool-down from when it happened, so a restart never repeats an action early."""
+        with self._lock:
+            for rec in records:
+                self._history.append(rec)
+                if rec.outcome in (EXECUTED, FAILED) and rec.model_name:
+                    key = (rec.action, rec.model_name)
+                    self._last[key] = max(self._last.get(key, 0.0), rec.timestamp_ms / 1000.0)
+
     def history(self) -> list[dict]:
         """The audit records kept (oldest first), as dicts."""
         with self._lock:

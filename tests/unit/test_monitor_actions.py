@@ -119,6 +119,22 @@ def test_cooldown_per_action_and_model(ctl):
     assert [r.outcome for r in audit] == ["executed", "cooldown", "executed", "executed"]
 
 
+def test_restored_records_keep_the_cooldown_across_a_restart(ctl):
+    clock = Clock()
+    first, audit = actuator(ctl, clock=clock, cooldown_s=300)
+    assert first.handle(ctr_alert()).outcome == "executed"
+    clock.t += 60                                       # the monitor restarts a minute later
+    ctl.states["ranker"] = production("ranker", "1", "2", "3")
+    second, audit2 = actuator(ctl, clock=clock, cooldown_s=300)
+    second.restore(list(audit))                         # what the alerts topic held
+    rec = second.handle(ctr_alert(version="3"))
+    assert rec.outcome == "cooldown" and "240 s left" in rec.detail
+    assert [h["outcome"] for h in second.history()] == ["executed", "cooldown"]
+    third, _ = actuator(ctl, clock=clock, cooldown_s=300)
+    third.restore([r for r in audit if r.outcome != "executed"])  # only executed or failed actions count
+    assert third.handle(ctr_alert(version="3")).outcome == "executed"
+
+
 def test_kill_switch_both_ways(ctl):
     on = {"v": False}
     a, audit = actuator(ctl, enabled=lambda: on["v"])
