@@ -138,7 +138,7 @@ def test_grafana_dashboard_queries_only_metrics_and_labels_the_services_export()
     the ops dashboard in production)."""
     import json
 
-    from tests.support.prometheus import exported_families, check_expr
+    from tests.support.prometheus import SCRAPE_LABELS, check_expr, exported_families
 
     families = exported_families()
     paths = sorted((REPO_ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -148,7 +148,7 @@ def test_grafana_dashboard_queries_only_metrics_and_labels_the_services_export()
         dash = json.loads(path.read_text())
         for panel in dash["panels"]:
             for target in panel.get("targets", []):
-                checked += check_expr(target["expr"], families, f"{path.name} '{panel['title']}'")
+                checked += check_expr(target["expr"], families, f"{path.name} '{panel['title']}'", SCRAPE_LABELS)
     assert checked >= 30
 
 

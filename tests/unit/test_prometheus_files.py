@@ -80,3 +80,22 @@ def test_prometheus_loads_the_rule_files_and_sends_to_the_stack_alertmanager():
     assert doc["rule_files"] == ["rules/*.yml"]
     [am] = doc["alerting"]["alertmanagers"]
     assert am["static_configs"][0]["targets"] == [f"127.0.0.1:{PlatformSettings.model_fields['alertmanager_port'].default}"]
+
+
+def test_the_dashboard_covers_the_whole_loop_without_overlapping_panels():
+    import json
+
+    dash = json.loads((REPO_ROOT / "deploy" / "grafana" / "dashboards" / "recpilot.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p.get("targets", []))
+    for series in ("recpilot_monitor_drift", "recpilot_monitor_ctr", "recpilot_monitor_alerts_total",
+                   "recpilot_monitor_actions_total", "recpilot_monitor_channel_queue", "recpilot_rl_feedback_rewards_total",
+                   "recpilot_inference_requests_total", "recpilot_ingest_events_received_total",
+                   "recpilot_features_events_total"):
+        assert series in exprs, series
+    cells = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not mine & cells, f"panel {p['title']!r} overlaps another"
+        cells |= mine
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
