@@ -54,18 +54,6 @@ def _active(am: Alertmanager, feature: str) -> dict | None:
     return alerts[0] if alerts else None
 
 
-@pytest.fixture
-def dispatch():
-    made = []
-
-    def make(*chans, **kw) -> C.Dispatcher:
-        d = C.Dispatcher(chans, **{"retry_initial_s": 0.05, "retry_max_s": 0.5, **kw})
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.close(2.0)
 
 
 @needs_alertmanager

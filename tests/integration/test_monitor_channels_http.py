@@ -35,18 +35,6 @@ def receivers():
         r.stop()
 
 
-@pytest.fixture
-def dispatch():
-    made = []
-
-    def make(*chans, **kw) -> C.Dispatcher:
-        d = C.Dispatcher(chans, **{"retry_initial_s": 0.05, "retry_max_s": 0.2, **kw})
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.close(1.0)
 
 
 def test_signed_webhook_verifies_on_the_received_bytes(receivers, dispatch, wait_until):

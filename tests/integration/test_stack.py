@@ -12,10 +12,10 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewTopic
 
-from recpilot.net import free_port
-from recpilot.stack.alertmanager import alertmanager_binary
 from recpilot.kafka import ConsumeLoop, admin, consumer, flush_or_raise, producer
+from recpilot.net import free_port
 from recpilot.pb import events_pb2
+from recpilot.stack.alertmanager import alertmanager_binary
 from recpilot.topics import EVENTS_CLEAN, EVENTS_RAW
 
 

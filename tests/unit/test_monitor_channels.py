@@ -189,23 +189,11 @@ class _Memory:
         return [a for b in self.batches for a in b]
 
 
-@pytest.fixture
-def dispatchers():
-    made = []
-
-    def make(*chans, **kw):
-        d = C.Dispatcher(chans, **{"retry_initial_s": 0.01, "retry_max_s": 0.05, "seed": 1, **kw})
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.close(1.0)
 
 
-def test_every_channel_gets_every_alert_in_order(dispatchers, wait_until):
+def test_every_channel_gets_every_alert_in_order(dispatch, wait_until):
     a, b = _Memory("a"), _Memory("b")
-    d = dispatchers(a, b)
+    d = dispatch(a, b)
     alerts = [_alert(f"f{i}") for i in range(5)]
     for x in alerts:
         d.submit(x)
@@ -217,9 +205,9 @@ def test_every_channel_gets_every_alert_in_order(dispatchers, wait_until):
         "up": True, "last_delivery_ms": 0}
 
 
-def test_a_firing_alert_is_sent_once_while_it_fires(dispatchers, wait_until):
+def test_a_firing_alert_is_sent_once_while_it_fires(dispatch, wait_until):
     ch = _Memory("a")
-    d = dispatchers(ch)
+    d = dispatch(ch)
     before = metrics.ALERTS.labels("FeatureDrift", "firing")._value.get()
     a = _alert()
     d.submit(a)
@@ -232,10 +220,10 @@ def test_a_firing_alert_is_sent_once_while_it_fires(dispatchers, wait_until):
     assert metrics.ALERTS.labels("FeatureDrift", "firing")._value.get() - before == 2
 
 
-def test_a_channel_down_is_retried_with_growing_jittered_backoff_then_delivers_in_order(dispatchers, wait_until):
+def test_a_channel_down_is_retried_with_growing_jittered_backoff_then_delivers_in_order(dispatch, wait_until):
     ch = _Memory("flaky")
     ch.down = True
-    d = dispatchers(ch, retry_initial_s=0.02, retry_max_s=0.16)
+    d = dispatch(ch, retry_initial_s=0.02, retry_max_s=0.16)
     first = _alert("f0")
     d.submit(first)
     wait_until(lambda: len(ch.calls) >= 7, 10, lambda: ch.calls)
@@ -260,10 +248,10 @@ def test_backoff_honours_retry_after_up_to_the_maximum():
     assert lane._backoff(0, 7.0) == 7.0 and lane._backoff(0, 999.0) == 30.0
 
 
-def test_a_full_queue_drops_the_oldest_and_counts_it(dispatchers, wait_until):
+def test_a_full_queue_drops_the_oldest_and_counts_it(dispatch, wait_until):
     ch = _Memory("slow")
     ch.down = True
-    d = dispatchers(ch, queue_size=3)
+    d = dispatch(ch, queue_size=3)
     before = metrics.CHANNEL_DROPPED.labels("slow")._value.get()
     alerts = [_alert(f"f{i}") for i in range(8)]
     for x in alerts:
@@ -278,10 +266,10 @@ def test_a_full_queue_drops_the_oldest_and_counts_it(dispatchers, wait_until):
     assert d.stats()["slow"]["delivered"] == 3 and metrics.CHANNEL_QUEUE.labels("slow")._value.get() == 0
 
 
-def test_an_alert_dropped_while_its_batch_is_in_flight_counts_as_delivered_when_that_send_succeeds(dispatchers, wait_until):
+def test_an_alert_dropped_while_its_batch_is_in_flight_counts_as_delivered_when_that_send_succeeds(dispatch, wait_until):
     ch = _Memory("gated")
     ch.gate.clear()
-    d = dispatchers(ch, queue_size=2)
+    d = dispatch(ch, queue_size=2)
     a0, a1, a2 = (_alert(f"f{i}") for i in range(3))
     d.submit(a0)
     wait_until(lambda: ch.calls, 5, "send started")   # [a0] in flight
@@ -293,10 +281,10 @@ def test_an_alert_dropped_while_its_batch_is_in_flight_counts_as_delivered_when_
     assert st["delivered"] == 3 and st["dropped"] == 0
 
 
-def test_a_refused_batch_is_counted_and_not_retried(dispatchers, wait_until):
+def test_a_refused_batch_is_counted_and_not_retried(dispatch, wait_until):
     ch = _Memory("picky")
     ch.reject = True
-    d = dispatchers(ch)
+    d = dispatch(ch)
     d.submit(_alert("f0"))
     wait_until(lambda: d.stats()["picky"]["rejected"] == 1, 5, d.stats)
     ch.reject = False
@@ -306,10 +294,10 @@ def test_a_refused_batch_is_counted_and_not_retried(dispatchers, wait_until):
     assert len(ch.calls) == 2 and st["last_error"] == "HTTP 400: bad label" and st["failures"] == 0
 
 
-def test_a_hanging_channel_delays_neither_submit_nor_another_channel(dispatchers, wait_until):
+def test_a_hanging_channel_delays_neither_submit_nor_another_channel(dispatch, wait_until):
     stuck, fast = _Memory("stuck"), _Memory("fast")
     stuck.gate.clear()   # send() hangs, as a receiver that accepts the connection and never answers
-    d = dispatchers(stuck, fast)
+    d = dispatch(stuck, fast)
     t0 = time.monotonic()
     alerts = [_alert(f"f{i}") for i in range(200)]
     for x in alerts:
@@ -322,10 +310,10 @@ def test_a_hanging_channel_delays_neither_submit_nor_another_channel(dispatchers
     wait_until(lambda: stuck.got == alerts, 5, lambda: len(stuck.got))
 
 
-def test_batches_respect_the_channel_size(dispatchers, wait_until):
+def test_batches_respect_the_channel_size(dispatch, wait_until):
     ch = _Memory("small", max_batch=2)
     ch.gate.clear()
-    d = dispatchers(ch)
+    d = dispatch(ch)
     for i in range(5):
         d.submit(_alert(f"f{i}"))
     ch.gate.set()
@@ -353,9 +341,9 @@ class _Resending(_Memory):
         self.last = time.monotonic()
 
 
-def test_the_worker_calls_resend_when_the_channel_says_it_is_due(dispatchers, wait_until):
+def test_the_worker_calls_resend_when_the_channel_says_it_is_due(dispatch, wait_until):
     ch = _Resending("am")
-    d = dispatchers(ch)
+    d = dispatch(ch)
     d.submit(_alert())
     wait_until(lambda: ch.resent >= 3, 5, lambda: ch.resent)
     assert d.stats()["am"]["resends"] >= 3
