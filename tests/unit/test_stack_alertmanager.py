@@ -71,3 +71,20 @@ def test_status_lists_alertmanager_only_once_up_started_it_and_services_learn_it
     assert stack._service_env()["RECPILOT_MONITOR_ALERTMANAGER_URL"] == "http://127.0.0.1:22095"
     monkeypatch.setenv("RECPILOT_MONITOR_ALERTMANAGER_URL", "http://am.example:9093")  # the operator's wins
     assert stack._service_env()["RECPILOT_MONITOR_ALERTMANAGER_URL"] == "http://am.example:9093"
+
+
+def test_setup_install_is_optional_and_says_why_when_it_cannot(monkeypatch):
+    from recpilot.stack.process import StackError
+
+    monkeypatch.setattr(amod, "alertmanager_binary", lambda: None)
+    monkeypatch.setattr(amod, "promtool_binary", lambda: None)
+    asked = []
+
+    def refuse(packages, why, recommends=True):
+        asked.append((packages, recommends))
+        raise StackError(f"{why} not found. Install it with: sudo apt-get install -y {' '.join(packages)}")
+
+    monkeypatch.setattr(amod, "apt_install", refuse)
+    found, line = amod.ensure_installed()  # never raises: both are optional
+    assert found is None and line.startswith("not installed (") and "sudo apt-get install" in line
+    assert asked == [(["prometheus-alertmanager", "prometheus"], False)]  # without recommends
