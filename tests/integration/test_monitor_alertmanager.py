@@ -77,14 +77,14 @@ def test_firing_then_resolved_in_a_real_alertmanager(start_alertmanager, dispatc
 @needs_alertmanager
 def test_resending_keeps_a_firing_alert_active_past_its_end(start_alertmanager, dispatch, wait_until):
     am = start_alertmanager()
-    resent = C.AlertmanagerChannel(am.url, timeout_s=5, resend_s=0.5)  # each post is valid for 2 s
+    resent = C.AlertmanagerChannel(am.url, timeout_s=5, resend_s=0.75)  # each post is valid for 3 s
     d = dispatch(resent)
     d.submit(_alert("price"))
     # the control: the same kind of alert posted once and never again expires at its endsAt
-    once = C.AlertmanagerChannel(am.url, timeout_s=5, resend_s=0.5)
+    once = C.AlertmanagerChannel(am.url, timeout_s=5, resend_s=0.75)
     once.send([_alert("age")])
     first = wait_until(lambda: _active(am, "price"), 15, d.stats)
-    first_end = C.now_ms() + 2_000
+    first_end = C.now_ms() + 3_000
     # wait for time to pass the first post's endsAt (the subject of the test), polling the API
     wait_until(lambda: C.now_ms() > first_end + 1_000 and _active(am, "age") is None, 15,
                lambda: _active(am, "age"))
