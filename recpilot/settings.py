@@ -81,6 +81,14 @@ class PlatformSettings(RecpilotSettings):
         "with a TTL (idle users' features), never counts or offsets; then writes fail with OOM and the features "
         "worker waits. The allkeys-* policies would lose counts and offsets, so they are refused")
 
+    # The local stack's Alertmanager (recpilot.stack.alertmanager), started by `recpilot up` when
+    # Debian's prometheus-alertmanager is installed. Not on its default :9093, Kafka's controller port.
+    alertmanager_port: int = Field(default=9095, ge=1, le=65535, description="Alertmanager's API and UI "
+                                   "(the monitor posts to http://127.0.0.1:<port>/api/v2/alerts)")
+    alertmanager_config: Path | None = Field(default=None, description="an alertmanager.yml of your own (e.g. "
+                                             "deploy/prometheus/alertmanager.yml); default: a generated one that "
+                                             "keeps alerts in Alertmanager without notifying anyone")
+
     # Partition counts of the topics in recpilot.topics.
     events_partitions: int = Field(default=4, ge=1)
     impressions_partitions: int = Field(default=4, ge=1)

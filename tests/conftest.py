@@ -93,6 +93,24 @@ def wait_until_async():
     return wait
 
 
+@pytest.fixture
+def dispatch():
+    """``dispatch(*channels, **kw)``: a monitor alert Dispatcher with quick retries (0.02 s doubling up
+    to 0.2 s unless ``kw`` says otherwise), closed at the end of the test."""
+    from services.monitor.channels import Dispatcher
+
+    made = []
+
+    def make(*channels, **kw):
+        d = Dispatcher(channels, **{"retry_initial_s": 0.02, "retry_max_s": 0.2, **kw})
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close(1.0)
+
+
 @pytest.fixture(scope="session")
 def small_ds():
     """800 synthetic impressions as a training Dataset (enough positives and negatives to train on)."""

@@ -9,14 +9,16 @@ import subprocess
 from recpilot.stack.process import StackError
 
 
-def apt_install(packages: list[str], why: str) -> None:
+def apt_install(packages: list[str], why: str, recommends: bool = True) -> None:
     """``apt-get update && apt-get install -y PACKAGES``; StackError saying how to do it by hand when
-    not root or when apt-get fails. ``why`` names what needs them, for the message."""
+    not root or when apt-get fails. ``why`` names what needs them, for the message; without
+    ``recommends``, only the packages and what they depend on."""
     hint = f"sudo apt-get update && sudo apt-get install -y {' '.join(packages)}"
     if os.geteuid() != 0:
         raise StackError(f"{why} not found. Install it with: {hint}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *packages]):
+    install = ["apt-get", "install", "-y", "-q", *([] if recommends else ["--no-install-recommends"]), *packages]
+    for cmd in (["apt-get", "update", "-q"], install):
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         except FileNotFoundError:

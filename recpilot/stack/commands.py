@@ -20,11 +20,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
               f"{obd_sample.OBD_SAMPLE_DIR}\nuse it: RECPILOT_TRAIN_OBD_DIR={obd_sample.OBD_SAMPLE_DIR} "
               "recpilot train --data obd/men ...")
         return 0
-    from recpilot.stack import kafka, redis
+    from recpilot.stack import alertmanager, kafka, redis
 
     fetched = kafka.fetch_jars(quiet=not args.verbose)
     print("kafka jars: " + ("downloaded" if fetched else "cached") + f" in {kafka.LIBS}")
     print(f"redis-server: {redis.ensure_installed()}")
+    print(f"prometheus-alertmanager, promtool: {alertmanager.ensure_installed()[1]}")
     kafka.java()
     return 0
 
@@ -75,15 +76,17 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("setup", help="fetch the Kafka broker jars and install redis-server (idempotent)")
+    p = sub.add_parser("setup", help="fetch the Kafka broker jars, install redis-server, and "
+                       "prometheus-alertmanager with promtool when root (idempotent)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--obd-sample", action="store_true",
                    help="only fetch the Open Bandit sample of all three campaigns (all, men, women) from PyPI "
                         "(the obp 0.4.1 wheel, SHA-256 checked) into .cache/obd-sample")
     p.set_defaults(func=cmd_setup)
 
-    p = sub.add_parser("up", help="start Kafka, Redis and the services; wait until each is ready")
-    p.add_argument("--no-services", action="store_true", help="infrastructure only (Kafka, Redis, topics)")
+    p = sub.add_parser("up", help="start Kafka, Redis, Alertmanager (when installed) and the services; wait "
+                       "until each is ready")
+    p.add_argument("--no-services", action="store_true", help="infrastructure only (Kafka, Redis, topics, Alertmanager)")
     p.add_argument("--only", nargs="+", metavar="SERVICE", help="with --no-services: also start these services")
     p.set_defaults(func=cmd_up)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from recpilot.errors import InvalidArgument
 from recpilot.kafka import admin, ensure_topics
 from recpilot.settings import PlatformSettings, load
+from recpilot.stack.alertmanager import Alertmanager
 from recpilot.stack.kafka import KafkaBroker
 from recpilot.stack.process import ProcessTable, http_get, wait_http_ready
 from recpilot.stack.redis import RedisServer
@@ -57,6 +58,7 @@ class Stack:
         self.table = ProcessTable(self.s.home / "run")
         self.kafka = KafkaBroker(self.s, self.table)
         self.redis = RedisServer(self.s, self.table)
+        self.alertmanager = Alertmanager(self.s, self.table)
 
     # -- infrastructure ----------------------------------------------------------------
     def up_infra(self, echo=print) -> dict[str, float]:
@@ -74,12 +76,24 @@ class Stack:
             echo(f"kafka listener is SASL_SSL; client settings: {self.kafka.security_dir / 'client.env'}")
         return took
 
+    def up_alertmanager(self, echo=print) -> bool:
+        """Start Alertmanager when it is installed (optional: one line and on when it is not)."""
+        if not self.alertmanager.installed():
+            echo("alertmanager: not installed, not started (`recpilot setup` installs prometheus-alertmanager)")
+            return False
+        self.alertmanager.start()
+        took = self.alertmanager.wait_ready()
+        echo(f"alertmanager ready at {self.alertmanager.url} ({took:.1f}s)")
+        return True
+
     # -- services ----------------------------------------------------------------------
     def _service_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["RECPILOT_HOME"] = str(self.s.home)
         env.update(self.kafka.client_env())  # the SASL_SSL listener's admin credentials, when the env has none
+        if self.table.running(self.alertmanager.name):  # the monitor posts its alerts to the stack's Alertmanager
+            env.setdefault("RECPILOT_MONITOR_ALERTMANAGER_URL", self.alertmanager.url)
         return env
 
     def up_services(self, names: list[str] | None = None, echo=print) -> None:
@@ -109,6 +123,7 @@ class Stack:
     def up(self, services: bool = True, echo=print) -> None:
         took = self.up_infra(echo)
         echo(f"redis ready at {self.redis.address} ({took['redis']:.1f}s), kafka ready at {self.kafka.address} ({took['kafka']:.1f}s)")
+        self.up_alertmanager(echo)
         if services:
             self.up_services(echo=echo)
 
@@ -118,7 +133,7 @@ class Stack:
         for spec in reversed(SERVICES):
             if self.table.get(spec.name):
                 result[spec.name] = self.table.stop(spec.name, timeout=30)
-        for name in ("redis", "kafka"):
+        for name in (self.alertmanager.name, "redis", "kafka"):
             if self.table.get(name):
                 result[name] = self.table.stop(name, timeout=60)
         for name, outcome in result.items():
@@ -134,6 +149,11 @@ class Stack:
             rec = self.table.running(name)
             comps.append({"name": name, "running": rec is not None, "ready": bool(rec) and ready(),
                           "pid": rec.pid if rec else None, "address": addr, "log": rec.log if rec else None})
+        if self.table.get(self.alertmanager.name):  # optional: listed once `up` started it
+            rec = self.table.running(self.alertmanager.name)
+            comps.append({"name": self.alertmanager.name, "running": rec is not None,
+                          "ready": bool(rec) and self.alertmanager.ready(), "pid": rec.pid if rec else None,
+                          "address": self.alertmanager.address, "log": rec.log if rec else None})
         for spec in services():
             rec = self.table.running(spec.name)
             addr = rec.address if rec else None

@@ -13,7 +13,9 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewTopic
 
 from recpilot.kafka import ConsumeLoop, admin, consumer, flush_or_raise, producer
+from recpilot.net import free_port
 from recpilot.pb import events_pb2
+from recpilot.stack.alertmanager import alertmanager_binary
 from recpilot.topics import EVENTS_CLEAN, EVENTS_RAW
 
 
@@ -118,6 +120,7 @@ def own_stack_env(tmp_path):
         "RECPILOT_KAFKA_PORT": "29092",
         "RECPILOT_KAFKA_CONTROLLER_PORT": "29093",
         "RECPILOT_REDIS_PORT": "26379",
+        "RECPILOT_ALERTMANAGER_PORT": str(free_port()),
     })
     yield env
     subprocess.run([sys.executable, "-m", "recpilot.cli", "down"], env=env, capture_output=True, timeout=120)
@@ -147,9 +150,16 @@ def _our_pids(home: str) -> list[int]:
 
 def test_acknowledged_message_survives_down_and_up(own_stack_env):
     env = own_stack_env
-    _cli(env, "up", "--no-services")
+    out = _cli(env, "up", "--no-services")
     st = json.loads(_cli(env, "status", "--json"))
     assert all(c["ready"] for c in st["components"] if c["name"] in ("kafka", "redis"))
+    comps = {c["name"]: c for c in st["components"]}
+    if alertmanager_binary():  # started with the stack when installed, else one line says so
+        assert comps["alertmanager"]["ready"], out
+        assert comps["alertmanager"]["address"] == f"127.0.0.1:{env['RECPILOT_ALERTMANAGER_PORT']}"
+        assert "--cluster.listen-address=" in open(f"{env['RECPILOT_HOME']}/run/alertmanager.json").read()
+    else:
+        assert "alertmanager: not installed" in out and "alertmanager" not in comps
 
     boot = "127.0.0.1:29092"
     prod = Producer({"bootstrap.servers": boot, "acks": "all", "enable.idempotence": True})

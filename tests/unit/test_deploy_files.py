@@ -136,27 +136,11 @@ def test_grafana_dashboard_queries_only_metrics_and_labels_the_services_export()
     """Every recpilot_* series in deploy/grafana/dashboards/*.json is declared by a service's
     metrics module, with the labels the query groups by (a renamed metric breaks this test, not
     the ops dashboard in production)."""
-    import importlib
     import json
-    import re
 
-    from prometheus_client import REGISTRY
+    from tests.support.prometheus import SCRAPE_LABELS, check_expr, exported_families
 
-    for mod in ("services.ingest.metrics", "services.features.metrics", "services.inference.metrics",
-                "recpilot.models.deployments"):
-        importlib.import_module(mod)
-    families = {}  # sample name -> label names
-    for fam in REGISTRY.collect():
-        if not fam.name.startswith("recpilot_"):
-            continue
-        labels = set()
-        collector = REGISTRY._names_to_collectors.get(fam.name) or REGISTRY._names_to_collectors.get(fam.name + "_total")
-        if collector is not None:
-            labels = set(getattr(collector, "_labelnames", ()))
-        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
-                    "info": ("",)}.get(fam.type, ("",))
-        for sfx in suffixes:
-            families[fam.name + sfx] = labels | ({"le"} if sfx == "_bucket" else set())
+    families = exported_families()
     paths = sorted((REPO_ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
     assert paths
     checked = 0
@@ -164,13 +148,7 @@ def test_grafana_dashboard_queries_only_metrics_and_labels_the_services_export()
         dash = json.loads(path.read_text())
         for panel in dash["panels"]:
             for target in panel.get("targets", []):
-                expr = target["expr"]
-                for name in re.findall(r"recpilot_[a-z0-9_]+", expr):
-                    assert name in families, f"{path.name} '{panel['title']}': unknown metric {name}"
-                    for grouped in re.findall(r"by \(([^)]*)\)", expr):
-                        for label in (x.strip() for x in grouped.split(",")):
-                            assert label in families[name], f"{panel['title']}: {name} has no label {label!r}"
-                    checked += 1
+                checked += check_expr(target["expr"], families, f"{path.name} '{panel['title']}'", SCRAPE_LABELS)
     assert checked >= 30
 
 
