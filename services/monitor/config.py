@@ -48,7 +48,7 @@ class Common:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    lateness_s: float = 5.0        # a time window closes this long after its end (late metric events)
+    lateness_s: float = 2.0        # a time window closes this long after its end (late metric events)
     expire_s: float = 900.0        # a key (model version, instance ...) silent this long is forgotten;
                                    # its firing alert resolves
 
@@ -101,7 +101,7 @@ class BurnConfig(Common):
     severity: str = "page"
     window_s: float = 5.0
     short_window_s: float = 10.0
-    long_window_s: float = 30.0
+    long_window_s: float = 20.0
     objective: float = 0.99
     burn_factor: float = 2.0
     min_samples: int = 100

@@ -151,46 +151,49 @@ def _describe(v: Verdict, cfg: Common) -> str:
 
 
 class Windowed:
-    """Base of the time-windowed detectors: ``self.windows[(key, window_start_ms)] = accumulator``."""
+    """Base of the time-windowed detectors: ``self.windows[window_start_ms][key] = accumulator``.
+    Every key's window with the same start closes at the same time, so one watermark
+    (``closed_before``: the start of the oldest window still open) tells a late observation."""
 
     def __init__(self, window_s: float, lateness_ms: int) -> None:
         self.window_ms = max(1, int(window_s * 1000))
         self.lateness_ms = lateness_ms
-        self.windows: dict[tuple, object] = {}
-        self.closed_before: dict = {}   # key -> start of the first window still open
+        self.windows: dict[int, dict] = {}
+        self.closed_before = -1
         self.late = 0
 
     def _slot(self, key, ts_ms: int, new: Callable[[], object]):
         start = ts_ms - ts_ms % self.window_ms
-        if start < self.closed_before.get(key, -1):
-            self.late += 1
-            return None
-        acc = self.windows.get((key, start))
+        wins = self.windows.get(start)
+        if wins is None:
+            if start < self.closed_before:
+                self.late += 1
+                return None
+            wins = self.windows[start] = {}
+        acc = wins.get(key)
         if acc is None:
-            acc = self.windows[(key, start)] = new()
+            acc = wins[key] = new()
         return acc
+
+    def open_windows(self) -> int:
+        return sum(len(w) for w in self.windows.values())
 
     def due(self, now_ms: int) -> list[tuple]:
         """The (key, start, acc) of the windows to close now, oldest first (removed)."""
-        out = [(k, s, a) for (k, s), a in self.windows.items() if s + self.window_ms + self.lateness_ms <= now_ms]
-        out.sort(key=lambda t: t[1])
-        for k, s, _ in out:
-            del self.windows[(k, s)]
-            self.closed_before[k] = max(self.closed_before.get(k, -1), s + self.window_ms)
+        out = []
+        for start in sorted(s for s in self.windows if s + self.window_ms + self.lateness_ms <= now_ms):
+            out += [(k, start, a) for k, a in self.windows.pop(start).items()]
+            self.closed_before = max(self.closed_before, start + self.window_ms)
         return out
-
-    def forget(self, keep: Callable[[object], bool]) -> None:
-        for k in [k for k in self.closed_before if not keep(k)]:
-            del self.closed_before[k]
 
 
 class HistogramDrift(Windowed):
     """FeatureDrift / ScoreDrift: a window's histogram (all instances) against the reference."""
 
     def __init__(self, name: str, cfg: DriftConfig, lateness_ms: int,
-                 reference: Callable[[tuple], dict | None]) -> None:
+                 reference: Callable[[tuple], dict | None], label: str) -> None:
         super().__init__(cfg.window_s, lateness_ms)
-        self.name, self.cfg, self.reference = name, cfg, reference
+        self.name, self.cfg, self.reference, self.label = name, cfg, reference, label
 
     def add(self, key: tuple, ts_ms: int, counts, bounds) -> None:
         acc = self._slot(key, ts_ms, list)
@@ -202,7 +205,9 @@ class HistogramDrift(Windowed):
     def close(self, now_ms: int) -> list[Verdict]:
         out = []
         for key, start, acc in self.due(now_ms):
-            labels, ref_key = key
+            model, version, what = key   # what: the feature, or the score's variant
+            labels = labels_of(model=model, version=version, **{self.label: what})
+            ref_key = (model, version, what if self.label == "feature" else "score")
             out.append(self._verdict(labels, ref_key, start + self.window_ms, acc[0], acc[1:]))
         return out
 

@@ -10,7 +10,8 @@ from the messages, ``now_ms`` from the caller), single-threaded.
 
 A message that does not parse, or parses with impossible values, is counted in ``malformed`` and
 skipped; the ``observe_*_bytes`` methods never raise. Metric events the detectors do not use are
-counted in ``ignored``. Each metric event is routed by its name (``inputs`` in the status says how
+counted in ``ignored``. A metric event is stamped at the end of the interval it describes, so it
+counts in the window that holds the millisecond before its timestamp. Each metric event is routed by its name (``inputs`` in the status says how
 many of each kind arrived); aggregation happens per window (counts added up, one list per event), so
 the per-event cost is one parse plus a few dictionary operations.
 """
@@ -63,8 +64,8 @@ class Engine:
                           ("ResourceSaturation", c.resource)):
             tracker(name, cfg)
 
-        self.feature = D.HistogramDrift("FeatureDrift", c.feature_drift, late, self._reference)
-        self.score = D.HistogramDrift("ScoreDrift", c.score_drift, late, self._reference)
+        self.feature = D.HistogramDrift("FeatureDrift", c.feature_drift, late, self._reference, "feature")
+        self.score = D.HistogramDrift("ScoreDrift", c.score_drift, late, self._reference, "variant")
         self.event_mix = D.EventMix(c.event_mix, late, lambda labels: ev_tracker.firing(labels))
         self.latency = D.BurnRate("LatencySLOBurn", c.latency_slo, late)
         self.errors = D.BurnRate("ErrorSLOBurn", c.error_slo, late)
@@ -134,41 +135,39 @@ class Engine:
         self.observe_metric(ev)
 
     def observe_metric(self, ev: events_pb2.MetricEvent) -> None:
-        h = self._handlers.get(ev.name)
+        name = ev.name
+        h = self._handlers.get(name)
         if h is None:
             self.processed += 1
             self.ignored += 1
             return
+        ts = ev.timestamp_ms - 1   # stamped at the end of its interval: it counts in the window before
         try:
-            if ev.timestamp_ms <= 0 or not math.isfinite(ev.value):
-                raise ValueError("no event time or a non-finite value")
-            h(ev)
+            if ts < 0:
+                raise ValueError("no event time")
+            h(ev, ts)
         except Exception:  # impossible contents (wrong shapes, NaN): counted, never raised
             self.malformed += 1
             return
         self.processed += 1
-        name = ev.name
-        self.inputs[name] = self.inputs.get(name, 0) + 1
+        inputs = self.inputs
+        inputs[name] = inputs.get(name, 0) + 1
 
-    def _on_feature(self, ev) -> None:
+    def _on_feature(self, ev, ts: int) -> None:
         s = ev.summary
-        if not s.bucket_counts:
-            return
-        lab = ev.labels
-        model, version, feature = lab["model"], lab["version"], lab["feature"]
-        self.feature.add(((("model", model), ("version", version), ("feature", feature)), (model, version, feature)),
-                         ev.timestamp_ms, list(s.bucket_counts), s.bucket_bounds)
+        counts = s.bucket_counts
+        if counts:
+            lab = ev.labels
+            self.feature.add((lab["model"], lab["version"], lab["feature"]), ts, list(counts), s.bucket_bounds)
 
-    def _on_score(self, ev) -> None:
+    def _on_score(self, ev, ts: int) -> None:
         s = ev.summary
-        if not s.bucket_counts:
-            return
-        lab = ev.labels
-        model, version = lab["model"], lab["version"]
-        self.score.add(((("model", model), ("version", version), ("variant", lab.get("variant", ""))),
-                        (model, version, "score")), ev.timestamp_ms, list(s.bucket_counts), s.bucket_bounds)
+        counts = s.bucket_counts
+        if counts:
+            lab = ev.labels
+            self.score.add((lab["model"], lab["version"], lab.get("variant", "")), ts, list(counts), s.bucket_bounds)
 
-    def _on_latency(self, ev) -> None:
+    def _on_latency(self, ev, ts: int) -> None:
         s = ev.summary
         counts, bounds = s.bucket_counts, s.bucket_bounds
         if not counts:
@@ -179,23 +178,27 @@ class Engine:
         bad = sum(counts[i + 1:]) if i + 1 < len(counts) else 0
         if min(counts) < 0:
             raise ValueError("negative bucket count")
-        self.latency.add((ev.service, method), ev.timestamp_ms, bad, total)
+        self.latency.add((ev.service, method), ts, bad, total)
 
-    def _on_requests(self, ev) -> None:
-        if ev.value < 0:
+    def _on_requests(self, ev, ts: int) -> None:
+        if not ev.value >= 0:
             raise ValueError("negative count")
-        self.errors.add((ev.service, ev.labels.get("method", "")), ev.timestamp_ms, 0.0, ev.value)
+        self.errors.add((ev.service, ev.labels.get("method", "")), ts, 0.0, ev.value)
 
-    def _on_failures(self, ev) -> None:
-        if ev.value < 0:
+    def _on_failures(self, ev, ts: int) -> None:
+        if not ev.value >= 0:
             raise ValueError("negative count")
-        self.errors.add((ev.service, ev.labels.get("method", "")), ev.timestamp_ms, ev.value, 0.0)
+        self.errors.add((ev.service, ev.labels.get("method", "")), ts, ev.value, 0.0)
 
-    def _on_freshness(self, ev) -> None:
-        self.freshness.add(ev.service, ev.timestamp_ms, ev.value)
+    def _on_freshness(self, ev, ts: int) -> None:
+        if not math.isfinite(ev.value):
+            raise ValueError("non-finite")
+        self.freshness.add(ev.service, ts, ev.value)
 
-    def _on_lag(self, ev) -> None:
-        self.lag.add(ev.service, ev.instance, ev.timestamp_ms, ev.value)
+    def _on_lag(self, ev, ts: int) -> None:
+        if not math.isfinite(ev.value):
+            raise ValueError("non-finite")
+        self.lag.add(ev.service, ev.instance, ts, ev.value)
 
     def _delta(self, ev) -> float | None:
         key = (ev.service, ev.instance, ev.name)
@@ -205,8 +208,10 @@ class Engine:
             return None
         return ev.value if ev.value < prev else ev.value - prev   # a restart starts the counter afresh
 
-    def _on_quality(self, ev) -> None:
-        name, svc, ts, q = ev.name, ev.service, ev.timestamp_ms, self.quality
+    def _on_quality(self, ev, ts: int) -> None:
+        if not math.isfinite(ev.value) or ev.value < 0:
+            raise ValueError("not a count or share")
+        name, svc, q = ev.name, ev.service, self.quality
         if name == "missing_field_rate":
             d = self._received_delta.get((svc, ev.instance))
             if d:
@@ -230,8 +235,10 @@ class Engine:
         elif name == "events_invalid_total":
             q.add(svc, "invalid_rate", ts, d, d)
 
-    def _on_resource(self, ev) -> None:
-        self.resources.add(ev.service, ev.instance, ev.timestamp_ms, ev.name, ev.value)
+    def _on_resource(self, ev, ts: int) -> None:
+        if not math.isfinite(ev.value) or ev.value < 0:
+            raise ValueError("not a resource amount")
+        self.resources.add(ev.service, ev.instance, ts, ev.name, ev.value)
 
     def observe_reward_bytes(self, value: bytes) -> None:
         try:
@@ -313,8 +320,6 @@ class Engine:
         horizon = now_ms - self.expire_ms
         for d in self._cusums:
             d.expire(now_ms, self.expire_ms)
-        for d in self._windowed:
-            d.forget(lambda k, d=d: d.closed_before.get(k, 0) >= horizon)
         for d in (self.latency, self.errors):
             for k in [k for k, h in d.history.items() if not h or h[-1][0] < horizon]:
                 del d.history[k]
@@ -345,7 +350,7 @@ class Engine:
         late = sum(d.late for d in self._windowed)
         return {"instance": self.instance, "now_ms": self._now_ms, "processed": self.processed,
                 "malformed": self.malformed, "ignored": self.ignored, "late": late, "inputs": dict(self.inputs),
-                "open_windows": sum(len(d.windows) for d in self._windowed),
+                "open_windows": sum(d.open_windows() for d in self._windowed),
                 "firing": [a.to_dict() for a in self.firing()],
                 "hints": [h for h in self.resources.hints.values() if h.get("hint")],
                 "resources": list(self.resources.hints.values()),
