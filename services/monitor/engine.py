@@ -158,14 +158,20 @@ class Engine:
         counts = s.bucket_counts
         if counts:
             lab = ev.labels
-            self.feature.add((lab["model"], lab["version"], lab["feature"]), ts, list(counts), s.bucket_bounds)
+            key = (lab.get("model", ""), lab.get("version", ""), lab.get("feature", ""))
+            if not all(key):
+                raise ValueError("a feature histogram without model, version or feature")
+            self.feature.add(key, ts, list(counts), s.bucket_bounds)
 
     def _on_score(self, ev, ts: int) -> None:
         s = ev.summary
         counts = s.bucket_counts
         if counts:
             lab = ev.labels
-            self.score.add((lab["model"], lab["version"], lab.get("variant", "")), ts, list(counts), s.bucket_bounds)
+            model, version = lab.get("model", ""), lab.get("version", "")
+            if not (model and version):
+                raise ValueError("a score histogram without model or version")
+            self.score.add((model, version, lab.get("variant", "")), ts, list(counts), s.bucket_bounds)
 
     def _on_latency(self, ev, ts: int) -> None:
         s = ev.summary
