@@ -175,6 +175,13 @@ class Windowed:
             acc = wins[key] = new()
         return acc
 
+    def _add_pair(self, key, ts_ms: int, bad: float, total: float) -> None:
+        """Add to a (bad, total) accumulator."""
+        acc = self._slot(key, ts_ms, lambda: [0.0, 0.0])
+        if acc is not None:
+            acc[0] += bad
+            acc[1] += total
+
     def open_windows(self) -> int:
         return sum(len(w) for w in self.windows.values())
 
@@ -317,10 +324,7 @@ class BurnRate(Windowed):
         return self.cfg.methods.get(method, self.cfg.threshold_ms)
 
     def add(self, key: tuple, ts_ms: int, bad: float, total: float) -> None:
-        acc = self._slot(key, ts_ms, lambda: [0.0, 0.0])
-        if acc is not None:
-            acc[0] += bad
-            acc[1] += total
+        self._add_pair(key, ts_ms, bad, total)
 
     def close(self, now_ms: int) -> list[Verdict]:
         out = []
@@ -412,10 +416,7 @@ class DataQuality(Windowed):
         self.cfg = cfg
 
     def add(self, service: str, check: str, ts_ms: int, bad: float, total: float) -> None:
-        acc = self._slot((service, check), ts_ms, lambda: [0.0, 0.0])
-        if acc is not None:
-            acc[0] += bad
-            acc[1] += total
+        self._add_pair((service, check), ts_ms, bad, total)
 
     def close(self, now_ms: int) -> list[Verdict]:
         out = []

@@ -126,13 +126,17 @@ class Engine:
         return None if got[1] is None else got[1].get(what)
 
     # -- inputs -------------------------------------------------------------------------------------
-    def observe_metric_bytes(self, value: bytes) -> None:
+    def _parse(self, cls, value: bytes):
         try:
-            ev = events_pb2.MetricEvent.FromString(value)
+            return cls.FromString(value)
         except (DecodeError, TypeError, ValueError):
             self.malformed += 1
-            return
-        self.observe_metric(ev)
+            return None
+
+    def observe_metric_bytes(self, value: bytes) -> None:
+        msg = self._parse(events_pb2.MetricEvent, value)
+        if msg is not None:
+            self.observe_metric(msg)
 
     def observe_metric(self, ev: events_pb2.MetricEvent) -> None:
         name = ev.name
@@ -247,12 +251,9 @@ class Engine:
         self.resources.add(ev.service, ev.instance, ts, ev.name, ev.value)
 
     def observe_reward_bytes(self, value: bytes) -> None:
-        try:
-            r = events_pb2.Reward.FromString(value)
-        except (DecodeError, TypeError, ValueError):
-            self.malformed += 1
-            return
-        self.observe_reward(r)
+        msg = self._parse(events_pb2.Reward, value)
+        if msg is not None:
+            self.observe_reward(msg)
 
     def observe_reward(self, r: events_pb2.Reward) -> None:
         ts = r.impression_ts_ms
@@ -276,12 +277,9 @@ class Engine:
             self.policy.observe(model, r.policy_version, clicked, ts)
 
     def observe_event_bytes(self, value: bytes) -> None:
-        try:
-            e = events_pb2.UserEvent.FromString(value)
-        except (DecodeError, TypeError, ValueError):
-            self.malformed += 1
-            return
-        self.observe_event(e)
+        msg = self._parse(events_pb2.UserEvent, value)
+        if msg is not None:
+            self.observe_event(msg)
 
     def observe_event(self, e: events_pb2.UserEvent) -> None:
         if e.timestamp_ms <= 0:
