@@ -235,6 +235,8 @@ def _monitor(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--ctr-seeds", type=int, default=10, help="runs of the CTR delay")
     p.add_argument("--ctr-before-items", type=int, default=250_000, help="items of the previous version")
     p.add_argument("--ctr-max-items", type=int, default=60_000, help="items of the new version at most")
+    p.add_argument("--ctr-stationary-items", type=int, default=1_000_000,
+                   help="items of one version at a constant CTR, per --seeds run")
     p.add_argument("--replicas", type=int, default=4, help="inference replicas of the latency part")
     p.add_argument("--throughput-replicas", type=int, default=64, help="inference replicas of the throughput part")
     p.add_argument("--throughput-seconds", type=int, default=600, help="simulated seconds of the throughput part")

@@ -417,6 +417,21 @@ def ctr(seed: int, before_items: int, max_items: int, rate_per_s: float = 1000.0
             "alerts_before_change": sorted(k for k, v in fired.items() if v[0] == 0)}
 
 
+def ctr_stationary(seed: int, items: int, p: float = 0.03) -> dict:
+    """``items`` shown items of one production version at a constant CTR through CtrRegression (its
+    own first items the baseline): breaching windows and the largest CUSUM value."""
+    from services.monitor.detectors import CusumDetector
+    from services.monitor.config import load_config
+
+    det = CusumDetector("CtrRegression", load_config().ctr_regression, "version")
+    rng = np.random.default_rng(10_000 + seed)
+    for i, c in enumerate((rng.random(items) < p).tolist()):
+        det.observe(MODEL, "1", c, T0 + i)
+    vs = det.take()
+    return {"items": items, "breaching_windows": sum(1 for v in vs if v.breach),
+            "max_cusum": round(max((v.value for v in vs), default=0.0), 2), "threshold": det.cfg.cusum_h}
+
+
 def latency(seed: int, replicas: int, rps: float, pre_s: int, max_s: int = 90) -> dict:
     """Seconds from the onset of a latency doubling (every request twice as slow) to LatencySLOBurn."""
     world = World(seed, ref_rows=100)
@@ -555,6 +570,7 @@ def run(args: argparse.Namespace) -> int:
         res["event_mix"] = [event_mix(s, args.events_rate, 4, peer and s == seeds[0]) for s in seeds]
     if "ctr" in parts:
         res["ctr"] = [ctr(s, args.ctr_before_items, args.ctr_max_items) for s in range(args.seed, args.seed + args.ctr_seeds)]
+        res["ctr_stationary"] = [ctr_stationary(s, args.ctr_stationary_items) for s in seeds]
     if "latency" in parts:
         res["latency"] = [latency(s, args.replicas, 200.0, 120) for s in seeds]
     if "stationary" in parts:
@@ -605,6 +621,11 @@ def _print(res: dict) -> None:
         print("CTR 3.0% -> 2.4%, shown items of the new version until CtrRegression: "
               + _q([r["items_to_alert"] for r in res["ctr"]]) + "; PolicyCtrRegression: "
               + _q([r["policy_items_to_alert"] for r in res["ctr"]]))
+    if "ctr_stationary" in res:
+        cs = res["ctr_stationary"]
+        print(f"CTR stationary at 3.0%, {cs[0]['items']:,} items x {len(cs)} runs: breaching windows "
+              f"{[r['breaching_windows'] for r in cs]}, largest CUSUM {[r['max_cusum'] for r in cs]} "
+              f"(threshold {cs[0]['threshold']})")
     if "latency" in res:
         r0 = res["latency"][0]
         print(f"p99 latency doubling ({r0['p99_before_ms']} -> {r0['p99_after_ms']} ms, threshold {r0['threshold_ms']} ms, "

@@ -51,6 +51,8 @@ class EngineConfig:
     lateness_s: float = 2.0        # a time window closes this long after its end (late metric events)
     expire_s: float = 900.0        # a key (model version, instance ...) silent this long is forgotten;
                                    # its firing alert resolves
+    catchup_s: float = 60.0        # a detector whose newest event is further behind than this (and advancing)
+                                   # is replaying a backlog: its windows close on event time
 
 
 @dataclass(frozen=True)

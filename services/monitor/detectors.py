@@ -161,6 +161,10 @@ class Windowed:
         self.windows: dict[int, dict] = {}
         self.closed_before = -1
         self.late = 0
+        self.newest = -1                 # start of the newest window opened
+        self._newest_at_tick = -1
+        self._advanced_at = 0
+        self.effective_now = 0
 
     def _slot(self, key, ts_ms: int, new: Callable[[], object]):
         start = ts_ms - ts_ms % self.window_ms
@@ -170,6 +174,8 @@ class Windowed:
                 self.late += 1
                 return None
             wins = self.windows[start] = {}
+            if start > self.newest:
+                self.newest = start
         acc = wins.get(key)
         if acc is None:
             acc = wins[key] = new()
@@ -184,6 +190,16 @@ class Windowed:
 
     def open_windows(self) -> int:
         return sum(len(w) for w in self.windows.values())
+
+    def close_time(self, now_ms: int, catchup_ms: int) -> int:
+        """The time to close windows at: ``now_ms``, or while this detector replays a backlog (its
+        newest window is more than ``catchup_ms`` behind ``now_ms`` and still advancing from tick to
+        tick) the start of its newest window, so that a backlog is windowed as it happened."""
+        if self.newest != self._newest_at_tick:
+            self._newest_at_tick, self._advanced_at = self.newest, now_ms
+        behind = 0 <= self.newest and self.newest + self.window_ms < now_ms - catchup_ms
+        self.effective_now = self.newest if behind and now_ms - self._advanced_at < catchup_ms else now_ms
+        return self.effective_now
 
     def due(self, now_ms: int) -> list[tuple]:
         """The (key, start, acc) of the windows to close now, oldest first (removed)."""
@@ -489,7 +505,8 @@ class _Seq:
     """One key's sequential test state (a CUSUM on clicks or purchases per shown item)."""
 
     __slots__ = ("items", "hits", "s", "s_max", "a", "b", "p0", "p1", "baseline", "own_n", "own_k",
-                 "window_n", "trail", "trail_n", "trail_k", "chunk_n", "chunk_k", "last_seen_ms")
+                 "window_n", "trail", "trail_n", "trail_k", "chunk_n", "chunk_k", "last_seen_ms", "items_at_tick",
+                 "touched_ms")
 
     def __init__(self) -> None:
         self.items = self.hits = 0
@@ -503,6 +520,8 @@ class _Seq:
         self.trail_n = self.trail_k = 0
         self.chunk_n = self.chunk_k = 0
         self.last_seen_ms = 0
+        self.items_at_tick = -1
+        self.touched_ms = 0
 
 
 class CusumDetector:
@@ -601,8 +620,13 @@ class CusumDetector:
         return out
 
     def expire(self, now_ms: int, expire_ms: int) -> None:
-        for k in [k for k, st in self.keys.items() if now_ms - st.last_seen_ms > expire_ms]:
-            del self.keys[k]
+        """Forget the sequences that got no item for ``expire_ms`` of tick time (not event time: a
+        backlog being replayed keeps its sequences)."""
+        for k, st in list(self.keys.items()):
+            if st.items != st.items_at_tick:
+                st.items_at_tick, st.touched_ms = st.items, now_ms
+            elif now_ms - st.touched_ms > expire_ms:
+                del self.keys[k]
 
     def status(self) -> list[dict]:
         return [{"model": m, self.label: v, "items": st.items, "rate": _r(st.hits / st.items) if st.items else None,

@@ -42,6 +42,7 @@ class Engine:
         c = config
         late = int(c.engine.lateness_s * 1000)
         self.expire_ms = int(c.engine.expire_s * 1000)
+        self.catchup_ms = int(c.engine.catchup_s * 1000)
         self.processed = self.malformed = self.ignored = 0
         self.inputs: dict[str, int] = {}
         self._refs: dict[tuple[str, str], tuple[int, dict | None]] = {}
@@ -306,7 +307,7 @@ class Engine:
         self._now_ms = now_ms
         verdicts: list[D.Verdict] = []
         for d in self._windowed:
-            verdicts += d.close(now_ms)
+            verdicts += d.close(d.close_time(now_ms, self.catchup_ms))
         for d in self._cusums:
             verdicts += d.take()
         verdicts.sort(key=lambda v: v.end_ms)
@@ -325,7 +326,7 @@ class Engine:
         for d in self._cusums:
             d.expire(now_ms, self.expire_ms)
         for d in (self.latency, self.errors):
-            for k in [k for k, h in d.history.items() if not h or h[-1][0] < horizon]:
+            for k in [k for k, h in d.history.items() if not h or h[-1][0] < d.effective_now - self.expire_ms]:
                 del d.history[k]
         live = {tuple(v for _, v in labels) for labels in self.trackers["CanaryCtrRegression"].keys}
         self.canary.expire(live)
