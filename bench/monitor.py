@@ -255,7 +255,9 @@ def _evidently(ref, cur, columns, cat: bool = False) -> tuple[dict, float]:
     for m in snap.dict()["metrics"]:
         cfg = m["config"]
         if cfg["type"].endswith("ValueDrift"):
-            if m["value"] >= cfg["threshold"] if "p_value" not in cfg.get("method", "").lower() else m["value"] < cfg["threshold"]:
+            # distance methods (the defaults above 1,000 rows) drift at >= threshold, p-value tests below it
+            p_value = "p_value" in cfg.get("method", "").lower()
+            if (m["value"] < cfg["threshold"]) if p_value else (m["value"] >= cfg["threshold"]):
                 out["drifted_columns"].append(cfg["column"])
         elif cfg["type"].endswith("DriftedColumnsCount"):
             out["dataset_drift_share"] = m["value"]["share"]
@@ -420,8 +422,8 @@ def ctr(seed: int, before_items: int, max_items: int, rate_per_s: float = 1000.0
 def ctr_stationary(seed: int, items: int, p: float = 0.03) -> dict:
     """``items`` shown items of one production version at a constant CTR through CtrRegression (its
     own first items the baseline): breaching windows and the largest CUSUM value."""
-    from services.monitor.detectors import CusumDetector
     from services.monitor.config import load_config
+    from services.monitor.detectors import CusumDetector
 
     det = CusumDetector("CtrRegression", load_config().ctr_regression, "version")
     rng = np.random.default_rng(10_000 + seed)
@@ -452,11 +454,9 @@ def latency(seed: int, replicas: int, rps: float, pre_s: int, max_s: int = 90) -
                 slow = world.inference(ts, inst, world.rows(50), rps=rps, latency_scale=2.0)
                 for e, s in zip(evs, slow):
                     if e.name == "latency_ms":
-                        n_slow = int(round(e.summary.count * share))
                         counts = np.array(e.summary.bucket_counts) * (1 - share) + np.array(s.summary.bucket_counts) * share
                         del e.summary.bucket_counts[:]
                         e.summary.bucket_counts.extend(int(round(c)) for c in counts)
-                        _ = n_slow
             for e in evs:
                 eng.observe_metric_bytes(e.SerializeToString())
         for now in range(base, base + INTERVAL_MS, 1000):

@@ -16,6 +16,7 @@ Statistics and thresholds: the config module's docstring and monitor.toml.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable
@@ -115,7 +116,7 @@ class Tracker:
         for labels in [k for k, st in self.keys.items() if now_ms - st.last_seen_ms > expire_ms]:
             st = self.keys.pop(labels)
             if st.firing is not None:
-                out.append(dataclasses_replace_summary(st.firing.resolve(now_ms), "no data"))
+                out.append(_no_data(st.firing.resolve(now_ms)))
                 self.resolved += 1
         return out
 
@@ -136,10 +137,8 @@ class Tracker:
                 "keys": keys}
 
 
-def dataclasses_replace_summary(a: Alert, why: str) -> Alert:
-    import dataclasses
-
-    return dataclasses.replace(a, summary=f"{a.summary} ({why})", description=f"{a.description} Resolved: {why}.")
+def _no_data(a: Alert) -> Alert:
+    return dataclasses.replace(a, summary=f"{a.summary} (no data)", description=f"{a.description} Resolved: no data.")
 
 
 def _describe(v: Verdict, cfg: Common) -> str:

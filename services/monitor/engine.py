@@ -18,6 +18,7 @@ the per-event cost is one parse plus a few dictionary operations.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from bisect import bisect_left
@@ -346,8 +347,6 @@ class Engine:
                 "ConsumerLag": c.consumer_lag, "DataQuality": c.data_quality, "ResourceSaturation": c.resource}
         det = {}
         for name, t in self.trackers.items():
-            import dataclasses
-
             cfg = dataclasses.asdict(cfgs[name])
             det[name] = {"enabled": cfg.pop("enabled"), "config": cfg, **t.status()}
         for d in (self.ctr, self.conversion, self.policy):
