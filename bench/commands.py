@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _ope(bench)
     _rl_join(bench)
     _rl(bench)
+    _monitor(bench)
 
 
 def _ingest(bench: argparse._SubParsersAction) -> None:
@@ -222,3 +223,25 @@ def _rl(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", default="docs/img/rl_learning_curves.png", help="PNG path ('' = none)")
     p.add_argument("--json", default=None, help="also write the curves here")
     p.set_defaults(func=_run("rl"))
+
+
+def _monitor(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("monitor", help="the monitor's engine: metric events/s, detection delays of injected "
+                                         "changes, false alarms on a stationary stream, Evidently as the peer")
+    p.add_argument("--parts", default="throughput,drift,mix,ctr,latency,stationary",
+                   help="comma-separated: throughput, drift, mix, ctr, latency, stationary")
+    p.add_argument("--seeds", type=int, default=3, help="runs of the drift, mix and latency delays")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--ctr-seeds", type=int, default=10, help="runs of the CTR delay")
+    p.add_argument("--ctr-before-items", type=int, default=250_000, help="items of the previous version")
+    p.add_argument("--ctr-max-items", type=int, default=60_000, help="items of the new version at most")
+    p.add_argument("--ctr-stationary-items", type=int, default=1_000_000,
+                   help="items of one version at a constant CTR, per --seeds run")
+    p.add_argument("--replicas", type=int, default=4, help="inference replicas of the latency part")
+    p.add_argument("--throughput-replicas", type=int, default=64, help="inference replicas of the throughput part")
+    p.add_argument("--throughput-seconds", type=int, default=600, help="simulated seconds of the throughput part")
+    p.add_argument("--events-rate", type=float, default=100.0, help="events.clean sampled per second (mix part)")
+    p.add_argument("--stationary-messages", type=int, default=1_000_000)
+    p.add_argument("--no-peer", action="store_true", help="skip Evidently")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=_run("monitor"))
