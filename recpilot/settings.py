@@ -18,6 +18,7 @@ from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
 
 from recpilot.errors import UsageError
 from recpilot.paths import REPO_ROOT
@@ -167,6 +168,8 @@ def load(cls: type[S], **overrides) -> S:
                 shown = "<hidden>"
             lines.append(f"invalid setting {name}={shown}: {err.get('msg')}")
         raise SettingsError("; ".join(lines)) from None
+    except PydanticSettingsError as exc:  # an environment value that does not parse (e.g. a list that is not JSON)
+        raise SettingsError(f"invalid settings: {exc}") from None
 
 
 def load_service(service: str, cls: type[S]) -> tuple[PlatformSettings, S]:

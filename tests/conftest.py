@@ -111,6 +111,30 @@ def dispatch():
         d.close(1.0)
 
 
+@pytest.fixture
+def start_alertmanager(tmp_path):
+    """``start_alertmanager(port=None)``: a private Alertmanager (Debian's prometheus-alertmanager
+    with the stack's own launcher: its own home and port), ready; stopped at the end of the test."""
+    from recpilot.net import free_port
+    from recpilot.settings import PlatformSettings
+    from recpilot.stack.alertmanager import Alertmanager
+    from recpilot.stack.process import ProcessTable
+
+    started = []
+
+    def start(port: int | None = None):
+        home = tmp_path / f"am{len(started)}"
+        am = Alertmanager(PlatformSettings(home=home), ProcessTable(home / "run"), port=port or free_port())
+        started.append(am)
+        am.start()
+        am.wait_ready(30)
+        return am
+
+    yield start
+    for am in started:
+        am.table.stop(am.name, timeout=10)
+
+
 @pytest.fixture(scope="session")
 def small_ds():
     """800 synthetic impressions as a training Dataset (enough positives and negatives to train on)."""

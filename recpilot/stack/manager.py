@@ -39,6 +39,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("features", "services.features", "services.features.settings:FeaturesSettings"),
     ServiceSpec("inference", "services.inference", "services.inference.settings:InferenceSettings", 300.0),
     ServiceSpec("rl_feedback", "services.rl_feedback", "services.rl_feedback.settings:RlFeedbackSettings"),
+    ServiceSpec("monitor", "services.monitor", "services.monitor.settings:MonitorSettings"),
 )
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.monitor import stats
-from services.monitor.alerts import Alert
+from services.monitor.alerts import Alert, fingerprint
 from services.monitor.config import (BurnConfig, CanaryConfig, Common, CusumConfig, DataQualityConfig, DriftConfig,
                                      EventMixConfig, FreshnessConfig, LagConfig, ResourceConfig)
 
@@ -75,15 +75,26 @@ class Tracker:
         self.name, self.cfg, self.instance = name, cfg, instance
         self.keys: dict[Labels, _KeyState] = {}
         self.fired = self.resolved = 0
+        self.adopted: dict[str, tuple[Alert, int]] = {}  # fingerprint -> (alert, when adopted)
 
     def firing(self, labels: Labels) -> bool:
         st = self.keys.get(labels)
         return st is not None and st.firing is not None
 
+    def adopt(self, alert: Alert, now_ms: int) -> None:
+        """Take ``alert`` as firing (an earlier monitor fired it and never resolved it): its key's
+        first verdict finds it firing, so it is not fired again and resolves as usual; a key that
+        never comes back resolves it as "no data" after ``expire_ms``."""
+        self.adopted[alert.fingerprint] = (alert, now_ms)
+
     def apply(self, v: Verdict, now_ms: int) -> Alert | None:
         st = self.keys.get(v.labels)
         if st is None:
             st = self.keys[v.labels] = _KeyState()
+            if self.adopted:
+                got = self.adopted.pop(fingerprint(self.name, dict(v.labels)), None)
+                if got is not None:
+                    st.firing = got[0]
         st.last_seen_ms = max(st.last_seen_ms, now_ms)
         if v.breach is None:
             if st.last is None or st.last.breach is None:
@@ -113,6 +124,9 @@ class Tracker:
 
     def expire(self, now_ms: int, expire_ms: int) -> list[Alert]:
         out = []
+        for fp in [fp for fp, (_, t) in self.adopted.items() if now_ms - t > expire_ms]:
+            out.append(_no_data(self.adopted.pop(fp)[0].resolve(now_ms)))
+            self.resolved += 1
         for labels in [k for k, st in self.keys.items() if now_ms - st.last_seen_ms > expire_ms]:
             st = self.keys.pop(labels)
             if st.firing is not None:

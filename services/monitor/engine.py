@@ -335,7 +335,17 @@ class Engine:
             del self._refs[k]
 
     def firing(self) -> list[Alert]:
-        return [st.firing for t in self.trackers.values() for st in t.keys.values() if st.firing is not None]
+        return ([st.firing for t in self.trackers.values() for st in t.keys.values() if st.firing is not None]
+                + [a for t in self.trackers.values() for a, _ in t.adopted.values()])
+
+    def adopt_firing(self, alerts: list[Alert], now_ms: int) -> None:
+        """Alerts an earlier monitor fired and did not resolve (the ``alerts`` topic): they count as
+        firing, so they are not announced again, and resolve like any other (or after ``expire_s``
+        without data). Unknown alert names are ignored."""
+        for a in alerts:
+            t = self.trackers.get(a.name)
+            if t is not None and a.firing:
+                t.adopt(a, now_ms)
 
     def status(self) -> dict:
         """What every detector sees now (JSON-able)."""

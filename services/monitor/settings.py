@@ -5,11 +5,13 @@ The detectors' thresholds and the alert-to-action policy are not here but in one
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from recpilot import topics
 
@@ -25,7 +27,7 @@ class MonitorSettings(BaseSettings):
     group_id: str = "recpilot-monitor"
 
     # Inputs
-    metrics_topics: tuple[str, ...] = Field(default=tuple(topics.metrics_topic(s) for s in topics.METRICS_SERVICES))
+    metrics_topics: Annotated[tuple[str, ...], NoDecode] = Field(default=tuple(topics.metrics_topic(s) for s in topics.METRICS_SERVICES))
     rewards_topic: str = topics.REWARDS
     impressions_topic: str = topics.IMPRESSIONS
     events_topic: str = topics.EVENTS_CLEAN
@@ -37,9 +39,9 @@ class MonitorSettings(BaseSettings):
     alerts_topic: str = topics.ALERTS
     alertmanager_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:9095: alerts are POSTed to "
                                          "<url>/api/v2/alerts and re-sent while firing")
-    webhook_urls: tuple[str, ...] = Field(default=(), description="generic JSON webhooks (comma-separated or JSON list)")
+    webhook_urls: Annotated[tuple[str, ...], NoDecode] = Field(default=(), description="generic JSON webhooks (comma-separated or JSON list)")
     webhook_secret: str | None = Field(default=None, description="HMAC-SHA256 key of the X-Recpilot-Signature header")
-    slack_webhook_urls: tuple[str, ...] = Field(default=(), description="Slack-compatible incoming webhooks")
+    slack_webhook_urls: Annotated[tuple[str, ...], NoDecode] = Field(default=(), description="Slack-compatible incoming webhooks")
     channel_queue_size: int = Field(default=1_000, ge=1, description="alerts held per channel while it is down; "
                                     "beyond it the oldest is dropped and counted")
     channel_timeout_s: float = Field(default=5.0, gt=0)
@@ -62,3 +64,14 @@ class MonitorSettings(BaseSettings):
 
     metrics_interval_s: float = Field(default=5.0, gt=0)
     stall_after_s: float = Field(default=30.0, gt=0, description="/readyz fails when the loop did not poll for this long")
+
+    @field_validator("metrics_topics", "webhook_urls", "slack_webhook_urls", mode="before")
+    @classmethod
+    def _list(cls, v):
+        """A list from the environment: a JSON list, or comma-separated."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return tuple(json.loads(text))
+            return tuple(x.strip() for x in text.split(",") if x.strip())
+        return v

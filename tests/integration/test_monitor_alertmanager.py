@@ -13,9 +13,7 @@ import pytest
 
 from recpilot.net import free_port
 from recpilot.pb import events_pb2
-from recpilot.settings import PlatformSettings
 from recpilot.stack.alertmanager import Alertmanager, alertmanager_binary
-from recpilot.stack.process import ProcessTable
 from services.monitor import channels as C
 from services.monitor.alerts import Alert
 
@@ -27,24 +25,6 @@ def _alert(feature="price", **kw) -> Alert:
     return Alert(name="FeatureDrift", labels={"model": "ranker", "version": "3", "feature": feature},
                  severity="page", value=0.31, threshold=0.2, statistic="psi", starts_ms=time.time_ns() // 10**6,
                  summary=f"{feature} drifted", generator="mon-1", **kw)
-
-
-@pytest.fixture
-def start_alertmanager(tmp_path):
-    """``start_alertmanager(port=None)``: a private Alertmanager (its own home and port), ready."""
-    started = []
-
-    def start(port: int | None = None) -> Alertmanager:
-        home = tmp_path / f"am{len(started)}"
-        am = Alertmanager(PlatformSettings(home=home), ProcessTable(home / "run"), port=port or free_port())
-        started.append(am)
-        am.start()
-        am.wait_ready(30)
-        return am
-
-    yield start
-    for am in started:
-        am.table.stop(am.name, timeout=10)
 
 
 def _active(am: Alertmanager, feature: str) -> dict | None:

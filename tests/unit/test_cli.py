@@ -107,7 +107,7 @@ def test_stack_usage_error_exits_2_and_a_failure_1(capsys, monkeypatch):
     from recpilot.stack.process import StackError
 
     _usage_and_failure(capsys, ["up", "--no-services", "--only", "nosuch"], 2,
-                       "unknown service nosuch (services: ingest, features, inference, rl_feedback)")
+                       "unknown service nosuch (services: ingest, features, inference, rl_feedback, monitor)")
 
     class Broken:
         def down(self):
