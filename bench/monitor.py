@@ -560,6 +560,12 @@ def run(args: argparse.Namespace) -> int:
     parts = set(args.parts.split(","))
     seeds = list(range(args.seed, args.seed + args.seeds))
     peer = not args.no_peer
+    if peer:
+        import importlib.util
+
+        if importlib.util.find_spec("evidently") is None:
+            res["peer"] = "Evidently is not installed (pip install 'evidently>=0.7.23,<0.8'): no peer figures"
+            peer = False
     if "throughput" in parts:
         res["throughput"] = throughput(args.throughput_seconds, args.throughput_replicas, args.seed)
     if "drift" in parts:
@@ -595,6 +601,8 @@ def _q(xs: list) -> str:
 
 def _print(res: dict) -> None:
     print(f"machine: {res['machine']}; cpu probe {res['cpu_probe_s']} s (start, end)")
+    if "peer" in res:
+        print(res["peer"])
     if "throughput" in res:
         t = res["throughput"]
         print(f"throughput: {t['metric_events_per_s']:,} metric events/s ({t['metric_events']:,} events, "

@@ -519,7 +519,7 @@ class _Seq:
 
     __slots__ = ("items", "hits", "s", "s_max", "a", "b", "p0", "p1", "baseline", "own_n", "own_k",
                  "window_n", "trail", "trail_n", "trail_k", "chunk_n", "chunk_k", "last_seen_ms", "items_at_tick",
-                 "touched_ms")
+                 "touched_ms", "test_n", "test_k")
 
     def __init__(self) -> None:
         self.items = self.hits = 0
@@ -535,6 +535,7 @@ class _Seq:
         self.last_seen_ms = 0
         self.items_at_tick = -1
         self.touched_ms = 0
+        self.test_n = self.test_k = 0    # items (hits) tested against the baseline
 
 
 class CusumDetector:
@@ -572,6 +573,8 @@ class CusumDetector:
             if st.own_n >= self.cfg.baseline_items:
                 self._set_baseline(st, st.own_k, st.own_n, "own first items")
             return
+        st.test_n += 1
+        st.test_k += hit
         s = st.s + (st.a if hit else st.b)
         s = 0.0 if s < 0.0 else (2.0 * self.cfg.cusum_h if s > 2.0 * self.cfg.cusum_h else s)
         st.s = s
@@ -617,9 +620,10 @@ class CusumDetector:
         labels = labels_of(model=model, **{self.label: version})
         breach = st.s_max >= cfg.cusum_h
         v = Verdict(self.name, labels, breach, st.s_max, cfg.cusum_h, "cusum_llr", st.last_seen_ms, st.window_n)
-        rate = st.hits / st.items if st.items else 0.0
+        rate = st.test_k / st.test_n if st.test_n else 0.0
         drop = 1.0 - rate / st.baseline["rate"] if st.baseline["rate"] > 0 else 0.0
-        v.details = {"baseline": st.baseline, "items": st.items, "rate": _r(rate), "relative_drop": _r(drop),
+        v.details = {"baseline": st.baseline, "items": st.items, "tested_items": st.test_n, "rate": _r(rate),
+                     "relative_drop": _r(drop),
                      "min_effect": cfg.min_effect, "cusum": _r(st.s)}
         v.summary = (f"{self.name} {model} {self.label} {version}: {self.what} {rate:.3%} vs baseline "
                      f"{st.baseline['rate']:.3%} (CUSUM {st.s_max:.3g} >= {cfg.cusum_h:g}, sized for a "

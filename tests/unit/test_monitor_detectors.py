@@ -123,6 +123,7 @@ def test_cusum_on_a_new_version_uses_the_previous_versions_ctr_and_catches_a_20_
     assert (first + 1) * det.cfg.window_items <= 40_000
     assert vs[first].statistic == "cusum_llr" and vs[first].value >= det.cfg.cusum_h
     assert vs[first].labels == (("model", "m"), ("version", "2"))
+    assert 0.1 < vs[first].details["relative_drop"] < 0.5 and vs[first].details["tested_items"] <= 40_000
 
 
 def test_cusum_uses_its_own_first_items_without_a_previous_version_and_stays_quiet_when_stationary():
