@@ -68,8 +68,8 @@ def test_a_half_sigma_shift_fires_one_alert_within_two_windows_then_resolves_onc
     assert [(a.name, a.status, a.labels["feature"]) for _, a in alerts] == [
         ("FeatureDrift", "firing", "f1"), ("FeatureDrift", "resolved", "f1")]
     (wf, fired), (wr, resolved) = alerts
-    # windows 3 and 4 breach; the second closes (plus lateness) in window 5
-    assert wf == 5 and fired.labels == {"model": "m", "version": "1", "feature": "f1"}
+    # window 3 breaches (for_windows 1 by default); it closes (plus lateness) in window 4
+    assert wf == 4 and fired.labels == {"model": "m", "version": "1", "feature": "f1"}
     assert fired.value >= fired.threshold and fired.statistic in ("psi", "js", "wasserstein_sigma")
     assert resolved.fingerprint == fired.fingerprint and wr == 9
     st = eng.status()
@@ -77,6 +77,28 @@ def test_a_half_sigma_shift_fires_one_alert_within_two_windows_then_resolves_onc
     fd = st["detectors"]["FeatureDrift"]
     assert fd["fired"] == 1 and fd["resolved"] == 1 and fd["firing"] == []
     assert {k["labels"]["feature"] for k in fd["keys"]} == {"f1", "f2"}
+
+
+def test_a_restarted_engine_adopts_a_firing_alert_never_refires_it_and_resolves_it(reference):
+    first = engine(reference)
+    rng = np.random.default_rng(4)
+    ((_, fired),) = run_drift(first, rng, 5, lambda w: 0.0 if w < 2 else 1.0)
+    assert fired.firing
+    from services.monitor.alerts import Alert
+
+    restored = Alert.from_proto(fired.to_proto())   # as read back from the alerts topic
+    second = engine(reference)
+    second.adopt_firing([restored, dataclasses.replace(restored, name="NoSuchAlert")], T0 + 5 * 60_000)
+    assert [a.fingerprint for a in second.firing()] == [fired.fingerprint]
+    alerts = run_drift(second, rng, 4, lambda w: 1.0, start=5)     # the drift goes on: nothing new
+    assert alerts == [] and [a.fingerprint for a in second.firing()] == [fired.fingerprint]
+    alerts = run_drift(second, rng, 4, lambda w: 0.0, start=9)     # it stops: one resolution
+    assert [(a.status, a.fingerprint) for _, a in alerts] == [("resolved", fired.fingerprint)]
+    # an adopted alert whose key never comes back resolves as "no data" after expire_s
+    third = engine(reference)
+    third.adopt_firing([restored], T0)
+    out = third.tick(T0 + int(third.config.engine.expire_s * 1000) + 1)
+    assert [(a.status, a.fingerprint) for a in out] == [("resolved", fired.fingerprint)] and third.firing() == []
 
 
 def test_instances_are_aggregated_into_one_window(reference):
