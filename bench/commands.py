@@ -229,7 +229,10 @@ def _monitor(bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser("monitor", help="the monitor's engine: metric events/s, detection delays of injected "
                                          "changes, false alarms on a stationary stream, Evidently as the peer")
     p.add_argument("--parts", default="throughput,drift,mix,ctr,latency,stationary",
-                   help="comma-separated: throughput, drift, mix, ctr, latency, stationary")
+                   help="comma-separated: throughput, drift, mix, ctr, latency, stationary; and rollback "
+                        "(the real stack: needs Kafka running, e.g. recpilot up --no-services)")
+    p.add_argument("--rollback-rate", type=float, default=3000.0, help="rewards (shown items) per second of the "
+                   "rollback part")
     p.add_argument("--seeds", type=int, default=3, help="runs of the drift, mix and latency delays")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--ctr-seeds", type=int, default=10, help="runs of the CTR delay")

@@ -581,6 +581,10 @@ def run(args: argparse.Namespace) -> int:
         res["latency"] = [latency(s, args.replicas, 200.0, 120) for s in seeds]
     if "stationary" in parts:
         res["stationary"] = stationary(args.stationary_messages, args.seed, 3 if peer else 0)
+    if "rollback" in parts:  # the real stack: Kafka must be running
+        from bench.monitor_rollback import rollback
+
+        res["rollback"] = [rollback(s, args.rollback_rate) for s in seeds]
     res["cpu_probe_s"].append(round(cpu_probe(), 3))
     if args.json:
         print(json.dumps(res, indent=2, default=str))
@@ -601,6 +605,11 @@ def _q(xs: list) -> str:
 
 def _print(res: dict) -> None:
     print(f"machine: {res['machine']}; cpu probe {res['cpu_probe_s']} s (start, end)")
+    for r in res.get("rollback", []):
+        print(f"rollback (seed {r['seed']}, {r['rate_items_per_s']:g} items/s, CTR {r['ctr'][0]} -> {r['ctr'][1]}): "
+              f"detectable at item {r['detectable_item']} of version 2; ROLLBACK by {r['actor']} "
+              f"{r.get('command_after_detectable_s')} s and version 1 serving again "
+              f"{r.get('serving_v1_after_detectable_s')} s after that item was published")
     if "peer" in res:
         print(res["peer"])
     if "throughput" in res:
