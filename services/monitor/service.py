@@ -88,6 +88,25 @@ def read_alerts_log(platform: PlatformSettings, topic: str, timeout: float = 30.
     return latest, actions
 
 
+def gauges(status: dict) -> None:
+    """The dashboard's gauges from the engine's status: each model version's largest drift statistic
+    over its features (kind feature) and of its scores (kind score), and each version's CTR."""
+    det = status.get("detectors") or {}
+    for name, kind in (("FeatureDrift", "feature"), ("ScoreDrift", "score")):
+        top: dict[tuple[str, str, str], float] = {}
+        for k in (det.get(name) or {}).get("keys", []):
+            last, labels = k.get("last") or {}, k.get("labels") or {}
+            if last.get("breach") is None or not last.get("statistic"):
+                continue
+            key = (labels.get("model", ""), labels.get("version", ""), last["statistic"])
+            top[key] = max(top.get(key, 0.0), float(last.get("value") or 0.0))
+        for (model, version, statistic), value in top.items():
+            M.DRIFT.labels(model, version, kind, statistic).set(value)
+    for seq in (det.get("CtrRegression") or {}).get("sequences", []):
+        if seq.get("rate") is not None:
+            M.CTR.labels(seq.get("model", ""), seq.get("version", "")).set(seq["rate"])
+
+
 class MonitorLoop(LoopThread):
     """The consume-and-tick loop (its own thread); ``engine`` calls are serialised by ``lock``,
     which :meth:`Monitor.status` takes too."""
@@ -135,7 +154,8 @@ class MonitorLoop(LoopThread):
                 msgs = consumer.consume(5_000, min(0.2, s.tick_s))
                 self.last_poll = time.monotonic()
                 if msgs:
-                    n_metric = n_reward = n_event = 0
+                    n = {"metrics": 0, "rewards": 0, "events": 0}
+                    bad = dict.fromkeys(n, 0)
                     with lock:
                         for m in msgs:
                             if m.error() is not None:
@@ -143,25 +163,35 @@ class MonitorLoop(LoopThread):
                                     log.warning("monitor consume error", extra={"error": str(m.error()), "collapse": True})
                                 continue
                             t = m.topic()
+                            before = engine.malformed
                             if t in metrics_topics:
                                 engine.observe_metric_bytes(m.value())
-                                n_metric += 1
+                                name = "metrics"
                             elif t == rewards:
                                 engine.observe_reward_bytes(m.value())
-                                n_reward += 1
+                                name = "rewards"
                             elif t == events and m.offset() % every == 0:
                                 engine.observe_event_bytes(m.value())
-                                n_event += 1
-                    for name, n in (("metrics", n_metric), ("rewards", n_reward), ("events", n_event)):
-                        if n:
-                            M.EVENTS.labels(name).inc(n)
-                            self.counts[name] = self.counts.get(name, 0) + n
+                                name = "events"
+                            else:
+                                continue
+                            n[name] += 1
+                            if engine.malformed != before:
+                                bad[name] += 1
+                    for name, k in n.items():
+                        if k:
+                            M.EVENTS.labels(name).inc(k)
+                            self.counts[name] = self.counts.get(name, 0) + k
+                        if bad[name]:
+                            M.MALFORMED.labels(name).inc(bad[name])
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + s.tick_s
                     t0 = time.perf_counter()
                     with lock:
                         alerts = engine.tick(now_ms())
+                        st = engine.status()
                     M.TICK_SECONDS.observe(time.perf_counter() - t0)
+                    gauges(st)
                     if alerts:
                         self.on_alerts(alerts)
         finally:

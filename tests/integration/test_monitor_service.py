@@ -104,6 +104,11 @@ def test_drift_fires_once_at_a_signed_webhook_and_alertmanager_then_resolves_onc
         keys = st["detectors"]["detectors"]["FeatureDrift"]["keys"]
         assert keys and keys[0]["last"]["breach"] is False, keys
         assert st["malformed"] >= 5 and mon.alive()
+        with urllib.request.urlopen(f"http://127.0.0.1:{mon.port}/metrics", timeout=5) as r:
+            exported = r.read().decode()
+        assert 'recpilot_monitor_malformed_total{input="metrics"}' in exported
+        assert 'recpilot_monitor_malformed_total{input="metrics"} 0.0' not in exported
+        assert f'recpilot_monitor_drift{{kind="feature",model="ranker",statistic=' in exported
         assert receiver.requests == [] and (am is None or _alertmanager(am) == [])
 
         # drift: one firing alert, at both channels
