@@ -136,6 +136,28 @@ class Lifecycle:
                 log.error("a component stopped unexpectedly; shutting down")
                 self.stopping.set()
 
+    def restart(self, current: list, build: Callable[[], object], *, name: str, delay: float,
+                backoff_max_s: float, on_attempt: Callable[[], object] | None = None) -> float:
+        """Replace the failed component in ``current[0]`` (a one-element list the health checks and
+        stop callbacks read): after ``delay`` s, ``build()`` a new one and ``start()`` it, doubling
+        the delay (up to ``backoff_max_s``) after each attempt, until one starts or :attr:`stopping`
+        is set. Returns the delay for the next failure (the caller resets it to its minimum after a
+        run that made progress)."""
+        while not self.stopping.wait(delay):
+            delay = min(delay * 2, backoff_max_s)
+            if on_attempt is not None:
+                on_attempt()
+            try:
+                nxt = build()
+                nxt.start()
+            except Exception as exc:
+                log.error(f"{name} restart failed", extra={"error": repr(exc), "next_in_s": delay})
+                continue
+            current[0] = nxt
+            log.info(f"{name} restarted")
+            break
+        return delay
+
     def shutdown(self) -> list[str]:
         """Run every stop callback in reverse order; errors are logged, not raised. Idempotent."""
         with self._lock:

@@ -73,18 +73,8 @@ def main() -> int:
             delay = 1.0
         log.error("ingest loop failed; restarting", extra={"error": repr(failed.error), "in_s": delay})
         failed.stop()
-        while not life.stopping.wait(delay):
-            delay = min(delay * 2, s.restart_backoff_max_s)
-            M.RESTARTS.inc()
-            nxt = build()
-            try:
-                nxt.start()
-            except Exception as exc:
-                log.error("ingest restart failed", extra={"error": repr(exc), "next_in_s": delay})
-                continue
-            current[0] = nxt
-            log.info("ingest restarted")
-            break
+        delay = life.restart(current, build, name="ingest", delay=delay, backoff_max_s=s.restart_backoff_max_s,
+                             on_attempt=M.RESTARTS.inc)
     life.shutdown()
     if current[0].error is not None:
         log.error("ingest stopped on an error", extra={"error": repr(current[0].error)})

@@ -69,16 +69,8 @@ def main() -> int:
             break
         log.error("monitor loop failed; restarting", extra={"error": repr(failed.loop.error), "in_s": delay})
         failed.stop()
-        while not life.stopping.wait(delay):
-            delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
-            try:
-                nxt = Monitor(s, platform)
-                nxt.start()
-            except Exception as exc:
-                log.error("monitor restart failed", extra={"error": repr(exc), "next_in_s": delay})
-                continue
-            current[0] = nxt
-            break
+        delay = life.restart(current, lambda: Monitor(s, platform), name="monitor", delay=delay,
+                             backoff_max_s=RESTART_BACKOFF_MAX_S)
     life.shutdown()
     return 0 if current[0].loop.error is None else 1
 

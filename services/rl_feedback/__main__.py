@@ -90,16 +90,8 @@ def main() -> int:
         if failed.transactions:
             delay = 1.0
         log.error("rl_feedback loop failed; restarting", extra={"error": repr(failed.error), "in_s": delay})
-        while not life.stopping.wait(delay):
-            delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
-            nxt = RlFeedbackService(s, platform)
-            try:
-                nxt.start()
-            except Exception as exc:
-                log.error("rl_feedback restart failed", extra={"error": repr(exc), "next_in_s": delay})
-                continue
-            current[0] = nxt
-            break
+        delay = life.restart(current, lambda: RlFeedbackService(s, platform), name="rl_feedback", delay=delay,
+                             backoff_max_s=RESTART_BACKOFF_MAX_S)
     life.shutdown()
     return 0 if current[0].error is None else 1
 

@@ -57,3 +57,32 @@ def test_new_event_loop_kinds():
             loop.close()
     with pytest.raises(ValueError, match="auto, uvloop or asyncio"):
         new_event_loop("trio")
+
+
+def test_restart_retries_with_a_doubling_delay_until_a_component_starts():
+    from recpilot.lifecycle import Lifecycle
+
+    attempts, built = [], []
+
+    class Component:
+        def __init__(self, fails: bool) -> None:
+            self.fails = fails
+
+        def start(self) -> None:
+            if self.fails:
+                raise ConnectionError("broker down")
+
+    def build():
+        c = Component(fails=len(built) < 2)   # the first two fail to start
+        built.append(c)
+        return c
+
+    life = Lifecycle()
+    current = ["failed"]
+    delay = life.restart(current, build, name="thing", delay=0.001, backoff_max_s=0.004,
+                         on_attempt=lambda: attempts.append(1))
+    assert current[0] is built[2] and len(built) == 3 and len(attempts) == 3
+    assert delay == 0.004                       # 0.001 -> 0.002 -> 0.004 (capped)
+    life.stopping.set()                         # stopping: no attempt at all
+    assert life.restart(current, build, name="thing", delay=0.001, backoff_max_s=1.0) == 0.001
+    assert len(built) == 3 and current[0] is built[2]
