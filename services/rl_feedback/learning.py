@@ -72,6 +72,21 @@ class Decision:
         return asdict(self)
 
 
+def paused_by_monitor(state) -> str | None:
+    """The reason, when the monitor paused the model's policy (its latest policy command is the
+    monitor's promotion of the ranker's order, the ``pause_policy`` action): the learner then
+    publishes nothing until someone resumes a policy (``recpilot models rollback --kind policy`` or a
+    promotion); None otherwise."""
+    from recpilot.pb import deployments_pb2 as pb
+    from recpilot.rl.artifact import DEFAULT_VERSION
+
+    policy = [h for h in state.history if h.kind == pb.POLICY]
+    last = policy[-1] if policy else None
+    if last is not None and last.actor == "monitor" and last.action == pb.PROMOTE and last.version == DEFAULT_VERSION:
+        return last.reason or "paused by the monitor"
+    return None
+
+
 def gate(candidate: dict, serving: dict, *, tolerance: float, decisions: int, min_decisions: int) -> tuple[bool, str]:
     """Publish (True) when the candidate's lower bound is not below the serving estimate by more than
     ``tolerance``; the reason states the figures either way."""
@@ -341,6 +356,10 @@ class PolicyLearner(LoopThread):
                                    min_decisions=s.gate_min_decisions)
         else:
             publish, reason = False, "no logged decisions with rewards in the gate window yet"
+        paused = paused_by_monitor(self._controller().state(self.model))
+        if publish and paused:
+            publish, reason = False, (f"the gate passed ({reason}) but the monitor paused the policy ({paused}); "
+                                      "resume with `recpilot models rollback --kind policy` or a promotion")
         training = snapshot["training"]
         ope = {"estimator": est, "level": s.gate_level, "decisions": n, "window_s": s.gate_window_s,
                "candidate": cand, "serving": serv, "serving_version": serving_version}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from recpilot.rl.features import POLICY_FEATURES
-from services.rl_feedback.learning import gate, ranker_order_policy
+from services.rl_feedback.learning import gate, paused_by_monitor, ranker_order_policy
 
 
 def est(value, lo=None, hi=None):
@@ -43,3 +43,29 @@ def test_ranker_order_is_greedy_on_the_ranker_score_column():
     p = ranker_order_policy().marginals(x, 3)
     assert p.shape == (3, 5)
     assert [int(np.argmax(r)) for r in p] == [3, 1, 2] and np.all(p.max(axis=1) == 1.0)
+
+
+def test_the_learner_sees_a_pause_by_the_monitor_until_a_policy_is_resumed():
+    from recpilot.models.deployments import new_command
+    from recpilot.pb import deployments_pb2 as pb
+    from recpilot.rl.artifact import DEFAULT_VERSION
+
+    def state(*cmds):
+        st = pb.DeploymentState(model_name="ranker")
+        for action, version, actor in cmds:
+            st.history.add().CopyFrom(new_command(action, "ranker", version, actor=actor, reason=f"{actor} did it",
+                                                  kind=pb.POLICY))
+        return st
+
+    assert paused_by_monitor(state()) is None
+    assert paused_by_monitor(state(("promote", "3", "rl_feedback"))) is None
+    paused = state(("promote", "3", "rl_feedback"), ("promote", DEFAULT_VERSION, "monitor"))
+    assert paused_by_monitor(paused) == "monitor did it"
+    # an operator serving the ranker's order is not a pause; a resume (rollback by anyone) ends it
+    assert paused_by_monitor(state(("promote", DEFAULT_VERSION, "alice@host"))) is None
+    resumed = state(("promote", "3", "rl_feedback"), ("promote", DEFAULT_VERSION, "monitor"), ("rollback", "", "alice"))
+    assert paused_by_monitor(resumed) is None
+    # a ranker command after the pause does not end it
+    st = state(("promote", "3", "rl_feedback"), ("promote", DEFAULT_VERSION, "monitor"))
+    st.history.add().CopyFrom(new_command("promote", "ranker", "7", actor="alice"))
+    assert paused_by_monitor(st) == "monitor did it"
