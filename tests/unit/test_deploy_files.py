@@ -18,11 +18,26 @@ def _compose() -> dict:
 
 
 def _k8s_docs() -> list[dict]:
+    """The objects and patches of deploy/k8s (the base and the overlays), as written; the rendered
+    output is checked by tests/integration/test_k8s_manifests.py."""
     docs = []
-    for path in sorted((REPO_ROOT / "deploy" / "k8s").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for path in sorted((REPO_ROOT / "deploy" / "k8s").rglob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert docs
     return docs
+
+
+def test_every_k8s_file_is_in_its_kustomization():
+    """A manifest that no kustomization.yaml lists is never deployed (nor checked when rendered)."""
+    for kust in sorted((REPO_ROOT / "deploy" / "k8s").rglob("kustomization.yaml")):
+        k = yaml.safe_load(kust.read_text())
+        listed = set(k.get("resources", [])) | set(k.get("patchesStrategicMerge", []))
+        listed |= {g[key] for gen in ("configMapGenerator", "secretGenerator") for g in k.get(gen, []) for key in ("env",) if key in g}
+        files = {p.name for p in kust.parent.iterdir() if p.is_file() and p.name != "kustomization.yaml"}
+        assert files == listed, f"{kust.relative_to(REPO_ROOT)}: not listed {sorted(files - listed)}, missing {sorted(listed - files)}"
+        for base in k.get("bases", []):
+            assert (kust.parent / base / "kustomization.yaml").exists(), base
 
 
 def _service_module(command: list[str]) -> str | None:
@@ -130,6 +145,7 @@ def test_k8s_manifests_cover_every_service():
     docs = _k8s_docs()
     deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
     assert deployments == {s.replace("_", "-") for s in SERVICES}  # a Kubernetes name has no underscore
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "StatefulSet"} == {"rl-learner"}
     assert any(d["kind"] == "HorizontalPodAutoscaler" for d in docs)
 
 
