@@ -20,12 +20,13 @@ def cmd_setup(args: argparse.Namespace) -> int:
               f"{obd_sample.OBD_SAMPLE_DIR}\nuse it: RECPILOT_TRAIN_OBD_DIR={obd_sample.OBD_SAMPLE_DIR} "
               "recpilot train --data obd/men ...")
         return 0
-    from recpilot.stack import alertmanager, kafka, redis
+    from recpilot.stack import alertmanager, deploy_tools, kafka, redis
 
     fetched = kafka.fetch_jars(quiet=not args.verbose)
     print("kafka jars: " + ("downloaded" if fetched else "cached") + f" in {kafka.LIBS}")
     print(f"redis-server: {redis.ensure_installed()}")
     print(f"prometheus-alertmanager, promtool: {alertmanager.ensure_installed()[1]}")
+    print(f"docker-compose, kubectl: {deploy_tools.ensure_installed()}")
     kafka.java()
     return 0
 
@@ -77,7 +78,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("setup", help="fetch the Kafka broker jars, install redis-server, and "
-                       "prometheus-alertmanager with promtool when root (idempotent)")
+                       "prometheus-alertmanager with promtool, docker-compose and kubectl (for the "
+                       "deployment file checks) when root (idempotent)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--obd-sample", action="store_true",
                    help="only fetch the Open Bandit sample of all three campaigns (all, men, women) from PyPI "

@@ -39,8 +39,10 @@ def test_promtool_checks_every_rule_file():
 
 
 @needs_promtool
-def test_promtool_checks_the_prometheus_config_with_its_rules():
-    out = _run(promtool_binary(), "check", "config", "prometheus.yml")
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.compose.yml"])
+def test_promtool_checks_the_prometheus_config_with_its_rules(config):
+    """The local stack's config and docker-compose.yml's."""
+    out = _run(promtool_binary(), "check", "config", config)
     assert "rules/monitor.yml" in out and "FAILED" not in out
 
 
