@@ -76,3 +76,12 @@ class IngestSettings(BaseSettings):
     @property
     def txn_id(self) -> str:
         return self.transactional_id or f"{self.group_id}-{self.instance_id}"
+
+    def replica_settings(self, i: int, home) -> dict[str, str]:
+        """What replica ``i`` (1, 2 ...) of ``recpilot up --replicas`` changes of these settings: its
+        own HTTP port and instance id (hence transactional id); the consumer group stays the same so
+        the replicas share the raw topic's partitions (docs/operations.md "Scaling")."""
+        out = {"instance_id": f"{self.instance_id}-{i}"}
+        if self.transactional_id:
+            out["transactional_id"] = f"{self.transactional_id}-{i}"
+        return out
