@@ -126,3 +126,48 @@ def test_two_replicas_of_each_consumer_share_partitions_and_count_every_event_on
         delete_prefix(redis_client, names["prefix"])
         delete_topics(p, [*names["ingest"].values(), f"test.scale.{unique}.fmetrics", *names["rl"].values()])
     assert set(stopped) == set(SCALED)
+
+
+def test_a_target_list_spreads_recommend_calls_over_the_replicas(wait_until):
+    """`recpilot simulate --target a,b` (RecommenderProbe): calls go round-robin to two real gRPC
+    servers; with one of them gone, they all go to the other."""
+    from concurrent import futures
+
+    import grpc
+
+    from recpilot.pb import recommend_pb2, recommend_pb2_grpc
+    from recpilot.simulator.drive import RecommenderProbe
+
+    class Counting(recommend_pb2_grpc.RecommenderServicer):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def Recommend(self, request, context):
+            self.calls += 1
+            return recommend_pb2.RecommendResponse(request_id=request.request_id)
+
+    servers, servicers, ports = [], [], []
+    for _ in range(2):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        svc = Counting()
+        recommend_pb2_grpc.add_RecommenderServicer_to_server(svc, server)
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        server.start()
+        servers.append(server)
+        servicers.append(svc)
+    probe = RecommenderProbe(",".join(f"127.0.0.1:{p}" for p in ports), timeout_s=2.0, retry_s=0.05)
+    try:
+        wait_until(lambda: probe.recommend("u1", "s1") is not None, 10, "the first Recommend", 0.05)
+        for _ in range(40):
+            assert probe.recommend("u1", "s1") is not None
+        calls = [s.calls for s in servicers]
+        assert sum(calls) == 41 and min(calls) >= 15, calls  # round-robin: about half each
+        servers[0].stop(None).wait()
+        wait_until(lambda: probe.recommend("u1", "s1") is not None, 10, "a call after one replica left", 0.05)
+        before = servicers[1].calls
+        assert all(probe.recommend("u1", "s1") is not None for _ in range(20))
+        assert servicers[1].calls == before + 20 and servicers[0].calls == calls[0]
+    finally:
+        probe.close()
+        for server in servers:
+            server.stop(None)
