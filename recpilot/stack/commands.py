@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from recpilot.errors import InvalidArgument
+
 
 def _stack():
     from recpilot.stack.manager import Stack
@@ -36,6 +38,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.only:
         services(args.only)  # an unknown name is a usage error before anything starts
     replicas = parse_replicas(args.replicas) if args.replicas else None  # so is a bad --replicas
+    if replicas and args.no_services and not args.only:
+        raise InvalidArgument("--replicas with --no-services needs --only SERVICE ...")
     stack = _stack()
     stack.up(services=not args.no_services, replicas=replicas)
     if args.only:

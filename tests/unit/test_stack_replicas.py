@@ -30,6 +30,8 @@ def test_up_with_bad_replicas_is_a_usage_error(capsys):
     assert main(["up", "--replicas", "monitor=3"]) == 2
     err = capsys.readouterr().err
     assert "recpilot: error: monitor runs as one replica" in err and "Traceback" not in err
+    assert main(["up", "--no-services", "--replicas", "2"]) == 2
+    assert "--replicas with --no-services needs --only" in capsys.readouterr().err
 
 
 def _settings_of(spec, env: dict[str, str], monkeypatch):
