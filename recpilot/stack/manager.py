@@ -26,7 +26,7 @@ from recpilot.topics import catalogue
 # grpc_port + i) and changes what its settings' ``replica_settings(i, home)`` says (instance and
 # transactional ids, data dirs); the consumer group is the same, so the replicas share the partitions.
 HTTP_PORT_STEP = 10
-MAX_REPLICAS = 9  # HTTP ports of replicas 0..9 of the five services stay in one block of 100 (9101-9195)
+MAX_REPLICAS = 9  # replicas 0..8: the HTTP ports of the five services stay in one block of 100 (9101-9185)
 
 
 @dataclass(frozen=True)
