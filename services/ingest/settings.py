@@ -55,7 +55,8 @@ class IngestSettings(BaseSettings):
     # De-duplication by event_id: bounded memory with a TTL
     dedup_capacity: int = Field(default=500_000, ge=1)
     dedup_ttl_s: float = Field(default=3_600.0, gt=0)
-    dedup_warmup: bool = Field(default=True, description="at start, reload event ids of the last TTL from the clean topic")
+    dedup_warmup: bool = Field(default=True, description="at start, and when a rebalance brings partitions new to "
+                               "this replica, reload event ids of the last TTL from the clean topic")
     dedup_warmup_timeout_s: float = Field(default=60.0, gt=0)
 
     # Hot path

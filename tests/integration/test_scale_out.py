@@ -33,21 +33,28 @@ def _metric(text: str, name: str) -> float:
                if ln.startswith(name) and ln[len(name):len(name) + 1] in (" ", "{"))
 
 
-def _env(unique: str, tmp_path, platform) -> tuple[dict[str, str], dict]:
+def _ingest_env(unique: str, platform) -> tuple[dict[str, str], dict[str, str]]:
     ing = ingest_topics(f"test.scale.{unique}.ingest")
     create_topics(platform, [ing["raw"], ing["clean"]], 4)
-    create_topics(platform, [ing["dlq"], ing["metrics"], f"test.scale.{unique}.fmetrics"], 1)
+    create_topics(platform, [ing["dlq"], ing["metrics"]], 1)
+    env = {f"RECPILOT_INGEST_{k.upper()}_TOPIC": v for k, v in ing.items()}
+    env.update(RECPILOT_INGEST_GROUP_ID=f"test-scale-ingest-{unique}", RECPILOT_INGEST_INSTANCE_ID=f"ing-{unique}",
+               RECPILOT_INGEST_HTTP_PORT=str(free_port()))
+    return env, ing
+
+
+def _env(unique: str, tmp_path, platform) -> tuple[dict[str, str], dict]:
+    env, ing = _ingest_env(unique, platform)
+    create_topics(platform, [f"test.scale.{unique}.fmetrics"], 1)
     rl = setup_topics(platform, f"test-scale-{unique}-rl")
     prefix = f"test:scale:{unique}:"
-    env = {f"RECPILOT_INGEST_{k.upper()}_TOPIC": v for k, v in ing.items()}
-    env.update(RECPILOT_INGEST_GROUP_ID=f"test-scale-ingest-{unique}", RECPILOT_INGEST_INSTANCE_ID=f"ing-{unique}")
     env.update(worker_env(ing["clean"], f"test.scale.{unique}.fmetrics", f"test-scale-features-{unique}",
                           tmp_path / "faust", key_prefix=prefix))
     w = dict(zip(("reward_click", "reward_add_to_cart", "reward_purchase", "reward_revenue"), WEIGHTS))
     rl_settings = service_settings(rl, f"test-scale-rl-{unique}", instance_id=f"rl-{unique}", window_s=1.5,
                                    grace_ms=300, **w)
     env.update({f"RECPILOT_RL_FEEDBACK_{k.upper()}": str(v) for k, v in rl_settings.items()})
-    for name in SCALED:  # base ports far apart: replica 1 listens on base + 10
+    for name in ("features", "rl_feedback"):  # replica 1 listens on base + 10
         env[f"RECPILOT_{name.upper()}_HTTP_PORT"] = str(free_port())
     return env, {"ingest": ing, "rl": rl, "prefix": prefix}
 
@@ -171,3 +178,49 @@ def test_a_target_list_spreads_recommend_calls_over_the_replicas(wait_until):
         probe.close()
         for server in servers:
             server.stop(None)
+
+
+def test_a_dead_replicas_replayed_batch_is_dropped_by_the_replica_that_takes_its_partitions(
+        stack, platform_settings, unique, tmp_path, monkeypatch, wait_until):
+    """Two ingest replicas; events reach the clean topic as if replica 1 published a batch and died
+    before committing it (kill -9); replica 0 takes its partitions, warms its de-duplicator again
+    before their first batch, and drops the replayed batch: nothing reaches the clean topic twice."""
+    import os
+    import signal
+
+    from recpilot.kafka import producer
+
+    p = platform_settings
+    env, ing = _ingest_env(unique, p)
+    env["RECPILOT_INGEST_SESSION_TIMEOUT_MS"] = "6000"  # the broker's minimum: the dead replica's share moves sooner
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    st = Stack(p, services_dir=tmp_path)
+
+    def get(name: str, path: str) -> str:
+        rec = st.services_table.get(name)
+        return http_get(f"http://{rec.address}{path}", 2.0)[1]
+
+    def held(name: str) -> int:
+        return json.loads(get(name, "/readyz"))["assigned_partitions"]
+
+    try:
+        st.up_services(["ingest"], echo=lambda _m: None, replicas={"ingest": 2})
+        wait_until(lambda: held("ingest") == held("ingest-1") == 2, 45, "two partitions each", 0.5)
+        events = list(ShopSimulator(seed=3, n_users=100, n_items=50).events(400, now_ms() - 60_000, step_ms=100))
+        prod = producer(p)
+        for ev in events:  # what replica 1 published before it died, its raw offsets not committed
+            ev.ingested_at_ms = now_ms()
+            prod.produce(ing["clean"], ev.SerializeToString(), ev.user_id.encode())
+        assert prod.flush(30) == 0
+        os.kill(st.services_table.get("ingest-1").pid, signal.SIGKILL)
+        wait_until(lambda: held("ingest") == 4, 45, "replica 0 holds every partition", 0.5)
+        send(p, ing["raw"], events)  # the replay of the uncommitted batch
+        text = lambda: get("ingest", "/metrics")  # noqa: E731
+        wait_until(lambda: _metric(text(), "recpilot_ingest_events_received_total") >= len(events), 45,
+                   lambda: f"received: {_metric(text(), 'recpilot_ingest_events_received_total')}", 0.5)
+        assert _metric(text(), "recpilot_ingest_events_accepted_total") == 0
+        assert _metric(text(), "recpilot_ingest_events_duplicate_total") == len(events)
+    finally:
+        st.down_services()
+        delete_topics(p, list(ing.values()))
