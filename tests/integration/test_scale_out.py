@@ -33,6 +33,13 @@ def _metric(text: str, name: str) -> float:
                if ln.startswith(name) and ln[len(name):len(name) + 1] in (" ", "{"))
 
 
+def _readyz(st: Stack, name: str) -> dict:
+    """The /readyz body of a replica ({} while it does not answer in time: the caller polls)."""
+    rec = st.services_table.get(name)
+    status, body = http_get(f"http://{rec.address}/readyz", 5.0)
+    return json.loads(body) if status in (200, 503) else {}
+
+
 def _ingest_env(unique: str, platform) -> tuple[dict[str, str], dict[str, str]]:
     ing = ingest_topics(f"test.scale.{unique}.ingest")
     create_topics(platform, [ing["raw"], ing["clean"]], 4)
@@ -70,19 +77,18 @@ def test_two_replicas_of_each_consumer_share_partitions_and_count_every_event_on
     replicas = [(spec.name, spec.replica_name(i)) for spec in services(list(SCALED)) for i in range(2)]
 
     def readyz(name: str) -> dict:
-        rec = st.services_table.get(name)
-        return json.loads(http_get(f"http://{rec.address}/readyz", 2.0)[1])
+        return _readyz(st, name)
 
     def metrics(name: str) -> str:
         rec = st.services_table.get(name)
         assert rec is not None and rec.alive(), f"{name} exited:\n{open(rec.log).read()[-3000:] if rec else ''}"
-        return http_get(f"http://{rec.address}/metrics", 2.0)[1]
+        return http_get(f"http://{rec.address}/metrics", 5.0)[1]
 
     def shares() -> dict[str, int]:
         out = {}
         for svc, name in replicas:
             body = readyz(name)
-            out[name] = body["assigned_partitions"] if svc == "ingest" else len(body.get("partitions", []))
+            out[name] = body.get("assigned_partitions", 0) if svc == "ingest" else len(body.get("partitions", []))
         return out
 
     try:
@@ -199,10 +205,10 @@ def test_a_dead_replicas_replayed_batch_is_dropped_by_the_replica_that_takes_its
 
     def get(name: str, path: str) -> str:
         rec = st.services_table.get(name)
-        return http_get(f"http://{rec.address}{path}", 2.0)[1]
+        return http_get(f"http://{rec.address}{path}", 5.0)[1]
 
     def held(name: str) -> int:
-        return json.loads(get(name, "/readyz"))["assigned_partitions"]
+        return _readyz(st, name).get("assigned_partitions", 0)
 
     try:
         st.up_services(["ingest"], echo=lambda _m: None, replicas={"ingest": 2})
