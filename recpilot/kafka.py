@@ -339,6 +339,10 @@ class ConsumeLoop(LoopThread):
     with the error in :attr:`error` (the batch was not committed and is replayed by the next
     consumer of the group); the owner exits non-zero or starts a fresh loop.
 
+    ``on_assign(new)``, if given, runs on the loop's thread at each assignment, before any message
+    of it is handled, with the partitions that are new to this consumer: neither held nor handed
+    back by the revocation just before (the eager protocol revokes everything at each rebalance).
+
     Exposed for health checks: :attr:`last_poll` (monotonic time of the last ``consume`` return),
     :attr:`assigned` (the partitions held, as ``(topic, partition)``), :attr:`batches`.
     """
@@ -354,9 +358,11 @@ class ConsumeLoop(LoopThread):
         batch_size: int = 500,
         poll_timeout: float = 0.2,
         on_error: Callable[[KafkaError], None] | None = None,
+        on_assign: Callable[[set[tuple[str, int]]], None] | None = None,
         name: str = "consume-loop",
     ) -> None:
         self.consumer = kafka_consumer
+        self.on_assign = on_assign
         self.topics = list(topics)
         self.handler = handler
         self.commit = commit or self._commit
@@ -369,18 +375,30 @@ class ConsumeLoop(LoopThread):
         self.messages = 0
         self.last_poll = 0.0
         self.assigned: set[tuple[str, int]] = set()
+        self._revoked: set[tuple[str, int]] = set()  # revoked since the last assignment
 
     # lifecycle (LoopThread): stop() stops taking new batches, lets the current one finish and
     # commit, and closes the consumer
     failure = "consume loop failed; the failed batch was not committed"
 
     def _on_assign(self, _consumer, partitions) -> None:
-        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        gained = {(p.topic, p.partition) for p in partitions}
+        new = gained - self.assigned - self._revoked
+        self.assigned |= gained
+        self._revoked = set()
         log.info("partitions assigned", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
+        if self.on_assign is not None:  # on the loop's thread, before the partitions' first batch
+            self.on_assign(new)
 
     def _on_revoke(self, _consumer, partitions) -> None:
-        self.assigned -= {(p.topic, p.partition) for p in partitions}
+        revoked = {(p.topic, p.partition) for p in partitions}
+        self.assigned -= revoked
+        self._revoked |= revoked  # handed back in order: not new if the rebalance returns them
         log.info("partitions revoked", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
+
+    def _on_lost(self, _consumer, partitions) -> None:
+        self.assigned -= {(p.topic, p.partition) for p in partitions}  # another may have consumed them since
+        log.info("partitions lost", extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]})
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         self.consumer.commit(offsets=offsets, asynchronous=False)
@@ -388,7 +406,7 @@ class ConsumeLoop(LoopThread):
     def run(self) -> None:
         consumer = self.consumer
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_revoke)
+                           on_lost=self._on_lost)
         consume, batch_size, poll_timeout, on_error = consumer.consume, self.batch_size, self.poll_timeout, self.on_error
         handler, commit, after_batch, stop = self.handler, self.commit, self.after_batch, self._stop
         try:

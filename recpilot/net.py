@@ -11,3 +11,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def grpc_target(addresses: str) -> tuple[str, list[tuple[str, str]]]:
+    """The gRPC channel target and options for one ``host:port`` or several, comma-separated
+    (the replicas of a service, e.g. ``127.0.0.1:50051,127.0.0.1:50052``): several become one
+    channel that spreads its calls round-robin over the addresses that answer (gRPC's own
+    ``round_robin`` policy; a replica that goes away is skipped until it is back). Host names of a
+    list are resolved to IPv4 addresses once, here."""
+    addrs = [a.strip() for a in addresses.split(",") if a.strip()]
+    if not addrs:
+        raise ValueError(f"no address in {addresses!r}")
+    if len(addrs) == 1:
+        return addrs[0], []
+    resolved = []
+    for a in addrs:
+        host, sep, port = a.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError(f"{a!r} is not host:port")
+        resolved.append(f"{socket.gethostbyname(host)}:{port}")
+    return "ipv4:" + ",".join(resolved), [("grpc.lb_policy_name", "round_robin")]

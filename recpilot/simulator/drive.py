@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from recpilot.kafka import produce_waiting
+from recpilot.net import grpc_target
 from recpilot.simulator.traffic import CLICK, ShopSimulator, TrafficMix
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ def open_loop(producer, topic: str, mix: TrafficMix, rate: float, duration_s: fl
 
 class RecommenderProbe:
     """A Recommender client that never raises: ``recommend()`` returns None when the server is
-    absent or fails, and waits ``retry_s`` before trying again."""
+    absent or fails, and waits ``retry_s`` before trying again. ``address``: one ``host:port``, or
+    the replicas' addresses comma-separated (calls spread round-robin: :func:`recpilot.net.grpc_target`)."""
 
     def __init__(self, address: str = "127.0.0.1:50051", timeout_s: float = 0.5, retry_s: float = 5.0) -> None:
         self.address, self.timeout_s, self.retry_s = address, timeout_s, retry_s
@@ -121,7 +123,8 @@ class RecommenderProbe:
 
         from recpilot.pb import recommend_pb2_grpc
 
-        self._channel = grpc.insecure_channel(self.address)
+        target, options = grpc_target(self.address)  # "a,b": round-robin over the replicas
+        self._channel = grpc.insecure_channel(target, options=options)
         self._stub = recommend_pb2_grpc.RecommenderStub(self._channel)
 
     @property

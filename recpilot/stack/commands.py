@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from recpilot.errors import InvalidArgument
+
 
 def _stack():
     from recpilot.stack.manager import Stack
@@ -32,14 +34,17 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from recpilot.stack.manager import services
+    from recpilot.stack.manager import parse_replicas, services
 
     if args.only:
         services(args.only)  # an unknown name is a usage error before anything starts
+    replicas = parse_replicas(args.replicas) if args.replicas else None  # so is a bad --replicas
+    if replicas and args.no_services and not args.only:
+        raise InvalidArgument("--replicas with --no-services needs --only SERVICE ...")
     stack = _stack()
-    stack.up(services=not args.no_services)
+    stack.up(services=not args.no_services, replicas=replicas)
     if args.only:
-        stack.up_services(args.only)
+        stack.up_services(args.only, replicas=replicas)
     print("up. `recpilot status` shows each component; `recpilot down` stops them.")
     return 0
 
@@ -90,6 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "until each is ready")
     p.add_argument("--no-services", action="store_true", help="infrastructure only (Kafka, Redis, topics, Alertmanager)")
     p.add_argument("--only", nargs="+", metavar="SERVICE", help="with --no-services: also start these services")
+    p.add_argument("--replicas", metavar="N|SERVICE=N,...",
+                   help="run N replicas of every service but the monitor, or as many as named (ingest=2,features=2); "
+                        "replica i listens on the service's HTTP port + 10*i (inference: gRPC port + i) and joins "
+                        "the same consumer group; replicas beyond the number are stopped (docs/operations.md \"Scaling\")")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop what `up` started (by pid); data is kept")

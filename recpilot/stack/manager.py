@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from recpilot.errors import InvalidArgument
 from recpilot.kafka import admin, ensure_topics
@@ -19,6 +21,14 @@ from recpilot.stack.redis import RedisServer
 from recpilot.topics import catalogue
 
 
+# Replica i (0, 1 ...) of a service started by `recpilot up --replicas`: replica 0 is the service as
+# configured; replica i listens on the configured http_port + HTTP_PORT_STEP * i (inference: also on
+# grpc_port + i) and changes what its settings' ``replica_settings(i, home)`` says (instance and
+# transactional ids, data dirs); the consumer group is the same, so the replicas share the partitions.
+HTTP_PORT_STEP = 10
+MAX_REPLICAS = 9  # replicas 0..8: the HTTP ports of the five services stay in one block of 100 (9101-9185)
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """A service `recpilot up` runs as ``python -m <module>``; readiness from its /readyz."""
@@ -27,10 +37,31 @@ class ServiceSpec:
     module: str
     settings: str  # "package.module:Class" with an ``http_port`` field (light to import)
     ready_timeout_s: float = 120.0
+    scalable: bool = True  # False: one replica only (`up --replicas` refuses more)
+
+    def settings_class(self):
+        mod, cls = self.settings.split(":")
+        return getattr(importlib.import_module(mod), cls)
 
     def http_port(self) -> int:
-        mod, cls = self.settings.split(":")
-        return load(getattr(importlib.import_module(mod), cls)).http_port
+        return load(self.settings_class()).http_port
+
+    def replica_name(self, i: int) -> str:
+        """The process table's name of replica ``i``: the service's name, then ``<name>-<i>``."""
+        return self.name if i == 0 else f"{self.name}-{i}"
+
+    def replica_env(self, i: int, home: Path) -> tuple[dict[str, str], int]:
+        """The environment variables replica ``i`` adds to the configured ones, and its HTTP port."""
+        cls = self.settings_class()
+        base = load(cls)
+        if i == 0:
+            return {}, base.http_port
+        if not self.scalable:
+            raise InvalidArgument(f"{self.name} runs as one replica")
+        port = base.http_port + HTTP_PORT_STEP * i if base.http_port else 0
+        fields = {"http_port": str(port), **base.replica_settings(i, home)}
+        prefix = cls.model_config["env_prefix"]
+        return {f"{prefix}{k}".upper(): v for k, v in fields.items()}, port
 
 
 # The services `up` starts, in start order; a new service joins this list with its __main__.
@@ -39,8 +70,32 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("features", "services.features", "services.features.settings:FeaturesSettings"),
     ServiceSpec("inference", "services.inference", "services.inference.settings:InferenceSettings", 300.0),
     ServiceSpec("rl_feedback", "services.rl_feedback", "services.rl_feedback.settings:RlFeedbackSettings"),
-    ServiceSpec("monitor", "services.monitor", "services.monitor.settings:MonitorSettings"),
+    # one replica: its alerts and actions (a rollback) must not be taken twice
+    ServiceSpec("monitor", "services.monitor", "services.monitor.settings:MonitorSettings", scalable=False),
 )
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """``N`` (every scalable service N replicas, the monitor one) or ``ingest=2,features=3,...``."""
+    text = text.strip()
+    if text.isdigit():
+        n = int(text)
+        counts = {s.name: (n if s.scalable else 1) for s in SERVICES}
+    else:
+        counts = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, num = part.partition("=")
+            if not sep or not num.strip().isdigit():
+                raise InvalidArgument(f"--replicas {text!r}: expected N or SERVICE=N[,SERVICE=N...]")
+            counts[name.strip()] = int(num)
+        services(list(counts))  # an unknown name is a usage error
+    for name, n in counts.items():
+        spec = next(s for s in SERVICES if s.name == name)
+        if not 1 <= n <= MAX_REPLICAS:
+            raise InvalidArgument(f"{name}: {n} replicas (1 to {MAX_REPLICAS})")
+        if n > 1 and not spec.scalable:
+            raise InvalidArgument(f"{name} runs as one replica")
+    return counts
 
 
 def services(names: list[str] | None = None) -> list[ServiceSpec]:
@@ -54,9 +109,14 @@ def services(names: list[str] | None = None) -> list[ServiceSpec]:
 
 
 class Stack:
-    def __init__(self, settings: PlatformSettings | None = None) -> None:
+    def __init__(self, settings: PlatformSettings | None = None, services_dir: Path | None = None) -> None:
+        """``services_dir``: where the services' pid records (``run/``) and logs (``logs/``) go
+        (default: the platform home, as Kafka's and Redis's)."""
         self.s = settings or load(PlatformSettings)
         self.table = ProcessTable(self.s.home / "run")
+        sdir = services_dir or self.s.home
+        self.services_table = ProcessTable(sdir / "run") if services_dir else self.table
+        self.logs_dir = sdir / "logs"
         self.kafka = KafkaBroker(self.s, self.table)
         self.redis = RedisServer(self.s, self.table)
         self.alertmanager = Alertmanager(self.s, self.table)
@@ -97,43 +157,77 @@ class Stack:
             env.setdefault("RECPILOT_MONITOR_ALERTMANAGER_URL", self.alertmanager.url)
         return env
 
-    def up_services(self, names: list[str] | None = None, echo=print) -> None:
-        specs = services(names)
-        for spec in specs:
-            if self.table.running(spec.name):
-                continue
-            port = spec.http_port()
-            self.table.spawn(
-                spec.name,
-                [sys.executable, "-m", spec.module],
-                self.s.home / "logs" / f"{spec.name}.log",
-                f"127.0.0.1:{port}",
-                env=self._service_env(),
-            )
-        for spec in specs:
-            self.wait_service(spec)
-            echo(f"{spec.name} ready")
+    def replicas(self, spec: ServiceSpec) -> list[int]:
+        """Replica indexes of ``spec`` with a pid record (0 always listed)."""
+        pat = re.compile(re.escape(spec.name) + r"-([0-9]+)\.json")
+        found = {0}
+        if self.services_table.run_dir.is_dir():
+            for p in self.services_table.run_dir.iterdir():
+                m = pat.fullmatch(p.name)
+                if m:
+                    found.add(int(m.group(1)))
+        return sorted(found)
 
-    def wait_service(self, spec: ServiceSpec) -> None:
-        rec = self.table.get(spec.name)
-        wait_http_ready(spec.name, rec.log if rec else "", spec.ready_timeout_s,
+    def up_services(self, names: list[str] | None = None, echo=print, replicas: dict[str, int] | None = None) -> None:
+        """Start the services (``names``: these only) and wait until each is ready. ``replicas``:
+        that many replicas of a service (default 1; what runs beyond them is stopped). Replica 0 of
+        each starts first (it may bootstrap: inference deploys or trains its first model), then
+        the others join its consumer group."""
+        specs = services(names)
+        counts = {spec.name: (replicas or {}).get(spec.name, 1) for spec in specs}
+        for phase in (0, 1):
+            started = []
+            for spec in specs:
+                for i in ([0] if phase == 0 else range(1, counts[spec.name])):
+                    name = spec.replica_name(i)
+                    started.append((spec, name))
+                    if self.services_table.running(name):
+                        continue
+                    extra, port = spec.replica_env(i, self.s.home)
+                    self.services_table.spawn(
+                        name,
+                        [sys.executable, "-m", spec.module],
+                        self.logs_dir / f"{name}.log",
+                        f"127.0.0.1:{port}",
+                        env={**self._service_env(), **extra},
+                    )
+            for spec, name in started:
+                self.wait_service(spec, name)
+                echo(f"{name} ready")
+        if replicas:
+            for spec in specs:
+                for i in self.replicas(spec):
+                    if i >= counts[spec.name] and self.services_table.get(spec.replica_name(i)):
+                        echo(f"{spec.replica_name(i)}: {self.services_table.stop(spec.replica_name(i), timeout=30)}")
+
+    def wait_service(self, spec: ServiceSpec, name: str | None = None) -> None:
+        name = name or spec.name
+        rec = self.services_table.get(name)
+        wait_http_ready(name, rec.log if rec else "", spec.ready_timeout_s,
                         exited=lambda: None if rec is not None and rec.alive() else "exited",
                         address=lambda: rec.address, interval=0.5)
 
+    def down_services(self) -> dict[str, str]:
+        """Stop every replica of every service (by pid record), in reverse start order."""
+        result = {}
+        for spec in reversed(SERVICES):
+            for i in reversed(self.replicas(spec)):
+                name = spec.replica_name(i)
+                if self.services_table.get(name):
+                    result[name] = self.services_table.stop(name, timeout=30)
+        return result
+
     # -- whole stack -------------------------------------------------------------------
-    def up(self, services: bool = True, echo=print) -> None:
+    def up(self, services: bool = True, echo=print, replicas: dict[str, int] | None = None) -> None:
         took = self.up_infra(echo)
         echo(f"redis ready at {self.redis.address} ({took['redis']:.1f}s), kafka ready at {self.kafka.address} ({took['kafka']:.1f}s)")
         self.up_alertmanager(echo)
         if services:
-            self.up_services(echo=echo)
+            self.up_services(echo=echo, replicas=replicas)
 
     def down(self, echo=print) -> dict[str, str]:
         """Stop what `up` started (by pid record), services first; data stays."""
-        result = {}
-        for spec in reversed(SERVICES):
-            if self.table.get(spec.name):
-                result[spec.name] = self.table.stop(spec.name, timeout=30)
+        result = self.down_services()
         for name in (self.alertmanager.name, "redis", "kafka"):
             if self.table.get(name):
                 result[name] = self.table.stop(name, timeout=60)
@@ -156,18 +250,20 @@ class Stack:
                           "ready": bool(rec) and self.alertmanager.ready(), "pid": rec.pid if rec else None,
                           "address": self.alertmanager.address, "log": rec.log if rec else None})
         for spec in services():
-            rec = self.table.running(spec.name)
-            addr = rec.address if rec else None
-            comps.append({"name": spec.name, "running": rec is not None,
-                          "ready": bool(rec) and http_get(f"http://{addr}/readyz", 1.0)[0] == 200,
-                          "pid": rec.pid if rec else None, "address": addr, "log": rec.log if rec else None})
+            for i in self.replicas(spec):  # replica 0 always; the others while they have a pid record
+                name = spec.replica_name(i)
+                rec = self.services_table.running(name)
+                addr = rec.address if rec else None
+                comps.append({"name": name, "service": spec.name, "replica": i, "running": rec is not None,
+                              "ready": bool(rec) and http_get(f"http://{addr}/readyz", 1.0)[0] == 200,
+                              "pid": rec.pid if rec else None, "address": addr, "log": rec.log if rec else None})
         return {"home": str(self.s.home), "components": comps}
 
 
 def format_status(st: dict) -> str:
-    rows = [f"{'component':<12} {'running':<8} {'ready':<6} {'pid':<8} address"]
+    rows = [f"{'component':<14} {'running':<8} {'ready':<6} {'pid':<8} address"]
     for c in st["components"]:
-        rows.append(f"{c['name']:<12} {str(c['running']).lower():<8} {str(c['ready']).lower():<6} {str(c['pid'] or '-'):<8} {c['address'] or '-'}")
+        rows.append(f"{c['name']:<14} {str(c['running']).lower():<8} {str(c['ready']).lower():<6} {str(c['pid'] or '-'):<8} {c['address'] or '-'}")
     return "\n".join(rows)
 
 

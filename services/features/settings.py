@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -38,3 +39,13 @@ class FeaturesSettings(BaseSettings):
         default="auto", description="auto = uvloop when installed (less CPU per event), else asyncio")
     metrics_interval_s: float = Field(default=10.0, gt=0, description="how often MetricEvents are published")
     datadir: str | None = Field(default=None, description="faust data dir (default: <RECPILOT_HOME>/features/<app_id>)")
+
+    def replica_settings(self, i: int, home) -> dict[str, str]:
+        """What replica ``i`` (1, 2 ...) of ``recpilot up --replicas`` changes of these settings: its
+        own HTTP port and faust data dir (a worker's own); the app id (the consumer group) stays the
+        same so the workers share the input partitions (docs/operations.md "Scaling")."""
+        base = self.datadir or str(Path(home) / "features" / self.app_id)
+        out = {"datadir": f"{base}-{i}"}
+        if self.instance:
+            out["instance"] = f"{self.instance}-{i}"
+        return out

@@ -149,3 +149,13 @@ class InferenceSettings(RecpilotSettings):
 
     def batching_for(self, model: str) -> BatchingConfig:
         return self.batching_per_model.get(model, self.batching)
+
+    def replica_settings(self, i: int, home) -> dict[str, str]:
+        """What replica ``i`` (1, 2 ...) of ``recpilot up --replicas`` changes of these settings: its
+        own HTTP port and its own gRPC port, ``grpc_port + i`` (clients spread calls over the
+        replicas: ``recpilot simulate --target a,b``); every replica follows the control topic and
+        serves the same deployment state (docs/operations.md "Scaling")."""
+        out = {"grpc_port": str(self.grpc_port + i if self.grpc_port else 0)}
+        if self.replica_id:
+            out["replica_id"] = f"{self.replica_id}-{i}"
+        return out

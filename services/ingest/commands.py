@@ -127,7 +127,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="shoppers that use the Recommender when it answers (Ctrl-C stops)")
     p.add_argument("--rate", type=float, default=50.0, help="about this many events/s")
     p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
-    p.add_argument("--target", default="127.0.0.1:50051", help="inference gRPC address (the Recommender)")
+    p.add_argument("--target", default="127.0.0.1:50051", help="inference gRPC address (the Recommender); several, comma-separated (the replicas of "
+                   "`recpilot up --replicas`: 127.0.0.1:50051,127.0.0.1:50052): calls spread round-robin")
     p.add_argument("--recommender", dest="target", help=argparse.SUPPRESS)  # the former spelling
     p.add_argument("--no-recommender", action="store_true", help="plain open-loop traffic")
     p.add_argument("--recommend-share", type=float, default=0.3, help="share of steps that ask for recommendations")

@@ -25,7 +25,8 @@ The consumer offsets move only with the output:
   ``read_committed`` readers. After a crash, ``init_transactions`` aborts the open batch and the
   batch is consumed again (read_uncommitted readers see both the aborted records and the retry).
 
-Either way, at start the de-duplicator is warmed with the event ids published to the clean topic
+Either way, at start (and when a rebalance brings partitions new to this replica: another replica
+left or died) the de-duplicator is warmed with the event ids published to the clean topic
 during the last TTL, so a replayed batch and duplicates that straddle a restart are still dropped.
 
 The loop is :class:`recpilot.kafka.ConsumeLoop`: the batch handler produces (and, without a
@@ -75,6 +76,7 @@ class IngestService:
         self.started = False
         self.lag: int | None = None
         self.warmed = 0
+        self._assigned_once = False  # the first assignment follows the warm-up of start()
         self._batch_t0 = 0.0
         self._published = Stats()  # what the Prometheus counters already hold
         self.snapshot = Stats()    # latest stats, copied by the loop thread after each batch
@@ -102,7 +104,7 @@ class IngestService:
         self.loop = rkafka.ConsumeLoop(
             rkafka.consumer(p, s.group_id, **conf), [s.raw_topic], self._handle_batch,
             commit=self._commit_transaction if s.transactional else None, after_batch=self._after_batch,
-            batch_size=s.batch_size, poll_timeout=s.poll_timeout_s, name="ingest-loop")
+            batch_size=s.batch_size, poll_timeout=s.poll_timeout_s, on_assign=self._on_assign, name="ingest-loop")
         self.loop.start()
         self.started = True
         log.info("ingest started", extra={"raw": s.raw_topic, "clean": s.clean_topic, "dlq": s.dlq_topic,
@@ -163,6 +165,16 @@ class IngestService:
             M.LAG.set(lag)
 
     # -- dedup warm-up ------------------------------------------------------------------------------
+    def _on_assign(self, new: set[tuple[str, int]]) -> None:
+        """Partitions new to this replica arrive after its first assignment (a replica of the group
+        left or died): warm the de-duplicator again, before their first batch, with what the other
+        replicas published to the clean topic, so that a batch a crashed replica published but did
+        not commit, replayed here, is dropped as duplicates."""
+        first, self._assigned_once = not self._assigned_once, True
+        if new and not first:
+            log.info("partitions new to this replica; dedup warm-up again", extra={"partitions": sorted(new)})
+            self._warm_dedup()
+
     def _warm_dedup(self) -> None:
         """Remember the event ids published to the clean topic in the last TTL (at most capacity)."""
         s = self.s

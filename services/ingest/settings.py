@@ -55,7 +55,8 @@ class IngestSettings(BaseSettings):
     # De-duplication by event_id: bounded memory with a TTL
     dedup_capacity: int = Field(default=500_000, ge=1)
     dedup_ttl_s: float = Field(default=3_600.0, gt=0)
-    dedup_warmup: bool = Field(default=True, description="at start, reload event ids of the last TTL from the clean topic")
+    dedup_warmup: bool = Field(default=True, description="at start, and when a rebalance brings partitions new to "
+                               "this replica, reload event ids of the last TTL from the clean topic")
     dedup_warmup_timeout_s: float = Field(default=60.0, gt=0)
 
     # Hot path
@@ -76,3 +77,12 @@ class IngestSettings(BaseSettings):
     @property
     def txn_id(self) -> str:
         return self.transactional_id or f"{self.group_id}-{self.instance_id}"
+
+    def replica_settings(self, i: int, home) -> dict[str, str]:
+        """What replica ``i`` (1, 2 ...) of ``recpilot up --replicas`` changes of these settings: its
+        own HTTP port and instance id (hence transactional id); the consumer group stays the same so
+        the replicas share the raw topic's partitions (docs/operations.md "Scaling")."""
+        out = {"instance_id": f"{self.instance_id}-{i}"}
+        if self.transactional_id:
+            out["transactional_id"] = f"{self.transactional_id}-{i}"
+        return out

@@ -91,6 +91,17 @@ class RlFeedbackSettings(BaseSettings):
     def txn_id(self) -> str:
         return self.transactional_id or f"{self.group_id}-{self.instance_id}"
 
+    def replica_settings(self, i: int, home) -> dict[str, str]:
+        """What replica ``i`` (1, 2 ...) of ``recpilot up --replicas`` changes of these settings: its
+        own HTTP port, instance id and transactional id (two producers under one transactional id
+        fence each other), the same consumer group (the replicas share the impressions partitions),
+        and no policy learner: the learner reads every reward from its own checkpointed offsets and
+        publishes policy versions, so it runs in replica 0 alone (docs/operations.md "Scaling")."""
+        out = {"instance_id": f"{self.instance_id}-{i}", "learner_enabled": "false"}
+        if self.transactional_id:
+            out["transactional_id"] = f"{self.transactional_id}-{i}"
+        return out
+
     @property
     def window_ms(self) -> int:
         return int(self.window_s * 1000)

@@ -119,8 +119,24 @@ def test_consume_loop_commits_each_batch_after_its_handler():
     assert log == [("handle", [0, 1, 2]), ("commit", [("t", 0, 3)]), ("after", 3),
                    ("handle", [7]), ("commit", [("t", 1, 8)]), ("after", 1)]
     assert (loop.batches, loop.messages) == (2, 4)
-    assert c.topics == ["t"] and c.callbacks["on_lost"] == c.callbacks["on_revoke"]
+    assert c.topics == ["t"] and set(c.callbacks) == {"on_assign", "on_revoke", "on_lost"}
     assert loop.assigned == {("t", 0)} and c.closed and loop.last_poll > 0
+
+
+def test_consume_loop_on_assign_gets_the_partitions_new_to_it():
+    """Eager rebalances revoke everything, then assign: what was handed back is not new; what was
+    lost (another consumer may have had it since) or never held is."""
+    new = []
+    assign = lambda *ps: lambda c: c.callbacks["on_assign"](c, [_tp("t", p) for p in ps])  # noqa: E731
+    revoke = lambda *ps: lambda c: c.callbacks["on_revoke"](c, [_tp("t", p) for p in ps])  # noqa: E731
+    lost = lambda *ps: lambda c: c.callbacks["on_lost"](c, [_tp("t", p) for p in ps])  # noqa: E731
+    loop, c, log = _loop([assign(0, 1, 2, 3), revoke(0, 1, 2, 3), assign(0, 1),  # a second consumer joined
+                          revoke(0, 1), assign(0, 1, 2, 3),                        # ... and left
+                          lost(0, 1, 2, 3), assign(0, 1)],
+                         on_assign=lambda ps: new.append(sorted(p for _, p in ps)))
+    loop.run()
+    assert new == [[0, 1, 2, 3], [], [2, 3], [0, 1]]
+    assert loop.assigned == {("t", 0), ("t", 1)}
 
 
 def test_consume_loop_failing_handler_commits_nothing_and_records_the_error():
