@@ -847,6 +847,30 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_run(args) -> int:
+    if args.duration is not None and args.duration <= 0:
+        from recpilot.errors import InvalidArgument
+
+        raise InvalidArgument("--duration must be > 0 seconds")
+    summary = run(headless=args.headless, duration=args.duration, keep_up=args.keep_up, rate=args.rate)
+    print(json.dumps(summary, indent=2) if args.headless else format_summary(summary), flush=True)
+    return 0 if summary["ok"] else 1
+
+
+def register(sub) -> None:
+    """`recpilot run` (recpilot.cli's COMMAND_MODULES)."""
+    p = sub.add_parser("run", help="the story, unattended: up, shoppers, a ranker trained and promoted, the policy "
+                       "learning, a bad model, the alert, the automatic rollback, a summary, down")
+    p.add_argument("--headless", action="store_true", help="no dashboard: progress lines on stderr, the summary "
+                   "as JSON on stdout")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="the timed steps (baseline, canary, policy, recovery) scaled to add up to about S seconds "
+                        "(default 160); bringing the platform up, training and the alert come on top")
+    p.add_argument("--rate", type=float, default=300.0, help="shopper events/s (default 300)")
+    p.add_argument("--keep-up", action="store_true", help="leave the platform running at the end")
+    p.set_defaults(func=cmd_run)
+
+
 def _main(argv: list[str] | None = None) -> int:
     """``python -m recpilot.story --train-inverted``: the bad ranker (prints its version)."""
     import argparse

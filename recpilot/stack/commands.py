@@ -1,4 +1,4 @@
-"""`recpilot setup | up | down | status | topics | run`."""
+"""`recpilot setup | up | down | status | topics`."""
 
 from __future__ import annotations
 
@@ -75,20 +75,6 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import json
-
-    from recpilot import story
-
-    if args.duration is not None and args.duration <= 0:
-        from recpilot.errors import InvalidArgument
-
-        raise InvalidArgument("--duration must be > 0 seconds")
-    summary = story.run(headless=args.headless, duration=args.duration, keep_up=args.keep_up, rate=args.rate)
-    print(json.dumps(summary, indent=2) if args.headless else story.format_summary(summary), flush=True)
-    return 0 if summary["ok"] else 1
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("setup", help="fetch the Kafka broker jars, install redis-server, and "
                        "prometheus-alertmanager with promtool when root (idempotent)")
@@ -111,17 +97,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--check", action="store_true", help="exit 1 unless every component is ready")
     p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("run", help="the story, unattended: up, shoppers, a ranker trained and promoted, the policy "
-                       "learning, a bad model, the alert, the automatic rollback, a summary, down")
-    p.add_argument("--headless", action="store_true", help="no dashboard: progress lines on stderr, the summary "
-                   "as JSON on stdout")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
-                   help="the timed steps (baseline, canary, policy, recovery) scaled to add up to about S seconds "
-                        "(default 160); bringing the platform up, training and the alert come on top")
-    p.add_argument("--rate", type=float, default=300.0, help="shopper events/s (default 300)")
-    p.add_argument("--keep-up", action="store_true", help="leave the platform running at the end")
-    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("topics", help="create missing topics and list them with partition counts")
     p.set_defaults(func=cmd_topics)
