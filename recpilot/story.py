@@ -230,7 +230,7 @@ class Story:
         self.stop_requested = threading.Event()
         self.t0 = time.monotonic()
         self.deployments: list[dict] = []   # the story's own commands
-        self.log: deque[str] = deque(maxlen=12)
+        self.log: deque[str] = deque(maxlen=8)
         self.samples: deque[tuple] = deque(maxlen=3600)  # (t, shown, clicks, by_model, by_policy, produced)
         self.latencies: deque[tuple[float, float]] = deque(maxlen=20000)  # (t, seconds)
         self.ctr: dict[str, float | None] = {}
@@ -826,8 +826,10 @@ def run(headless: bool = False, duration: float | None = None, keep_up: bool = F
 
 def format_summary(s: dict) -> str:
     ctr = s["ctr"]
-    lines = [f"recpilot run: {'the whole story played' if s['ok'] else 'the story did not reach its end'} "
-             f"in {s['seconds']:.0f}s"]
+    verdict = "the whole story played" if s["ok"] else "the story did not reach its end"
+    if s.get("error"):
+        verdict += " (stopped by Ctrl-C)" if s["error"] == "interrupted" else f" ({s['error']})"
+    lines = [f"recpilot run: {verdict} in {s['seconds']:.0f}s"]
     for st in s["steps"]:
         secs = "" if st["seconds"] is None else f"{st['seconds']:.0f}s"
         lines.append(f"  {st['name']:<9} {st['status']:<7} {secs:>5}  {st['detail']}")
@@ -854,6 +856,8 @@ def cmd_run(args) -> int:
         raise InvalidArgument("--duration must be > 0 seconds")
     summary = run(headless=args.headless, duration=args.duration, keep_up=args.keep_up, rate=args.rate)
     print(json.dumps(summary, indent=2) if args.headless else format_summary(summary), flush=True)
+    if summary.get("error") == "interrupted":
+        return 130
     return 0 if summary["ok"] else 1
 
 

@@ -85,3 +85,9 @@ def test_text_summary_names_the_figures():
     assert "baseline 0.0180 -> with the learned policy 0.0300 (x1.67)" in text
     assert "CtrRegression(firing) x1" in text and "rollback ranker/3 executed" in text
     assert "lost 0" in text
+
+
+def test_text_summary_says_when_it_was_stopped():
+    s = _played(_story([]), 0, True, True)
+    s.update(ok=False, error="interrupted")
+    assert format_summary(s).startswith("recpilot run: the story did not reach its end (stopped by Ctrl-C)")
