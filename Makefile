@@ -1,4 +1,4 @@
-# recpilot: `make run` (the whole platform with the shopper simulator) and `make test`.
+# recpilot: `make run` (the story: the whole platform under the shopper simulator, see README) and `make test`.
 # Both run `setup` first, which is idempotent: a second run downloads nothing.
 
 PYTHON ?= python3.11
@@ -19,10 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
 
+# the story, unattended, with a live dashboard; Ctrl-C stops it cleanly (summary, then `recpilot down`)
 run: setup
-	$(RECPILOT) up
-	@echo "platform up; driving it with the shopper simulator (Ctrl-C stops the simulator, 'make down' the platform)"
-	$(RECPILOT) simulate
+	$(RECPILOT) run
 
 test: setup
 	$(PY) -m recpilot.codegen --check

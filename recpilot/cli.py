@@ -22,6 +22,7 @@ from recpilot.errors import EXIT_USAGE, FailedPrecondition, RecpilotError
 # one that does not is an error of the whole CLI, never a group that silently disappears.
 COMMAND_MODULES = [
     "recpilot.stack.commands",      # setup, up, down, status, topics
+    "recpilot.story",               # run (the story: `make run`)
     "services.ingest.commands",     # generate, simulate
     "bench.commands",               # bench ingest|features|train|deployments|inference|policy|grpc-floor|ope|rl-join|rl (development checkout only)
     "services.features.commands",   # features user|item|popular|candidates

@@ -36,6 +36,7 @@ class RunResult:
     shown: int = 0
     clicks: int = 0
     by_policy: dict[str, list[int]] = field(default_factory=dict)  # policy version -> [shown, clicks]
+    by_model: dict[str, list[int]] = field(default_factory=dict)   # ranker version -> [shown, clicks]
 
     @property
     def ctr(self) -> float:
@@ -198,6 +199,9 @@ def simulate(producer, topic: str, sim: ShopSimulator, rate: float, probe: Recom
                     records.append((ev.user_id.encode(), mix.encode(ev)))
                     clicks += ev.event_type == CLICK
                 counts = res.by_policy.setdefault(resp.policy_version or "-", [0, 0])
+                counts[0] += len(ranked)
+                counts[1] += clicks
+                counts = res.by_model.setdefault(resp.model_version or "-", [0, 0])
                 counts[0] += len(ranked)
                 counts[1] += clicks
                 res.shown += len(ranked)
