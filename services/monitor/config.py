@@ -58,6 +58,7 @@ class EngineConfig:
 @dataclass(frozen=True)
 class DriftConfig(Common):
     for_windows: int = 1
+    resolve_windows: int = 5
     window_s: float = 60.0
     min_samples: int = 500
     psi: float = 0.2
@@ -68,6 +69,7 @@ class DriftConfig(Common):
 @dataclass(frozen=True)
 class EventMixConfig(Common):
     for_windows: int = 1
+    resolve_windows: int = 5
     window_s: float = 60.0
     min_samples: int = 500
     fields: tuple[str, ...] = ("event_type", "device")

@@ -64,14 +64,15 @@ def run_drift(eng, rng, windows, shift, instances=("r0", "r1"), rows=300, start=
 def test_a_half_sigma_shift_fires_one_alert_within_two_windows_then_resolves_once(reference):
     eng = engine(reference)
     rng = np.random.default_rng(1)
-    alerts = run_drift(eng, rng, 12, lambda w: 0.5 if 3 <= w < 7 else 0.0)
+    alerts = run_drift(eng, rng, 15, lambda w: 0.5 if 3 <= w < 7 else 0.0)
     assert [(a.name, a.status, a.labels["feature"]) for _, a in alerts] == [
         ("FeatureDrift", "firing", "f1"), ("FeatureDrift", "resolved", "f1")]
     (wf, fired), (wr, resolved) = alerts
     # window 3 breaches (for_windows 1 by default); it closes (plus lateness) in window 4
     assert wf == 4 and fired.labels == {"model": "m", "version": "1", "feature": "f1"}
     assert fired.value >= fired.threshold and fired.statistic in ("psi", "js", "wasserstein_sigma")
-    assert resolved.fingerprint == fired.fingerprint and wr == 9
+    # resolve_windows 5: clean windows 7..11, the fifth closes in window 12
+    assert resolved.fingerprint == fired.fingerprint and wr == 12
     st = eng.status()
     json.dumps(st)
     fd = st["detectors"]["FeatureDrift"]
@@ -92,7 +93,7 @@ def test_a_restarted_engine_adopts_a_firing_alert_never_refires_it_and_resolves_
     assert [a.fingerprint for a in second.firing()] == [fired.fingerprint]
     alerts = run_drift(second, rng, 4, lambda w: 1.0, start=5)     # the drift goes on: nothing new
     assert alerts == [] and [a.fingerprint for a in second.firing()] == [fired.fingerprint]
-    alerts = run_drift(second, rng, 4, lambda w: 0.0, start=9)     # it stops: one resolution
+    alerts = run_drift(second, rng, 7, lambda w: 0.0, start=9)     # it stops: one resolution
     assert [(a.status, a.fingerprint) for _, a in alerts] == [("resolved", fired.fingerprint)]
     # an adopted alert whose key never comes back resolves as "no data" after expire_s
     third = engine(reference)
