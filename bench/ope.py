@@ -9,7 +9,10 @@ and the report on the Open Bandit sample.
 * ``sim``: the shopper simulator's logs (:class:`recpilot.rl.fastshop.FastShop` with bench rl's
   cached ranker): a Q-learning target trained on one log of an exploring logging policy, then, per
   seed, a fresh log of the same logger on the next stretch of traffic, the estimates against the
-  simulator's exact value of the target on those contexts (``recpilot.simulator.truth``).
+  simulator's exact value of the target on those contexts (``recpilot.simulator.truth``). The
+  logger is any rule of ``recpilot.rl.slate`` (stratified ``epsilon_greedy:0.1`` by default,
+  ``uniform``, or a rule with a uniform share ``epsilon_greedy:0.1+uniform:0.5``); ``--refit``
+  refits the reward model in every bootstrap replicate.
 * ``obd``: a value model (the direct method's reward model) fitted on the ``bts`` rows, evaluated on
   the ``random`` rows as a greedy and an epsilon-greedy slate, with the uniform policy on both folders
   as the reference (docs/learning.md).
@@ -70,7 +73,8 @@ def coverage(seeds: int, n: int, logger: str, target: str, n_boot: int, level: f
 
     pol = bandit_target(target)
     log_rule = slate.Exploration.parse(logger)
-    k = 3 if log_rule.rule == "uniform" else 1  # stratified loggers: one slot, so every item has support
+    # stratified loggers: one slot, so every item has support; a uniform share gives it in every slot
+    k = 3 if log_rule.rule == "uniform" or log_rule.uniform > 0 else 1
     rel = {e: [] for e in ESTIMATORS}
     covered = dict.fromkeys(ESTIMATORS, 0)
     ess = []

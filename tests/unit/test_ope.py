@@ -299,3 +299,19 @@ def test_refit_intervals_carry_the_reward_models_uncertainty():
                 assert rep.estimates["ips"].lo == pytest.approx(fixed.estimates["ips"].lo)  # IPS does not change
             fixed = rep
     assert np.mean(widths[True]) > 1.3 * np.mean(widths[False]), widths
+
+
+def test_a_logger_with_a_uniform_share_is_evaluated_on_every_slot():
+    """bench ope --part coverage: a stratified logger is evaluated on one slot (where it has support),
+    one with a uniform share on all three, and IPS stays unbiased there (full support)."""
+    assert bench_ope.coverage(1, 50, "epsilon_greedy:0.1", "epsilon_greedy:0.2", 20, 0.95)["k"] == 1
+    mixed = "epsilon_greedy:0.1+uniform:0.5"
+    assert bench_ope.coverage(1, 50, mixed, "epsilon_greedy:0.2", 20, 0.95)["k"] == K
+    err = []
+    for seed in range(30):
+        logs, truth = bandit_logs(100 + seed, 300, slate.Exploration.parse(mixed))
+        assert (logs.propensity >= 0.5 / M - 1e-12).all()  # every logged slot carries at least the share's U/M
+        v = bench_ope.true_value(logs, truth, TARGET, K)
+        err.append(evaluate(logs, TARGET, estimators=("ips",), n_boot=10, seed=seed).estimates["ips"].value - v)
+    err = np.asarray(err)
+    assert abs(err.mean()) < 3 * err.std() / np.sqrt(len(err)), (err.mean(), err.std())
