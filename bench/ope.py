@@ -9,7 +9,10 @@ and the report on the Open Bandit sample.
 * ``sim``: the shopper simulator's logs (:class:`recpilot.rl.fastshop.FastShop` with bench rl's
   cached ranker): a Q-learning target trained on one log of an exploring logging policy, then, per
   seed, a fresh log of the same logger on the next stretch of traffic, the estimates against the
-  simulator's exact value of the target on those contexts (``recpilot.simulator.truth``).
+  simulator's exact value of the target on those contexts (``recpilot.simulator.truth``). The
+  logger is any rule of ``recpilot.rl.slate`` (stratified ``epsilon_greedy:0.1`` by default,
+  ``uniform``, or a rule with a uniform share ``epsilon_greedy:0.1+uniform:0.5``); ``--refit``
+  refits the reward model in every bootstrap replicate.
 * ``obd``: a value model (the direct method's reward model) fitted on the ``bts`` rows, evaluated on
   the ``random`` rows as a greedy and an epsilon-greedy slate, with the uniform policy on both folders
   as the reference (docs/learning.md).
@@ -65,12 +68,13 @@ def bandit_target(exploration: str = "epsilon_greedy:0.2") -> ValuePolicy:
     return ValuePolicy(lambda x: x @ THETA, slate.Exploration.parse(exploration), f"true-attraction ({exploration})")
 
 
-def coverage(seeds: int, n: int, logger: str, target: str, n_boot: int, level: float) -> dict:
+def coverage(seeds: int, n: int, logger: str, target: str, n_boot: int, level: float, refit: bool = False) -> dict:
     from recpilot.rl.ope import ESTIMATORS, evaluate
 
     pol = bandit_target(target)
     log_rule = slate.Exploration.parse(logger)
-    k = 3 if log_rule.rule == "uniform" else 1  # stratified loggers: one slot, so every item has support
+    # stratified loggers: one slot, so every item has support; a uniform share gives it in every slot
+    k = 3 if log_rule.rule == "uniform" or log_rule.uniform > 0 else 1
     rel = {e: [] for e in ESTIMATORS}
     covered = dict.fromkeys(ESTIMATORS, 0)
     ess = []
@@ -78,12 +82,12 @@ def coverage(seeds: int, n: int, logger: str, target: str, n_boot: int, level: f
     for s in range(seeds):
         logs, truth = bandit_logs(1000 + s, n, log_rule, k)
         v = true_value(logs, truth, pol, k)
-        rep = evaluate(logs, pol, n_boot=n_boot, level=level, seed=s)
+        rep = evaluate(logs, pol, n_boot=n_boot, level=level, seed=s, refit=refit)
         ess.append(rep.ess)
         for e, est in rep.estimates.items():
             rel[e].append((est.value - v) / v)
             covered[e] += est.lo <= v <= est.hi
-    return {"seeds": seeds, "decisions": n, "k": k, "logger": logger, "target": pol.name, "level": level,
+    return {"seeds": seeds, "decisions": n, "k": k, "logger": logger, "target": pol.name, "level": level, "refit": refit,
             "mean_ess": float(np.mean(ess)), "seconds": round(time.monotonic() - t0, 1),
             "estimators": {e: {"mean_rel_error": float(np.mean(rel[e])), "mean_abs_rel_error": float(np.mean(np.abs(rel[e]))),
                                "max_abs_rel_error": float(np.max(np.abs(rel[e]))), "covered": covered[e]}
@@ -92,7 +96,7 @@ def coverage(seeds: int, n: int, logger: str, target: str, n_boot: int, level: f
 
 def sim_part(seeds: int, n: int, train_decisions: int, logger: str, target: str, n_boot: int, level: float,
              q_steps: int, cfg=None, scorer=None, ranker_impressions: int = 3000, cache: str = ".cache/rl-bench",
-             progress=print) -> dict:
+             progress=print, refit: bool = False) -> dict:
     """The issue's OPE target on simulator logs. One :class:`FastShop` stream (``cfg``, default
     bench rl's FastConfig seed 0, with its cached ranker unless ``scorer`` is given):
 
@@ -159,7 +163,7 @@ def sim_part(seeds: int, n: int, train_decisions: int, logger: str, target: str,
         logs = shop.logged()
         shop.reset_log()
         t_log = time.monotonic() - ts
-        rep = evaluate(logs, pol, n_boot=n_boot, level=level, seed=s)
+        rep = evaluate(logs, pol, n_boot=n_boot, level=level, seed=s, refit=refit)
         truth = policy_value(logs, pol)["value"]
         # one run of the target on the same contexts: its slates drawn, clicks from the click model
         run_rng = np.random.default_rng(50_000 + s)
@@ -192,7 +196,7 @@ def sim_part(seeds: int, n: int, train_decisions: int, logger: str, target: str,
                       "mean_rel_error": float(rel.mean()), "mean_abs_rel_error": float(np.abs(rel).mean()),
                       "max_abs_rel_error": float(np.abs(rel).max())}
     return {"seeds": seeds, "decisions": n, "train_decisions": train_decisions, "logger": f"ranker scores, {logger}",
-            "target": pol.name, "k": k, "pool": cfg.pool_size, "level": level, "n_boot": n_boot,
+            "target": pol.name, "k": k, "pool": cfg.pool_size, "level": level, "n_boot": n_boot, "refit": refit,
             "seconds": {"setup": round(t_setup, 1), "target": round(t_target, 1), "total": round(time.monotonic() - t0, 1)},
             "rows": rows, "summary": summary}
 
@@ -239,7 +243,7 @@ def run(args) -> int:
     print(f"machine: {machine()}")
     out: dict = {}
     if args.part in ("coverage", "all"):
-        c = coverage(args.seeds, args.decisions, args.logger, args.target, args.n_boot, args.level)
+        c = coverage(args.seeds, args.decisions, args.logger, args.target, args.n_boot, args.level, args.refit)
         out["coverage"] = c
         print(f"synthetic bandit: {c['seeds']} seeds x {c['decisions']} decisions, k={c['k']}, logger {c['logger']}, "
               f"target {c['target']}, mean weight ESS {c['mean_ess']:.0f}, {c['seconds']} s")
@@ -253,7 +257,7 @@ def run(args) -> int:
               f"served {args.sim_target}", flush=True)
         r = sim_part(args.seeds, args.sim_decisions, args.sim_train, args.sim_logger, args.sim_target, args.n_boot,
                      args.level, args.sim_q_steps, ranker_impressions=args.ranker_impressions, cache=args.cache,
-                     progress=lambda m: print(m, flush=True))
+                     progress=lambda m: print(m, flush=True), refit=args.refit)
         out["sim"] = r
         print(sim_table(r))
         print(f"seconds: {r['seconds']}; machine at the end: {machine()}")

@@ -137,7 +137,8 @@ POLICY_SUFFIX = ".policy"  # the policies of ranker model ``m`` are versions of 
 # the policy served when no learned one is: the ranker's own order; a policy version with no artifact
 DEFAULT_POLICY_VERSION = "ranker-order"
 # recpilot.rl.slate.Exploration's logged form (that module parses it; this one only checks its shape)
-EXPLORATION_RE = re.compile(r"greedy|uniform|epsilon_greedy:(0|1|0?\.[0-9]+|1\.0*)|softmax:[0-9.]+(e[-+]?[0-9]+)?")
+EXPLORATION_RE = re.compile(r"(greedy|uniform|epsilon_greedy:(0|1|0?\.[0-9]+|1\.0*)|softmax:[0-9.]+(e[-+]?[0-9]+)?)"
+                            r"(\+uniform:(0|1|0?\.[0-9]+|1\.0*|[0-9.]+e-[0-9]+))?")  # recpilot.rl.slate.Exploration
 
 
 def validate_policy_meta(meta: dict, name: str | None = None, version: str | None = None) -> list[str]:
@@ -178,6 +179,7 @@ def validate_policy_meta(meta: dict, name: str | None = None, version: str | Non
                 errors.append("policy.features: expected a non-empty list of input names")
             if not (isinstance(pol.get("exploration"), str) and EXPLORATION_RE.fullmatch(pol["exploration"])):
                 errors.append("policy.exploration: expected greedy, uniform, epsilon_greedy:<p> or softmax:<t>, "
+                              "optionally +uniform:<share>, "
                               f"got {pol.get('exploration')!r}")
     if "training" in meta and not isinstance(meta["training"], dict):
         errors.append("training: expected an object")

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     p.add_argument("--clip", type=float, default=None, help="cap the importance weights at this value (default off)")
     p.add_argument("--l2", type=float, default=1.0, help="L2 penalty of the reward model (DM, DR, fit:)")
+    p.add_argument("--refit", action="store_true",
+                   help="DM and DR: refit the reward model on every bootstrap resample, so their intervals carry "
+                        "the model's uncertainty (slower: 2 fits per resample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--since-ms", type=int, default=None, help="kafka: impressions logged at or after this time")
     p.add_argument("--max-impressions", type=int, default=None, help="kafka: the latest this many decisions")
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         to_file(logs, args.save)
     target = build_target(args.policy, logs, args)
     report = evaluate(logs, target, k=args.k, estimators=estimators, n_boot=args.n_boot, level=args.level,
-                      seed=args.seed, clip=args.clip, l2=args.l2)
+                      seed=args.seed, clip=args.clip, l2=args.l2, refit=args.refit)
     if args.json:
         print(json.dumps({**report.to_dict(), "logs": logs.meta}, default=str))
     else:

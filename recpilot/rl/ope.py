@@ -74,27 +74,37 @@ class RewardModel:
         self.mean = self.scale = None
         self.lo, self.hi = 0.0, 1.0
 
-    def fit(self, x: np.ndarray, slot: np.ndarray, reward: np.ndarray, k: int) -> RewardModel:
-        """``x`` [n, F] inputs of shown items, ``slot`` [n] 0-based slots (< ``k``), ``reward`` [n]."""
+    def fit(self, x: np.ndarray, slot: np.ndarray, reward: np.ndarray, k: int, weight: np.ndarray | None = None,
+            start: RewardModel | None = None) -> RewardModel:
+        """``x`` [n, F] inputs of shown items, ``slot`` [n] 0-based slots (< ``k``), ``reward`` [n];
+        ``weight`` [n] row multiplicities (a bootstrap resample's counts: the same fit as repeating
+        the rows). ``start``: a fitted model whose scaling (input standardization, reward range) is
+        kept and whose coefficients are Newton's starting point (a bootstrap refit converges in a
+        few steps from the full-data fit)."""
         x = np.asarray(x, dtype=np.float64)
         r = np.asarray(reward, dtype=np.float64)
         slot = np.asarray(slot, dtype=np.int64)
-        if len(r) == 0:
+        wt = np.ones(len(r)) if weight is None else np.asarray(weight, dtype=np.float64)
+        if len(r) == 0 or not wt.sum() > 0:
             raise FailedPrecondition("no logged slots to fit a reward model on")
-        self.lo = min(0.0, float(r.min()))
-        self.hi = max(1.0, float(r.max()))
-        y = (r - self.lo) / (self.hi - self.lo)
-        self.mean = x.mean(axis=0)
-        sd = x.std(axis=0)
-        self.scale = np.where(sd > 1e-12, sd, 1.0)
-        z = np.concatenate([(x - self.mean) / self.scale, np.eye(k)[slot]], axis=1)
         f = x.shape[1]
-        beta = np.zeros(f + k)
+        if start is not None:
+            self.lo, self.hi, self.mean, self.scale = start.lo, start.hi, start.mean, start.scale
+            beta = np.concatenate([start.coef, start.slot_coef[:k]])
+        else:
+            self.lo = min(0.0, float(r.min()))
+            self.hi = max(1.0, float(r.max()))
+            self.mean = np.average(x, axis=0, weights=wt)
+            sd = np.sqrt(np.average((x - self.mean) ** 2, axis=0, weights=wt))
+            self.scale = np.where(sd > 1e-12, sd, 1.0)
+            beta = np.zeros(f + k)
+        y = np.clip((r - self.lo) / (self.hi - self.lo), 0.0, 1.0)
+        z = np.concatenate([(x - self.mean) / self.scale, np.eye(k)[slot]], axis=1)
         prior = np.concatenate([np.full(f, self.l2), np.full(k, 1e-6)])  # slot effects ~ unpenalized
         for _ in range(self.iterations):
             p = _sigmoid(z @ beta)
-            grad = z.T @ (p - y) + prior * beta
-            hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(prior + 1e-9)
+            grad = z.T @ (wt * (p - y)) + prior * beta
+            hess = (z * (wt * p * (1 - p))[:, None]).T @ z + np.diag(prior + 1e-9)
             step = np.linalg.solve(hess, grad)
             beta -= step
             if np.max(np.abs(step)) < 1e-8:
@@ -111,6 +121,13 @@ class RewardModel:
         if self.coef is None:
             raise FailedPrecondition("the reward model is not fitted")
         z = self.logits(x)[:, None] + self.slot_coef[None, :k]
+        return self.lo + (self.hi - self.lo) * _sigmoid(z)
+
+    def predict_pools(self, x: np.ndarray, k: int) -> np.ndarray:
+        """``qhat`` for a batch of pools ``x`` [N, M, F] in slots 0..k-1: [N, M, k]."""
+        if self.coef is None:
+            raise FailedPrecondition("the reward model is not fitted")
+        z = (((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.coef)[:, :, None] + self.slot_coef[:k]
         return self.lo + (self.hi - self.lo) * _sigmoid(z)
 
     def values(self, x: np.ndarray) -> np.ndarray:
@@ -196,11 +213,14 @@ def _ess(w: np.ndarray) -> float:
 def evaluate(logs: LoggedSlates, target: TargetPolicy, k: int | None = None,
              estimators: Sequence[str] = ESTIMATORS, n_boot: int = 200, level: float = 0.95, seed: int = 0,
              *, clip: float | None = None, reward_model: RewardModel | None = None, l2: float = 1.0,
-             name: str = "") -> OPEReport:
+             refit: bool = False, refit_iterations: int = 4, name: str = "") -> OPEReport:
     """Estimate ``target``'s value (reward per shown slot) on ``logs`` with ``estimators`` (any of
     ips, snips, dm, dr), each with a bootstrap ``level`` interval over ``n_boot`` resamples of the
     decisions. ``reward_model`` (an object with ``predict(x [M, F], k) -> [M, k]``) replaces the
-    cross-fitted :class:`RewardModel` (``l2``) of DM and DR; ``clip`` caps the importance weights."""
+    cross-fitted :class:`RewardModel` (``l2``) of DM and DR; ``clip`` caps the importance weights.
+    ``refit``: DM's and DR's bootstrap replicates refit the cross-fitted reward model on each resample
+    (weighted by the resample's counts, ``refit_iterations`` Newton steps from the full-data fit),
+    so their intervals carry the reward model's own uncertainty, not only the decisions' noise."""
     estimators = tuple(estimators)
     bad = [e for e in estimators if e not in ESTIMATORS]
     if bad or not estimators:
@@ -258,6 +278,8 @@ def evaluate(logs: LoggedSlates, target: TargetPolicy, k: int | None = None,
     Qlog = np.zeros((n, k))
     dm = np.zeros(n)
     match = np.zeros((n, k))
+    refit = bool(refit and need_q and reward_model is None)
+    P_all = np.zeros((n, k, logs.mask.shape[1])) if refit else None  # target marginals, pool rows as logged
     for r, i in enumerate(keep):
         real = np.flatnonzero(logs.mask[i])
         pos = np.full(logs.mask.shape[1], -1)
@@ -274,6 +296,8 @@ def evaluate(logs: LoggedSlates, target: TargetPolicy, k: int | None = None,
                                   f"(row sums {np.round(sums, 6).tolist()}); every slot's row must sum to 1")
         js = np.flatnonzero(V[r])
         a = pos[shown[i, js]]
+        if refit:
+            P_all[r, js[:, None], real[None, :]] = P[js]
         p_t = P[js, a]
         match[r, js] = p_t
         W[r, js] = p_t / prop[i, js]
@@ -291,16 +315,23 @@ def evaluate(logs: LoggedSlates, target: TargetPolicy, k: int | None = None,
              "dm": dm / n_slots,
              "dr": (dm + (W * (R - Qlog)).sum(axis=1)) / n_slots}
     rng = np.random.default_rng(seed + 1)
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float64)
+    counts = _bootstrap_counts(n, n_boot, rng)
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
 
     ess_slot = [_ess(W[V[:, j], j]) for j in range(k)]
     ess_all = _ess(W[V])
     estimates: dict[str, Estimate] = {}
+    refit_boot = _refit_replicates(logs, keep, V, W, R, n_slots, P_all, fold, models, counts, k, l2,
+                                   refit_iterations) if refit else {}
+    if refit:
+        model_name += f"; bootstrap replicates refit it ({refit_iterations} Newton steps from the full fit)"
     for e in estimators:
         if e == "snips":
             value = _snips(W, R, omega, np.ones(n))
             boot = np.array([_snips(W, R, omega, c) for c in counts])
+        elif e in refit_boot:
+            value = float(terms[e].mean())
+            boot = refit_boot[e]
         else:
             value = float(terms[e].mean())
             boot = counts @ terms[e] / n
@@ -313,6 +344,48 @@ def evaluate(logs: LoggedSlates, target: TargetPolicy, k: int | None = None,
         slots=int(V.sum()), k=k, level=level, n_boot=n_boot, clip=clip, estimates=estimates, ess=ess_all,
         ess_per_slot=ess_slot, logged_value=float(((R * V).sum(axis=1) / n_slots).mean()),
         match_rate=float(match[V].mean()), reward_model=model_name if need_q else "", notes=notes)
+
+
+def _bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_boot, n]``: how often each decision is drawn in each resample (n draws with replacement)."""
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float64)
+
+
+def _refit_replicates(logs: LoggedSlates, keep: np.ndarray, V: np.ndarray, W: np.ndarray, R: np.ndarray,
+                      n_slots: np.ndarray, P_all: np.ndarray, fold: np.ndarray, models: dict, counts: np.ndarray,
+                      k: int, l2: float, iterations: int) -> dict[str, np.ndarray]:
+    """DM's and DR's bootstrap replicates with the reward model refitted on each resample: fold ``f``'s
+    model is refitted on the resampled decisions of the other fold (each weighted by its count), then
+    every decision of fold ``f`` is scored by it, as the point estimate's cross-fitting does."""
+    n = len(keep)
+    rows, slots = np.nonzero(V)               # logged slots of the kept decisions
+    dec = keep[rows]
+    item = logs.shown[dec, slots]
+    x_rows = logs.x[dec, item]
+    r_rows = R[rows, slots]
+    fold_k = fold[keep]
+    x_pool = logs.x[keep]                     # [n, M, F]; padded rows have zero target mass
+    P_v = P_all * V[:, :, None]               # only the logged slots count (as in the point estimate)
+    by_fold = [np.flatnonzero(fold_k == f) for f in (0, 1)]
+    out = {"dm": np.empty(len(counts)), "dr": np.empty(len(counts))}
+    for b, c in enumerate(counts):
+        w_rows = c[rows]
+        Q = np.empty((n, x_pool.shape[1], k))
+        for f, members in enumerate(by_fold):
+            if len(members) == 0:
+                continue
+            sel = (fold_k[rows] != f) & (w_rows > 0)
+            model = models[f]
+            if sel.any():
+                model = RewardModel(l2, iterations).fit(x_rows[sel], slots[sel], r_rows[sel], k, weight=w_rows[sel],
+                                                        start=models[f])
+            Q[members] = model.predict_pools(x_pool[members], k)
+        dm = np.einsum("njm,nmj->n", P_v, Q)
+        q_log = np.zeros_like(R)
+        q_log[rows, slots] = Q[rows, logs.shown[dec, slots], slots]
+        out["dm"][b] = c @ (dm / n_slots) / n
+        out["dr"][b] = c @ ((dm + (W * (R - q_log)).sum(axis=1)) / n_slots) / n
+    return out
 
 
 def _snips(W: np.ndarray, R: np.ndarray, omega: np.ndarray, c: np.ndarray) -> float:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -324,8 +324,8 @@ class QLearner:
             return final
         w = min(1.0, n / cfg.explore_decay)
         if final.rule == "epsilon_greedy":
-            return Exploration("epsilon_greedy", epsilon=(1 - w) * cfg.explore_start + w * final.epsilon)
-        return Exploration("softmax", temperature=(1 - w) * cfg.explore_start + w * final.temperature)
+            return replace(final, epsilon=(1 - w) * cfg.explore_start + w * final.epsilon)
+        return replace(final, temperature=(1 - w) * cfg.explore_start + w * final.temperature)
 
     @property
     def impressions_seen(self) -> int:

@@ -19,6 +19,14 @@ the shown list is the pool's top k by value.
 ``uniform`` (a uniformly random ordered k-subset of the pool: every item has marginal ``1/M`` in
 every slot) is the exploration baseline; it is not stratified.
 
+**Full support** (``RULE+uniform:U``, e.g. ``epsilon_greedy:0.1+uniform:0.2``): a stratified rule
+never shows an item outside its slot's group, so a policy that orders the pool differently has
+(slot, item) pairs the logs hold no evidence for (off-policy evaluation is blind there). Mixing a
+uniform share fixes that: with probability ``U`` the *whole slate* is a uniformly random ordered
+k-subset of the pool, otherwise the base rule draws it. Whichever branch drew it, the marginal of
+item ``a`` in slot ``j`` is exactly ``(1 - U) * P_rule[j, a] + U / M`` (the two branches' marginals
+mixed), at least ``U / M`` everywhere; that is the propensity logged.
+
 Pure numpy: the serving process, the learner, the simulator and off-policy evaluation share it.
 """
 
@@ -38,6 +46,7 @@ class Exploration:
     rule: str = "greedy"
     epsilon: float = 0.0      # epsilon_greedy: chance a slot explores its group
     temperature: float = 1.0  # softmax: values are divided by it before the softmax
+    uniform: float = 0.0      # chance the whole slate is uniformly random instead (full support)
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -46,28 +55,43 @@ class Exploration:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if not self.temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.uniform <= 1.0:
+            raise ValueError(f"the uniform share must be in [0, 1], got {self.uniform}")
 
     def __str__(self) -> str:
         if self.rule == "epsilon_greedy":
-            return f"epsilon_greedy:{self.epsilon:g}"
-        if self.rule == "softmax":
-            return f"softmax:{self.temperature:g}"
-        return self.rule
+            base = f"epsilon_greedy:{self.epsilon:g}"
+        elif self.rule == "softmax":
+            base = f"softmax:{self.temperature:g}"
+        else:
+            base = self.rule
+        return f"{base}+uniform:{self.uniform:g}" if self.uniform > 0 else base
 
     @classmethod
     def parse(cls, text: str) -> Exploration:
-        """The inverse of ``str()``: ``greedy``, ``uniform``, ``epsilon_greedy:0.1``, ``softmax:0.5``."""
-        rule, _, arg = (text or "greedy").partition(":")
+        """The inverse of ``str()``: ``greedy``, ``uniform``, ``epsilon_greedy:0.1``, ``softmax:0.5``,
+        any of them with a uniform share ``+uniform:0.2``."""
+        base, plus, mix = (text or "greedy").partition("+")
+        uniform = 0.0
+        if plus:
+            name, _, u = mix.partition(":")
+            try:
+                if name != "uniform" or not u:
+                    raise ValueError("expected RULE+uniform:SHARE")
+                uniform = float(u)
+            except ValueError as exc:
+                raise ValueError(f"bad exploration {text!r}: {exc}") from None
+        rule, _, arg = base.partition(":")
         try:
             if rule == "epsilon_greedy":
-                return cls(rule, epsilon=float(arg))
+                return cls(rule, epsilon=float(arg), uniform=uniform)
             if rule == "softmax":
-                return cls(rule, temperature=float(arg))
+                return cls(rule, temperature=float(arg), uniform=uniform)
+            if arg:
+                raise ValueError(f"{rule} takes no parameter")
+            return cls(rule, uniform=uniform)
         except ValueError as exc:
             raise ValueError(f"bad exploration {text!r}: {exc}") from None
-        if arg:
-            raise ValueError(f"bad exploration {text!r}: {rule} takes no parameter")
-        return cls(rule)
 
 
 GREEDY = Exploration()
@@ -116,6 +140,14 @@ def _slot_table(values: np.ndarray, k: int, exploration: Exploration) -> tuple[n
 def marginals(values: np.ndarray, k: int, exploration: Exploration = GREEDY) -> np.ndarray:
     """``P[j, a]``: the probability that slot ``j`` shows pool item ``a``; shape ``[min(k, M), M]``,
     every row sums to 1."""
+    if exploration.uniform > 0:
+        base = _base_marginals(values, k, exploration)
+        return (1.0 - exploration.uniform) * base + exploration.uniform / max(len(values), 1)
+    return _base_marginals(values, k, exploration)
+
+
+def _base_marginals(values: np.ndarray, k: int, exploration: Exploration) -> np.ndarray:
+    """The marginals of the rule without its uniform share."""
     m = len(values)
     kk = min(k, m)
     p = np.zeros((kk, m))
@@ -137,6 +169,20 @@ def sample(values: np.ndarray, k: int, exploration: Exploration, rng: np.random.
     kk = min(k, m)
     if kk == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
+    if exploration.uniform > 0:
+        u = exploration.uniform
+        if rng.random() < u:
+            idx = rng.permutation(m)[:kk]
+        else:
+            idx, _ = _sample_base(values, k, exploration, rng)
+        return idx, marginals(values, k, exploration)[np.arange(kk), idx]
+    return _sample_base(values, k, exploration, rng)
+
+
+def _sample_base(values: np.ndarray, k: int, exploration: Exploration,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    m = len(values)
+    kk = min(k, m)
     if exploration.rule == "uniform":
         return rng.permutation(m)[:kk], np.full(kk, 1.0 / m)
     rows, prob = _slot_table(values, k, exploration)

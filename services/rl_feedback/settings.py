@@ -61,7 +61,8 @@ class RlFeedbackSettings(BaseSettings):
     learner_gamma: float = Field(default=0.0, ge=0.0, lt=1.0, description="discount: 0 = a contextual bandit; above 0 the "
                                  "next state is the same session's next impression")
     learner_explore: str = Field(default="epsilon_greedy:0.05", description="exploration of the published policy: "
-                                 "epsilon_greedy:<p> or softmax:<temperature> (the propensities it logs are exact)")
+                                 "epsilon_greedy:<p> or softmax:<temperature>, optionally +uniform:<share> (that share of slates "
+                                 "uniformly random: full support for off-policy evaluation); the propensities it logs are exact")
     learner_hidden: tuple[int, ...] = Field(default=(64, 32), description="Q-network hidden layer sizes")
     learner_lr: float = Field(default=1e-3, gt=0)
     learner_seed: int = 0

@@ -109,6 +109,9 @@ HAND = {
     "epsilon_greedy:0.2": {(1, "c3"): 0.8 + 0.1, (1, "c4"): 0.1, (2, "c2"): 0.9, (2, "c1"): 0.1},
     "softmax:0.5": {(1, "c3"): _softmax2(-0.3, -0.7, 0.5), (1, "c4"): 1 - _softmax2(-0.3, -0.7, 0.5),
                     (2, "c2"): _softmax2(-0.5, -0.9, 0.5), (2, "c1"): 1 - _softmax2(-0.5, -0.9, 0.5)},
+    # a uniform share 0.4: 0.6 * the epsilon-greedy marginals + 0.4 / 4, every item in every slot
+    "epsilon_greedy:0.2+uniform:0.4": {(1, "c3"): 0.64, (1, "c4"): 0.16, (1, "c2"): 0.1, (1, "c1"): 0.1,
+                                       (2, "c2"): 0.64, (2, "c1"): 0.16, (2, "c3"): 0.1, (2, "c4"): 0.1},
 }
 
 

@@ -78,6 +78,16 @@ def test_ope_of_a_policy_version_on_a_logs_file(tmp_path, repo_with_policy, caps
     rc, out, _ = _run(capsys, ["ope", "--logs", str(path), "--policy", "1", "--repository", str(repo_with_policy.root),
                                "--exploration", "greedy", "--estimators", "ips,dr", "--n-boot", "20"])
     assert rc == 0 and "ranker.policy/1 (greedy)" in out and "dr" in out and "snips" not in out
+    # --refit: the same point estimates, DR's interval from refitted reward models
+    rc, out, err = _run(capsys, ["ope", "--logs", str(path), "--policy", "1", "--repository", str(repo_with_policy.root),
+                                 "--json", "--n-boot", "50", "--refit"])
+    assert rc == 0, err
+    refit = json.loads(out)
+    want = evaluate(logs, ValuePolicy(lambda x: 2.0 * x[:, 0], slate.Exploration.parse("epsilon_greedy:0.2")), n_boot=50,
+                    refit=True)
+    assert "refit" in refit["reward_model"]
+    assert refit["estimates"]["dr"]["value"] == pytest.approx(rep["estimates"]["dr"]["value"], rel=1e-9)
+    assert refit["estimates"]["dr"]["lo"] == pytest.approx(want.estimates["dr"].lo, rel=1e-5)
 
 
 def test_builtin_targets(tmp_path, capsys):

@@ -133,3 +133,6 @@ def test_exploration_schedule():
     assert q.exploration(1000).epsilon == pytest.approx(0.05)
     soft = QLearner(QConfig(explore="softmax:0.01", explore_start=0.1, explore_decay=10))
     assert soft.exploration(5) == Exploration("softmax", temperature=0.055)
+    # the schedule decays the rule's own parameter and keeps its uniform share (full support)
+    mixed = QLearner(QConfig(explore="epsilon_greedy:0.05+uniform:0.2", explore_start=0.25, explore_decay=100))
+    assert mixed.exploration(50) == Exploration("epsilon_greedy", epsilon=0.15, uniform=0.2)

@@ -57,7 +57,27 @@ def test_uniform_marginals():
     np.testing.assert_allclose(slate.marginals(VALUES, 2, Exploration("uniform")), np.full((2, 5), 0.2))
 
 
-@pytest.mark.parametrize("rule", ["epsilon_greedy:0.3", "softmax:0.2", "uniform"])
+def test_uniform_share_marginals_by_hand():
+    # epsilon_greedy:0.2 with a uniform share 0.25: (1 - 0.25) * the rule's marginals + 0.25 / 5
+    p = slate.marginals(VALUES, 2, Exploration.parse("epsilon_greedy:0.2+uniform:0.25"))
+    eps, u = 0.2, 0.25
+    expected = np.full((2, 5), u / 5)
+    expected[0, 2] += (1 - u) * (1 - eps + eps / 3)
+    expected[0, 0] += (1 - u) * eps / 3
+    expected[0, 1] += (1 - u) * eps / 3
+    expected[1, 4] += (1 - u) * (1 - eps + eps / 2)
+    expected[1, 3] += (1 - u) * eps / 2
+    np.testing.assert_allclose(p, expected, atol=1e-12)
+    # numbers: slot 1's best 0.75 * 0.866667 + 0.05; slot 2 never shows items 2, 0, 1 without the share
+    assert p[0, 2] == pytest.approx(0.7, abs=1e-12) and p[1, 2] == pytest.approx(0.05)
+    assert (p > 0).all()  # full support: every item in every slot
+    # greedy + uniform share: one-hot mixed with 1/M
+    g = slate.marginals(VALUES, 2, Exploration.parse("greedy+uniform:0.5"))
+    assert g[0, 2] == pytest.approx(0.6) and g[0, 4] == pytest.approx(0.1) and g[1, 4] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("rule", ["epsilon_greedy:0.3", "softmax:0.2", "uniform", "epsilon_greedy:0.1+uniform:0.3",
+                                  "greedy+uniform:0.2"])
 def test_sampling_frequencies_match_the_marginals(rule):
     ex = Exploration.parse(rule)
     rng = np.random.default_rng(1)
@@ -76,9 +96,29 @@ def test_sampling_frequencies_match_the_marginals(rule):
 
 
 def test_parse_round_trip_and_bad_rules():
-    for text in ("greedy", "uniform", "epsilon_greedy:0.1", "softmax:0.5"):
+    for text in ("greedy", "uniform", "epsilon_greedy:0.1", "softmax:0.5", "epsilon_greedy:0.1+uniform:0.2",
+                 "softmax:0.5+uniform:0.05", "greedy+uniform:1"):
         assert str(Exploration.parse(text)) == text
+    assert Exploration.parse("epsilon_greedy:0.1+uniform:0.2") == Exploration("epsilon_greedy", epsilon=0.1, uniform=0.2)
+    assert str(Exploration.parse("epsilon_greedy:0.1+uniform:0")) == "epsilon_greedy:0.1"
+    for bad in ("epsilon_greedy:0.1+uniform:1.5", "epsilon_greedy:0.1+uniform", "epsilon_greedy:0.1+softmax:1",
+                "greedy:3", "softmax:x"):
+        with pytest.raises(ValueError):
+            Exploration.parse(bad)
     with pytest.raises(ValueError):
         Exploration.parse("epsilon_greedy:2")
     with pytest.raises(ValueError):
         Exploration.parse("thompson")
+
+
+def test_the_model_repository_accepts_every_logged_form_and_only_those():
+    # the repository checks a policy's exploration with a pattern (it does not import recpilot.rl):
+    # every str(Exploration) must pass it, malformed ones must not
+    from recpilot.models.repository import EXPLORATION_RE
+
+    for ex in (Exploration(), Exploration("uniform"), Exploration("epsilon_greedy", epsilon=0.05),
+               Exploration("softmax", temperature=0.5), Exploration("epsilon_greedy", epsilon=0.1, uniform=0.2),
+               Exploration("greedy", uniform=1.0), Exploration("softmax", temperature=2.0, uniform=0.05)):
+        assert EXPLORATION_RE.fullmatch(str(ex)), str(ex)
+    for bad in ("epsilon_greedy:0.1+uniform:2", "epsilon_greedy:0.1+uniform", "greedy+softmax:1", "+uniform:0.1"):
+        assert not EXPLORATION_RE.fullmatch(bad), bad
