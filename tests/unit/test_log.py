@@ -42,6 +42,7 @@ def test_kafka_client_repeats_are_collapsed_with_a_count_and_others_untouched():
         lg = logging.getLogger(name)
         lg.propagate = False
         lg.handlers[:] = [handler]
+        lg.setLevel(logging.NOTSET)  # a CLI command run in-process earlier may have quietened it
     kafka, client, mine = (logging.getLogger(n) for n in ("aiokafka.conn", "recpilot.kafka.client", "recpilot.mine"))
     for i in range(50):  # a broker down: the same complaint, only numbers differ
         kafka.error("Unable connect to node with id 1: [Errno 111] Connection refused (attempt %d)", i)
