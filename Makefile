@@ -25,7 +25,7 @@ run: setup
 
 test: setup
 	$(PY) -m recpilot.codegen --check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
