@@ -340,7 +340,7 @@ class Story:
                 self._fresh_prev = (s, c)
 
     def firing(self) -> list[dict]:
-        return list((self.monitor_status.get("detectors") or {}).get("firing") or [])
+        return list(self.monitor_status.get("firing") or [])
 
     def actions(self) -> list[dict]:
         return list(self.monitor_status.get("actions") or [])

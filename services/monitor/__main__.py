@@ -25,7 +25,7 @@ RESTART_BACKOFF_MAX_S = 30.0
 def interval_events(pub: MetricPublisher, mon: Monitor) -> list:
     """The monitor's own MetricEvents of one interval."""
     st = mon.status()
-    firing = len(st["detectors"].get("firing") or [])
+    firing = len(st["firing"])
     evs = [pub.event("events_total", n, {"input": name}) for name, n in st["inputs"].items()]
     evs += [pub.event("malformed_total", st["malformed"]), pub.event("alerts_firing", firing)]
     evs += [pub.event("channel_dropped_total", c.get("dropped", 0), {"channel": name})

@@ -94,6 +94,19 @@ def _detector_lines(name: str, det) -> list[str]:
         for _streak, key, kv in sorted(worst, key=lambda t: (-(t[0] or 0), str(t[1])))[:5]:
             shown = ", ".join(f"{k} {_num(v)}" for k, v in kv.items() if not isinstance(v, (dict, list)))
             lines.append(f"    {key}: {shown}")
+    if isinstance(keys, list):  # the engine's shape: one entry per label set, with its last verdict
+        def rank(k):
+            return (not k.get("firing"), -(k.get("breach_streak") or 0), _labels(k.get("labels")))
+
+        for k in sorted((k for k in keys if isinstance(k, dict)), key=rank)[:5]:
+            last = k.get("last") or {}
+            if last.get("breach") is None:
+                verdict = f"no verdict ({last.get('reason', 'no window closed yet')})"
+            else:
+                verdict = (f"{last.get('statistic', '')} {_num(last.get('value'))} (threshold {_num(last.get('threshold'))}), "
+                           f"{'breaching' if last.get('breach') else 'clean'}")
+            lines.append(f"    {_labels(k.get('labels'))}: {verdict}; streaks breach {k.get('breach_streak', 0)} "
+                         f"clean {k.get('clean_streak', 0)}")
     for a in firing if isinstance(firing, list) else []:
         if isinstance(a, dict):
             lines.append(f"    FIRING {a.get('name', name)}{{{_labels(a.get('labels'))}}} "
@@ -122,6 +135,10 @@ def format_status(doc: dict) -> str:
     if not detectors:
         out.append("  (none reported)")
     out.append(f"firing alerts: {firing_total}")
+    hints = doc.get("hints") or []
+    if hints:
+        out.append("provisioning hints:")
+        out.extend(f"  {h.get('service', '?')} {h.get('instance', '')}: {h.get('hint', '')}" for h in hints)
     channels = doc.get("channels") or {}
     out.append("channels:")
     for name in sorted(channels):

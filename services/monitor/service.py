@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from recpilot import kafka as rkafka
 from recpilot.lifecycle import LoopThread
@@ -135,7 +135,19 @@ class MonitorLoop(LoopThread):
             if tmd is None or tmd.error is not None:
                 log.warning("monitor input topic missing; not read", extra={"topic": t})
                 continue
-            parts += [TopicPartition(t, p, OFFSET_END) for p in sorted(tmd.partitions)]
+            parts += [TopicPartition(t, p, now_ms()) for p in sorted(tmd.partitions)]
+        # Start at the offsets of "now", resolved before the assignment (a lazily resolved OFFSET_END
+        # would skip what is produced between this call and the first fetch); none yet: the high
+        # watermark, asked now.
+        if parts:
+            resolved = []
+            for tp in consumer.offsets_for_times(parts, timeout=10.0):
+                offset = tp.offset
+                if offset < 0:
+                    offset = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10.0,
+                                                            cached=False)[1]
+                resolved.append(TopicPartition(tp.topic, tp.partition, offset))
+            parts = resolved
         consumer.assign(parts)
         self.assigned = True
         log.info("monitor inputs assigned", extra={"partitions": len(parts)})
@@ -311,9 +323,12 @@ class Monitor:
 
     def status(self) -> dict:
         with self.lock:
-            detectors = self.engine.status()
+            eng = self.engine.status()
             malformed, processed = self.engine.malformed, self.engine.processed
-        return {"instance": self.s.instance_id, "started_ms": self.started_ms, "detectors": detectors,
+        return {"instance": self.s.instance_id, "started_ms": self.started_ms, "detectors": eng["detectors"],
+                "firing": eng["firing"], "hints": eng["hints"],
+                "engine": {k: eng[k] for k in ("now_ms", "processed", "malformed", "ignored", "late", "inputs",
+                                               "open_windows", "resources")},
                 "channels": self.dispatcher.stats(), "actions": self.actuator.history(),
                 "actions_enabled": self.actions_enabled(), "kill_switch": self._kill_switch(),
                 "malformed": malformed, "processed": processed,

@@ -68,7 +68,7 @@ def test_ctr_collapse_rolls_back_and_inference_serves_the_previous_version(
         wait_until(lambda: _answer(stub) == v2, 30, "v2 never served")
         t0 = time.monotonic()
         send(v2, 3000, 0.005)                      # v2 clicks a tenth as often
-        wait_until(lambda: _answer(stub) == v1, 60, lambda: status(mon)["detectors"]["detectors"]["CtrRegression"])
+        wait_until(lambda: _answer(stub) == v1, 60, lambda: status(mon)["detectors"]["CtrRegression"])
         print(f"rolled back {time.monotonic() - t0:.1f} s after v2's rewards were produced")
 
         state = replay(platform_settings, control, timeout=20).state("ranker")

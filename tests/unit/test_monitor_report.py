@@ -188,3 +188,32 @@ def test_no_usable_reference_is_a_clear_error(tmp_path):
         with pytest.raises(FailedPrecondition, match=f"ranker/{version} has no drift reference"):
             report.drift_report(None, repo, "ranker", version)   # decided before any Kafka read
     assert report.compare({"item_ctr": bad}, report.Current()) == []
+
+
+def test_status_summary_of_a_real_engine_document():
+    """The formatter on what the service serves: Engine.status()'s detectors, firing alerts and hints."""
+    import numpy as np
+
+    from recpilot.metricevents import metric_event, summary
+    from recpilot.models.evaluate import distribution
+    from services.monitor.config import load_config
+    from services.monitor.engine import Engine
+
+    rng = np.random.default_rng(0)
+    ref = distribution(rng.normal(0, 1, 20_000))
+    bounds = ref["histogram"]["bounds"]
+    eng = Engine(load_config(), lambda m, v: {"f1": ref})
+    t0 = 1_700_000_000_000
+    for k in range(30):  # 2.5 minutes of 5 s intervals, shifted by 1 sigma after the first minute
+        x = rng.normal(1.0 if k >= 12 else 0.0, 1, 400)
+        counts = np.bincount(np.searchsorted(bounds, x, side="left"), minlength=len(bounds) + 1)
+        eng.observe_metric(metric_event("inference", "r0", "feature", float(x.mean()),
+                                        {"model": "ranker", "version": "2", "feature": "f1"}, timestamp_ms=t0 + k * 5000,
+                                        summary=summary(x.size, x.sum(), x.min(), x.max(), None, bounds, counts)))
+        eng.tick(t0 + k * 5000 + 4000)
+    st = eng.status()
+    text = commands.format_status({"processed": st["processed"], "malformed": 0, "actions_enabled": True,
+                                   "detectors": st["detectors"], "hints": st["hints"], "channels": {}, "actions": []})
+    assert "FeatureDrift: 1 keys, 1 firing" in text
+    assert "feature=f1,model=ranker,version=2: " in text and "breaching; streaks breach" in text
+    assert "FIRING FeatureDrift{feature=f1,model=ranker,version=2}" in text and "firing alerts: 1" in text
