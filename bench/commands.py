@@ -167,6 +167,8 @@ def _ope(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--sim-q-steps", type=int, default=3000, help="sim: the target Q-learner's minibatch updates")
     p.add_argument("--sim-logger", default="epsilon_greedy:0.1", help="sim: the logging rule on the ranker's scores")
     p.add_argument("--sim-target", default="epsilon_greedy:0.05", help="sim: the rule the learned target serves with")
+    p.add_argument("--sim-first-seed", type=int, default=0, help="sim: seeds below this are logged (the stream "
+                   "advances as in a full run) but not evaluated: finishes a run cut short")
     p.add_argument("--refit", action="store_true", help="coverage, sim: DM's and DR's bootstrap replicates refit the "
                    "reward model (recpilot ope --refit)")
     p.add_argument("--ranker-impressions", type=int, default=3000, help="sim: as bench rl (its cached ranker)")

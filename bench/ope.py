@@ -96,7 +96,7 @@ def coverage(seeds: int, n: int, logger: str, target: str, n_boot: int, level: f
 
 def sim_part(seeds: int, n: int, train_decisions: int, logger: str, target: str, n_boot: int, level: float,
              q_steps: int, cfg=None, scorer=None, ranker_impressions: int = 3000, cache: str = ".cache/rl-bench",
-             progress=print, refit: bool = False) -> dict:
+             progress=print, refit: bool = False, first_seed: int = 0) -> dict:
     """The issue's OPE target on simulator logs. One :class:`FastShop` stream (``cfg``, default
     bench rl's FastConfig seed 0, with its cached ranker unless ``scorer`` is given):
 
@@ -109,7 +109,10 @@ def sim_part(seeds: int, n: int, train_decisions: int, logger: str, target: str,
        realised CTR of one run of the target on them (its slates sampled, clicks drawn from the
        click model; nothing fed back to the store).
     Also per seed: the share of the target's slot mass on (slot, item) pairs the logger could never
-    show there (``unsupported``), which only the reward model speaks for."""
+    show there (``unsupported``), which only the reward model speaks for.
+
+    ``first_seed``: seeds below it are logged (the stream and every random draw advance exactly as in
+    a full run) but not evaluated, so a run cut short can be finished with the seeds it lacks."""
     import torch
 
     from recpilot.rl.fastshop import FastConfig, FastShop
@@ -163,6 +166,9 @@ def sim_part(seeds: int, n: int, train_decisions: int, logger: str, target: str,
         logs = shop.logged()
         shop.reset_log()
         t_log = time.monotonic() - ts
+        if s < first_seed:
+            progress(f"  seed {s}: logged only (--sim-first-seed {first_seed}), {t_log:.1f} s")
+            continue
         rep = evaluate(logs, pol, n_boot=n_boot, level=level, seed=s, refit=refit)
         truth = policy_value(logs, pol)["value"]
         # one run of the target on the same contexts: its slates drawn, clicks from the click model
@@ -195,7 +201,7 @@ def sim_part(seeds: int, n: int, train_decisions: int, logger: str, target: str,
         summary[e] = {"within_10pct": int((np.abs(rel) <= 0.10).sum()), "covered": int(sum(r["estimates"][e]["covered"] for r in rows)),
                       "mean_rel_error": float(rel.mean()), "mean_abs_rel_error": float(np.abs(rel).mean()),
                       "max_abs_rel_error": float(np.abs(rel).max())}
-    return {"seeds": seeds, "decisions": n, "train_decisions": train_decisions, "logger": f"ranker scores, {logger}",
+    return {"seeds": seeds, "first_seed": first_seed, "decisions": n, "train_decisions": train_decisions, "logger": f"ranker scores, {logger}",
             "target": pol.name, "k": k, "pool": cfg.pool_size, "level": level, "n_boot": n_boot, "refit": refit,
             "seconds": {"setup": round(t_setup, 1), "target": round(t_target, 1), "total": round(time.monotonic() - t0, 1)},
             "rows": rows, "summary": summary}
@@ -257,7 +263,7 @@ def run(args) -> int:
               f"served {args.sim_target}", flush=True)
         r = sim_part(args.seeds, args.sim_decisions, args.sim_train, args.sim_logger, args.sim_target, args.n_boot,
                      args.level, args.sim_q_steps, ranker_impressions=args.ranker_impressions, cache=args.cache,
-                     progress=lambda m: print(m, flush=True), refit=args.refit)
+                     progress=lambda m: print(m, flush=True), refit=args.refit, first_seed=args.sim_first_seed)
         out["sim"] = r
         print(sim_table(r))
         print(f"seconds: {r['seconds']}; machine at the end: {machine()}")
