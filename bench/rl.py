@@ -10,7 +10,13 @@ traffic, the same shoppers asking, the same ranker) and the same budget of impre
 * ``qlearn``: recpilot's :class:`recpilot.rl.qlearn.QLearner`, online, exploring;
 * ``vw``: Vowpal Wabbit ``cb_explore_adf``, slot by slot: the remaining pool items are the ADF
   actions with the same policy inputs, the shared features are the user's (session length) and the
-  slot; cost -1 for a click.
+  slot; cost -1 for a click;
+* ``truthfit`` (a measurement, not a policy): shows uniform slates like ``uniform``; until the last
+  window it records every pool item's policy inputs with the simulator's hidden attractiveness, then
+  fits an MLP (256-128-64, MSE) from the inputs to that attractiveness, and over the last window
+  reports the true CTR of the greedy order by the fit. That is about the best any policy could do
+  from the policy inputs alone, with noise-free labels and every item of every pool labelled: the
+  ceiling of what these inputs allow, below the ceiling of the truth itself.
 
 The ranker is a real ranker version: for each seed, logged impressions of the shop's first
 ``--ranker-impressions`` requests (k random pool items out of random candidates, before any ranker
@@ -36,7 +42,7 @@ import numpy as np
 
 from bench.machine import machine
 
-METHODS = ("uniform", "popularity", "ranker", "qlearn", "vw")
+METHODS = ("uniform", "popularity", "ranker", "qlearn", "vw", "truthfit")
 RANKER_HP = {}  # recpilot train's defaults (recpilot.models.train.DEFAULT_HP)
 
 
@@ -194,15 +200,23 @@ def run_method(method: str, cfg, args, seed_dir: Path) -> dict:
     elif method == "vw":
         vw = VWPolicy(args.vw_explore, cfg.seed, args.vw_args)
     rng = np.random.default_rng(cfg.seed + 17)
+    fit_x, fit_y, fit = [], [], None
     t0 = time.monotonic()
     for i in range(n):
         ctx = shop.next_context()
         m = len(ctx.pool_item_ids)
+        if method == "truthfit":
+            if i < last:
+                fit_x.append(ctx.x)
+                fit_y.append(shop.truth.attractiveness(ctx._user, ctx.pool_item_ids, ctx.elapsed_s))
+            elif fit is None:
+                fit = fit_truth(np.concatenate(fit_x), np.concatenate(fit_y), seed=cfg.seed)
+                fit_x = fit_y = None
         if method == "vw":
             idx, prop = vw.decide(ctx, k)
             p_marg = None
         else:
-            if method == "uniform":
+            if method in ("uniform", "truthfit"):
                 values, ex = np.zeros(m), slate.Exploration("uniform")
             elif method == "popularity":
                 values, ex = ctx.popularity, slate.GREEDY
@@ -233,11 +247,41 @@ def run_method(method: str, cfg, args, seed_dir: Path) -> dict:
                 q.train(args.q_steps)
             if i >= last:
                 greedy_v[i] = shop.true_value(ctx, slate.marginals(values, k, slate.GREEDY))
+        elif method == "truthfit":
+            if i >= last:
+                greedy_v[i] = shop.true_value(ctx, slate.marginals(fit(ctx.x), k, slate.GREEDY))
         elif i >= last:
             greedy_v[i] = true_v[i]  # the fixed policies are their own greedy version
     secs = time.monotonic() - t0
     return {"method": method, "seed": cfg.seed, "clicks": clicks, "shown": shown_n, "true": true_v,
             "greedy": greedy_v, "oracle": oracle_v, "seconds": secs, "qstats": q.stats() if q is not None else None}
+
+
+def fit_truth(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int = 4000, batch: int = 1024):
+    """An MLP (256-128-64) fitted by MSE from policy inputs ``x [N, F]`` to the hidden attractiveness
+    ``y [N]`` (measuring only: ``truthfit``); returns ``predict(x [M, F]) -> [M]``."""
+    import torch
+
+    torch.manual_seed(seed)
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
+    xt = torch.from_numpy(((x - mu) / sd).astype(np.float32))
+    yt = torch.from_numpy((y * 10).astype(np.float32))  # attractiveness is ~0.01-0.3: scaled for the loss
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.ReLU(), torch.nn.Linear(256, 128),
+                              torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        b = torch.randint(len(xt), (batch,), generator=g)
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(xt[b]).squeeze(1), yt[b])
+        loss.backward()
+        opt.step()
+
+    def predict(xs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(((xs - mu) / sd).astype(np.float32))).squeeze(1).numpy().astype(np.float64)
+
+    return predict
 
 
 def _job(payload):

@@ -42,7 +42,9 @@ def train_bootstrap_model(name: str, repository, seed: int = 0) -> str:
 
     df = synthetic_impressions(BOOTSTRAP_ROWS, seed=seed)
     ds = examples_from_impressions(df, None, source=f"bootstrap:synthetic_impressions({BOOTSTRAP_ROWS}, seed={seed})")
-    report = train_and_register(ds, "torch", name=name, hp=dict(BOOTSTRAP_HP), seed=seed, repository=repository)
+    # no drift reference: generated impressions are not the shop's traffic (see train_and_register)
+    report = train_and_register(ds, "torch", name=name, hp=dict(BOOTSTRAP_HP), seed=seed, repository=repository,
+                                drift_reference=False)
     return str(report.version)
 
 

@@ -299,8 +299,12 @@ class TrainReport:
 
 def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp: dict | None = None, seed: int = 0,
                        holdout_fraction: float = 0.2, repository=None, production: Production | None = None,
-                       progress: Progress | None = None, register: bool = True) -> TrainReport:
-    """Split, train, evaluate, export. With ``register=False`` the model is evaluated but not written."""
+                       progress: Progress | None = None, register: bool = True,
+                       drift_reference: bool = True) -> TrainReport:
+    """Split, train, evaluate, export. With ``register=False`` the model is evaluated but not written.
+    ``drift_reference=False`` leaves model.json's ``reference`` empty: for data that is not the shop's
+    traffic (the bootstrap ranker's generated impressions), whose histograms would make every
+    serving window look like drift; the monitor then gives that version no drift verdict."""
     if framework not in FRAMEWORKS:
         raise TrainError(f"unknown framework {framework!r} (expected one of {', '.join(FRAMEWORKS)})")
     progress = progress or Progress(enabled=False)
@@ -379,7 +383,7 @@ def train_and_register(ds: Dataset, framework: str, *, name: str = "ranker", hp:
             "holdout": "time-based: the latest rows by timestamp",
             "notes": notes,
         },
-        "reference": ev.reference_summary(ds.dense, ds.dense_features, all_scores),
+        "reference": ev.reference_summary(ds.dense, ds.dense_features, all_scores) if drift_reference else {},
     }
     progress.line("holdout metrics:\n" + ev.format_table(
         {"model": m_model, "popularity": m_pop, "production": m_prod}, RANK_K)

@@ -295,8 +295,6 @@ class RankingService:
             log.error("model failed", extra={"request_id": req.request_id, "model": name,
                                              "model_version": mv.version, "error": repr(exc), "collapse": True})
             return self._fallback(req, "model_error", surface, name, candidates)
-        if self.telemetry is not None:
-            self.telemetry.scored(name, mv.version, variant, mv.meta, scores, dense)
         if routes.shadow is not None and routes.shadow is not mv:
             asyncio.get_running_loop().create_task(self._shadow(routes.shadow, req, dense, ids, scores))
         policy, policy_variant = self.policies.choose(name, req.user_id)
@@ -312,6 +310,8 @@ class RankingService:
         m.POLICY_SECONDS.labels("ranker-order" if policy is self.policies.default else "learned").observe(
             time.perf_counter() - t1)
         chosen = slate.pool[slate.shown].tolist()
+        if self.telemetry is not None:  # the shown items: the population a trained version's reference comes from
+            self.telemetry.scored(name, mv.version, variant, mv.meta, scores[chosen], dense[chosen])
         out = [(candidates[i], float(scores[i]), pos, p)
                for pos, (i, p) in enumerate(zip(chosen, slate.propensities.tolist()), start=1)]
         res = Result(out, req.request_id, name, mv.version, policy.version, False, "", variant, policy_variant)

@@ -3,11 +3,18 @@
 
 * ``latency_ms`` (summary on :data:`LATENCY_BOUNDS_MS`, labels method) and ``requests`` / ``failures`` / ``fallbacks`` (values,
   labels method[, code|reason]) for SLOs;
-* ``score`` (summary, labels model, version, variant): the distribution of the served scores
-  (all candidates), bucketed on the model's reference histogram bounds when model.json has them,
-  for prediction drift;
-* ``feature`` (summary, labels feature, model, version): each dense input over a sample of the
-  scored rows, on the reference bounds, for data drift.
+* ``score`` (summary, labels model, version, variant): the distribution of the scores of the
+  shown items, bucketed on the model's reference histogram bounds when model.json has them, for
+  prediction drift;
+* ``feature`` (summary, labels feature, model, version): each dense input of the shown items, on
+  the reference bounds, for data drift.
+
+Both count the items a response showed, not every scored candidate: a trained version's reference
+(``recpilot train``, model.json ``reference``) is computed over its training rows, one per shown item
+of the logged impressions, so serving is compared with the same population. The candidates as a
+whole (hundreds per request, most never shown, in candidate-generation order) have another
+distribution by construction, and compared with that reference they looked like drift on nearly
+every feature.
 
 Recording is O(1)-ish on the event loop (bounded reservoirs under a lock); :meth:`Telemetry.events`
 builds an interval's events and is the collect function of the service's
@@ -73,6 +80,8 @@ class Telemetry:
                 self._counts[("fallbacks", method, fallback_reason)] += 1
 
     def scored(self, model: str, version: str, variant: str, meta: dict, scores: np.ndarray, dense: np.ndarray) -> None:
+        if len(scores) == 0:
+            return
         key = (model, version, variant)
         with self._lock:
             self._meta[(model, version)] = meta
@@ -81,7 +90,7 @@ class Telemetry:
                 self._nscores[key] += len(scores)
             mk = (model, version)
             if self._nrows[mk] < _MAX_ROWS:
-                take = dense[: max(1, min(len(dense), 20))]  # a few rows per request
+                take = dense[:20]  # the shown items' rows (at most 20 per request)
                 self._rows[mk].append(take)
                 self._nrows[mk] += len(take)
 

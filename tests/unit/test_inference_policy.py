@@ -221,3 +221,19 @@ def test_the_queued_bytes_of_an_impression_include_its_pool():
     with_pool = rec.approx_bytes()
     rec.pool_item_ids = rec.pool_scores = rec.pool_dense = None
     assert with_pool - rec.approx_bytes() >= 4 * (len(DENSE_FEATURES) + 1) * 4 + 4 * 64
+
+
+def test_telemetry_counts_the_shown_items_not_every_candidate():
+    """The drift summaries (score, feature) count what a response showed: the population of a trained
+    version's reference (one training row per shown item), not all scored candidates."""
+    from services.inference.telemetry import Telemetry
+
+    tel = Telemetry("i1")
+    svc = RankingService(InferenceSettings(policy_pool=4), Features(), Models(), policies=PolicyRegistry(pool_size=4),
+                         telemetry=tel)
+    (res,) = recommend(svc, ["u"], k=2)
+    assert [i for i, *_ in res.items] == ["c1", "c4"]
+    by = {(e.name, e.labels.get("feature", "")): e for e in tel.events()}
+    score = by[("score", "")]
+    assert score.summary.count == 2 and score.value == pytest.approx((0.9 + 0.7) / 2)
+    assert all(by[("feature", f)].summary.count == 2 for f in DENSE_FEATURES)
