@@ -136,6 +136,29 @@ class Lifecycle:
                 log.error("a component stopped unexpectedly; shutting down")
                 self.stopping.set()
 
+    def start_service(self, name: str, current: list, http, metric_events, interval_s: float,
+                      collect: Callable[[], list]) -> bool:
+        """The start-up every consumer service's entry point runs: signal handlers; the health server
+        (``http``, up first so ``/healthz`` answers while the service starts); ``current[0].start()``
+        (on failure: logged, everything started so far stopped, False: the entry point exits 1); then
+        the metric-event publisher (``metric_events.start(interval_s, collect)``) and the service's
+        stop, registered so that :meth:`shutdown` stops the service before the publisher before the
+        health server. ``current`` is the one-element list the health checks and :meth:`restart`
+        share."""
+        self.install_signal_handlers()
+        http.start()
+        self.add("http", http.stop)
+        try:
+            current[0].start()
+        except Exception:
+            log.exception(f"{name} failed to start")
+            self.shutdown()
+            return False
+        self.add("metric-events", lambda: metric_events.close(5))
+        metric_events.start(interval_s, collect)
+        self.add(name, lambda: current[0].stop())
+        return True
+
     def restart(self, current: list, build: Callable[[], object], *, name: str, delay: float,
                 backoff_max_s: float, on_attempt: Callable[[], object] | None = None) -> float:
         """Replace the failed component in ``current[0]`` (a one-element list the health checks and

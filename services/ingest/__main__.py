@@ -46,18 +46,8 @@ def main() -> int:
     http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=lambda: current[0].ready())
 
     life = Lifecycle()
-    life.install_signal_handlers()
-    http.start()
-    life.add("http", http.stop)
-    try:
-        current[0].start()
-    except Exception:
-        log.exception("ingest failed to start")
-        life.shutdown()
+    if not life.start_service("ingest", current, http, metric_events, s.metrics_interval_s, interval_metrics):
         return 1
-    life.add("metric-events", lambda: metric_events.close(5))
-    metric_events.start(s.metrics_interval_s, interval_metrics)
-    life.add("ingest", lambda: current[0].stop())
     delay = 1.0
     while True:
         life.wait(check=lambda: current[0].running, on_stop=False)

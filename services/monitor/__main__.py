@@ -47,18 +47,9 @@ def main() -> int:
         rkafka.producer(platform, **{"client.id": f"monitor-metrics-{s.instance_id}", "linger.ms": 50}),
         "monitor", s.instance_id, topic=metrics_topic("monitor"))
     life = Lifecycle()
-    life.install_signal_handlers()
-    http.start()
-    life.add("http", http.stop)
-    try:
-        current[0].start()
-    except Exception:
-        log.exception("monitor failed to start")
-        life.shutdown()
+    if not life.start_service("monitor", current, http, metric_events, s.metrics_interval_s,
+                              lambda: interval_events(metric_events, current[0])):
         return 1
-    life.add("metric-events", lambda: metric_events.close(5))
-    metric_events.start(s.metrics_interval_s, lambda: interval_events(metric_events, current[0]))
-    life.add("monitor", lambda: current[0].stop())
     delay = 1.0
     while True:
         life.wait(check=lambda: current[0].running, on_stop=False)

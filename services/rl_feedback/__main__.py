@@ -53,18 +53,9 @@ def main() -> int:
     http = HealthServer(s.http_port, s.http_host or platform.bind_host, ready=lambda: current[0].ready())
 
     life = Lifecycle()
-    life.install_signal_handlers()
-    http.start()
-    life.add("http", http.stop)
-    try:
-        current[0].start()
-    except Exception:
-        log.exception("rl_feedback failed to start")
-        life.shutdown()
+    if not life.start_service("rl_feedback", current, http, metric_events, s.metrics_interval_s,
+                              lambda: interval_events(metric_events, current[0])):
         return 1
-    life.add("metric-events", lambda: metric_events.close(5))
-    metric_events.start(s.metrics_interval_s, lambda: interval_events(metric_events, current[0]))
-    life.add("rl_feedback", lambda: current[0].stop())
     learner = [None]
     if s.learner_enabled:  # the policy lifecycle: started after the joiner, stopped before it
         learner[0] = PolicyLearner(s, platform)

@@ -86,3 +86,37 @@ def test_restart_retries_with_a_doubling_delay_until_a_component_starts():
     life.stopping.set()                         # stopping: no attempt at all
     assert life.restart(current, build, name="thing", delay=0.001, backoff_max_s=1.0) == 0.001
     assert len(built) == 3 and current[0] is built[2]
+
+
+class _Part:
+    def __init__(self, name, order, fail=False):
+        self.name, self.order, self.fail = name, order, fail
+
+    def start(self, *args):
+        if self.fail:
+            raise RuntimeError(f"{self.name} cannot start")
+        self.order.append(f"start {self.name}")
+
+    def stop(self):
+        self.order.append(f"stop {self.name}")
+
+    def close(self, timeout):
+        self.order.append(f"stop {self.name}")
+
+
+def test_start_service_starts_health_first_and_stops_the_service_before_metrics_before_health():
+    order = []
+    life = Lifecycle()
+    current = [_Part("svc", order)]
+    assert life.start_service("svc", current, _Part("http", order), _Part("metrics", order), 5.0, list)
+    life.shutdown()
+    assert order == ["start http", "start svc", "start metrics", "stop svc", "stop metrics", "stop http"]
+
+
+def test_start_service_that_fails_stops_what_started_and_says_so(caplog):
+    order = []
+    life = Lifecycle()
+    assert not life.start_service("svc", [_Part("svc", order, fail=True)], _Part("http", order),
+                                  _Part("metrics", order), 5.0, list)
+    assert order == ["start http", "stop http"] and life.stopping.is_set()
+    assert "svc failed to start" in caplog.text
