@@ -292,4 +292,7 @@ def _soak(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-home", action="store_true", help="keep the temporary home (data and logs) at the end")
     p.add_argument("--plot", default="docs/img/soak.png", help="PNG path ('' = none; default docs/img/soak.png)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results, every sample included, here")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="run nothing: print the tables and verdicts and draw the picture again from a result "
+                        "written by --json (with this command's thresholds and --plot)")
     p.set_defaults(func=_run("soak"))

@@ -28,10 +28,13 @@ CPU), a table per consumer group (lag max, at the end of the load, after the dra
 per component and group, a PNG (memory and lag over time) and, with ``--json``, every sample.
 
 Verdicts (the thresholds are options): ``memory flat`` when the least-squares slope of RSS over the
-second half of the run is below ``--flat-mib-per-min`` (default 1 MiB/min: 60 MiB an hour);
-``lag bounded`` when the group's lag came back to ``--lag-near-zero`` messages or fewer (default
-500) at least once in the last quarter of the load; a consumer that falls behind for good never
-does.
+second half of the run is below ``--flat-mib-per-min`` (default 1 MiB/min: 60 MiB an hour), both
+the slope of every reading and that of the floor (each minute's lowest reading); ``memory grows``
+when the floor rises (memory kept), ``floor flat, peaks`` when only the readings rise (transient
+peaks that come back down). ``lag bounded`` when the group's lag came back to ``--lag-near-zero``
+messages or fewer (default 500) at least once in the last quarter of the load; a consumer that
+falls behind for good never does. ``--from-json`` prints the tables and draws the picture again
+from a saved result, without running anything.
 """
 
 from __future__ import annotations
@@ -80,29 +83,56 @@ def _first_at(points: list[tuple[float, float]], t: float) -> float | None:
     return next((v for tt, v in points if tt >= t), None)
 
 
+def floor_points(points: list[tuple[float, float]], t_from: float, t_end: float,
+                 width_s: float = 60.0) -> list[tuple[float, float]]:
+    """The lowest reading of each ``width_s`` stretch from ``t_from`` to ``t_end`` (the last
+    stretch takes what is left over): memory a process holds between its transient peaks."""
+    n = max(1, int((t_end - t_from) // width_s))
+    lows: dict[int, tuple[float, float]] = {}
+    for t, v in points:
+        if t < t_from:
+            continue
+        i = min(n - 1, int((t - t_from) // width_s))
+        if i not in lows or v < lows[i][1]:
+            lows[i] = (t, v)
+    return [lows[i] for i in sorted(lows)]
+
+
 def memory_row(samples: list[dict], name: str, flat_mib_per_min: float = FLAT_MIB_PER_MIN) -> dict:
-    """RSS (MiB) of component ``name`` at the start, after 1 minute, at the end and at most; the
-    slope over the second half of the run (MiB/min) and its verdict; mean CPU (cores)."""
+    """RSS (MiB) of component ``name`` at the start, after 1 minute, at the end and at most; over
+    the second half of the run the slope of every reading and of the floor (each minute's lowest
+    reading), in MiB/min, and the verdict; mean CPU (cores).
+
+    Verdict: ``memory flat`` when both slopes are under ``flat_mib_per_min``; ``memory grows``
+    when the floor's is not (memory kept); ``floor flat, peaks`` when only the readings' slope is
+    not (transient peaks that come back down); the floor needs 3 minutes in the second half, else
+    the readings' slope alone decides."""
     pts = _series(samples, "rss_mib", name)
     cpu = [v for _, v in _series(samples, "cpu_cores", name)]
     row: dict = {"name": name, "samples": len(pts), "rss_start_mib": None, "rss_1min_mib": None,
-                 "rss_end_mib": None, "rss_max_mib": None, "slope_mib_per_min": None,
+                 "rss_end_mib": None, "rss_max_mib": None, "slope_mib_per_min": None, "floor_slope_mib_per_min": None,
                  "cpu_mean_cores": round(sum(cpu) / len(cpu), 3) if cpu else None, "memory": "no samples"}
     if not pts:
         return row
     t_end = samples[-1]["t"]
     second = [(t, v) for t, v in pts if t >= t_end / 2]
     slope = slope_per_min(second)
+    floor = slope_per_min(floor_points(pts, t_end / 2, t_end))
     one = _first_at(pts, 60.0)
     row.update(rss_start_mib=round(pts[0][1], 1), rss_1min_mib=None if one is None else round(one, 1),
                rss_end_mib=round(pts[-1][1], 1), rss_max_mib=round(max(v for _, v in pts), 1),
-               slope_mib_per_min=None if slope is None else round(slope, 3))
+               slope_mib_per_min=None if slope is None else round(slope, 3),
+               floor_slope_mib_per_min=None if floor is None else round(floor, 3))
     if slope is None:
         row["memory"] = "too few samples in the second half"
-    elif slope < flat_mib_per_min:
-        row["memory"] = "memory flat"
-    else:
+    elif floor is not None and floor >= flat_mib_per_min:
+        row["memory"] = f"memory grows {floor:.2f} MiB/min (floor)"
+    elif slope >= flat_mib_per_min and floor is None:
         row["memory"] = f"memory grows {slope:.2f} MiB/min"
+    elif slope >= flat_mib_per_min:
+        row["memory"] = f"floor flat, peaks ({slope:+.2f} MiB/min over every reading)"
+    else:
+        row["memory"] = "memory flat"
     return row
 
 
@@ -168,11 +198,13 @@ def _v(x, fmt: str = "{:.1f}") -> str:
 
 def format_tables(summary: dict) -> str:
     """The memory and lag tables (markdown) and one verdict line per component and group."""
-    out = ["| component | RSS start (MiB) | after 1 min | end | max | slope, 2nd half (MiB/min) | CPU (cores, mean) | verdict |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    out = ["| component | RSS start (MiB) | after 1 min | end | max | slope, 2nd half (MiB/min) | floor slope | "
+           "CPU (cores, mean) | verdict |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in summary["memory"]:
         out.append(f"| {r['name']} | {_v(r['rss_start_mib'])} | {_v(r['rss_1min_mib'])} | {_v(r['rss_end_mib'])} | "
                    f"{_v(r['rss_max_mib'])} | {_v(r['slope_mib_per_min'], '{:+.2f}')} | "
+                   f"{_v(r.get('floor_slope_mib_per_min'), '{:+.2f}')} | "
                    f"{_v(r['cpu_mean_cores'], '{:.2f}')} | {r['memory']} |")
     out += ["", "| consumer group | lag max | at the end of the load | after the drain | min, last quarter | verdict |",
             "| --- | ---: | ---: | ---: | ---: | --- |"]
@@ -347,6 +379,8 @@ def _fresh_home(path: str | None) -> tuple[Path, bool]:
 def run(args) -> int:
     from recpilot.errors import InvalidArgument
 
+    if args.from_json:
+        return rerender(args)
     if args.minutes <= 0 or args.interval <= 0 or args.rate <= 0:
         raise InvalidArgument("--minutes, --interval and --rate must be > 0")
     home, temporary = _fresh_home(args.home)
@@ -370,16 +404,24 @@ def run(args) -> int:
     error: str | None = None
     prev = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def on_signal(*_):
-        raise KeyboardInterrupt
+    stop = threading.Event()
 
-    signal.signal(signal.SIGTERM, on_signal)
+    def on_signal(*_):
+        # a flag, checked between steps (as the story does): an exception raised here could land in
+        # a Kafka client's callback and be lost; a second signal stops at once
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        say("stopping (again to stop at once): the platform goes down after the step under way")
+
+    for sig in prev:
+        signal.signal(sig, on_signal)
     done = threading.Event()
     probe: Probe | None = None
     t_up = time.monotonic()
     up_s = None
     try:
-        stack.up(echo=lambda m: say(f"  up: {m}"))
+        _up(stack, stop, lambda m: say(f"  up: {m}"))
         up_s = time.monotonic() - t_up
         say(f"platform up in {up_s:.0f}s")
         probe = Probe(stack)
@@ -403,7 +445,8 @@ def run(args) -> int:
         while True:
             now = time.monotonic()
             if now < next_at:
-                time.sleep(min(0.5, next_at - now))
+                if stop.wait(min(0.5, next_at - now)):
+                    raise KeyboardInterrupt
                 continue
             t = now - t0
             rss, cpu = probe.resources(pids)
@@ -437,7 +480,8 @@ def run(args) -> int:
         story.drain()
         say(f"  drain: the consumers get {args.drain:g}s to catch up (the joiner publishes an impression's rewards "
             "once its attribution window has passed)")
-        time.sleep(args.drain)  # time itself is what is measured here: what is left after it
+        if stop.wait(args.drain):  # time itself is what is measured here: what is left after it
+            raise KeyboardInterrupt
         after_drain = {}
         for read in (probe.lags, probe.readers):
             try:
@@ -468,27 +512,10 @@ def run(args) -> int:
               "up_s": None if up_s is None else round(up_s, 1), "error": error,
               "recommend": {"calls": r.recommend_calls if r else 0, "failures": r.recommend_failures if r else 0,
                             "p50_ms_last_20000": _pct(lat_all, 0.5), "p99_ms_last_20000": _pct(lat_all, 0.99)},
-              "events": story.events, "lag_after_drain_by_topic": after_drain_by_topic, "summary": summary,
+              "events": story.events, "lag_after_drain": after_drain, "lag_after_drain_by_topic": after_drain_by_topic,
+              "summary": summary,
               "samples": samples}
-    print()
-    print(format_tables(summary))
-    sim = summary["simulator"]
-    print(f"simulator: {sim['steps_per_s_mean']} steps/s (asked {args.rate:g}), {sim['events_per_s_mean']} events/s, "
-          f"{sim['recommend_per_s_mean']} "
-          f"Recommend/s, CTR {sim['ctr_mean']}; Recommend {result['recommend']['calls']} calls, "
-          f"{result['recommend']['failures']} failed; events {story.events or '-'}")
-    if summary["load1"]:
-        print(f"load average (1 min) during the run: {summary['load1']['min']}-{summary['load1']['max']} "
-              f"(mean {summary['load1']['mean']})")
-    print(f"machine at the end: {machine()}")
-    if args.plot and samples:
-        plot(samples, args.plot, f"recpilot bench soak: {args.rate:g} shopper steps/s, {args.minutes:g} min, "
-                                 f"load avg {summary['load1']['mean'] if summary['load1'] else '-'} on {m0['cores']} cores")
-        print(f"picture: {args.plot}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        print(f"json: {args.json}")
+    report(result, args, write_json=True)
     if error is None and temporary and not args.keep_home:
         shutil.rmtree(home, ignore_errors=True)
     elif temporary:
@@ -496,6 +523,67 @@ def run(args) -> int:
     if error == "interrupted":
         return 130
     return 1 if error else 0
+
+
+def _up(stack, stop: threading.Event, echo) -> None:
+    """`recpilot up` (:meth:`Stack.up`) one part at a time, so that a stop request waits for the part
+    under way only (a service's start-up), not for the whole platform."""
+    from recpilot.stack.manager import services
+
+    def check() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+
+    took = stack.up_infra(echo)
+    echo(f"redis ready at {stack.redis.address} ({took['redis']:.1f}s), kafka ready at {stack.kafka.address} "
+         f"({took['kafka']:.1f}s)")
+    check()
+    stack.up_alertmanager(echo)
+    for spec in services():
+        check()
+        stack.up_services([spec.name], echo=echo)
+    check()
+
+
+def report(result: dict, args, write_json: bool = False) -> None:
+    """Print the tables, verdicts and figures of ``result``; draw the picture (``args.plot``);
+    write the JSON (``args.json``) when ``write_json``."""
+    summary, samples, m0 = result["summary"], result["samples"], result["machine"]
+    print()
+    print(format_tables(summary))
+    sim, rec, ev = summary["simulator"], result["recommend"], result.get("events") or {}
+    print(f"simulator: {_v(sim['steps_per_s_mean'])} steps/s (asked {result['rate']:g}), "
+          f"{_v(sim['events_per_s_mean'])} events/s, {_v(sim['recommend_per_s_mean'])} Recommend/s, CTR "
+          f"{_v(sim['ctr_mean'], '{:.4f}')}; Recommend {rec['calls']} calls, {rec['failures']} failed, p50 "
+          f"{_v(rec['p50_ms_last_20000'])} ms, p99 {_v(rec['p99_ms_last_20000'])} ms (the last 20,000 calls)")
+    if ev:
+        print(f"events: produced {ev['produced']}, accepted by ingest {ev['accepted']}, rejected {ev['rejected']}, "
+              f"duplicates {ev['duplicates']}, lost {ev['lost']}")
+    if summary["load1"]:
+        print(f"load average (1 min) during the run: {summary['load1']['min']}-{summary['load1']['max']} "
+              f"(mean {summary['load1']['mean']}); platform up in {result['up_s']} s")
+    print(f"machine at the start: {machine(m0)}; at the end: {machine(result['machine_end'])}")
+    if args.plot and samples:
+        plot(samples, args.plot, f"recpilot bench soak: {result['rate']:g} shopper steps/s, {result['minutes']:g} min, "
+                                 f"load avg {summary['load1']['mean'] if summary['load1'] else '-'} on {m0['cores']} cores")
+        print(f"picture: {args.plot}")
+    if write_json and args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"json: {args.json}")
+
+
+def rerender(args) -> int:
+    """``--from-json``: the tables, verdicts and picture again from a saved result (the verdict
+    thresholds and the picture's path are this command's)."""
+    result = json.loads(Path(args.from_json).read_text())
+    after = result.get("lag_after_drain")
+    if after is None:  # a result written before the field existed: from its rows
+        after = {r["group"]: r["lag_after_drain"] for r in result["summary"]["lag"] if r["lag_after_drain"] is not None}
+    result["summary"] = summarise(result["samples"], after, args.flat_mib_per_min, args.lag_near_zero)
+    print(f"{result['command']} (from {args.from_json})")
+    report(result, args)
+    return 0
 
 
 def _alive(stack, name: str) -> bool:

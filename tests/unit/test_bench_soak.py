@@ -44,10 +44,33 @@ def test_memory_rows_start_one_minute_end_max_and_second_half_slope():
     assert ing["cpu_mean_cores"] == pytest.approx(0.5)
     feat = rows["features"]
     assert feat["slope_mib_per_min"] == pytest.approx(3.0, abs=1e-6)
-    assert feat["memory"] == "memory grows 3.00 MiB/min"
+    assert feat["floor_slope_mib_per_min"] == pytest.approx(3.0, abs=1e-6)
+    assert feat["memory"] == "memory grows 3.00 MiB/min (floor)"
     # the threshold is the caller's
     assert {r["name"]: r["memory"] for r in soak.summarise(samples, flat_mib_per_min=5.0)["memory"]}["features"] \
         == "memory flat"
+
+
+def test_floor_is_each_minutes_lowest_reading_of_the_stretch():
+    pts = [(float(t), float(t % 60)) for t in range(300, 601, 10)]  # a sawtooth: 0 at each minute's start
+    lows = soak.floor_points(pts, 300.0, 600.0)
+    assert lows == [(300.0, 0.0), (360.0, 0.0), (420.0, 0.0), (480.0, 0.0), (540.0, 0.0)]  # t=600 joins the last
+    assert soak.floor_points(pts, 300.0, 330.0) == [(300.0, 0.0)]  # less than a minute: one stretch
+
+
+def test_transient_peaks_are_told_apart_from_memory_kept():
+    # rl_feedback-like: a floor of 900 MiB with a growing 2-reading peak every 2 minutes;
+    # leaky: the same peaks on a floor that rises 5 MiB/min
+    def peaks(t, base):
+        return base + (100 + t) if int(t) % 120 in (90, 100) else base
+
+    samples = _samples(rss={"peaky": lambda t: peaks(t, 900.0), "leaky": lambda t: peaks(t, 900 + 5 * t / 60)})
+    rows = {r["name"]: r for r in soak.summarise(samples)["memory"]}
+    assert rows["peaky"]["slope_mib_per_min"] > 1.0 and rows["peaky"]["floor_slope_mib_per_min"] == pytest.approx(0.0)
+    assert rows["peaky"]["memory"].startswith("floor flat, peaks (+")
+    assert rows["leaky"]["floor_slope_mib_per_min"] == pytest.approx(5.0, abs=0.3)
+    assert rows["leaky"]["memory"].startswith("memory grows 5.")
+    assert rows["peaky"]["rss_max_mib"] == pytest.approx(900 + 100 + 580)  # the peak at 580 s
 
 
 def test_a_short_run_has_no_one_minute_reading_and_no_verdict_without_a_second_half():
@@ -92,10 +115,10 @@ def test_table_has_a_row_and_a_verdict_line_per_component_and_group():
                        lag={"recpilot-ingest": lambda t: 5})
     text = soak.format_tables(soak.summarise(samples, {"recpilot-ingest": 0}))
     lines = text.splitlines()
-    assert "| kafka | 400.0 | 400.0 | 400.0 | 400.0 | +0.00 | 0.50 | memory flat |" in lines
-    assert any(line.startswith("| simulator | 90.0 | 91.5 | 105.0 | 105.0 | +1.50 |") for line in lines)
+    assert "| kafka | 400.0 | 400.0 | 400.0 | 400.0 | +0.00 | +0.00 | 0.50 | memory flat |" in lines
+    assert any(line.startswith("| simulator | 90.0 | 91.5 | 105.0 | 105.0 | +1.50 | +1.50 |") for line in lines)
     assert "| recpilot-ingest | 5 | 5 | 0 | 5 | lag bounded |" in lines
-    assert lines[-3:] == ["kafka: memory flat", "simulator: memory grows 1.50 MiB/min", "recpilot-ingest: lag bounded"]
+    assert lines[-3:] == ["kafka: memory flat", "simulator: memory grows 1.50 MiB/min (floor)", "recpilot-ingest: lag bounded"]
 
 
 def test_fresh_home_refuses_a_used_one(tmp_path):
@@ -117,3 +140,25 @@ def test_a_reader_read_only_after_the_drain_has_a_row_of_its_own():
     assert rows[soak.LEARNER]["lag"] == "caught up after the drain"
     assert rows[soak.MONITOR_REWARDS]["lag"] == "2,400 behind after the drain"
     assert rows["recpilot-ingest"]["lag"] == "lag bounded"
+
+
+def test_from_json_prints_the_tables_again_with_new_thresholds(tmp_path, capsys):
+    import argparse
+    import json
+
+    samples = _samples(rss={"ingest": lambda t: 60 + 2 * t / 60}, lag={"recpilot-ingest": lambda t: 3})
+    result = {"command": "recpilot bench soak --minutes 10", "rate": 150.0, "minutes": 10.0, "up_s": 80.0,
+              "machine": {"cores": 2, "cpu": "c", "os": "o", "python": "3.11", "load_average": [1.0, 2.0, 3.0]},
+              "machine_end": {"cores": 2, "cpu": "c", "os": "o", "python": "3.11", "load_average": [4.0, 5.0, 6.0]},
+              "recommend": {"calls": 10, "failures": 0, "p50_ms_last_20000": 5.0, "p99_ms_last_20000": 9.0},
+              "events": {"produced": 5, "accepted": 5, "rejected": 0, "duplicates": 0, "lost": 0},
+              "lag_after_drain": {"recpilot-ingest": 0}, "summary": soak.summarise(samples), "samples": samples}
+    path = tmp_path / "soak.json"
+    path.write_text(json.dumps(result))
+    args = argparse.Namespace(from_json=str(path), flat_mib_per_min=3.0, lag_near_zero=500, plot="", json=None)
+    assert soak.run(args) == 0
+    out = capsys.readouterr().out
+    assert "ingest: memory flat" in out  # 2 MiB/min is under the new threshold of 3
+    assert "| recpilot-ingest | 3 | 3 | 0 | 3 | lag bounded |" in out
+    assert "events: produced 5, accepted by ingest 5, rejected 0, duplicates 0, lost 0" in out
+    assert "load average 1.00 2.00 3.00; at the end: " in out
