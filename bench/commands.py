@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _rl_join(bench)
     _rl(bench)
     _monitor(bench)
+    _soak(bench)
 
 
 def _ingest(bench: argparse._SubParsersAction) -> None:
@@ -252,3 +253,46 @@ def _monitor(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--no-peer", action="store_true", help="skip Evidently")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=_run("monitor"))
+
+
+def _soak(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser(
+        "soak", help="the whole platform under the shopper simulator at a fixed rate: memory, CPU and consumer lag "
+                     "per component over time (a table, verdicts, a picture)",
+        description="Starts the whole platform (recpilot up: Kafka, Redis, Alertmanager when installed, the five "
+                    "services, default settings) on a fresh home, drives it with the shopper simulator at --rate "
+                    "steps/s for --minutes, and reads every --interval seconds the RSS and CPU of each process, "
+                    "the lag of each consumer group with committed offsets (Kafka admin API), the simulator's "
+                    "steps/s and events/s, Recommend p50/p99 and CTR. Then the shoppers stop, ingest accounts for every event, "
+                    "the consumers get --drain seconds to catch up, and recpilot down stops everything (also on "
+                    "Ctrl-C or an error). Prints a table per component and per group with a verdict each: 'memory "
+                    "flat' (RSS slope over the second half below --flat-mib-per-min), 'lag bounded' (back to "
+                    "--lag-near-zero messages or fewer in the last quarter). Kafka, Redis and the service ports "
+                    "come from the usual RECPILOT_* variables: pick ports no other stack uses.")
+    p.add_argument("--minutes", type=float, default=10.0, help="minutes under load (default 10)")
+    p.add_argument("--rate", type=float, default=150.0,
+                   help="shopper steps/s, as recpilot simulate --rate (default 150: what the simulator held on 2 "
+                        "shared cores with every service running; 200 fell behind). About 30%% of the steps ask the "
+                        "Recommender and wait for its answer; a step produces one event or, after a recommendation, "
+                        "the shopper's clicks, carts and buys (none when the shopper ignores the list): about three "
+                        "events for four steps")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between readings (default 10)")
+    p.add_argument("--seed", type=int, default=42, help="the simulator's seed")
+    p.add_argument("--drain", type=float, default=30.0,
+                   help="seconds the consumers get after the shoppers stop; the last lag reading comes after them "
+                        "(default 30: rl_feedback's 10 s attribution window and some)")
+    p.add_argument("--flat-mib-per-min", type=float, default=1.0,
+                   help="'memory flat' below this RSS slope over the second half (MiB/min, default 1)")
+    p.add_argument("--lag-near-zero", type=int, default=500,
+                   help="'lag bounded' when a group's lag came back to this many messages or fewer in the last "
+                        "quarter of the load (default 500)")
+    p.add_argument("--home", default=None,
+                   help="the platform's home for the run (must not exist or be empty; default: a new temporary "
+                        "directory, removed after a run that went well)")
+    p.add_argument("--keep-home", action="store_true", help="keep the temporary home (data and logs) at the end")
+    p.add_argument("--plot", default="docs/img/soak.png", help="PNG path ('' = none; default docs/img/soak.png)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results, every sample included, here")
+    p.add_argument("--from-json", default=None, metavar="PATH",
+                   help="run nothing: print the tables and verdicts and draw the picture again from a result "
+                        "written by --json (with this command's thresholds and --plot)")
+    p.set_defaults(func=_run("soak"))

@@ -27,8 +27,9 @@ def machine_info() -> dict:
             "python": platform.python_version(), "load_average": [round(x, 2) for x in load]}
 
 
-def machine() -> str:
-    m = machine_info()
+def machine(m: dict | None = None) -> str:
+    """One line of :func:`machine_info` (now, or the reading ``m`` taken earlier)."""
+    m = m or machine_info()
     la = " ".join(f"{x:.2f}" for x in m["load_average"])
     return f"{m['cores']} cores, {m['cpu']}, {m['os']}, Python {m['python']}, load average {la}"
 

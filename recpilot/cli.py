@@ -24,7 +24,7 @@ COMMAND_MODULES = [
     "recpilot.stack.commands",      # setup, up, down, status, topics
     "recpilot.story",               # run (the story: `make run`)
     "services.ingest.commands",     # generate, simulate
-    "bench.commands",               # bench ingest|features|train|deployments|inference|policy|grpc-floor|ope|rl-join|rl (development checkout only)
+    "bench.commands",               # bench ingest|features|train|deployments|inference|policy|grpc-floor|ope|rl-join|rl|monitor|soak (development checkout only)
     "services.features.commands",   # features user|item|popular|candidates
     "recpilot.models.train_commands",  # train, tune
     "recpilot.models.commands",     # models list|verify|deploy|promote|canary|shadow|rollback|status
