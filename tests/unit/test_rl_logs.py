@@ -39,6 +39,18 @@ def test_impressions_and_rewards_become_decisions():
     assert not logs.x[1, 3].any()
 
 
+def test_keep_last_streams_and_keeps_the_latest_decisions_counting_every_impression():
+    imps = [impression(r) for r in range(6)] + [impression(2)]
+    rewards = _rewards(imps[:6], [(r % 2, 1.0) for r in range(6)])
+    del rewards[("r4", "i4-0")]  # r4: its window is still open
+    full = assemble(imps, rewards)
+    last = assemble(iter(imps), rewards, keep_last=3)  # a generator: the gate's read streams them
+    assert full.request_ids == ["r0", "r1", "r2", "r3", "r5"] and last.request_ids == ["r2", "r3", "r5"]
+    assert last.meta == {**full.meta, "decisions": 3} and full.meta["impressions"] == 7
+    for name in ("x", "mask", "shown", "propensity", "reward"):
+        np.testing.assert_array_equal(getattr(last, name), getattr(full, name)[2:])
+
+
 def test_malformed_impressions_are_counted_not_used():
     bad_index = impression(0)
     bad_index.items[0].pool_index = 7
