@@ -20,9 +20,11 @@ def _client(args):
     from services.features.settings import FeaturesSettings
 
     fs = load(FeaturesSettings)
-    url = fs.redis_url or load(PlatformSettings).redis_url
+    platform = load(PlatformSettings)
+    url = fs.redis_url or platform.redis_url
     prefix = args.key_prefix if args.key_prefix is not None else fs.key_prefix
-    c = FeatureClient(url, prefix, socket_connect_timeout=5, socket_timeout=10)
+    c = FeatureClient(url, prefix, shards=platform.redis_shards, cluster=platform.redis_cluster,
+                      socket_connect_timeout=5, socket_timeout=10)
     try:
         yield c
     except redis.RedisError as exc:
@@ -84,7 +86,6 @@ def cmd_reset_offsets(args) -> int:
     events still in the topic are then counted again."""
     from recpilot.kafka import end_offsets
     from recpilot.settings import PlatformSettings, load
-    from services.features import keys
     from services.features.settings import FeaturesSettings
     from services.features.writer import offsets_ahead
 
@@ -99,7 +100,7 @@ def cmd_reset_offsets(args) -> int:
             ends = {f"{topic}:{p}": end for p, end in end_offsets(load(PlatformSettings), topic).items()}
             doomed = offsets_ahead(stored, ends)
         if doomed:
-            c.redis.hdel(keys.offsets_key(c.prefix), *doomed)
+            c.reset_offsets(list(doomed))
     if args.json:
         print(json.dumps({"reset": doomed}, sort_keys=True))
     elif not doomed:

@@ -26,10 +26,15 @@ def worker_env(topic: str, metrics_topic: str, group: str, datadir, **settings) 
 
 
 def delete_prefix(redis_client, prefix: str) -> None:
-    """Delete every key under ``prefix`` (a test's own features in the shared Redis)."""
-    keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    """Delete every key under ``prefix`` (a test's own features in the shared Redis), the shard-tagged
+    ones (``{<prefix><n>}...``) too; on a Redis Cluster client, key by key."""
+    for pattern in (f"{prefix}*", f"{{{prefix}*"):
+        keys = list(redis_client.scan_iter(pattern, count=1000))
+        if keys and hasattr(redis_client, "get_nodes"):  # a cluster: keys of many slots
+            for k in keys:
+                redis_client.delete(k)
+        elif keys:
+            redis_client.delete(*keys)
 
 
 def send(platform, topic: str, events, paced: bool = False) -> None:
