@@ -319,7 +319,7 @@ class FeatureClient:
         for attempt in (1, 2):
             with self.redis.pipeline(transaction=False) as pipe:
                 for ks, args in calls:
-                    pipe.evalsha(script.sha, len(ks), *ks, *args)
+                    pipe.execute_command("EVALSHA", script.sha, len(ks), *ks, *args)
                 out = pipe.execute(raise_on_error=False)
             missing = [r for r in out if isinstance(r, NoScriptError)]
             if missing and attempt == 1:
@@ -460,7 +460,7 @@ class AsyncFeatureClient:
         for attempt in (1, 2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for ks, args in calls:
-                    pipe.evalsha(script.sha, len(ks), *ks, *args)
+                    pipe.execute_command("EVALSHA", script.sha, len(ks), *ks, *args)
                 out = await pipe.execute(raise_on_error=False)
             missing = [r for r in out if isinstance(r, NoScriptError)]
             if missing and attempt == 1:

@@ -230,7 +230,8 @@ class FeatureWriter:
                 self._loaded = True
             async with self.redis.pipeline(transaction=False) as pipe:
                 for _, key, args in job.pending:
-                    pipe.evalsha(self._apply.sha, 1, key, *args)
+                    # (execute_command: redis-py's cluster pipeline blocks its evalsha method, not the command)
+                    pipe.execute_command("EVALSHA", self._apply.sha, 1, key, *args)
                 results = await pipe.execute(raise_on_error=False)
             failed, error, noscript = [], None, None
             for call, r in zip(job.pending, results):

@@ -253,7 +253,8 @@ class _FakePipe:
     async def __aexit__(self, *exc):
         return False
 
-    def evalsha(self, sha, numkeys, *args):
+    def execute_command(self, cmd, sha, numkeys, *args):
+        assert cmd == "EVALSHA"
         self.calls.append(args[numkeys:])
 
     async def execute(self, raise_on_error=True):
