@@ -18,7 +18,8 @@ from recpilot.simulator import ShopSimulator, event_to_dict
 from services.features import keys
 from services.features.client import AsyncFeatureClient, FeatureClient, connect
 from services.features.writer import FeatureWriter
-from tests.support.features import assert_matches_offline, delete_prefix, features_worker, send, wait_applied, worker_env
+from tests.support.features import (assert_matches_offline, delete_prefix, features_worker, send, wait_applied,
+                                    wait_matches_offline, worker_env)
 
 SHARDS = 12
 HOUR = 3_600_000
@@ -176,16 +177,7 @@ def test_worker_process_applies_a_stream_to_the_cluster_exactly(platform_setting
     send(platform_settings, cluster_pipeline["topic"], events)
     wait_applied(client, len(events), worker)
 
-    def exact() -> bool:  # (the last batch's calls on the other nodes may still be landing)
-        try:
-            assert_matches_offline(client, events, now)
-        except AssertionError:
-            return False
-        return True
-
-    if not exact():
-        time.sleep(2)
-        assert_matches_offline(client, events, now)
+    wait_matches_offline(client, events, now)
     offline = fs.OfflineFeatureStore()
     for ev in events:
         offline.apply(event_to_dict(ev))

@@ -87,3 +87,17 @@ def assert_matches_offline(client, events, now_ms: int) -> None:
         assert it == offline.item(it["item_id"], now_ms)
     for uid in sorted({e.user_id for e in events}):
         assert client.user(uid) == offline.user(uid)
+
+
+def wait_matches_offline(client, events, now_ms: int, timeout: float = 10.0) -> None:
+    """:func:`assert_matches_offline`, polled for up to ``timeout`` seconds: on a sharded store the
+    applied offsets can reach the end while the last batch's calls on other Redis nodes are landing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            assert_matches_offline(client, events, now_ms)
+            return
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
