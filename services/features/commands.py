@@ -26,11 +26,24 @@ def _client(args):
     c = FeatureClient(url, prefix, shards=platform.redis_shards, cluster=platform.redis_cluster,
                       socket_connect_timeout=5, socket_timeout=10)
     try:
+        _check_layout(c, platform.redis_shards)
         yield c
     except redis.RedisError as exc:
         raise Unavailable(f"cannot read features from Redis at {url}: {exc}") from None
     finally:
         c.close()
+
+
+def _check_layout(c, shards: int) -> None:
+    """The store's recorded shard count (``<prefix>layout``, keys.py) against RECPILOT_REDIS_SHARDS: reading
+    with another would find nothing (exit 2: fix the setting)."""
+    from recpilot.errors import UsageError
+    from services.features import keys
+
+    stored = c.redis.get(keys.layout_key(c.prefix))
+    if stored is not None and int(stored) != shards:
+        raise UsageError(f"the feature store under prefix {c.prefix!r} has {int(stored)} shards, RECPILOT_REDIS_SHARDS "
+                         f"is {shards}: set RECPILOT_REDIS_SHARDS={int(stored)}")
 
 
 def _now(args) -> int:
