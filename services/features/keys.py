@@ -29,9 +29,11 @@ With head ``H`` (of the user's shard for user keys, of the item's shard for item
                          (item side) and "u|<topic>:<partition>" (user side) -> highest offset whose
                          item / user updates this shard applied
   H jr:<topic>:<partition> zset (S > 1 only) the item side's journal: per item-side call, the category
-                         each event's item had after it (JSON, score = the call's first offset), so
+                         each event's item had after it (JSON, score = the call's highest offset), so
                          that the user side of events whose item side ran before a crash gets the
-                         same category on replay; trimmed below the first offset of each new batch
+                         same category on replay; a call drops the entries wholly below the first
+                         offset of its batch (those batches were applied completely: the consumer
+                         resumes at the committed offset, committed after a batch's last call)
   H ichg          zset   item -> version of its last catalogue change (new item, or category/price/title changed)
   H iver          string the last catalogue change version of the shard (a counter; ``ichg`` scores come from it)
   P layout        string S, set by the first features worker; a worker configured with another S refuses

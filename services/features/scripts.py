@@ -266,11 +266,12 @@ end
 if maxoff > stored then redis.call('HSET', offkey, offfield, fint(maxoff)) end
 if mode == 'i' then
   if firstoff ~= nil then
+    -- scored by its highest offset: trimmed once a batch starts above all of its events
     local mine = {}
     for _, oc in ipairs(cats) do
       if tonumber(oc[1]) >= firstoff then mine[#mine + 1] = oc end
     end
-    redis.call('ZADD', jkey, firstoff, cjson.encode(mine))
+    redis.call('ZADD', jkey, fint(maxoff), cjson.encode(mine))
   end
   return {applied, cjson.encode(cats)}
 end
