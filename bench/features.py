@@ -50,19 +50,27 @@ def histogram_quantile(q: float, bounds: list[float], cum: list[float]) -> float
     return bounds[-2] if len(bounds) > 1 else float("nan")
 
 
-class _Lag:
-    """Events in the topic (its end offsets) and events applied (the offsets the worker stored in Redis)."""
+def _used_memory(r) -> int:
+    """Redis used_memory, summed over the masters of a cluster."""
+    if hasattr(r, "get_nodes"):
+        info = r.info("memory", target_nodes=r.PRIMARIES)
+        return sum(v["used_memory"] for v in info.values()) if "used_memory" not in info else info["used_memory"]
+    return r.info("memory")["used_memory"]
 
-    def __init__(self, platform, topic: str, prefix: str, redis_client):
+
+class _Lag:
+    """Events in the topic (its end offsets) and events applied (the offsets the worker stored in Redis,
+    read through the feature client: every shard's)."""
+
+    def __init__(self, platform, topic: str, prefix: str, client):
         from recpilot.kafka import TopicReader
 
         self.reader = TopicReader(platform, topic, group_id=f"bench-lag-{uuid.uuid4().hex[:6]}")
-        self.prefix, self.r = prefix, redis_client
+        self.prefix, self.client = prefix, client
         self.parts = self.reader.partitions()
 
     def applied(self) -> int:
-        raw = self.r.hgetall(f"{self.prefix}off")
-        return sum(int(v) + 1 for v in raw.values())
+        return sum(v + 1 for v in self.client.offsets().values())
 
     def end(self) -> int:
         return sum(self.reader.end_offsets(self.parts, timeout=5).values())
@@ -71,7 +79,7 @@ class _Lag:
         self.reader.close()
 
 
-def read_api_latency(redis_url: str, prefix: str, sim, calls: int) -> dict:
+def read_api_latency(redis_url: str, prefix: str, sim, calls: int, shards: int = 1, cluster: bool = False) -> dict:
     """Sequential FeatureClient calls on the data the run wrote: fetch(user, 100 items) and
     candidates(user, 100), as inference makes them (one client, one connection)."""
     import random
@@ -81,7 +89,7 @@ def read_api_latency(redis_url: str, prefix: str, sim, calls: int) -> dict:
     if calls <= 0:
         return {}
     rng = random.Random(3)
-    c = FeatureClient(redis_url, prefix)
+    c = FeatureClient(redis_url, prefix, shards=shards, cluster=cluster)
     now = int(time.time() * 1000)
     fetch_ms, cand_ms = [], []
     try:
@@ -104,9 +112,15 @@ def read_api_latency(redis_url: str, prefix: str, sim, calls: int) -> dict:
             "candidates_100_p50_ms": q(cand_ms, .5), "candidates_p99_ms": q(cand_ms, .99)}
 
 
-def run(args) -> int:
-    import redis
+def _delete(r, keys) -> None:
+    if hasattr(r, "get_nodes"):  # a cluster: one DEL per key (keys of many slots)
+        for k in keys:
+            r.delete(k)
+    else:
+        r.delete(*keys)
 
+
+def run(args) -> int:
     from recpilot.kafka import create_topics, delete_topics, producer
     from recpilot.simulator import ShopSimulator
 
@@ -116,11 +130,15 @@ def run(args) -> int:
     prefix = f"benchf{tag}:"
     parts = args.partitions or platform.events_partitions
     create_topics(platform, [topic], parts)
-    r = redis.Redis.from_url(platform.redis_url)
-    mem0 = r.info("memory")["used_memory"]
+    from services.features.client import FeatureClient, connect
+
+    r = connect(platform.redis_url, platform.redis_cluster)
+    reader = FeatureClient(platform.redis_url, prefix, shards=platform.redis_shards, cluster=platform.redis_cluster)
+    mem0 = _used_memory(r)
     sim = ShopSimulator(seed=11, n_users=args.users, n_items=args.items, run_id=f"bench{tag}")
     prod = producer(platform, **{"client.id": "bench-features", "linger.ms": 5})
     out: dict = {"machine": machine(), "topic_partitions": parts, "users": args.users, "items": args.items,
+                 "redis_shards": platform.redis_shards, "redis_cluster": platform.redis_cluster,
                  "command": "recpilot bench features " + " ".join(sys.argv[3:])}
     proc = None
     lag = None
@@ -147,7 +165,7 @@ def run(args) -> int:
             time.sleep(0.1)
         if proc.address is None:
             raise RuntimeError(f"worker did not start; see {log_path}")
-        lag = _Lag(platform, topic, prefix, r)
+        lag = _Lag(platform, topic, prefix, reader)
         if args.events > 0:
             first = None
             t_first = t_last = None
@@ -236,10 +254,11 @@ def run(args) -> int:
                 if rss else None,
             }
             print(f"freshness: {out['freshness']}", flush=True)
-        out["read_api"] = read_api_latency(platform.redis_url, prefix, sim, args.read_calls)
+        out["read_api"] = read_api_latency(platform.redis_url, prefix, sim, args.read_calls, platform.redis_shards,
+                                           platform.redis_cluster)
         print(f"read API: {out['read_api']}", flush=True)
         out["worker_peak_rss_mb"] = round(proc.peak_rss_mb(), 1)
-        out["redis_used_memory_growth_mb"] = round((r.info("memory")["used_memory"] - mem0) / 2**20, 1)
+        out["redis_used_memory_growth_mb"] = round((_used_memory(r) - mem0) / 2**20, 1)
     finally:
         if proc is not None:
             proc.stop()
@@ -250,13 +269,15 @@ def run(args) -> int:
 
             shutil.rmtree(platform.home / "bench" / f"features-{tag}", ignore_errors=True)
             delete_topics(platform, [topic, f"bench.features.metrics.{tag}"], timeout=10)
-            batch = []
-            for k in r.scan_iter(f"{prefix}*", count=1000):
-                batch.append(k)
-                if len(batch) >= 500:  # small DELs: the Redis may be shared
-                    r.delete(*batch)
-                    batch = []
-            if batch:
-                r.delete(*batch)
+            for pattern in (f"{prefix}*", f"{{{prefix}*"):  # (and the shard-tagged keys)
+                batch = []
+                for k in r.scan_iter(pattern, count=1000):
+                    batch.append(k)
+                    if len(batch) >= 500:  # small DELs: the Redis may be shared
+                        _delete(r, batch)
+                        batch = []
+                if batch:
+                    _delete(r, batch)
+        reader.close()
     print(json.dumps(out, indent=None if args.json else 2))
     return 0

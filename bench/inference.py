@@ -326,9 +326,8 @@ def publish_command(platform, topic: str, action: str, version: str, percent: fl
 
 
 def _seed_features(platform, prefix: str, n_items: int, n_users: int) -> tuple[list[str], list[str]]:
-    import redis.asyncio as aioredis
-
     from recpilot.pb import events_pb2
+    from services.features.client import connect
     from services.features.writer import FeatureWriter
 
     rng = random.Random(1)
@@ -345,8 +344,10 @@ def _seed_features(platform, prefix: str, n_items: int, n_users: int) -> tuple[l
             context={"category": f"c{int(it[2:]) % 30}", "title": f"item {it}"})))
 
     async def write():
-        r = aioredis.Redis.from_url(platform.redis_url)
-        await FeatureWriter(r, prefix).apply({"bench:0": evs})
+        # the layout the inference service reads (RECPILOT_REDIS_SHARDS / RECPILOT_REDIS_CLUSTER)
+        r = connect(platform.redis_url, platform.redis_cluster, aio=True)
+        await FeatureWriter(r, prefix, shards=platform.redis_shards, cluster=platform.redis_cluster).apply(
+            {"bench:0": evs})
         await r.aclose()
 
     asyncio.run(write())
@@ -354,11 +355,12 @@ def _seed_features(platform, prefix: str, n_items: int, n_users: int) -> tuple[l
 
 
 def _clean_features(platform, prefix: str) -> None:
-    import redis
+    from services.features.client import connect
 
-    r = redis.Redis.from_url(platform.redis_url)
-    for k in r.scan_iter(match=f"{prefix}*", count=2000):
-        r.delete(k)
+    r = connect(platform.redis_url, platform.redis_cluster)
+    for pattern in (f"{prefix}*", f"{{{prefix}*"):  # (and the shard-tagged keys)
+        for k in r.scan_iter(match=pattern, count=2000):
+            r.delete(k)
     r.close()
 
 

@@ -75,6 +75,11 @@ class PlatformSettings(RecpilotSettings):
     redis_db: int = Field(default=0, ge=0)
     redis_url_override: str | None = Field(default=None, alias="RECPILOT_REDIS_URL")
     redis_ready_timeout_s: float = Field(default=30.0, gt=0)
+    # The online feature store's layout (services/features/keys.py), the same for its writer and readers.
+    redis_cluster: bool = Field(default=False, description="the Redis at RECPILOT_REDIS_URL (any node) is a Redis "
+                                "Cluster: clients in cluster mode (set RECPILOT_REDIS_SHARDS > 1 to use its masters)")
+    redis_shards: int = Field(default=1, ge=1, le=4096, description="shards of the feature store's keys, each a hash "
+                              "tag (one cluster slot); part of the layout: changing it means an empty store")
     redis_maxmemory: str = Field(default="1gb", pattern=r"^(?i)[0-9]+(b|k|kb|m|mb|g|gb)?$",
                                  description="memory limit of the local stack's Redis (`recpilot up`; 0 = none)")
     redis_maxmemory_policy: Literal["volatile-lru", "volatile-lfu", "volatile-ttl", "noeviction"] = Field(

@@ -185,3 +185,21 @@ def redis_client(stack, platform_settings):
 
 # a Kafka broker of a test's own, for tests that kill it (tests/support/broker.py)
 from tests.support.broker import private_broker, secure_broker  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A local three-master Redis Cluster (Debian's redis-server, recpilot.stack.redis.LocalRedisCluster)
+    on the ports of RECPILOT_TEST_REDIS_CLUSTER_PORTS (default 17001,17002,17003; each also uses its
+    port + 10000 for the cluster bus), started once for the session and stopped at its end."""
+    from recpilot.stack.redis import LocalRedisCluster
+
+    ports = [int(p) for p in os.environ.get("RECPILOT_TEST_REDIS_CLUSTER_PORTS", "17001,17002,17003").split(",")]
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"), ports)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()

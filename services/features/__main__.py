@@ -32,7 +32,8 @@ def main() -> int:
     life.add("metric-events", pipeline.close)
     log.info("features starting", extra={"topic": settings.input_topic, "group": settings.app_id,
                                          "key_prefix": settings.key_prefix, "http_port": health.port,
-                                         "event_loop": pipeline.loop_name})
+                                         "event_loop": pipeline.loop_name, "redis_shards": platform.redis_shards,
+                                         "redis_cluster": platform.redis_cluster})
     try:
         rc = pipeline.run()
     finally:

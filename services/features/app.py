@@ -25,6 +25,7 @@ from recpilot.metricevents import MetricPublisher, metric_event, summary
 from recpilot.pb import events_pb2
 from recpilot.settings import PlatformSettings
 from services.features import metrics as m
+from services.features.client import connect
 from services.features.settings import FeaturesSettings
 from services.features.writer import FeatureWriter, offsets_ahead, transient_error_kind
 
@@ -69,8 +70,6 @@ class FeaturePipeline:
     def __init__(self, settings: FeaturesSettings, platform: PlatformSettings) -> None:
         self.loop_name = use_event_loop(settings.event_loop)
         import faust
-        import redis
-        import redis.asyncio as aioredis
 
         self.settings = settings
         self.platform = platform
@@ -97,10 +96,11 @@ class FeaturePipeline:
         self.app.timer(settings.metrics_interval_s)(self._tick)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.on_partitions_revoked.connect(self._on_revoked)
-        self.aredis = aioredis.Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self.sync_redis = redis.Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        cluster = platform.redis_cluster
+        self.aredis = connect(self.redis_url, cluster, aio=True, socket_timeout=10, socket_connect_timeout=5)
+        self.sync_redis = connect(self.redis_url, cluster, socket_timeout=2, socket_connect_timeout=2)
         self.writer = FeatureWriter(self.aredis, settings.key_prefix, settings.session_items, settings.covisit_max,
-                                    settings.user_ttl_s)
+                                    settings.user_ttl_s, shards=platform.redis_shards, cluster=cluster)
         self.instance = settings.instance or f"{socket.gethostname()}:{os.getpid()}"
         self.assigned: set = set()
         self.rebalanced = False

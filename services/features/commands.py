@@ -20,15 +20,30 @@ def _client(args):
     from services.features.settings import FeaturesSettings
 
     fs = load(FeaturesSettings)
-    url = fs.redis_url or load(PlatformSettings).redis_url
+    platform = load(PlatformSettings)
+    url = fs.redis_url or platform.redis_url
     prefix = args.key_prefix if args.key_prefix is not None else fs.key_prefix
-    c = FeatureClient(url, prefix, socket_connect_timeout=5, socket_timeout=10)
+    c = FeatureClient(url, prefix, shards=platform.redis_shards, cluster=platform.redis_cluster,
+                      socket_connect_timeout=5, socket_timeout=10)
     try:
+        _check_layout(c, platform.redis_shards)
         yield c
     except redis.RedisError as exc:
         raise Unavailable(f"cannot read features from Redis at {url}: {exc}") from None
     finally:
         c.close()
+
+
+def _check_layout(c, shards: int) -> None:
+    """The store's recorded shard count (``<prefix>layout``, keys.py) against RECPILOT_REDIS_SHARDS: reading
+    with another would find nothing (exit 2: fix the setting)."""
+    from recpilot.errors import UsageError
+    from services.features import keys
+
+    stored = c.redis.get(keys.layout_key(c.prefix))
+    if stored is not None and int(stored) != shards:
+        raise UsageError(f"the feature store under prefix {c.prefix!r} has {int(stored)} shards, RECPILOT_REDIS_SHARDS "
+                         f"is {shards}: set RECPILOT_REDIS_SHARDS={int(stored)}")
 
 
 def _now(args) -> int:
@@ -84,7 +99,6 @@ def cmd_reset_offsets(args) -> int:
     events still in the topic are then counted again."""
     from recpilot.kafka import end_offsets
     from recpilot.settings import PlatformSettings, load
-    from services.features import keys
     from services.features.settings import FeaturesSettings
     from services.features.writer import offsets_ahead
 
@@ -99,7 +113,7 @@ def cmd_reset_offsets(args) -> int:
             ends = {f"{topic}:{p}": end for p, end in end_offsets(load(PlatformSettings), topic).items()}
             doomed = offsets_ahead(stored, ends)
         if doomed:
-            c.redis.hdel(keys.offsets_key(c.prefix), *doomed)
+            c.reset_offsets(list(doomed))
     if args.json:
         print(json.dumps({"reset": doomed}, sort_keys=True))
     elif not doomed:

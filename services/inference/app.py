@@ -67,7 +67,8 @@ class InferenceApp:
                               batching_for=s.batching_for, executor=self.executor,
                               load_timeout_s=s.model_load_timeout_s)
         policies = PolicyRegistry(platform.model_repo, pool_size=s.policy_pool, load_timeout_s=s.model_load_timeout_s)
-        features = AsyncFeatureClient(platform.redis_url, s.feature_key_prefix)
+        features = AsyncFeatureClient(platform.redis_url, s.feature_key_prefix, shards=platform.redis_shards,
+                                      cluster=platform.redis_cluster)
         # Impressions are off the request path: batched for impressions_linger_ms (fewer, larger
         # produce requests).
         impressions = ImpressionLogger(kafka.producer(platform, **{"client.id": f"inference-{self.replica}",
@@ -97,7 +98,8 @@ class InferenceApp:
         metric_events.start(s.metrics_interval_s, telemetry.events)
         life.add("metric-events", metric_events.close)
         if s.catalogue_path is None and s.catalogue_items == 0:
-            refresher = CatalogueRefresher(plane, platform.redis_url, s.feature_key_prefix, s.catalogue_refresh_s)
+            refresher = CatalogueRefresher(plane, platform.redis_url, s.feature_key_prefix, s.catalogue_refresh_s,
+                                           shards=platform.redis_shards, cluster=platform.redis_cluster)
             refresher.start()
             life.add("catalogue", refresher.stop)
         self.server.start()

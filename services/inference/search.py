@@ -149,12 +149,13 @@ def load_catalogue(path: Path | None, seed: int, n_items: int) -> list[dict]:
     return []
 
 
-def catalogue_from_redis(redis_url: str, key_prefix: str, batch: int = 1000) -> list[dict]:
+def catalogue_from_redis(redis_url: str, key_prefix: str, batch: int = 1000, shards: int = 1,
+                         cluster: bool = False) -> list[dict]:
     """The items the feature store knows (title, category, price), through the feature read API,
     for a catalogue-less deployment: Search then covers every item seen in events."""
     from services.features.client import FeatureClient
 
-    client = FeatureClient(redis_url, key_prefix)
+    client = FeatureClient(redis_url, key_prefix, shards=shards, cluster=cluster)
     try:
         return [{"item_id": iid, **meta} for iid, meta in client.catalogue(batch).items()]
     finally:
@@ -166,11 +167,13 @@ class CatalogueRefresher:
     the store was flushed), then every ``period_s`` only the items new or changed since the last look
     (the features writer's change log), applied with :meth:`BM25Index.updated` and swapped in."""
 
-    def __init__(self, service, redis_url: str, key_prefix: str, period_s: float) -> None:
+    def __init__(self, service, redis_url: str, key_prefix: str, period_s: float, shards: int = 1,
+                 cluster: bool = False) -> None:
         import threading
 
         self.service, self.redis_url, self.prefix, self.period_s = service, redis_url, key_prefix, period_s
-        self.version: int | None = None  # the catalogue change version the index holds
+        self.shards, self.cluster = shards, cluster
+        self.version = None  # the catalogue change version the index holds (an int, a tuple with shards)
         self._client = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="catalogue", daemon=True)
@@ -179,7 +182,8 @@ class CatalogueRefresher:
         if self._client is None:
             from services.features.client import FeatureClient
 
-            self._client = FeatureClient(self.redis_url, self.prefix, socket_timeout=10, socket_connect_timeout=5)
+            self._client = FeatureClient(self.redis_url, self.prefix, shards=self.shards, cluster=self.cluster,
+                                         socket_timeout=10, socket_connect_timeout=5)
         return self._client
 
     def refresh(self) -> int:

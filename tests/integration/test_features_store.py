@@ -32,13 +32,14 @@ def _partitioned(events, partitions=4, topic="t"):
     return out
 
 
-def _apply(url, prefix, batches, user_ttl_s=0):
+def _apply(url, prefix, batches, user_ttl_s=0, shards=1):
     import redis.asyncio as aioredis
 
     async def go():
         r = aioredis.Redis.from_url(url)
         try:
-            return await FeatureWriter(r, prefix, session_items=6, covisit_max=20, user_ttl_s=user_ttl_s).apply(batches)
+            return await FeatureWriter(r, prefix, session_items=6, covisit_max=20, user_ttl_s=user_ttl_s,
+                                       shards=shards).apply(batches)
         finally:
             await r.aclose()
 
@@ -57,7 +58,9 @@ def url(platform_settings):
     return platform_settings.redis_url
 
 
-def test_online_equals_offline_over_windows_and_replay(stack, url, prefix):
+# shards=4 on one Redis: the split writer (item sides, then user sides per shard) and the merging reads
+@pytest.mark.parametrize("shards", [1, 4])
+def test_online_equals_offline_over_windows_and_replay(stack, url, prefix, shards):
     sim = ShopSimulator(seed=21, n_users=40, n_items=80)
     end = 1_800_000_000_000
     start = end - 30 * HOUR  # spans both windows, and bucket pruning (> 24 h)
@@ -69,14 +72,15 @@ def test_online_equals_offline_over_windows_and_replay(stack, url, prefix):
 
     # apply in two halves per partition, then replay overlapping ranges: counts must not move
     first = {s: evs[: len(evs) // 2] for s, evs in batches.items()}
-    applied = _apply(url, prefix, first)
+    applied = _apply(url, prefix, first, shards=shards)
     assert sum(applied.values()) == sum(len(v) for v in first.values())
-    applied = _apply(url, prefix, batches)
+    applied = _apply(url, prefix, batches, shards=shards)
     assert sum(applied.values()) == len(events) - sum(len(v) for v in first.values())
-    assert _apply(url, prefix, batches) == dict.fromkeys(batches, 0)
-    assert _apply(url, prefix, {s: evs[len(evs) // 3:] for s, evs in batches.items()}) == dict.fromkeys(batches, 0)
+    assert _apply(url, prefix, batches, shards=shards) == dict.fromkeys(batches, 0)
+    assert _apply(url, prefix, {s: evs[len(evs) // 3:] for s, evs in batches.items()},
+                  shards=shards) == dict.fromkeys(batches, 0)
 
-    c = FeatureClient(url, prefix)
+    c = FeatureClient(url, prefix, shards=shards)
     try:
         assert c.offsets() == {s: len(v) - 1 for s, v in batches.items()}
         last_ts = events[-1].timestamp_ms
@@ -119,17 +123,21 @@ def test_counts_equal_counts_from_input(stack, url, prefix):
         c.close()
 
 
-def test_async_client_matches_sync_and_candidates(stack, url, prefix):
+@pytest.mark.parametrize("shards", [1, 3])
+def test_async_client_matches_sync_and_candidates(stack, url, prefix, shards):
+    from services.features import keys
+
     sim = ShopSimulator(seed=9, n_users=10, n_items=40)
     events = list(sim.events(800, 1_800_000_000_000, 1000))
-    _apply(url, prefix, _partitioned(events))
+    _apply(url, prefix, _partitioned(events), shards=shards)
     now = events[-1].timestamp_ms
     uid = events[-1].user_id
     items = sorted({e.item_id for e in events if e.item_id})[:12]
-    sync = FeatureClient(url, prefix)
+    sync = FeatureClient(url, prefix, shards=shards)
+    heads = keys.heads(prefix, shards)
 
     async def go():
-        ac = AsyncFeatureClient(url, prefix)
+        ac = AsyncFeatureClient(url, prefix, shards=shards)
         try:
             return (await ac.fetch(uid, items, now), await ac.popular(7), await ac.candidates(uid, 15, now),
                     await ac.item_meta(items[:3]), await ac.ping())
@@ -147,11 +155,19 @@ def test_async_client_matches_sync_and_candidates(stack, url, prefix):
         user = sync.user(uid)
         recent = (user["recent_clicks"] + user["recent_views"])[:5]
         covisited = set()
-        for r in recent:
-            covisited |= {m.decode() for m in sync.redis.zrange(f"{prefix}cv:{r}", 0, -1)}
+        for r in recent:  # (with shards: the partial counts of every shard)
+            for h in heads:
+                covisited |= {m.decode() for m in sync.redis.zrange(f"{h}cv:{r}", 0, -1)}
         assert cands[0] in covisited
         # unknown user: cold start falls back to global popularity
-        assert sync.candidates("nobody", 5, now) == [m.decode() for m in sync.redis.zrevrange(f"{prefix}pop", 0, 4)]
+        if shards == 1:
+            assert sync.candidates("nobody", 5, now) == [m.decode() for m in sync.redis.zrevrange(f"{prefix}pop", 0, 4)]
+        else:  # the merge of the shards' top 5 (ties at a shard's cut in Redis' order)
+            scores = {m.decode(): s for h in heads for m, s in sync.redis.zrevrange(f"{h}pop", 0, -1, withscores=True)}
+            cold = sync.candidates("nobody", 5, now)
+            assert len(cold) == 5 and min(scores[i] for i in cold) >= sorted(scores.values(), reverse=True)[4]
+            assert cold[:4] == [i for i, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))][:4] or \
+                len({scores[i] for i in cold}) < 5
         for iid in items[:3]:
             it = sim.by_id[iid]
             assert meta[iid] == {"category": it.category, "price": it.price, "title": it.title}
@@ -242,33 +258,38 @@ def test_user_keys_expire_after_the_idle_ttl_refreshed_on_write(stack, url, pref
         c.close()
 
 
-def test_catalogue_change_log_holds_new_and_changed_items_only(stack, url, prefix):
+@pytest.mark.parametrize("shards", [1, 2])
+def test_catalogue_change_log_holds_new_and_changed_items_only(stack, url, prefix, shards):
     from services.inference.search import BM25Index, CatalogueRefresher
 
     t0 = 1_800_000_000_000
-    c = FeatureClient(url, prefix)
+    c = FeatureClient(url, prefix, shards=shards)
     service = SimpleNamespace(index=BM25Index())
-    ref = CatalogueRefresher(service, url, prefix, 60.0)
+    ref = CatalogueRefresher(service, url, prefix, 60.0, shards=shards)
+    zero = 0 if shards == 1 else (0,) * shards
     try:
-        assert c.catalogue_version() == 0 and c.catalogue_changes(0) == (0, {})
+        assert c.catalogue_version() == zero and c.catalogue_changes(0) == (zero, {})
         _apply(url, prefix, {"t:0": [(0, _event("u1", "x", t0, title="Wool hat", category="hats")),
-                                     (1, _event("u1", "y", t0 + 1, title="Red scarf", category="scarves"))]})
+                                     (1, _event("u1", "y", t0 + 1, title="Red scarf", category="scarves"))]},
+               shards=shards)
         v1, changed = c.catalogue_changes(0)
-        assert v1 == c.catalogue_version() > 0
+        assert v1 == c.catalogue_version() > zero
         assert changed == {"x": {"title": "Wool hat", "category": "hats", "price": 5.0},
                            "y": {"title": "Red scarf", "category": "scarves", "price": 5.0}}
         assert ref.refresh() == 2 and [i for i, _ in service.index.search("hat", 5)] == ["x"]
 
         # more events with the same metadata, and a replay: nothing changed
         _apply(url, prefix, {"t:0": [(1, _event("u1", "y", t0 + 1, title="Red scarf", category="scarves")),
-                                     (2, _event("u2", "x", t0 + 2, title="Wool hat", category="hats"))]})
+                                     (2, _event("u2", "x", t0 + 2, title="Wool hat", category="hats"))]},
+               shards=shards)
         assert c.catalogue_changes(v1) == (v1, {})
         assert ref.refresh() == 0
 
         _apply(url, prefix, {"t:0": [(3, _event("u2", "y", t0 + 3, title="Green scarf", category="scarves")),
-                                     (4, _event("u2", "z", t0 + 4, title="Green gloves", category="gloves"))]})
+                                     (4, _event("u2", "z", t0 + 4, title="Green gloves", category="gloves"))]},
+               shards=shards)
         v2, changed = c.catalogue_changes(v1)
-        assert v2 > v1 and set(changed) == {"y", "z"} and changed["y"]["title"] == "Green scarf"
+        assert v2 != v1 and set(changed) == {"y", "z"} and changed["y"]["title"] == "Green scarf"
         assert ref.refresh() == 2
         assert [i for i, _ in service.index.search("green", 5)] == ["y", "z"]  # equal scores: by id
         assert service.index.search("red", 5) == [] and len(service.index) == 3
@@ -280,4 +301,65 @@ def test_catalogue_change_log_holds_new_and_changed_items_only(stack, url, prefi
         assert len(service.index) == 0
     finally:
         ref.stop()
+        c.close()
+
+
+def test_sharded_crash_between_item_and_user_sides_replays_exactly(stack, url, prefix):
+    """With shards, a batch's item sides run before its user sides. A crash between the two (the item
+    sides applied, no user side) and a replay of the batch: the item sides are skipped, and the user
+    sides still get the category each item had at each event (from the item side's journal), not the
+    one it has now."""
+    import redis.asyncio as aioredis
+
+    from recpilot.pb import events_pb2
+
+    t0 = 1_800_000_000_000
+    evs = []
+    for k in range(40):  # items change category half-way: 'old' for the first 20 events, 'new' after
+        cat = "old" if k < 20 else "new"
+        user = f"u{k % 3}" if k < 25 else f"u{3 + k % 2}"  # (a user's events on one partition, as keyed by user)
+        evs.append(_event(user, f"i{k % 7}", t0 + k * 1000, events_pb2.CLICK if k % 3 else None, category=cat))
+    batches = {"t:0": list(enumerate(evs[:25])), "t:1": list(enumerate(evs[25:]))}
+    offline = fs.OfflineFeatureStore()
+    for ev in evs[:25]:  # (the offline store replays t:0, then t:1: the writer's order per call)
+        offline.apply(event_to_dict(ev))
+    for ev in evs[25:]:
+        offline.apply(event_to_dict(ev))
+
+    async def item_sides_only():
+        r = aioredis.Redis.from_url(url)
+        try:
+            w = FeatureWriter(r, prefix, session_items=6, covisit_max=20, shards=4)
+            job = w.prepare(batches)
+            await w._run_pending(job)  # the item sides only: then the "crash"
+            assert job.phase == "i" and not job.pending and job.applied == {"t:0": 0, "t:1": 0}
+        finally:
+            await r.aclose()
+
+    asyncio.run(item_sides_only())
+    # a later batch moved every item to category 'newer' before the replay
+    later = {"t:2": [(0, _event("u9", f"i{k}", t0 + 100_000 + k, category="newer")) for k in range(7)]}
+    c = FeatureClient(url, prefix, shards=4)
+    try:
+        assert all(u["events"] == 0 for u in (c.user(f"u{k}") for k in range(5)))
+        _apply(url, prefix, later, shards=4)
+        assert c.user("u9")["affinity"].keys() == {"newer"}
+        assert c.item("i3", t0)["category"] == "newer"
+        # the replay comes in smaller batches than the first run (the consumer's batches differ):
+        # the second half's batch must still find the categories the first run journaled
+        first = {s: evs[:len(evs) // 2] for s, evs in batches.items()}
+        rest = {s: evs[len(evs) // 2:] for s, evs in batches.items()}
+        applied = _apply(url, prefix, first, shards=4)
+        assert applied == {s: len(v) for s, v in first.items()}
+        applied = _apply(url, prefix, rest, shards=4)
+        assert applied == {s: len(v) for s, v in rest.items()}  # every user side, once
+        for uid in (f"u{k}" for k in range(5)):
+            assert c.user(uid) == offline.user(uid)
+            assert set(c.user(uid)["affinity"]) <= {"old", "new"}
+        for ev in later["t:2"]:
+            offline.apply(event_to_dict(ev[1]))
+        _, items = c.fetch("", [f"i{k}" for k in range(7)], t0 + 50_000)
+        assert items == [offline.item(f"i{k}", t0 + 50_000) for k in range(7)]  # item sides not applied twice
+        assert _apply(url, prefix, batches, shards=4) == {"t:0": 0, "t:1": 0}
+    finally:
         c.close()

@@ -26,10 +26,15 @@ def worker_env(topic: str, metrics_topic: str, group: str, datadir, **settings) 
 
 
 def delete_prefix(redis_client, prefix: str) -> None:
-    """Delete every key under ``prefix`` (a test's own features in the shared Redis)."""
-    keys = list(redis_client.scan_iter(f"{prefix}*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    """Delete every key under ``prefix`` (a test's own features in the shared Redis), the shard-tagged
+    ones (``{<prefix><n>}...``) too; on a Redis Cluster client, key by key."""
+    for pattern in (f"{prefix}*", f"{{{prefix}*"):
+        keys = list(redis_client.scan_iter(pattern, count=1000))
+        if keys and hasattr(redis_client, "get_nodes"):  # a cluster: keys of many slots
+            for k in keys:
+                redis_client.delete(k)
+        elif keys:
+            redis_client.delete(*keys)
 
 
 def send(platform, topic: str, events, paced: bool = False) -> None:
@@ -82,3 +87,17 @@ def assert_matches_offline(client, events, now_ms: int) -> None:
         assert it == offline.item(it["item_id"], now_ms)
     for uid in sorted({e.user_id for e in events}):
         assert client.user(uid) == offline.user(uid)
+
+
+def wait_matches_offline(client, events, now_ms: int, timeout: float = 10.0) -> None:
+    """:func:`assert_matches_offline`, polled for up to ``timeout`` seconds: on a sharded store the
+    applied offsets can reach the end while the last batch's calls on other Redis nodes are landing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            assert_matches_offline(client, events, now_ms)
+            return
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)

@@ -48,7 +48,7 @@ def test_apply_args_header_and_layout():
     args = apply_args("pfx:", "events.clean:3", [(7, _ev()), (8, _ev(item_id="i10"))], session_items=4, covisit_max=9,
                       user_ttl_s=3600)
     assert args[:scripts.APPLY_HEADER] == ["pfx:", "events.clean:3", str(fs.RECENT_LEN),
-                                          str(fs.AFFINITY_HALF_LIFE_MS), "4", "9", "3600"]
+                                          str(fs.AFFINITY_HALF_LIFE_MS), "4", "9", "3600", "b", "0"]
     assert len(args) == scripts.APPLY_HEADER + 1
     body = json.loads(args[scripts.APPLY_HEADER])
     assert len(body) == 2 and all(len(e) == len(scripts.APPLY_FIELDS) for e in body)
@@ -106,10 +106,32 @@ def test_parse_popular_breaks_ties_by_id_like_offline_store():
 
 def test_merge_candidates_order_and_dedupe():
     covis = [[(b"x", 2.0), (b"y", 1.0)], [(b"y", 5.0)]]  # two recent items
-    cats = [[b"c1", b"x"], [b"d1", b"d2"]]
-    out = fc.merge_candidates(6, ["p1", "x", "p2"], ["r1", "r2"], ["cat1", "cat2"], covis + cats)
+    cats = [["c1", "x"], ["d1", "d2"]]
+    out = fc.merge_candidates(6, ["p1", "x", "p2"], covis, cats)
     assert out == ["y", "x", "c1", "d1", "d2", "p1"]
-    assert fc.merge_candidates(2, ["p1", "p2", "p3"], [], [], []) == ["p1", "p2"]
+    assert fc.merge_candidates(2, ["p1", "p2", "p3"], [], []) == ["p1", "p2"]
+
+
+def test_sharded_layout_routes_users_and_items_and_merges_exactly():
+    one = fc._Layout("rp:", 1, False)
+    assert one.heads == ["rp:"] and fc._Layout("rp:", 1, True).heads == ["{rp:0}"]
+    lay = fc._Layout("rp:", 4, False)
+    assert lay.heads == ["{rp:0}", "{rp:1}", "{rp:2}", "{rp:3}"]
+    items = [f"i{k}" for k in range(12)]
+    calls = lay.fetch_calls("u7", items, 5)
+    # the user's shard first (it reads the user), then one call per other shard holding items
+    assert calls[0][0] == lay.of("u7") and calls[0][1][1] == "u7" and all(c[1][1] == "" for c in calls[1:])
+    assert sorted(p for c in calls for p in c[2]) == list(range(12))
+    assert all(lay.of(items[p]) == h for h, _, pos in calls for p in pos)
+    # a shard's popular list: disjoint items, merged by score then id
+    assert fc._merge_ranked([[(b"a", 3.0), (b"b", 1.0)], [(b"c", 3.0)], []]) == ["a", "c", "b"]
+    assert fc._merge_ranked([[b"z", b"a"]]) == ["z", "a"]  # one shard: Redis' order as it is
+    assert fc.merge_popular([([b"a", b"3", b"b", b"1"], [b"b", b"1"]), ([b"c", b"2"], [b"c", b"2"])], 2) == ["a", "c"]
+    # the catalogue scan's keys back to item ids (another shard's key pattern or a foreign key: none)
+    iid = "x}i:y"
+    key = f"{lay.of(iid)}i:{iid}"
+    assert lay.catalogue_id(key) == iid and lay.catalogue_id("{rp:1}ib:x") is None
+    assert lay.catalogue_pattern() == "{rp:*}i:*" and one.catalogue_pattern() == "rp:i:*"
 
 
 def test_top_categories_use_decay_at_now():
@@ -231,8 +253,9 @@ class _FakePipe:
     async def __aexit__(self, *exc):
         return False
 
-    def evalsha(self, sha, numkeys, *args):
-        self.calls.append(args)
+    def execute_command(self, cmd, sha, numkeys, *args):
+        assert cmd == "EVALSHA"
+        self.calls.append(args[numkeys:])
 
     async def execute(self, raise_on_error=True):
         assert raise_on_error is False
@@ -253,6 +276,12 @@ class _FakeRedis:
     async def script_load(self, body):
         self.loads += 1
 
+    async def set(self, key, value, nx=False):
+        self.layout = getattr(self, "layout", None) or value
+
+    async def get(self, key):
+        return self.layout
+
     def pipeline(self, transaction=True):
         return _FakePipe(self)
 
@@ -271,12 +300,12 @@ def test_writer_retry_redoes_only_the_calls_that_failed():
     fake = _FakeRedis({"t:0": [3], "t:1": [rx.ReadOnlyError, 3], "t:2": [rx.NoScriptError, 2]})
     writer = FeatureWriter(fake, "p:", user_ttl_s=60)
     job = writer.prepare({"t:0": evs, "t:1": evs, "t:2": evs})
-    assert all(args[scripts.APPLY_HEADER - 1] == "60" for _, args in job.pending)
+    assert all(args[6] == "60" for *_, args in job.pending)
 
     async def go():
         with pytest.raises(rx.ReadOnlyError):  # the first real error, not the missing script
             await writer.run(job)
-        assert [src for src, _ in job.pending] == ["t:1", "t:2"] and job.applied == {"t:0": 3, "t:1": 0, "t:2": 0}
+        assert [c[0] for c in job.pending] == ["t:1", "t:2"] and job.applied == {"t:0": 3, "t:1": 0, "t:2": 0}
         await writer.run(job)
 
     asyncio.run(go())
