@@ -218,23 +218,31 @@ class FeatureWriter:
             return
 
     async def _run_pending(self, job: WriteJob) -> None:
+        """Run the pending calls, a round trip per round: one call per (offsets key, partition) in each
+        round, so a later chunk of a partition runs only after the earlier ones succeeded. Were they
+        pipelined together, a failed first chunk beside a second that ran would leave the stored
+        offset past the first chunk's events, and its retry would skip them as already applied."""
         from redis.exceptions import NoScriptError
 
         if job.pending and not self._layout_checked:
             await self.check_layout()
-        for attempt in (1, 2):
-            if not job.pending:
-                return
+        noscripts = 0
+        while job.pending:
             if not self._loaded:  # EVALSHA inside a pipeline needs the script loaded first (on every node)
                 await self.redis.script_load(scripts.APPLY)
                 self._loaded = True
+            now, later, groups = [], [], set()
+            for call in job.pending:
+                group = (call[1], call[2][1])  # the offsets key and field the call stores its offset in
+                (later if group in groups else now).append(call)
+                groups.add(group)
             async with self.redis.pipeline(transaction=False) as pipe:
-                for _, key, args in job.pending:
+                for _, key, args in now:
                     # (execute_command: redis-py's cluster pipeline blocks its evalsha method, not the command)
                     pipe.execute_command("EVALSHA", self._apply.sha, 1, key, *args)
                 results = await pipe.execute(raise_on_error=False)
             failed, error, noscript = [], None, None
-            for call, r in zip(job.pending, results):
+            for call, r in zip(now, results):
                 if isinstance(r, NoScriptError):
                     failed.append(call)
                     noscript = r
@@ -247,12 +255,15 @@ class FeatureWriter:
                         job.categories[call[0]][str(off)] = cat
                 else:
                     job.applied[call[0]] += int(r)
-            job.pending = failed
+            job.pending = failed + later  # a group's failed call is its earliest: the order per group holds
             if noscript is not None:
                 self._loaded = False  # Redis restarted without its script cache; safe to redo (idempotent)
+                noscripts += 1
+            else:
+                noscripts = 0
             if error is not None:
                 raise error
-            if noscript is not None and attempt == 2:
+            if noscript is not None and noscripts >= 2:
                 raise noscript
 
     async def stored_offsets(self) -> dict[str, int]:

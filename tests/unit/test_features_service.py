@@ -312,3 +312,86 @@ def test_writer_retry_redoes_only_the_calls_that_failed():
     assert job.done and job.applied == {"t:0": 3, "t:1": 3, "t:2": 2}
     assert [src for src, _ in fake.sent] == ["t:0", "t:1", "t:2", "t:1", "t:2"]
     assert fake.loads == 2  # loaded once, and again after NOSCRIPT
+
+
+class _OffsetRedis:
+    """A stand-in for redis.asyncio: APPLY keeps only the offset logic (skip at or below the stored
+    offset, store the highest), the first call on ``fail_first`` fails once with a connection error."""
+
+    def __init__(self, fail_first: int):
+        self.stored: dict[tuple, int] = {}
+        self.applied: list[int] = []
+        self.fail_first, self.rounds = fail_first, []
+
+    def register_script(self, body):
+        return type("S", (), {"sha": "sha"})()
+
+    async def set(self, *a, **kw):
+        return True
+
+    async def get(self, key):
+        return None
+
+    async def script_load(self, body):
+        return "sha"
+
+    def pipeline(self, transaction=False):
+        outer = self
+
+        class Pipe:
+            def __init__(self):
+                self.calls = []
+
+            async def __aenter__(self):
+                return self
+
+            async def __aexit__(self, *exc):
+                return False
+
+            def execute_command(self, *args):
+                self.calls.append(args)
+
+            async def execute(self, raise_on_error=False):
+                from redis.exceptions import ConnectionError
+
+                outer.rounds.append(len(self.calls))
+                out = []
+                for args in self.calls:
+                    key, field, evs = args[3], args[5], json.loads(args[-1])
+                    offs = [int(e[0]) for e in evs]
+                    if offs[0] == outer.fail_first:
+                        outer.fail_first = None
+                        out.append(ConnectionError("connection reset"))
+                        continue
+                    stored = outer.stored.get((key, field), -1)
+                    new = [o for o in offs if o > stored]
+                    outer.applied += new
+                    outer.stored[(key, field)] = max([stored, *offs])
+                    out.append(len(new))
+                return out
+
+        return Pipe()
+
+
+def test_a_failed_chunk_is_retried_before_the_partitions_later_chunks_run():
+    """Chunks of one partition run one per round trip: a later chunk never stores an offset past an
+    earlier chunk that failed (its retry would skip those events as applied)."""
+    import asyncio
+
+    from redis.exceptions import ConnectionError
+
+    from services.features.writer import CHUNK
+
+    evs = [(o, events_pb2.UserEvent(event_type=events_pb2.VIEW, user_id=f"u{o}", item_id="i", timestamp_ms=1))
+           for o in range(CHUNK * 3)]
+    other = [(o, events_pb2.UserEvent(event_type=events_pb2.VIEW, user_id="v", item_id="i", timestamp_ms=1))
+             for o in range(10)]
+    r = _OffsetRedis(fail_first=0)
+    w = FeatureWriter(r)
+    job = w.prepare({"events.clean:0": evs, "events.clean:1": other})
+    with pytest.raises(ConnectionError):
+        asyncio.run(w.run(job))
+    assert r.applied == list(range(10))  # only partition 1's chunk ran beside the failed one
+    asyncio.run(w.run(job))  # the retry: the failed chunk first, then the later ones in order
+    assert sorted(r.applied) == sorted([*range(CHUNK * 3), *range(10)]) and len(r.applied) == CHUNK * 3 + 10
+    assert r.rounds == [2, 1, 1, 1]
