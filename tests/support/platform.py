@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from recpilot.stack.process import _reap, http_get
@@ -232,6 +232,20 @@ class Load:
                                    recommend_share=self.recommend_share, stop=self._stop.is_set)
         finally:
             self.probe.close()
+
+    def burst(self, n: int) -> None:
+        """``n`` more events at once (beside the steady stream, on the same producer): a backlog. The
+        same shop (the simulator's seed: an item keeps its category and price) with ids of its own."""
+        from recpilot.kafka import produce_waiting
+        from recpilot.simulator import ShopSimulator, TrafficMix
+        from recpilot.topics import EVENTS_RAW
+
+        mix = TrafficMix(ShopSimulator(seed=self.sim.seed))
+        now = int(time.time() * 1000)
+        for i in range(n):
+            key, value, _ = mix.next(now + i)
+            produce_waiting(self.producer, EVENTS_RAW, value, key)
+        assert self.producer.flush(30) == 0
 
     def start(self) -> "Load":
         self._thread.start()
