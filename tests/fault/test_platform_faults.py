@@ -4,7 +4,8 @@
 two features workers, inference, rl_feedback and the monitor over their own Kafka and Redis. A shop
 at a steady rate sends raw events and calls Recommend (its shoppers click what it shows). In turn:
 kill -9 of each service and a restart (as an operator or Kubernetes would: nothing in the stack
-restarts a dead process), a broker crash (kill -9) while ingest works through a backlog and a
+restarts a dead process; features while it applies a backlog: what it re-reads after the restart is
+skipped), a broker crash (kill -9) while ingest works through a backlog and a
 restart, a Redis crash (kill -9) and a restart, and a kill -9 of one of the two features workers
 that is NOT restarted (the other takes its partitions). After each fault every service must be
 ready again within 30 s (stretched on an oversubscribed machine: ``ready_deadline``), and the
@@ -32,7 +33,7 @@ import pytest
 from recpilot.pb import events_pb2
 from tests.support.platform import PORTS, Load, Platform
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(900)  # a guard: about 150 s on a quiet 2-core machine
 
 READY_S = 30.0  # every service ready again within this long after a fault (issue #17) ...
 MAX_STRETCH = 4.0  # ... times the machine's oversubscription (load average per core), up to this
@@ -46,10 +47,11 @@ def ready_deadline() -> float:
     return READY_S * min(MAX_STRETCH, max(1.0, load))
 REPLICAS = {"features": 2}
 INGEST_BATCH = 50
-BACKLOG = 5_000  # events.raw records sent at once just before the broker is killed
+BACKLOG = 5_000  # events.raw records sent at once before features and the broker are killed
 WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 4.0, "revenue": 0.01}  # every term shows in a reward
 ENV = {
     "RECPILOT_KAFKA_HEAP_MB": "384", "OMP_NUM_THREADS": "1",
+    "RECPILOT_KAFKA_READY_TIMEOUT_S": "240",  # a guard: a JVM start takes minutes on an oversubscribed machine
     # ingest: small batches (a backlog keeps it busy), and a batch the broker does not confirm in 3 s
     # fails: ingest then starts afresh in-process (its de-duplicator re-warmed), backing off up to 2 s
     "RECPILOT_INGEST_BATCH_SIZE": str(INGEST_BATCH), "RECPILOT_INGEST_FLUSH_TIMEOUT_S": "3",
@@ -146,9 +148,23 @@ def test_steady_load_through_kills_and_restarts_counts_everything_once(platform,
         log = (p.stack.logs_dir / "ingest.log").read_text()
         ingest_path["broker"] = "restarted in-process" if '"ingest restarted"' in log else "waited in its commit"
 
+    replayed_metric = 'recpilot_features_events_total{outcome="replayed"}'
+    replays = {}
+
+    def features_mid_backlog() -> None:
+        """A backlog through ingest; features (replica 0) dies while it applies it, before its
+        consumer offsets catch up with what it wrote, and starts again: what it re-reads is skipped
+        by the offsets stored in Redis with the features."""
+        replays["before"] = p.metric("features-1", replayed_metric)
+        start = _progress(p, load)[0]
+        load.burst(BACKLOG)
+        wait_until(lambda: _progress(p, load)[0] >= start + 500, 60, "features did not start on the backlog", 0.1)
+        p.kill9("features")
+        p.restart("features")
+
     steps = [
         ("kill -9 ingest", restart_service("ingest")),
-        ("kill -9 features", restart_service("features")),
+        ("kill -9 features mid-backlog", features_mid_backlog),
         ("kill -9 inference", restart_service("inference")),
         ("kill -9 rl_feedback", restart_service("rl_feedback")),
         ("kill -9 monitor", restart_service("monitor")),
@@ -180,11 +196,15 @@ def test_steady_load_through_kills_and_restarts_counts_everything_once(platform,
             ready_s[step] = (round(t1 - t0, 1), round(time.monotonic() - t1, 1), round(deadline))
             load.set_phase(step + ": recovered", inference_down=False)
             moved_on(step, since)
+            if step == "kill -9 features mid-backlog":  # the replay after the kill was really skipped
+                replays["after"] = p.metric("features", replayed_metric) + p.metric("features-1", replayed_metric)
+                assert replays["after"] > replays["before"], f"nothing re-read after the kill: {replays}"
             assert load.alive(), "the load thread died"
         load.set_phase("end")
     finally:
         load.stop()
-    print(f"\n(fault, ready again after it, deadline) in s: {ready_s}; ingest through the broker outage: {ingest_path}")
+    print(f"\n(fault, ready again after it, deadline) in s: {ready_s}; ingest through the broker outage: {ingest_path}; "
+          f"features events re-read and skipped after the kill: {replays}")
     print(f"Recommend calls by phase: { {k: dict(v) for k, v in load.by_phase().items()} }")
 
     # -- drain: ingest has read everything, the features hold every clean event, rewards are out --
@@ -231,32 +251,40 @@ def test_steady_load_through_kills_and_restarts_counts_everything_once(platform,
     per_pair = Counter((r.request_id, r.item_id) for r in got)
     assert [k for k, n in per_pair.items() if n > 1] == [], "a shown item rewarded twice"
     assert set(per_pair) == shown
-    outcomes: dict[tuple[str, str], dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
-    prices: dict[str, float] = {}
+    # The outcomes a reward may count (docs/learning.md "Rewards"): those that name its request and
+    # item, and those that name no request, of the same user and item, within its window.
+    by_request: dict[tuple[str, str], list] = defaultdict(list)
+    unnamed: dict[tuple[str, str], list] = defaultdict(list)
     for ev in events:
-        if ev.request_id and ev.event_type in (events_pb2.CLICK, events_pb2.ADD_TO_CART, events_pb2.PURCHASE):
-            outcomes[(ev.request_id, ev.item_id)][ev.event_type].add(ev.event_id)
-            prices[ev.event_id] = ev.price
-    late = 0
+        if ev.event_type in (events_pb2.CLICK, events_pb2.ADD_TO_CART, events_pb2.PURCHASE):
+            if ev.request_id:
+                by_request[(ev.request_id, ev.item_id)].append(ev)
+            else:
+                unnamed[(ev.user_id, ev.item_id)].append(ev)
+    window_ms = int(float(ENV["RECPILOT_RL_FEEDBACK_WINDOW_S"]) * 1000)
+    short = 0
     for r in got:
-        o = outcomes.get((r.request_id, r.item_id), {})
-        assert not r.clicked or o.get(events_pb2.CLICK), r
-        assert not r.added_to_cart or o.get(events_pb2.ADD_TO_CART), r
-        assert not r.purchased or o.get(events_pb2.PURCHASE), r
-        n_outcomes = sum(len(v) for v in o.values())
-        assert r.outcome_events <= n_outcomes, (r, o)
-        assert r.revenue <= sum(prices[e] for e in o.get(events_pb2.PURCHASE, ())) + 1e-6, (r, o)
+        cands = by_request.get((r.request_id, r.item_id), []) + [
+            ev for ev in unnamed.get((r.user_id, r.item_id), [])
+            if r.impression_ts_ms <= ev.timestamp_ms <= r.impression_ts_ms + window_ms]
+        types = {ev.event_type for ev in cands}
+        assert not r.clicked or events_pb2.CLICK in types, (r, cands)
+        assert not r.added_to_cart or events_pb2.ADD_TO_CART in types, (r, cands)
+        assert not r.purchased or events_pb2.PURCHASE in types, (r, cands)
+        assert r.outcome_events <= len(cands), (r, cands)  # no outcome counted twice
+        assert r.revenue <= sum(ev.price for ev in cands if ev.event_type == events_pb2.PURCHASE) + 1e-6, (r, cands)
         want = (WEIGHTS["click"] * r.clicked + WEIGHTS["add_to_cart"] * r.added_to_cart
                 + WEIGHTS["purchase"] * r.purchased + WEIGHTS["revenue"] * r.revenue)
         assert r.reward == pytest.approx(want), r
-        late += r.outcome_events < n_outcomes
+        short += r.outcome_events < len(cands)  # late, or an unnamed outcome another impression took
     clicked = sum(r.clicked for r in got)
     print(f"events {len(events)} ({len(delivered)} delivered); shown {len(shown)}, rewards {len(got)}, "
-          f"clicked {clicked}, with an outcome too late for its window: {late}")
+          f"clicked {clicked}, with fewer outcomes than could count (late ones): {short}")
     assert clicked > 0
 
     # -- Recommend: answered (the model's answer or a flagged fallback) unless inference was down --
-    failed_up = Counter(f"{c.phase}: {c.detail}" for c in load.calls if c.outcome == "error" and not c.inference_down)
+    failed_up = Counter(f"{c.phase}: {c.detail} {c.message}" for c in load.calls
+                        if c.outcome == "error" and not c.inference_down)
     assert not failed_up, f"Recommend failed while inference was up: {failed_up}"
     answered = Counter(c.outcome for c in load.calls)
     assert answered["model"] > 0

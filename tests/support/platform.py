@@ -49,6 +49,7 @@ class Call:
     inference_down: bool
     outcome: str  # "model", "fallback" or "error"
     detail: str = ""  # the fallback reason or the gRPC status code
+    message: str = ""  # the error's details
 
 
 class Platform:
@@ -119,7 +120,7 @@ class Platform:
             self.kill9("kafka", self.stack.table)
             self.stack.table.path("kafka").unlink(missing_ok=True)
         self.stack.kafka.start()
-        self.stack.kafka.wait_ready(180)  # after a kill -9 it recovers its logs first (slow on a loaded machine)
+        self.stack.kafka.wait_ready()  # RECPILOT_KAFKA_READY_TIMEOUT_S (after a kill -9 it recovers its logs first)
 
     def restart_redis(self, graceful: bool = True) -> None:
         """Redis stopped (SIGTERM: it writes and fsyncs its append-only file first; or SIGKILL) and
@@ -302,7 +303,7 @@ class _RecordingProbe:
         try:
             resp = self._stub.Recommend(req, timeout=self.timeout_s, wait_for_ready=True)
         except grpc.RpcError as exc:
-            self.load.calls.append(Call(t, phase, down, "error", exc.code().name))
+            self.load.calls.append(Call(t, phase, down, "error", exc.code().name, (exc.details() or "")[:300]))
             return None
         self.load.calls.append(Call(t, phase, down, "fallback" if resp.fallback else "model",
                                     resp.fallback_reason if resp.fallback else ""))
