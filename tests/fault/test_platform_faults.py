@@ -36,15 +36,18 @@ from tests.support.platform import PORTS, Load, Platform
 pytestmark = pytest.mark.timeout(900)  # a guard: about 150 s on a quiet 2-core machine
 
 READY_S = 30.0  # every service ready again within this long after a fault (issue #17) ...
-MAX_STRETCH = 4.0  # ... times the machine's oversubscription (load average per core), up to this
+MAX_STRETCH = 4.0  # ... times how busy the machine was before the platform started, up to this
+BUSY = {"load": 0.0}  # the 1-minute load average per core when the platform fixture began
 
 
 def ready_deadline() -> float:
-    """READY_S on a machine with a core per runnable process; on a shared machine running several
-    times more (a developer box under other test runs) every start-up is that much slower, and the
-    deadline stretches with the 1-minute load average per core, up to MAX_STRETCH times."""
-    load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    return READY_S * min(MAX_STRETCH, max(1.0, load))
+    """READY_S on a quiet machine (a CI runner: the platform's own processes are what the 30 s is
+    about); on a shared machine that was already running more than a process per core before the
+    platform started (a developer box under other test runs) every start-up is that much slower, and
+    the deadline stretches by that load per core, up to MAX_STRETCH times."""
+    return READY_S * min(MAX_STRETCH, max(1.0, BUSY["load"]))
+
+
 REPLICAS = {"features": 2}
 INGEST_BATCH = 50
 BACKLOG = 5_000  # events.raw records sent at once before features and the broker are killed
@@ -70,6 +73,7 @@ ENV = {
 def platform(tmp_path_factory):
     from bench.toymodel import write_version
 
+    BUSY["load"] = os.getloadavg()[0] / (os.cpu_count() or 1)
     home = tmp_path_factory.mktemp("platform") / "home"
     mp = pytest.MonkeyPatch()
     for k, v in {**PORTS, **ENV, "RECPILOT_HOME": str(home)}.items():
@@ -145,8 +149,6 @@ def test_steady_load_through_kills_and_restarts_counts_everything_once(platform,
         assert at_kill < before + BACKLOG, "ingest had read the backlog before the broker was killed"
         rec = p.stack.services_table.get("ingest")
         assert rec.pid == pid and rec.alive(), "ingest exited during the broker outage:\n" + p.log_tail("ingest", 40)
-        log = (p.stack.logs_dir / "ingest.log").read_text()
-        ingest_path["broker"] = "restarted in-process" if '"ingest restarted"' in log else "waited in its commit"
 
     replayed_metric = 'recpilot_features_events_total{outcome="replayed"}'
     replays = {}
@@ -203,6 +205,9 @@ def test_steady_load_through_kills_and_restarts_counts_everything_once(platform,
         load.set_phase("end")
     finally:
         load.stop()
+    log = (p.stack.logs_dir / "ingest.log").read_text()  # how ingest lived through the broker outage
+    ingest_path["broker"] = ("restarted in-process" if '"ingest restarted"' in log else "waited in its commit") + (
+        ", its failed batch's undelivered messages purged" if "undelivered messages of the failed batch" in log else "")
     print(f"\n(fault, ready again after it, deadline) in s: {ready_s}; ingest through the broker outage: {ingest_path}; "
           f"features events re-read and skipped after the kill: {replays}")
     print(f"Recommend calls by phase: { {k: dict(v) for k, v in load.by_phase().items()} }")
