@@ -22,6 +22,20 @@ def _always_ready() -> tuple[bool, dict]:
     return True, {}
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that left before its answer was written (a probe's timeout) is no error; any
+        other failure of a request is logged as one JSON line (not socketserver's traceback on stderr)."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            return
+        log.error("http request failed", exc_info=True, extra={"client": f"{client_address[0]}:{client_address[1]}"})
+
+
 class HealthServer:
     def __init__(
         self,
@@ -87,8 +101,7 @@ class HealthServer:
         return Handler
 
     def start(self) -> None:
-        self._server = ThreadingHTTPServer((self.host, self.port), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server((self.host, self.port), self._handler())
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
         self._thread.start()

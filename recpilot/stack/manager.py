@@ -179,18 +179,7 @@ class Stack:
             started = []
             for spec in specs:
                 for i in ([0] if phase == 0 else range(1, counts[spec.name])):
-                    name = spec.replica_name(i)
-                    started.append((spec, name))
-                    if self.services_table.running(name):
-                        continue
-                    extra, port = spec.replica_env(i, self.s.home)
-                    self.services_table.spawn(
-                        name,
-                        [sys.executable, "-m", spec.module],
-                        self.logs_dir / f"{name}.log",
-                        f"127.0.0.1:{port}",
-                        env={**self._service_env(), **extra},
-                    )
+                    started.append((spec, self.start_replica(spec, i)))
             for spec, name in started:
                 self.wait_service(spec, name)
                 echo(f"{name} ready")
@@ -199,6 +188,23 @@ class Stack:
                 for i in self.replicas(spec):
                     if i >= counts[spec.name] and self.services_table.get(spec.replica_name(i)):
                         echo(f"{spec.replica_name(i)}: {self.services_table.stop(spec.replica_name(i), timeout=30)}")
+
+    def start_replica(self, spec: ServiceSpec, i: int = 0) -> str:
+        """Start replica ``i`` of ``spec`` unless it runs (not waiting for it); its name. What `up`
+        does for each replica, and what restarts one that died: nothing restarts a dead service on
+        its own (a supervisor, Kubernetes or `recpilot up` again does)."""
+        name = spec.replica_name(i)
+        if self.services_table.running(name):
+            return name
+        extra, port = spec.replica_env(i, self.s.home)
+        self.services_table.spawn(
+            name,
+            [sys.executable, "-m", spec.module],
+            self.logs_dir / f"{name}.log",
+            f"127.0.0.1:{port}",
+            env={**self._service_env(), **extra},
+        )
+        return name
 
     def wait_service(self, spec: ServiceSpec, name: str | None = None) -> None:
         name = name or spec.name

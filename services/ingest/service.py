@@ -111,12 +111,21 @@ class IngestService:
                                           "group": s.group_id, "transactional": s.transactional,
                                           "dedup_warmed": self.warmed})
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop taking batches; the current one finishes and commits; then close the consumer."""
+    def stop(self, timeout: float = 60.0, drain_s: float = 10.0) -> None:
+        """Stop taking batches; the current one finishes and commits; then close the consumer. What
+        the broker has not confirmed ``drain_s`` later (only a failed batch's messages: never
+        committed, so the next start replays them) is purged: left in this producer, they would be
+        delivered once the broker is back, after the next start warmed its de-duplicator from the
+        clean topic, and reach it twice."""
         if self.loop is not None:
             self.loop.stop(timeout)
         if self.producer is not None:
-            self.producer.flush(10)
+            left = self.producer.flush(drain_s)
+            if left:
+                self.producer.purge(in_queue=True, in_flight=True, blocking=True)
+                self.producer.flush(0)  # their delivery reports (purged)
+                log.warning("undelivered messages of the failed batch dropped; the next start replays it",
+                            extra={"messages": left})
 
     @property
     def running(self) -> bool:

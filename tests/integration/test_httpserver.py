@@ -78,3 +78,32 @@ def test_json_routes_serve_their_document_and_a_failure_is_a_500():
         assert _get(base + "/healthz")[0] == 200
     finally:
         srv.stop()
+
+
+def test_a_client_that_leaves_before_the_answer_is_no_traceback(capfd, caplog):
+    """A readiness probe that times out closes its socket before the answer is written: the server
+    drops the answer quietly (socketserver would print a BrokenPipeError traceback on stderr)."""
+    import socket
+    import struct
+    import threading
+
+    answered = threading.Event()
+
+    def slow_ready():
+        answered.wait(5)  # the client is gone by the time the answer is written
+        return True, {"pad": "x" * 300_000}  # more than the socket buffers take: the write fails
+
+    srv = HealthServer(0, ready=slow_ready, registry=CollectorRegistry())
+    srv.start()
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.close()
+        answered.set()
+        assert _get(f"http://127.0.0.1:{srv.port}/healthz")[0] == 200  # still serving
+    finally:
+        srv.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "ConnectionReset" not in err, err
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

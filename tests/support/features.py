@@ -82,11 +82,17 @@ def assert_matches_offline(client, events, now_ms: int) -> None:
     expected = Counter((e.item_id, fs.COUNT_FIELD[fs.EVENT_NAMES[e.event_type]])
                        for e in events if fs.EVENT_NAMES.get(e.event_type) in fs.COUNT_FIELD)
     _, items = client.fetch("", sorted({e.item_id for e in events if e.item_id}), now_ms)
+    def diff(got: dict, want: dict) -> dict:
+        return {k: (got.get(k), want.get(k)) for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)}
+
     for it in items:
-        assert {f: it[f] for f in fs.COUNT_FIELDS} == {f: expected[(it["item_id"], f)] for f in fs.COUNT_FIELDS}
-        assert it == offline.item(it["item_id"], now_ms)
+        assert {f: it[f] for f in fs.COUNT_FIELDS} == {f: expected[(it["item_id"], f)] for f in fs.COUNT_FIELDS}, \
+            f"{it['item_id']} (stored, of the events): {diff(it, {f: expected[(it['item_id'], f)] for f in fs.COUNT_FIELDS})}"
+        want = offline.item(it["item_id"], now_ms)
+        assert it == want, f"{it['item_id']} (stored, of the events): {diff(it, want)}"
     for uid in sorted({e.user_id for e in events}):
-        assert client.user(uid) == offline.user(uid)
+        got, want = client.user(uid), offline.user(uid)
+        assert got == want, f"{uid} (stored, of the events): {diff(got, want)}"
 
 
 def wait_matches_offline(client, events, now_ms: int, timeout: float = 10.0) -> None:
