@@ -9,8 +9,9 @@ steps, each waited for on what the platform itself reports:
 3. ``canary``: that version takes a share of the users, then is promoted (the promotion gate may
    refuse it: the story says so and goes on with the baseline ranker);
 4. ``policy``: the re-ranking policy learned online by rl_feedback serves; CTR rises;
-5. ``inject``: a bad ranker (trained on the same traffic with inverted labels) is promoted with
-   ``--force`` and the reason "story: injected bad model";
+5. ``inject``: a bad ranker (trained on the same traffic with inverted labels, alongside the new
+   ranker) is promoted with ``--force`` and the reason "story: injected bad model", once the
+   monitor has counted the production version's items its CtrRegression baseline needs;
 6. ``alert``: the monitor's CtrRegression alert, delivered to a webhook receiver the story runs
    (and to Alertmanager when installed);
 7. ``rollback``: the monitor's automatic ROLLBACK, seen in its audit (``GET /status``);
