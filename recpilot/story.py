@@ -9,8 +9,9 @@ steps, each waited for on what the platform itself reports:
 3. ``canary``: that version takes a share of the users, then is promoted (the promotion gate may
    refuse it: the story says so and goes on with the baseline ranker);
 4. ``policy``: the re-ranking policy learned online by rl_feedback serves; CTR rises;
-5. ``inject``: a bad ranker (trained on the same traffic with inverted labels) is promoted with
-   ``--force`` and the reason "story: injected bad model";
+5. ``inject``: a bad ranker (trained on the same traffic with inverted labels, alongside the new
+   ranker) is promoted with ``--force`` and the reason "story: injected bad model", once the
+   monitor has counted the production version's items its CtrRegression baseline needs;
 6. ``alert``: the monitor's CtrRegression alert, delivered to a webhook receiver the story runs
    (and to Alertmanager when installed);
 7. ``rollback``: the monitor's automatic ROLLBACK, seen in its audit (``GET /status``);
@@ -67,16 +68,16 @@ class StoryConfig:
 
     rate: float = 300.0           # shopper events/s
     seed: int = 42
-    baseline_s: float = 40.0      # CTR of the ranker's order
-    canary_s: float = 30.0        # the canary's share of traffic before the promotion
+    baseline_s: float = 30.0      # CTR of the ranker's order
+    canary_s: float = 20.0        # the canary's share of traffic before the promotion
     canary_percent: float = 20.0
-    policy_min_s: float = 60.0    # the learned policy serves at least this long
-    policy_max_s: float = 180.0   # ... and at most this long while CTR has not risen
+    policy_min_s: float = 40.0    # the learned policy serves at least this long
+    policy_max_s: float = 120.0   # ... and at most this long while CTR has not risen
     policy_rise: float = 1.25     # CTR rise (x baseline) that ends the policy step early
-    ctr_window_s: float = 45.0    # CTR readings: the last this many seconds
+    ctr_window_s: float = 30.0    # CTR readings: the last this many seconds
     alert_timeout_s: float = 150.0
     rollback_timeout_s: float = 60.0
-    recovery_s: float = 30.0
+    recovery_s: float = 20.0
     drain_timeout_s: float = 60.0
     train_epochs: int = 2
     train_timeout_s: float = 300.0
@@ -249,6 +250,8 @@ class Story:
         self.bad_version: str | None = None
         self.trained_version: str | None = None
         self.baseline_version: str | None = None
+        self.production_version: str | None = None  # production before the bad version
+        self.bad_proc: subprocess.Popen | None = None
 
     # -- bookkeeping ------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -281,7 +284,7 @@ class Story:
                 step.progress = min(1.0, el / seconds)
             if el >= seconds:
                 return False
-            time.sleep(0.5)
+            time.sleep(0.25)
         return False
 
     def _check_stop(self) -> None:
@@ -339,6 +342,16 @@ class Story:
                     self.freshness_s = (s - self._fresh_prev[0]) / (c - self._fresh_prev[1])
                 self._fresh_prev = (s, c)
 
+    def monitor_items(self, version: str) -> tuple[int | None, int | None]:
+        """From the monitor's /status: the shown items (rewards) of ``MODEL``/``version`` its
+        CtrRegression detector has counted, and ``baseline_min_items``: a version with that many is
+        the baseline the next version is judged against (else the next one waits for its own)."""
+        det = (self.monitor_status.get("detectors") or {}).get("CtrRegression") or {}
+        need = (det.get("config") or {}).get("baseline_min_items")
+        have = next((q.get("items") for q in det.get("sequences") or []
+                     if q.get("model") == MODEL and str(q.get("version")) == version), None)
+        return have, need
+
     def firing(self) -> list[dict]:
         return list(self.monitor_status.get("firing") or [])
 
@@ -366,7 +379,7 @@ class Story:
                     f"`recpilot {' '.join(args)}` took longer than {timeout:.0f}s")
             if step is not None:
                 step.detail = step.detail.split(" (")[0] + f" ({time.monotonic() - start:.0f}s)"
-            time.sleep(0.5)
+            time.sleep(0.1)
         out, err = proc.communicate()
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -462,6 +475,9 @@ class Story:
         self.end("baseline", detail=f"ranker {self.baseline_version}, CTR {_f(w['ctr'])} over {w['shown']} shown items")
 
         st = self.begin("train", "a new ranker trained on the traffic so far (recpilot train --data kafka)")
+        # the bad model is trained meanwhile, on the same traffic (the second core; the story only
+        # waits here), so that the story does not wait for it later
+        bad = self._start_bad_training()
         r = self.cli("train", "--framework", "torch", "--data", "kafka", "--name", MODEL, "--epochs",
                      str(c.train_epochs), "--quiet", "--json", timeout=c.train_timeout_s, step=st)
         if r.returncode != 0:
@@ -469,8 +485,6 @@ class Story:
         doc = json.loads(r.stdout[r.stdout.index("{"):])
         self.trained_version = str(doc.get("version"))
         self.end("train", detail=f"version {self.trained_version} ({_metrics_line(doc)})")
-        # the bad model is trained meanwhile, so that the story does not wait for it later
-        bad = self._start_bad_training()
 
         st = self.begin("canary", f"version {self.trained_version} to {c.canary_percent:g}% of users, then promoted")
         self.command("models", "canary", "--model", MODEL, "--version", self.trained_version, "--percent",
@@ -495,8 +509,10 @@ class Story:
         if r.returncode != 0:
             self.command("models", "canary", "--model", MODEL, "--clear", "--reason", "story: promotion refused",
                          what="clear the canary", check=False)
+            self.production_version = self.baseline_version
             self.end("canary", "done", f"promotion refused ({online}); {self.baseline_version} stays production")
         else:
+            self.production_version = self.trained_version
             self.end("canary", detail=f"{online}; {self.trained_version} promoted")
 
         st = self.begin("policy", "the re-ranking policy learned online from the rewards (rl_feedback)")
@@ -521,11 +537,25 @@ class Story:
                  f"policy versions serving: {', '.join(learned) or 'none learned yet'}")
 
         st = self.begin("inject", "a bad ranker (trained with inverted labels) promoted with force")
+        # the monitor judges a new version against the one before it once it has counted enough of
+        # its items (CtrRegression's baseline_min_items); a version promoted shortly before has not
+        prod = self.production_version
+
+        def baseline_ready() -> bool:
+            have, need = self.monitor_items(prod or "")
+            return have is not None and need is not None and have >= need
+
+        if not baseline_ready():
+            st.detail = f"the monitor counts version {prod}'s items (the baseline the bad version is judged against)"
+            self._wait(c.alert_timeout_s, st, until=baseline_ready)
+            self._check_stop()
+        have, need = self.monitor_items(prod or "")
         self.bad_version = self._finish_bad_training(bad, st)
         self.command("models", "promote", "--model", MODEL, "--version", self.bad_version, "--force",
                      "--reason", BAD_MODEL_REASON, what=f"promote the bad ranker {self.bad_version} (force)")
         t_bad = time.monotonic()
-        self.end("inject", detail=f"version {self.bad_version} is production")
+        self.end("inject", detail=f"version {self.bad_version} is production (the monitor's baseline: version {prod}, "
+                                  f"{have if have is not None else '?'} items counted, {need if need is not None else '?'} needed)")
 
         st = self.begin("alert", "the monitor's CtrRegression alert, delivered to the story's webhook")
 
@@ -566,8 +596,21 @@ class Story:
                  f"ranker {', '.join(back) or '?'} serves; CTR {_f(w['ctr'])}")
 
     def _start_bad_training(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "recpilot.story", "--train-inverted"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.bad_proc = subprocess.Popen([sys.executable, "-m", "recpilot.story", "--train-inverted"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                         start_new_session=True)
+        return self.bad_proc
+
+    def stop_bad_training(self) -> None:
+        """End the bad model's training if the story stopped before it was used."""
+        proc, self.bad_proc = self.bad_proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
     def _finish_bad_training(self, proc: subprocess.Popen, st: Step) -> str:
         start = time.monotonic()
@@ -578,8 +621,9 @@ class Story:
                 self._check_stop()
                 raise StoryFailed("training the bad ranker took too long")
             st.detail = f"waiting for the inverted-label training ({time.monotonic() - start:.0f}s)"
-            time.sleep(0.5)
+            time.sleep(0.1)
         out, err = proc.communicate()
+        self.bad_proc = None
         if proc.returncode != 0:
             raise StoryFailed(f"training the bad ranker failed: {err.strip()[-300:]}")
         return out.strip().splitlines()[-1]
@@ -790,6 +834,7 @@ def run(headless: bool = False, duration: float | None = None, keep_up: bool = F
 
     th = threading.Thread(target=sampler, name="story-sampler", daemon=True)
     error = None
+    summary = None
     try:
         if live is not None:
             live.start()
@@ -805,6 +850,7 @@ def run(headless: bool = False, duration: float | None = None, keep_up: bool = F
         running = next((s for s in story.steps.values() if s.status == "running"), None)
         if running is not None:
             story.end(running.name, "failed", running.detail)
+        story.stop_bad_training()
         story.stop_requested.clear()
         story.drain()
         summary = story.summary()
@@ -819,7 +865,10 @@ def run(headless: bool = False, duration: float | None = None, keep_up: bool = F
         if not keep_up:
             for s in prev:  # a second Ctrl-C during `down` is the default again
                 signal.signal(s, prev[s])
+            t_down = time.monotonic()
             stack.down(echo=lambda m: echo(f"down: {m}"))
+            if summary is not None:
+                summary["down_seconds"] = round(time.monotonic() - t_down, 1)
         webhook.stop()
     return summary
 
@@ -829,7 +878,8 @@ def format_summary(s: dict) -> str:
     verdict = "the whole story played" if s["ok"] else "the story did not reach its end"
     if s.get("error"):
         verdict += " (stopped by Ctrl-C)" if s["error"] == "interrupted" else f" ({s['error']})"
-    lines = [f"recpilot run: {verdict} in {s['seconds']:.0f}s"]
+    down = f" (then `recpilot down` in {s['down_seconds']:.0f}s)" if s.get("down_seconds") is not None else ""
+    lines = [f"recpilot run: {verdict} in {s['seconds']:.0f}s{down}"]
     for st in s["steps"]:
         secs = "" if st["seconds"] is None else f"{st['seconds']:.0f}s"
         lines.append(f"  {st['name']:<9} {st['status']:<7} {secs:>5}  {st['detail']}")
@@ -869,7 +919,7 @@ def register(sub) -> None:
                    "as JSON on stdout")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="the timed steps (baseline, canary, policy, recovery) scaled to add up to about S seconds "
-                        "(default 160); bringing the platform up, training and the alert come on top")
+                        "(default 110); bringing the platform up, training and the alert come on top")
     p.add_argument("--rate", type=float, default=300.0, help="shopper events/s (default 300)")
     p.add_argument("--keep-up", action="store_true", help="leave the platform running at the end")
     p.set_defaults(func=cmd_run)

@@ -14,6 +14,8 @@ def _stack():
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     if args.obd_sample:
         from recpilot.models import obd_sample
 
@@ -24,11 +26,16 @@ def cmd_setup(args: argparse.Namespace) -> int:
         return 0
     from recpilot.stack import alertmanager, deploy_tools, kafka, redis
 
-    fetched = kafka.fetch_jars(quiet=not args.verbose)
+    # Maven fetches the broker jars while apt-get installs the system packages (one at a time: apt
+    # holds a lock); on a fresh machine both are downloads, so they overlap.
+    with ThreadPoolExecutor(1, thread_name_prefix="kafka-jars") as pool:
+        jars = pool.submit(kafka.fetch_jars, quiet=not args.verbose)
+        lines = [f"redis-server: {redis.ensure_installed()}",
+                 f"prometheus-alertmanager, promtool: {alertmanager.ensure_installed()[1]}",
+                 f"docker-compose, kubectl: {deploy_tools.ensure_installed()}"]
+        fetched = jars.result()
     print("kafka jars: " + ("downloaded" if fetched else "cached") + f" in {kafka.LIBS}")
-    print(f"redis-server: {redis.ensure_installed()}")
-    print(f"prometheus-alertmanager, promtool: {alertmanager.ensure_installed()[1]}")
-    print(f"docker-compose, kubectl: {deploy_tools.ensure_installed()}")
+    print("\n".join(lines))
     kafka.java()
     return 0
 

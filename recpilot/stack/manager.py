@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,10 +185,10 @@ class Stack:
                 self.wait_service(spec, name)
                 echo(f"{name} ready")
         if replicas:
-            for spec in specs:
-                for i in self.replicas(spec):
-                    if i >= counts[spec.name] and self.services_table.get(spec.replica_name(i)):
-                        echo(f"{spec.replica_name(i)}: {self.services_table.stop(spec.replica_name(i), timeout=30)}")
+            extra = [spec.replica_name(i) for spec in specs for i in self.replicas(spec)
+                     if i >= counts[spec.name] and self.services_table.get(spec.replica_name(i))]
+            for name, outcome in _stop_all(self.services_table, extra, timeout=30).items():
+                echo(f"{name}: {outcome}")
 
     def start_replica(self, spec: ServiceSpec, i: int = 0) -> str:
         """Start replica ``i`` of ``spec`` unless it runs (not waiting for it); its name. What `up`
@@ -214,17 +215,17 @@ class Stack:
                         address=lambda: rec.address, interval=0.5)
 
     def down_services(self) -> dict[str, str]:
-        """Stop every replica of every service (by pid record), in reverse start order."""
-        result = {}
-        for spec in reversed(SERVICES):
-            for i in reversed(self.replicas(spec)):
-                name = spec.replica_name(i)
-                if self.services_table.get(name):
-                    result[name] = self.services_table.stop(name, timeout=30)
-        return result
+        """Stop every replica of every service (by pid record), all at once: each gets its SIGTERM
+        together and drains on its own (they share nothing but Kafka and Redis, which stop after
+        them), so `down` takes as long as the slowest, not the sum. Listed in reverse start order."""
+        names = [spec.replica_name(i) for spec in reversed(SERVICES) for i in reversed(self.replicas(spec))
+                 if self.services_table.get(spec.replica_name(i))]
+        return _stop_all(self.services_table, names, timeout=30)
 
     # -- whole stack -------------------------------------------------------------------
     def up(self, services: bool = True, echo=print, replicas: dict[str, int] | None = None) -> None:
+        if self.alertmanager.installed():
+            self.alertmanager.start()  # starts while Kafka does; waited for after it (up_alertmanager)
         took = self.up_infra(echo)
         echo(f"redis ready at {self.redis.address} ({took['redis']:.1f}s), kafka ready at {self.kafka.address} ({took['kafka']:.1f}s)")
         self.up_alertmanager(echo)
@@ -232,11 +233,11 @@ class Stack:
             self.up_services(echo=echo, replicas=replicas)
 
     def down(self, echo=print) -> dict[str, str]:
-        """Stop what `up` started (by pid record), services first; data stays."""
+        """Stop what `up` started (by pid record), services first, then Alertmanager, Redis and
+        Kafka together; data stays."""
         result = self.down_services()
-        for name in (self.alertmanager.name, "redis", "kafka"):
-            if self.table.get(name):
-                result[name] = self.table.stop(name, timeout=60)
+        result.update(_stop_all(self.table, [n for n in (self.alertmanager.name, "redis", "kafka")
+                                             if self.table.get(n)], timeout=60))
         for name, outcome in result.items():
             echo(f"{name}: {outcome}")
         return result
@@ -264,6 +265,15 @@ class Stack:
                               "ready": bool(rec) and http_get(f"http://{addr}/readyz", 1.0)[0] == 200,
                               "pid": rec.pid if rec else None, "address": addr, "log": rec.log if rec else None})
         return {"home": str(self.s.home), "components": comps}
+
+
+def _stop_all(table: ProcessTable, names: list[str], timeout: float) -> dict[str, str]:
+    """``table.stop`` of each name, concurrently; the outcomes in the order of ``names``."""
+    if len(names) <= 1:
+        return {n: table.stop(n, timeout=timeout) for n in names}
+    with ThreadPoolExecutor(len(names), thread_name_prefix="stop") as pool:
+        futures = [(n, pool.submit(table.stop, n, timeout)) for n in names]
+        return {n: f.result() for n, f in futures}
 
 
 def format_status(st: dict) -> str:

@@ -206,10 +206,18 @@ class PolicyLearner(LoopThread):
         self.restore()
         LoopThread.start(self)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0, judge_timeout: float = 5.0) -> None:
+        """Stop learning, then wait up to ``judge_timeout`` for a candidate being judged. A judgement
+        still running then (the gate's bootstrap can take minutes on a loaded machine) is left to end
+        with the process: that candidate is neither published nor recorded, as after a kill, and the
+        next start judges a new one. The reward joiner stops after the learner and must commit its
+        transaction before `recpilot down` (30 s) kills the process."""
         LoopThread.stop(self, timeout)
         if self._judging is not None:
-            self._judging.join(timeout)
+            self._judging.join(judge_timeout)
+            if self._judging.is_alive():
+                log.warning("stopping while a candidate policy is judged: its decision is dropped",
+                            extra={"cycle": self.cycles})
 
     def _consumer(self):
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
