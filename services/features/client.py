@@ -27,6 +27,20 @@ from recpilot import featurespec as fs
 from services.features import keys, scripts
 from services.features.writer import merge_offsets
 
+
+def _results(out: list, retry: bool) -> list | None:
+    """The results of a pipeline of EVALSHA reads: None when a script was missing from a node's cache
+    and ``retry`` (the caller loads it and sends the pipeline again); else the results, raising the
+    first error among them."""
+    from redis.exceptions import NoScriptError
+
+    if retry and any(isinstance(r, NoScriptError) for r in out):
+        return None
+    for r in out:
+        if isinstance(r, Exception):
+            raise r
+    return out
+
 RECENT_FOR_CANDIDATES = 5
 TOP_CATEGORIES = 3
 
@@ -314,21 +328,14 @@ class FeatureClient:
         pipeline sent again (reads only)."""
         if len(calls) == 1:
             return [script(keys=calls[0][0], args=calls[0][1])]
-        from redis.exceptions import NoScriptError
-
         for attempt in (1, 2):
             with self.redis.pipeline(transaction=False) as pipe:
                 for ks, args in calls:
                     pipe.execute_command("EVALSHA", script.sha, len(ks), *ks, *args)
-                out = pipe.execute(raise_on_error=False)
-            missing = [r for r in out if isinstance(r, NoScriptError)]
-            if missing and attempt == 1:
-                self.redis.script_load(script.script)
-                continue
-            for r in out:
-                if isinstance(r, Exception):
-                    raise r
-            return out
+                out = _results(pipe.execute(raise_on_error=False), retry=attempt == 1)
+            if out is not None:
+                return out
+            self.redis.script_load(script.script)
         raise AssertionError("unreachable")
 
     def fetch(self, user_id: str, item_ids: Sequence[str], now_ms: int) -> tuple[dict, list[dict]]:
@@ -455,21 +462,14 @@ class AsyncFeatureClient:
     async def _evals(self, script, calls: list[tuple[list[str], list]]) -> list:
         if len(calls) == 1:
             return [await script(keys=calls[0][0], args=calls[0][1])]
-        from redis.exceptions import NoScriptError
-
         for attempt in (1, 2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for ks, args in calls:
                     pipe.execute_command("EVALSHA", script.sha, len(ks), *ks, *args)
-                out = await pipe.execute(raise_on_error=False)
-            missing = [r for r in out if isinstance(r, NoScriptError)]
-            if missing and attempt == 1:
-                await self.redis.script_load(script.script)
-                continue
-            for r in out:
-                if isinstance(r, Exception):
-                    raise r
-            return out
+                out = _results(await pipe.execute(raise_on_error=False), retry=attempt == 1)
+            if out is not None:
+                return out
+            await self.redis.script_load(script.script)
         raise AssertionError("unreachable")
 
     async def fetch(self, user_id: str, item_ids: Sequence[str], now_ms: int) -> tuple[dict, list[dict]]:
