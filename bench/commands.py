@@ -227,6 +227,8 @@ def _rl(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--vw-args", default="", help="extra vw arguments")
     p.add_argument("--plot", default="docs/img/rl_learning_curves.png", help="PNG path ('' = none)")
     p.add_argument("--json", default=None, help="also write the curves here")
+    p.add_argument("--from-json", default=None, metavar="A.json,B.json",
+                   help="run nothing: merge the --json files of runs on disjoint seeds into one table and picture")
     p.set_defaults(func=_run("rl"))
 
 

@@ -306,6 +306,9 @@ def run(args) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args = argparse.Namespace(**{k: v for k, v in vars(args).items() if not callable(v)})  # picklable for the pool
+    if args.from_json:
+        report = merge([json.loads(Path(f).read_text()) for f in args.from_json.split(",") if f.strip()])
+        return _emit(report, args, f"merged {args.from_json}: seeds {report['seeds']}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -331,13 +334,17 @@ def run(args) -> int:
             print(f"  {res['method']:<10} seed {res['seed']}: CTR {res['clicks'].sum() / res['shown'].sum():.4f} "
                   f"({res['seconds']:.0f}s, {1000 * res['seconds'] / args.impressions:.2f} ms/impression)", flush=True)
     report = summarise(results, methods, seeds, args)
+    return _emit(report, args, f"total {time.monotonic() - t0:.0f}s; machine at the end: {machine()}")
+
+
+def _emit(report: dict, args, last: str) -> int:
     print(report["table"])
     if args.plot:
         plot(report, args.plot, args)
         print(f"picture: {args.plot}")
     if args.json:
         Path(args.json).write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=1))
-    print(f"total {time.monotonic() - t0:.0f}s; machine at the end: {machine()}")
+    print(last)
     return 0
 
 
@@ -354,23 +361,57 @@ def summarise(results: list[dict], methods: list[str], seeds: list[int], args) -
                      "oracle": np.array([np.nanmean(r["oracle"]) for r in rs]),
                      "overall_ctr": np.array([r["clicks"].sum() / r["shown"].sum() for r in rs]),
                      "ms": float(np.mean([1000 * r["seconds"] / args.impressions for r in rs]))})
+    return {"table": _table(rows, w, len(seeds), args.impressions), "curves": {m: c.tolist() for m, c in curves.items()},
+            "true_curves": {m: c.tolist() for m, c in true_curves.items()},
+            "rows": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows],
+            "window": w, "seeds": seeds, "impressions": args.impressions}
+
+
+def _table(rows: list[dict], w: int, n_seeds: int, impressions: int) -> str:
     uni = next((r for r in rows if r["method"] == "uniform"), None)
-    lines = [f"| policy | CTR, last {w:,} impressions (mean ± sd, {len(seeds)} seeds) | x uniform | true CTR of what "
-             f"it showed, last window | true CTR of its greedy version, last window | CTR over all {args.impressions:,} "
+    lines = [f"| policy | CTR, last {w:,} impressions (mean ± sd, {n_seeds} seeds) | x uniform | true CTR of what "
+             f"it showed, last window | true CTR of its greedy version, last window | CTR over all {impressions:,} "
              f"| ms / impression |", "|---|---|---|---|---|---|---|"]
     oracle = np.mean([r["oracle"].mean() for r in rows])
     for r in rows:
         ratio = (f"{r['final_ctr'].mean() / uni['final_ctr'].mean():.2f}" if uni is not None else "n/a")
-        lines.append(f"| {r['method']} | {r['final_ctr'].mean():.4f} ± {r['final_ctr'].std(ddof=1) if len(seeds) > 1 else 0:.4f} "
+        lines.append(f"| {r['method']} | {r['final_ctr'].mean():.4f} ± {r['final_ctr'].std(ddof=1) if n_seeds > 1 else 0:.4f} "
                      f"| {ratio} | {r['final_true'].mean():.4f} | {r['greedy_true'].mean():.4f} "
                      f"| {r['overall_ctr'].mean():.4f} | {r['ms']:.1f} |")
     lines.append(f"\nceiling (truth, not a policy): the pool's k most attractive items in order give CTR {oracle:.4f} "
                  f"on the last window's requests ({oracle / uni['final_true'].mean():.2f}x uniform's true CTR)"
                  if uni is not None else f"\nceiling (truth, not a policy): CTR {oracle:.4f}")
-    return {"table": "\n".join(lines), "curves": {m: c.tolist() for m, c in curves.items()},
-            "true_curves": {m: c.tolist() for m, c in true_curves.items()},
+    return "\n".join(lines)
+
+
+PER_SEED = ("final_ctr", "final_true", "greedy_true", "oracle", "overall_ctr")
+
+
+def merge(reports: list[dict]) -> dict:
+    """One report from the ``--json`` files of runs on disjoint seeds with the same budget and
+    window (e.g. seeds 0-1, then 2-4): curves and per-seed figures side by side, ms / impression
+    averaged over the seeds, the table computed again."""
+    from recpilot.errors import InvalidArgument
+
+    first = reports[0]
+    for r in reports[1:]:
+        if (r["window"], r["impressions"]) != (first["window"], first["impressions"]):
+            raise InvalidArgument("runs of different budgets or windows do not merge")
+    seeds = [s for r in reports for s in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise InvalidArgument(f"runs share seeds: {sorted(seeds)}")
+    methods = [m for m in first["curves"] if all(m in r["curves"] for r in reports)]
+    rows = []
+    for m in methods:
+        parts = [next(x for x in r["rows"] if x["method"] == m) for r in reports]
+        row = {"method": m, **{k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in PER_SEED}}
+        row["ms"] = float(sum(p["ms"] * len(r["seeds"]) for p, r in zip(parts, reports)) / len(seeds))
+        rows.append(row)
+    return {"table": _table(rows, first["window"], len(seeds), first["impressions"]),
+            "curves": {m: [c for r in reports for c in r["curves"][m]] for m in methods},
+            "true_curves": {m: [c for r in reports for c in r["true_curves"][m]] for m in methods},
             "rows": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows],
-            "window": w, "seeds": seeds, "impressions": args.impressions}
+            "window": first["window"], "seeds": seeds, "impressions": first["impressions"]}
 
 
 def plot(report: dict, path: str, args) -> None:

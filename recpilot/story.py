@@ -547,7 +547,14 @@ class Story:
 
         if not baseline_ready():
             st.detail = f"the monitor counts version {prod}'s items (the baseline the bad version is judged against)"
-            self._wait(c.alert_timeout_s, st, until=baseline_ready)
+            # on a loaded machine the count grows slowly: wait on while it grows (at most 3 more periods)
+            last, more = self.monitor_items(prod or "")[0] or 0, 3
+            while not self._wait(c.alert_timeout_s, st, until=baseline_ready) and more > 0:
+                self._check_stop()
+                have = self.monitor_items(prod or "")[0] or 0
+                if have <= last:
+                    break
+                last, more = have, more - 1
             self._check_stop()
         have, need = self.monitor_items(prod or "")
         self.bad_version = self._finish_bad_training(bad, st)

@@ -4,12 +4,21 @@ The test stack lives in ``.recpilot-test/`` on its own ports (Kafka 19092, contr
 Redis 16379), so a developer's `recpilot up` on the default ports is never touched. These
 variables are set before any recpilot module reads settings, and child processes (services
 started by tests) inherit them.
+
+`make test` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``): each test file
+runs whole on one worker, files go out in the order ``ORDER`` below gives them. A fixed port is a
+worker's own (``redis_cluster``: offset by the worker's number). The workers share the one test
+stack: the first to need it starts it under a file lock, and the controller stops it at the end
+when this run started it. (``--dist loadgroup`` would group across files, but pytest 9 ignores the
+node id suffix xdist 3.8 gives a group.)
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +35,30 @@ for _k, _v in TEST_ENV.items():
     os.environ.setdefault(_k, _v)
 
 
+def _worker() -> str | None:
+    return os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def _started_marker() -> Path:
+    """Written by the worker that started the shared stack: the controller stops it at the end."""
+    return Path(TEST_ENV["RECPILOT_HOME"]) / f"stack-started-by-{os.environ['RECPILOT_TEST_RUN']}"
+
+
+def pytest_configure(config):
+    if _worker() is None:  # the controller (or a run without xdist): the workers inherit this
+        os.environ["RECPILOT_TEST_RUN"] = uuid.uuid4().hex[:12]
+
+
 def pytest_sessionfinish(session, exitstatus):
+    if _worker() is None and os.environ.get("RECPILOT_TEST_RUN"):
+        marker = _started_marker()
+        if marker.exists():  # a worker started the shared stack for this run: the last one out stops it
+            if os.environ.get("RECPILOT_TEST_KEEP_STACK") != "1":
+                from recpilot.settings import PlatformSettings, load
+                from recpilot.stack.manager import Stack
+
+                Stack(load(PlatformSettings)).down(echo=lambda *_: None)
+            marker.unlink(missing_ok=True)
     # In-process inference servers gc.freeze() after loading a model (services/inference/routing.py);
     # frozen objects are never finalized, and nanobind (in triton, imported with TensorFlow) then
     # prints pages of "leaked" lines at exit. Unfrozen, the interpreter's teardown frees them.
@@ -35,7 +67,13 @@ def pytest_sessionfinish(session, exitstatus):
     gc.unfreeze()
 
 
+# The order files are handed out in: the longest test (the story) first, then the unit tier on the
+# other worker while the story runs, then the fault and integration tiers.
+ORDER = {"e2e": 0, "unit": 1, "fault": 2, "integration": 3}
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: next((r for t, r in ORDER.items() if t in item.path.parts), len(ORDER)))
     for item in items:
         parts = item.path.parts
         for tier in ("integration", "e2e", "fault"):
@@ -52,20 +90,26 @@ def platform_settings():
 
 @pytest.fixture(scope="session")
 def stack(platform_settings):
-    """A ready Kafka + Redis (topics created). Stopped at the end if this session started it,
-    unless RECPILOT_TEST_KEEP_STACK=1 (handy when several test runs share it)."""
+    """A ready Kafka + Redis (topics created). Stopped at the end if this run started it (by the
+    xdist controller when workers share it), unless RECPILOT_TEST_KEEP_STACK=1 (handy when several
+    test runs share it)."""
     from recpilot.stack.manager import Stack
 
     st = Stack(platform_settings)
-    already = st.table.running("kafka") is not None and st.table.running("redis") is not None
-    try:
-        st.up_infra(echo=lambda *_: None)
-    except BaseException:
-        if not already:  # leave nothing half-started behind
-            st.down(echo=lambda *_: None)
-        raise
+    platform_settings.home.mkdir(parents=True, exist_ok=True)
+    with open(platform_settings.home / "stack.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker starts it, the other waits and finds it running
+        already = st.table.running("kafka") is not None and st.table.running("redis") is not None
+        try:
+            st.up_infra(echo=lambda *_: None)
+        except BaseException:
+            if not already:  # leave nothing half-started behind
+                st.down(echo=lambda *_: None)
+            raise
+        if not already and _worker() is not None:
+            _started_marker().touch()
     yield st
-    if not already and os.environ.get("RECPILOT_TEST_KEEP_STACK") != "1":
+    if not already and _worker() is None and os.environ.get("RECPILOT_TEST_KEEP_STACK") != "1":
         st.down(echo=lambda *_: None)
 
 
@@ -190,11 +234,13 @@ from tests.support.broker import private_broker, secure_broker  # noqa: E402, F4
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
     """A local three-master Redis Cluster (Debian's redis-server, recpilot.stack.redis.LocalRedisCluster)
-    on the ports of RECPILOT_TEST_REDIS_CLUSTER_PORTS (default 17001,17002,17003; each also uses its
-    port + 10000 for the cluster bus), started once for the session and stopped at its end."""
+    on the ports of RECPILOT_TEST_REDIS_CLUSTER_PORTS (default 17001,17002,17003, +10 per xdist worker
+    number; each also uses its port + 10000 for the cluster bus), started once for the session (of
+    each worker that needs it) and stopped at its end."""
     from recpilot.stack.redis import LocalRedisCluster
 
-    ports = [int(p) for p in os.environ.get("RECPILOT_TEST_REDIS_CLUSTER_PORTS", "17001,17002,17003").split(",")]
+    base = 17001 + 10 * int((_worker() or "gw0").removeprefix("gw"))  # each xdist worker its own cluster
+    ports = [int(p) for p in os.environ.get("RECPILOT_TEST_REDIS_CLUSTER_PORTS", f"{base},{base + 1},{base + 2}").split(",")]
     cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"), ports)
     try:
         cluster.start()

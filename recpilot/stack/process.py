@@ -120,8 +120,36 @@ class ProcessTable:
                 _reap(rec.pid)
                 time.sleep(0.05)
             outcome = "killed after timeout"
+        wait_group_gone(rec.pid, 10.0)  # what it forked and left behind holds its ports until then
         self.path(name).unlink(missing_ok=True)
         return outcome
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid`` (field 5 of /proc/<pid>/stat)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def wait_group_gone(pgid: int, timeout: float = 20.0) -> bool:
+    """Wait until no process of group ``pgid`` is left (True), at most ``timeout`` s. A leader killed
+    with its group can leave a forked child (Redis's append-only rewrite, in a disk write) that
+    holds the listening socket a moment longer: starting again before it is gone fails to bind."""
+    deadline = time.monotonic() + timeout
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _reap(pid: int) -> None:

@@ -46,3 +46,30 @@ def test_reused_pid_is_not_ours(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_group_is_gone_only_when_what_the_leader_forked_is_gone():
+    """kill -9 of a leader leaves its forked child (Redis's rewrite child holds the port): the group
+    counts as gone only once the child is gone too."""
+    import os
+    import signal
+
+    from recpilot.stack.process import _reap, group_members, wait_group_gone
+
+    proc = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+    try:
+        deadline = time.time() + 10
+        while len(group_members(proc.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.pid in group_members(proc.pid) and len(group_members(proc.pid)) == 2
+        os.kill(proc.pid, signal.SIGKILL)  # the leader alone
+        proc.wait(10)
+        _reap(proc.pid)
+        assert not wait_group_gone(proc.pid, 0.5) and len(group_members(proc.pid)) == 1  # its child lives on
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert wait_group_gone(proc.pid, 10) and group_members(proc.pid) == []
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from recpilot.stack.process import _reap, http_get
+from recpilot.stack.process import _reap, http_get, wait_group_gone
 
 # Ports of the platform under test: its own block, so neither the shared test stack nor another
 # platform test (tests/e2e/test_story.py uses 283xx) is touched.
@@ -103,6 +103,7 @@ class Platform:
             _reap(rec.pid)
             time.sleep(0.05)
         assert not rec.alive(), f"{name} survived SIGKILL"
+        assert wait_group_gone(rec.pid, 20), f"a process of {name}'s group survived SIGKILL"
         return rec.pid
 
     def restart(self, name: str) -> None:

@@ -272,21 +272,30 @@ def _pip_installs(text: str) -> list[list[str]]:
     return found
 
 
+_VALUED = ("-c", "--python", "-r")  # options whose value is the next word
+
+
 def _constraints_and_package(args: list[str]) -> tuple[str, str]:
     """(the constraints file, the package path without extras) of one ``pip install`` line."""
     constraints = args[args.index("-c") + 1]
-    rest = [a for i, a in enumerate(args) if not a.startswith("-") and args[i - 1] != "-c"]
+    rest = [a for i, a in enumerate(args) if not a.startswith("-") and args[i - 1] not in _VALUED]
     assert len(rest) == 1, args
     return constraints, rest[0].split("[", 1)[0]
 
 
+def _project_installs(text: str) -> list[list[str]]:
+    """The ``pip install`` (or ``uv pip install``) lines that install the project itself."""
+    return [a for a in _pip_installs(text)
+            if any(w == "." or w.startswith(".[") for i, w in enumerate(a) if a[i - 1] not in _VALUED)]
+
+
 def test_image_installs_the_package_and_constraints_of_make_setup():
-    """The Dockerfile's one pip install is the Makefile's: the same constraints file and the same
-    package (the image leaves out the test extra and the editable install), and it copies what that
-    install reads."""
-    make = _pip_installs((REPO_ROOT / "Makefile").read_text())
+    """The Dockerfile's one install of the project is the Makefile's: the same constraints file and
+    the same package (the image leaves out the test extra and the editable install), and it copies
+    what that install reads."""
+    make = _project_installs((REPO_ROOT / "Makefile").read_text())
     dockerfile = (REPO_ROOT / "deploy" / "docker" / "Dockerfile").read_text()
-    image = _pip_installs(dockerfile)
+    image = _project_installs(dockerfile)
     assert len(make) == 1 and len(image) == 1, (make, image)
     assert _constraints_and_package(image[0]) == _constraints_and_package(make[0]) == ("constraints.txt", ".")
     sources = {s.strip("./") for s in _copied_sources(dockerfile)}
@@ -310,6 +319,9 @@ def test_pip_installs_reads_makefile_and_dockerfile_forms():
     assert _pip_installs('\t$(PIP) install -q -c constraints.txt -e ".[test]"\n') == [["-q", "-c", "constraints.txt", "-e", ".[test]"]]
     assert _pip_installs("RUN /v/bin/pip install -c c.txt . \\\n && echo ok\n") == [["-c", "c.txt", "."]]
     assert _constraints_and_package(["-q", "-c", "c.txt", "-e", ".[test]"]) == ("c.txt", ".")
+    uv = '\t$(PIP) install -q -c constraints.txt uv\n\t$(UV) pip install -q --python $(PY) -c constraints.txt -e ".[test]"\n'
+    assert _project_installs(uv) == [["-q", "--python", "$(PY)", "-c", "constraints.txt", "-e", ".[test]"]]
+    assert _constraints_and_package(_project_installs(uv)[0]) == ("constraints.txt", ".")
 
 
 def test_copied_sources_reads_every_form():
