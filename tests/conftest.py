@@ -68,8 +68,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # The order files are handed out in: the longest test (the story) first, then the unit tier on the
-# other worker while the story runs, then the fault and integration tiers.
-ORDER = {"e2e": 0, "unit": 1, "fault": 2, "integration": 3}
+# other worker while the story runs, then the integration and fault tiers (the platform fault test,
+# a whole platform of its own, then runs after the story rather than beside it).
+ORDER = {"e2e": 0, "unit": 1, "integration": 2, "fault": 3}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -29,6 +29,7 @@ from recpilot.errors import UsageError
 DEFAULT_PATH = Path(__file__).with_name("monitor.toml")
 ACTIONS = ("rollback", "abort_canary", "pause_policy", "retrain", "none")
 SEVERITIES = ("page", "ticket")
+DRIFT_REFERENCES = ("serving", "training")
 ALERT_NAMES = ("FeatureDrift", "ScoreDrift", "EventMixDrift", "CtrRegression", "ConversionRegression",
                "PolicyCtrRegression", "CanaryCtrRegression", "LatencySLOBurn", "ErrorSLOBurn",
                "FeatureFreshness", "ConsumerLag", "DataQuality", "ResourceSaturation")
@@ -64,6 +65,8 @@ class DriftConfig(Common):
     psi: float = 0.2
     js: float = 0.1
     wasserstein_sigma: float = 0.25
+    reference: str = "serving"     # "serving": the version's first serving_windows windows; "training": model.json's
+    serving_windows: int = 3
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,11 @@ def _section(where: str, default, raw: dict):
             raise ConfigError(f"{where}.objective: must be in (0, 1), got {out.objective}")
         if out.short_window_s > out.long_window_s:
             raise ConfigError(f"{where}: short_window_s must be <= long_window_s")
+    if isinstance(out, DriftConfig):
+        if out.reference not in DRIFT_REFERENCES:
+            raise ConfigError(f"{where}.reference: one of {', '.join(DRIFT_REFERENCES)}, got {out.reference!r}")
+        if out.serving_windows < 1:
+            raise ConfigError(f"{where}.serving_windows: must be >= 1")
     if isinstance(out, CusumConfig) and not 0.0 < out.min_effect < 1.0:
         raise ConfigError(f"{where}.min_effect: must be in (0, 1), got {out.min_effect}")
     return out

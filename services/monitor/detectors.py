@@ -224,12 +224,45 @@ class Windowed:
 
 
 class HistogramDrift(Windowed):
-    """FeatureDrift / ScoreDrift: a window's histogram (all instances) against the reference."""
+    """FeatureDrift / ScoreDrift: a window's histogram (all instances) against the reference.
+
+    ``reference = "training"``: the version's training reference (model.json), on whose bins
+    inference counts. ``reference = "serving"`` (default): the sum of the version's first
+    ``serving_windows`` windows with ``min_samples`` each, on the same bins (the spread for the
+    Wasserstein distance stays the training reference's): a drift is then a change since the
+    version began serving, not the difference between the items it shows and the rows it was
+    trained on (another population: a ranker picks what it shows). The engine saves the complete
+    ones (a restart during a drift must not take the drifted windows as the reference)."""
 
     def __init__(self, name: str, cfg: DriftConfig, lateness_ms: int,
                  reference: Callable[[tuple], dict | None], label: str) -> None:
         super().__init__(cfg.window_s, lateness_ms)
         self.name, self.cfg, self.reference, self.label = name, cfg, reference, label
+        self.serving: dict[tuple, list] = {}   # ref_key -> [counts, windows taken]
+        self.on_serving_reference: Callable[[], None] | None = None  # called when one is complete
+
+    def serving_references(self) -> list[list]:
+        """The complete serving references: ``[model, version, what, counts]`` each."""
+        return [[*k, v[0].tolist()] for k, v in self.serving.items() if v[1] >= self.cfg.serving_windows]
+
+    def load_serving_references(self, saved: list) -> None:
+        for model, version, what, counts in saved:
+            self.serving[(model, version, what)] = [np.asarray(counts, dtype=np.float64), self.cfg.serving_windows]
+
+    def _serving_reference(self, ref_key, cur: np.ndarray, n: float) -> tuple[np.ndarray | None, int]:
+        """The serving reference of ``ref_key`` once complete (None while the current window is
+        still one of the first ``serving_windows``: it is added to it), and how many it holds."""
+        got = self.serving.get(ref_key)
+        if got is not None and got[1] >= self.cfg.serving_windows:
+            return got[0], got[1]
+        if n >= self.cfg.min_samples:
+            if got is None or len(got[0]) != len(cur):
+                got = self.serving[ref_key] = [np.zeros(len(cur)), 0]
+            got[0] += cur
+            got[1] += 1
+            if got[1] >= self.cfg.serving_windows and self.on_serving_reference is not None:
+                self.on_serving_reference()
+        return None, got[1] if got is not None else 0
 
     def add(self, key: tuple, ts_ms: int, counts, bounds) -> None:
         acc = self._slot(key, ts_ms, list)
@@ -265,6 +298,13 @@ class HistogramDrift(Windowed):
         if len(rb) != nb or (nb and not np.allclose(rb, bounds, rtol=1e-6, atol=1e-9)):
             v.reason = f"the window's {nb} bucket bounds are not the reference's {len(rb)}"
             return v
+        if cfg.reference == "serving":
+            served, taken = self._serving_reference(ref_key, cur, n)
+            if served is None:
+                v.reason = (f"the serving reference: {taken} of {cfg.serving_windows} windows with "
+                            f">= {cfg.min_samples} samples")
+                return v
+            rc = served.tolist()
         if n < cfg.min_samples:
             v.reason = f"{n:.0f} samples < min_samples {cfg.min_samples}"
             return v

@@ -19,10 +19,13 @@ the per-event cost is one parse plus a few dictionary operations.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 from bisect import bisect_left
 from collections.abc import Callable
+from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
@@ -38,8 +41,12 @@ _REF_RETRY_MS = 30_000
 
 
 class Engine:
-    def __init__(self, config: MonitorConfig, references: References, instance: str = "") -> None:
+    def __init__(self, config: MonitorConfig, references: References, instance: str = "",
+                 serving_path: Path | None = None) -> None:
+        """``serving_path``: where the drift detectors' serving references are kept across restarts
+        (JSON, rewritten when one is complete; None: in memory only)."""
         self.config, self._references, self.instance = config, references, instance
+        self.serving_path = serving_path
         c = config
         late = int(c.engine.lateness_s * 1000)
         self.expire_ms = int(c.engine.expire_s * 1000)
@@ -68,6 +75,8 @@ class Engine:
 
         self.feature = D.HistogramDrift("FeatureDrift", c.feature_drift, late, self._reference, "feature")
         self.score = D.HistogramDrift("ScoreDrift", c.score_drift, late, self._reference, "variant")
+        self._load_serving_references()
+        self.feature.on_serving_reference = self.score.on_serving_reference = self._save_serving_references
         self.event_mix = D.EventMix(c.event_mix, late, lambda labels: ev_tracker.firing(labels))
         self.latency = D.BurnRate("LatencySLOBurn", c.latency_slo, late)
         self.errors = D.BurnRate("ErrorSLOBurn", c.error_slo, late)
@@ -114,6 +123,27 @@ class Engine:
         self._handlers = h
 
     # -- references ---------------------------------------------------------------------------------
+    def _load_serving_references(self) -> None:
+        if self.serving_path is None or not self.serving_path.exists():
+            return
+        try:
+            saved = json.loads(self.serving_path.read_text())
+            self.feature.load_serving_references(saved.get("FeatureDrift") or [])
+            self.score.load_serving_references(saved.get("ScoreDrift") or [])
+        except (OSError, ValueError, TypeError) as exc:  # unreadable: rebuilt from the next windows
+            log.warning("serving references not read", extra={"path": str(self.serving_path), "error": repr(exc)})
+
+    def _save_serving_references(self) -> None:
+        if self.serving_path is None:
+            return
+        doc = {"FeatureDrift": self.feature.serving_references(), "ScoreDrift": self.score.serving_references()}
+        tmp = self.serving_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, self.serving_path)
+        except OSError as exc:
+            log.warning("serving references not saved", extra={"path": str(self.serving_path), "error": repr(exc)})
+
     def _reference(self, key: tuple[str, str, str]) -> dict | None:
         model, version, what = key
         got = self._refs.get((model, version))

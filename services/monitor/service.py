@@ -234,7 +234,8 @@ class Monitor:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._kill_switch = lambda: kill_switch(self.state_dir)
         self.producer = producer or rkafka.producer(platform, **{"client.id": f"recpilot-monitor-{settings.instance_id}"})
-        self.engine = Engine(self.config, References(repository), instance=settings.instance_id)
+        self.engine = Engine(self.config, References(repository), instance=settings.instance_id,
+                             serving_path=self.state_dir / "serving_references.json")
         self.lock = threading.Lock()
         self.dispatcher = Dispatcher(build_channels(settings, self.producer), queue_size=settings.channel_queue_size,
                                      retry_initial_s=settings.retry_initial_s, retry_max_s=settings.retry_max_s)

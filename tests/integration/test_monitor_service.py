@@ -26,11 +26,14 @@ from tests.support.repository import tiny_writer
 pytestmark = pytest.mark.timeout(240)
 
 SECRET = "s3cret"
-# Short windows; only the feature-drift detector has input here.
+# Short windows; only the feature-drift detector has input here. The training reference: these tests
+# are about the alert's way to the channels and across a restart (the serving reference and its
+# restart: tests/unit/test_monitor_engine.py).
 CONFIG = """
 [engine]
 lateness_s = 0.3
 [feature_drift]
+reference = "training"
 window_s = 1.5
 for_windows = 2
 resolve_windows = 2

@@ -57,6 +57,8 @@ def test_an_operator_file_changes_only_what_it_names(tmp_path):
     ("[feature_drift]\npsi = \"high\"\n", ["[feature_drift].psi", "number"]),
     ("[feature_drift]\nfor_windows = 0\n", ["for_windows"]),
     ("[feature_drift]\nseverity = \"urgent\"\n", ["severity"]),
+    ("[score_drift]\nreference = \"yesterday\"\n", ["[score_drift].reference", "serving, training"]),
+    ("[feature_drift]\nserving_windows = 0\n", ["serving_windows"]),
     ("[latency_slo]\nobjective = 1.5\n", ["objective"]),
     ("[ctr_regression]\nmin_effect = 0\n", ["min_effect"]),
     ("[actions]\nCtrRegression = \"reboot\"\n", ["CtrRegression", "reboot"]),

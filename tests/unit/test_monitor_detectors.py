@@ -56,7 +56,8 @@ def test_histogram_drift_aggregates_instances_and_needs_min_samples(reference):
 
     rng = np.random.default_rng(2)
     bounds = reference["histogram"]["bounds"]
-    d = D.HistogramDrift("FeatureDrift", DriftConfig(window_s=60, min_samples=500), 0, lambda k: reference, "feature")
+    d = D.HistogramDrift("FeatureDrift", DriftConfig(window_s=60, min_samples=500, reference="training"), 0,
+                         lambda k: reference, "feature")
     key = ("m", "1", "f")
     # window 1: two instances of 300 rows each (neither alone has min_samples); window 2: 200 rows
     for _ in range(2):
@@ -76,11 +77,11 @@ def test_histogram_drift_aggregates_instances_and_needs_min_samples(reference):
 def test_histogram_drift_without_a_reference_or_on_other_bounds_gives_no_verdict(reference):
     from services.monitor.config import DriftConfig
 
-    d = D.HistogramDrift("ScoreDrift", DriftConfig(min_samples=1), 0, lambda k: None, "variant")
+    d = D.HistogramDrift("ScoreDrift", DriftConfig(min_samples=1, reference="training"), 0, lambda k: None, "variant")
     d.add(("m", "1", "production"), 1, [5] * 11, reference["histogram"]["bounds"])
     (v,) = d.close(10**9)
     assert v.breach is None and "reference" in v.reason
-    d = D.HistogramDrift("ScoreDrift", DriftConfig(min_samples=1), 0, lambda k: reference, "variant")
+    d = D.HistogramDrift("ScoreDrift", DriftConfig(min_samples=1, reference="training"), 0, lambda k: reference, "variant")
     d.add(("m", "1", "production"), 1, [5] * 6, [1, 2, 3, 4, 5])
     (v,) = d.close(10**9)
     assert v.breach is None and "bounds" in v.reason

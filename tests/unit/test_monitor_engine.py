@@ -33,11 +33,12 @@ def reference():
     return {"f1": one, "f2": one, "score": one}
 
 
-def engine(reference, **sections):
+def engine(reference, serving_path=None, **sections):
     cfg = load_config()
     for name, values in sections.items():
         cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **values)})
-    return Engine(cfg, lambda model, version: reference if model == "m" else None, instance="test")
+    return Engine(cfg, lambda model, version: reference if model == "m" else None, instance="test",
+                  serving_path=serving_path)
 
 
 def feature_event(ts, instance, feature, x, version="1"):
@@ -80,15 +81,17 @@ def test_a_half_sigma_shift_fires_one_alert_within_two_windows_then_resolves_onc
     assert {k["labels"]["feature"] for k in fd["keys"]} == {"f1", "f2"}
 
 
-def test_a_restarted_engine_adopts_a_firing_alert_never_refires_it_and_resolves_it(reference):
-    first = engine(reference)
+def test_a_restarted_engine_adopts_a_firing_alert_never_refires_it_and_resolves_it(reference, tmp_path):
+    saved = tmp_path / "serving_references.json"
+    first = engine(reference, serving_path=saved)
     rng = np.random.default_rng(4)
-    ((_, fired),) = run_drift(first, rng, 5, lambda w: 0.0 if w < 2 else 1.0)
-    assert fired.firing
+    ((_, fired),) = run_drift(first, rng, 5, lambda w: 0.0 if w < 3 else 1.0)  # windows 0-2: the serving reference
+    assert fired.firing and saved.exists()
     from services.monitor.alerts import Alert
 
     restored = Alert.from_proto(fired.to_proto())   # as read back from the alerts topic
-    second = engine(reference)
+    # the saved serving reference, not the drifted windows after the restart, is what it compares with
+    second = engine(reference, serving_path=saved)
     second.adopt_firing([restored, dataclasses.replace(restored, name="NoSuchAlert")], T0 + 5 * 60_000)
     assert [a.fingerprint for a in second.firing()] == [fired.fingerprint]
     alerts = run_drift(second, rng, 4, lambda w: 1.0, start=5)     # the drift goes on: nothing new
@@ -104,12 +107,12 @@ def test_a_restarted_engine_adopts_a_firing_alert_never_refires_it_and_resolves_
 
 def test_instances_are_aggregated_into_one_window(reference):
     # 300 rows per instance and interval; min_samples above one instance's whole window
-    eng = engine(reference, feature_drift={"min_samples": 5000})
+    eng = engine(reference, feature_drift={"min_samples": 5000, "reference": "training"})
     rng = np.random.default_rng(2)
     run_drift(eng, rng, 2, lambda w: 0.0, instances=("r0",))
     keys = eng.status()["detectors"]["FeatureDrift"]["keys"]
     assert all(k["last"]["breach"] is None for k in keys)   # 3,600 rows: no verdict
-    eng = engine(reference, feature_drift={"min_samples": 5000})
+    eng = engine(reference, feature_drift={"min_samples": 5000, "reference": "training"})
     run_drift(eng, rng, 2, lambda w: 0.0, instances=("r0", "r1"))
     keys = eng.status()["detectors"]["FeatureDrift"]["keys"]
     assert all(k["last"]["breach"] is False and k["last"]["samples"] == 7200 for k in keys)
@@ -276,3 +279,22 @@ def test_ctr_sequences_survive_a_backlog_and_expire_on_the_clock(reference):
     assert ("m", "1") in eng.ctr.keys   # event time is old, but it just got items
     eng.tick(now + 901_000)
     assert ("m", "1") not in eng.ctr.keys
+
+
+def test_the_serving_reference_is_the_versions_first_windows_not_its_training_rows(reference):
+    """A version whose shown items sit 1 sigma off its training rows from the start: against the
+    training reference every window breaches; against its first serving windows none does, until
+    its inputs move from there."""
+    shifted = lambda w: 1.0 if w < 8 else 1.6  # noqa: E731  (moves by 0.6 sigma at window 8)
+    training = run_drift(engine(reference, feature_drift={"reference": "training"}), np.random.default_rng(5), 4,
+                         shifted)
+    assert [(w, a.status) for w, a in training] == [(1, "firing")]  # window 0 breaches already
+    eng = engine(reference)
+    alerts = run_drift(eng, np.random.default_rng(5), 11, shifted)
+    assert [(w, a.status, a.labels["feature"]) for w, a in alerts] == [(9, "firing", "f1")]
+    keys = {k["labels"]["feature"]: k for k in eng.status()["detectors"]["FeatureDrift"]["keys"]}
+    assert keys["f2"]["last"]["breach"] is False
+    first = engine(reference)
+    run_drift(first, np.random.default_rng(5), 2, shifted)
+    keys = first.status()["detectors"]["FeatureDrift"]["keys"]
+    assert all(k["last"]["breach"] is None and "serving reference: " in k["last"]["reason"] for k in keys)

@@ -202,7 +202,11 @@ def test_status_summary_of_a_real_engine_document():
     rng = np.random.default_rng(0)
     ref = distribution(rng.normal(0, 1, 20_000))
     bounds = ref["histogram"]["bounds"]
-    eng = Engine(load_config(), lambda m, v: {"f1": ref})
+    import dataclasses
+
+    cfg = load_config()
+    eng = Engine(dataclasses.replace(cfg, feature_drift=dataclasses.replace(cfg.feature_drift, reference="training")),
+                 lambda m, v: {"f1": ref})
     t0 = 1_700_000_000_000
     for k in range(30):  # 2.5 minutes of 5 s intervals, shifted by 1 sigma after the first minute
         x = rng.normal(1.0 if k >= 12 else 0.0, 1, 400)
