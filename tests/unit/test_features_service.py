@@ -395,3 +395,45 @@ def test_a_failed_chunk_is_retried_before_the_partitions_later_chunks_run():
     asyncio.run(w.run(job))  # the retry: the failed chunk first, then the later ones in order
     assert sorted(r.applied) == sorted([*range(CHUNK * 3), *range(10)]) and len(r.applied) == CHUNK * 3 + 10
     assert r.rounds == [2, 1, 1, 1]
+
+
+def test_a_worker_out_of_its_group_by_the_brokers_account_is_not_live(tmp_path, monkeypatch):
+    """The membership watchdog's states, with the broker's answer given (the broker call itself:
+    tests/integration/test_kafka_topics.py): out of a stable group -> not ready at once, not live
+    after 3 x session_timeout_s; a member again -> both back; no answer (rebalancing, broker down)
+    changes nothing."""
+    import asyncio
+
+    from faust.types import TP
+
+    import recpilot.kafka as rk
+    from recpilot.settings import PlatformSettings
+    from services.features import app as fapp
+
+    p = fapp.FeaturePipeline(FeaturesSettings(membership_check_s=0.001, session_timeout_s=1),
+                             PlatformSettings(home=tmp_path))
+    p.assigned = {TP("events.clean", 0)}
+    answers = []
+    monkeypatch.setattr(p, "member_id", lambda: "m-1")
+    monkeypatch.setattr(p, "_admin", object())
+    monkeypatch.setattr(rk, "group_membership", lambda adm, group, mid: answers.pop(0))
+    clock = [1000.0]
+    monkeypatch.setattr(fapp.time, "monotonic", lambda: clock[0])
+    p.last_tick = clock[0]
+
+    def check(answer, advance=1.0):
+        answers.append(answer)
+        clock[0] += advance
+        asyncio.run(p._check_membership())
+
+    check(True)
+    assert p.live()[0] and p.out_of_group_since is None
+    check(False)
+    assert p.out_of_group_since == 1002.0 and p.live()[0]  # not ready from now (ready() also pings Redis)
+    check(None, 2.5)  # rebalancing: no answer, the clock keeps running
+    live, details = p.live()
+    assert p.out_of_group_since == 1002.0 and live and details["not_in_group_for_s"] == 2.5
+    clock[0] += 1.0
+    assert p.live() == (False, {"last_tick_s_ago": 5.5, "not_in_group_for_s": 3.5})
+    check(True)
+    assert p.out_of_group_since is None and p.live()[0]
