@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(UV) pip install -q --compile-bytecode --python $(PY) -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
 
-# the story, unattended, with a live dashboard; Ctrl-C stops it cleanly (summary, then `recpilot down`)
-run: setup
+# the story, unattended, with a live dashboard; Ctrl-C stops it cleanly (summary, then `recpilot down`);
+# its set-up leaves out docker-compose and kubectl (the test suite's deployment file checks)
+run: $(STAMP)
+	@$(RECPILOT) setup --no-deploy-tools
 	$(RECPILOT) run
 
 test: setup

@@ -32,7 +32,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
         jars = pool.submit(kafka.fetch_jars, quiet=not args.verbose)
         lines = [f"redis-server: {redis.ensure_installed()}",
                  f"prometheus-alertmanager, promtool: {alertmanager.ensure_installed()[1]}",
-                 f"docker-compose, kubectl: {deploy_tools.ensure_installed()}"]
+                 "docker-compose, kubectl: " + ("not needed to run the platform (--no-deploy-tools)"
+                                                if args.no_deploy_tools else deploy_tools.ensure_installed())]
         fetched = jars.result()
     print("kafka jars: " + ("downloaded" if fetched else "cached") + f" in {kafka.LIBS}")
     print("\n".join(lines))
@@ -93,6 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "prometheus-alertmanager with promtool, docker-compose and kubectl (for the "
                        "deployment file checks) when root (idempotent)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--no-deploy-tools", action="store_true",
+                   help="leave out docker-compose and kubectl (only the test suite's deployment file checks use "
+                        "them; `make run` passes this)")
     p.add_argument("--obd-sample", action="store_true",
                    help="only fetch the Open Bandit sample of all three campaigns (all, men, women) from PyPI "
                         "(the obp 0.4.1 wheel, SHA-256 checked) into .cache/obd-sample")
