@@ -103,7 +103,10 @@ def new_event_loop(choice: str) -> tuple[asyncio.AbstractEventLoop, str]:
     """A new event loop of the kind ``choice`` names ("auto" = uvloop when installed), and its name,
     without touching the process-wide policy (for a loop that runs in its own thread)."""
     uv = _uvloop(choice)
-    return (asyncio.new_event_loop(), "asyncio") if uv is None else (uv.new_event_loop(), "uvloop")
+    if uv is not None:
+        return uv.new_event_loop(), "uvloop"
+    # the stdlib's own loop even where uvloop's policy was installed process-wide (use_event_loop)
+    return asyncio.DefaultEventLoopPolicy().new_event_loop(), "asyncio"
 
 
 class Lifecycle:

@@ -61,6 +61,8 @@ def test_a_new_consumer_group_rereads_everything_and_applies_nothing(platform_se
     first = setup["worker"](group).start().wait_ready()
     send(platform_settings, setup["topic"], events)
     wait_applied(client, N_EVENTS, first, timeout=90)
+    # the counter follows the Redis write that made the events visible
+    wait_until(lambda: _metric(first, "applied") >= N_EVENTS, 30, lambda: f"applied {_metric(first, 'applied')}", 0.2)
     assert _metric(first, "applied") == N_EVENTS
     first.stop()
     offline = fs.OfflineFeatureStore()

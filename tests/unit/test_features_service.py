@@ -410,8 +410,10 @@ def test_a_worker_out_of_its_group_by_the_brokers_account_is_not_live(tmp_path, 
     from recpilot.settings import PlatformSettings
     from services.features import app as fapp
 
-    p = fapp.FeaturePipeline(FeaturesSettings(membership_check_s=0.001, session_timeout_s=1),
+    policy = asyncio.get_event_loop_policy()
+    p = fapp.FeaturePipeline(FeaturesSettings(membership_check_s=0.001, session_timeout_s=1, event_loop="asyncio"),
                              PlatformSettings(home=tmp_path))
+    assert asyncio.get_event_loop_policy() is policy  # event_loop="asyncio": no process-wide uvloop policy
     p.assigned = {TP("events.clean", 0)}
     answers = []
     monkeypatch.setattr(p, "member_id", lambda: "m-1")

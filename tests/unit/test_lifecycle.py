@@ -120,3 +120,22 @@ def test_start_service_that_fails_stops_what_started_and_says_so(caplog):
                                   _Part("metrics", order), 5.0, list)
     assert order == ["start http", "stop http"] and life.stopping.is_set()
     assert "svc failed to start" in caplog.text
+
+
+def test_the_asyncio_choice_is_the_stdlib_loop_even_under_uvloops_policy():
+    """A process that installed uvloop's policy (use_event_loop, e.g. the features worker) still
+    gets the stdlib loop when it asks for "asyncio"."""
+    import asyncio
+
+    import uvloop
+
+    from recpilot.lifecycle import new_event_loop
+
+    before = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        loop, name = new_event_loop("asyncio")
+        assert not isinstance(loop, uvloop.Loop) and isinstance(loop, asyncio.BaseEventLoop) and name == "asyncio"
+        loop.close()
+    finally:
+        asyncio.set_event_loop_policy(before)
