@@ -120,7 +120,12 @@ class ProcessTable:
                 _reap(rec.pid)
                 time.sleep(0.05)
             outcome = "killed after timeout"
-        wait_group_gone(rec.pid, 10.0)  # what it forked and left behind holds its ports until then
+        if not wait_group_gone(rec.pid, 10.0):  # what it forked and left behind holds its ports until gone
+            try:
+                os.killpg(rec.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            wait_group_gone(rec.pid, 10.0)
         self.path(name).unlink(missing_ok=True)
         return outcome
 
