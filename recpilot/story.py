@@ -551,10 +551,10 @@ class Story:
             last, more = self.monitor_items(prod or "")[0] or 0, 3
             while not self._wait(c.alert_timeout_s, st, until=baseline_ready) and more > 0:
                 self._check_stop()
-                have = self.monitor_items(prod or "")[0] or 0
-                if have <= last:
+                have = self.monitor_items(prod or "")[0]
+                if have is not None and have <= last:  # known and not growing (None: no reading now)
                     break
-                last, more = have, more - 1
+                last, more = max(last, have or 0), more - 1
             self._check_stop()
         have, need = self.monitor_items(prod or "")
         self.bad_version = self._finish_bad_training(bad, st)
@@ -573,10 +573,13 @@ class Story:
         ok = self._wait(c.alert_timeout_s, st, until=alerted)
         self._check_stop()
         self.ctr["bad_model"] = self.window(0, since=t_bad)["ctr"]
+        bad_items = self.monitor_items(self.bad_version)[0]
         self.end("alert", "done" if ok else "failed",
                  f"CtrRegression{{model={MODEL},version={self.bad_version}}} delivered after "
                  f"{time.monotonic() - t_bad:.0f}s; CTR while it served {_f(self.ctr['bad_model'])}"
-                 if ok else f"no CtrRegression within {c.alert_timeout_s:.0f}s")
+                 if ok else f"no CtrRegression within {c.alert_timeout_s:.0f}s (the monitor counted "
+                            f"{bad_items if bad_items is not None else '?'} items of version {self.bad_version}; "
+                            f"CTR while it served {_f(self.ctr['bad_model'])})")
 
         st = self.begin("rollback", "the monitor rolls production back by itself")
 

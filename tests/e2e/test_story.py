@@ -84,7 +84,8 @@ def test_story_then_the_loop_on_the_platform_it_leaves_up(tmp_path):
 def _story(s: dict, stderr: str) -> None:
     status = {st["name"]: st["status"] for st in s["steps"]}
     for name in ("up", "baseline", "train", "canary", "inject", "alert", "rollback", "recovery", "drain"):
-        assert status[name] == "done", (name, s["steps"], stderr[-3000:])
+        steps = "\n".join(f"{st['name']} {st['status']} {st.get('seconds')}s: {st.get('detail')}" for st in s["steps"])
+        assert status[name] == "done", f"step {name}:\n{steps}\n{stderr[-3000:]}"
     v = s["versions"]
     assert v["baseline"] and v["trained"] and v["trained"] != v["baseline"], v
     bad = v["bad"]
