@@ -5,8 +5,9 @@ Redis 16379), so a developer's `recpilot up` on the default ports is never touch
 variables are set before any recpilot module reads settings, and child processes (services
 started by tests) inherit them.
 
-`make test` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``): each test file
-runs whole on one worker, files go out in the order ``ORDER`` below gives them. A fixed port is a
+`make test` runs the suite but the ``platform`` tests on two pytest-xdist workers (``-n 2 --dist
+loadfile``), then those alone: each test file runs whole on one worker, files go out in the order
+``ORDER`` below gives them. A fixed port is a
 worker's own (``redis_cluster``: offset by the worker's number). The workers share the one test
 stack: the first to need it starts it under a file lock, and the controller stops it at the end
 when this run started it. (``--dist loadgroup`` would group across files, but pytest 9 ignores the
@@ -67,10 +68,10 @@ def pytest_sessionfinish(session, exitstatus):
     gc.unfreeze()
 
 
-# The order files are handed out in: the longest test (the story) first, then the unit tier on the
-# other worker while the story runs, then the integration and fault tiers (the platform fault test,
-# a whole platform of its own, then runs after the story rather than beside it).
-ORDER = {"e2e": 0, "unit": 1, "integration": 2, "fault": 3}
+# The order files are handed out in: the long fault and integration files first, the many short
+# unit files last (they fill the gaps at the end). The two whole-platform tests (marker `platform`)
+# run after, alone (Makefile).
+ORDER = {"e2e": 0, "fault": 1, "integration": 2, "unit": 3}
 
 
 def pytest_collection_modifyitems(config, items):

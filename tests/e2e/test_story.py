@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from recpilot.pb import events_pb2, recommend_pb2, recommend_pb2_grpc
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.platform]
 
 PORTS = {
     "RECPILOT_KAFKA_PORT": "28392", "RECPILOT_KAFKA_CONTROLLER_PORT": "28393", "RECPILOT_REDIS_PORT": "28379",

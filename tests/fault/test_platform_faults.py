@@ -33,7 +33,7 @@ import pytest
 from recpilot.pb import events_pb2
 from tests.support.platform import PORTS, Load, Platform
 
-pytestmark = pytest.mark.timeout(900)  # a guard: about 150 s on a quiet 2-core machine
+pytestmark = [pytest.mark.timeout(900), pytest.mark.platform]  # a guard: about 150 s on a quiet 2-core machine
 
 READY_S = 30.0  # every service ready again within this long after a fault (issue #17) ...
 MAX_STRETCH = 4.0  # ... times how busy the machine was before the platform started, up to this
