@@ -77,7 +77,7 @@ def test_a_receiver_down_for_a_while_gets_the_alerts_in_order_once_back(receiver
     assert not st["up"] and st["queued"] == 2 and "Connection refused" in st["last_error"]
     d.submit(a.resolve(a.starts_ms + 1))
     rx = receivers(port=port)
-    wait_until(lambda: d.stats()["webhook"]["queued"] == 0, 10, d.stats)
+    wait_until(lambda: d.stats()["webhook"]["queued"] == 0 and d.stats()["webhook"]["delivered"] == 3, 10, d.stats)
     got = [(x["alerts"][i]["labels"]["feature"], x["alerts"][i]["status"]) for x in rx.bodies()
            for i in range(len(x["alerts"]))]
     assert got == [("price", "firing"), ("age", "firing"), ("price", "resolved")]
