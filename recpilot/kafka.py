@@ -113,18 +113,6 @@ def admin(settings: PlatformSettings, **overrides) -> AdminClient:
     return AdminClient(conf)
 
 
-def group_membership(adm: AdminClient, group_id: str, member_id: str, timeout: float = 10.0) -> bool | None:
-    """Whether ``member_id`` is a member of consumer group ``group_id`` by the broker's own account:
-    True or False while the group is stable, None while it rebalances, is empty or unknown (no
-    answer either way)."""
-    from confluent_kafka import ConsumerGroupState
-
-    desc = adm.describe_consumer_groups([group_id], request_timeout=timeout)[group_id].result(timeout=timeout)
-    if desc.state != ConsumerGroupState.STABLE:
-        return None
-    return any(m.member_id == member_id for m in desc.members)
-
-
 def ensure_topics(adm: AdminClient, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
     existing = set(adm.list_topics(timeout=timeout).topics)

@@ -115,11 +115,6 @@ class FeaturePipeline:
         self.behind: dict[str, dict[str, int]] = {}
         self.held: dict[str, dict[str, int]] = {}
         self._metrics: MetricPublisher | None = None
-        # the broker's account of this worker's group membership (``_check_membership``)
-        self.out_of_group_since: float | None = None
-        self._membership_checked = 0.0
-        self._membership_confirmed = False
-        self._admin = None
 
     # -- faust callbacks ---------------------------------------------------------------
     async def _on_assigned(self, _sender=None, assigned=None, **_kw) -> None:
@@ -351,56 +346,7 @@ class FeaturePipeline:
             await self._update_lag()
         except Exception as exc:
             log.warning("lag update failed", extra={"error": repr(exc), "collapse": True})
-        await self._check_membership()
         self.publish_metrics()
-
-    def member_id(self) -> str | None:
-        """This worker's member id in its consumer group (aiokafka's coordinator, inside faust)."""
-        try:
-            return self.app.consumer._thread._ensure_consumer()._coordinator.member_id or None
-        except (AttributeError, AssertionError):
-            return None
-
-    async def _check_membership(self) -> None:
-        """Every ``membership_check_s``, while holding partitions: ask the broker whether this worker
-        is still in its group. Seen under load after a broker restart: a worker's group coordination
-        stalled without an error while the group gave its partitions to the other worker; it kept
-        reporting them and applied nothing. Such a worker is not ready and, after 3 x
-        session_timeout_s, not live (an orchestrator restarts it; its events are replayed from the
-        stored offsets, exactly once in Redis)."""
-        s = self.settings
-        now = time.monotonic()
-        if not s.membership_check_s or not self.assigned or now - self._membership_checked < s.membership_check_s:
-            return
-        self._membership_checked = now
-        mid = self.member_id()
-        if mid is None:
-            return
-        from recpilot.kafka import admin, group_membership
-
-        try:
-            if self._admin is None:
-                self._admin = admin(self.platform)
-            member = await asyncio.get_running_loop().run_in_executor(
-                None, group_membership, self._admin, s.app_id, mid)
-        except Exception as exc:  # the broker unreachable: no answer either way
-            log.warning("group membership not checked", extra={"error": repr(exc), "collapse": True})
-            return
-        if member is False and self.out_of_group_since is None:
-            self.out_of_group_since = now
-            log.error("this worker is not a member of its consumer group by the broker's account, while it holds "
-                      "partitions: its group coordination stalled", extra={
-                          "group": s.app_id, "member_id": mid,
-                          "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.assigned)})
-        elif member is True and self.out_of_group_since is not None:
-            log.info("a member of its consumer group again", extra={"group": s.app_id, "member_id": mid})
-            self.out_of_group_since = None
-        elif member is True and not self._membership_confirmed:
-            self._membership_confirmed = True
-            log.info("group membership confirmed by the broker", extra={"group": s.app_id, "member_id": mid})
-
-    def _out_of_group_s(self) -> float:
-        return 0.0 if self.out_of_group_since is None else time.monotonic() - self.out_of_group_since
 
     async def _update_lag(self) -> None:
         if not self.assigned:
@@ -476,21 +422,14 @@ class FeaturePipeline:
         ahead = {**self.behind, **self.held}
         if ahead:
             details["offsets_ahead_of_topic"] = ahead
-        out = self.out_of_group_since is not None
-        if out:
-            details["not_in_group_for_s"] = round(self._out_of_group_s(), 1)
         ok = (redis_ok and self.rebalanced and bool(self.assigned) and self.crash_reason is None
-              and failure is None and not ahead and not out)
+              and failure is None and not ahead)
         return ok, details
 
     def live(self) -> tuple[bool, dict]:
         age = time.monotonic() - self.last_tick
         limit = 3 * self.settings.metrics_interval_s + 30
-        out_s = self._out_of_group_s()
-        details = {"last_tick_s_ago": round(age, 1)}
-        if out_s:
-            details["not_in_group_for_s"] = round(out_s, 1)
-        return (age < limit and self.crash_reason is None and out_s <= 3 * self.settings.session_timeout_s), details
+        return age < limit and self.crash_reason is None, {"last_tick_s_ago": round(age, 1)}
 
     # -- run ---------------------------------------------------------------------------
     def run(self) -> int:

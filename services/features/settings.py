@@ -32,9 +32,6 @@ class FeaturesSettings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=1, description="Kafka group session timeout: how soon a dead "
                                      "worker's partitions move to another (faust's default is 60 s)")
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
-    membership_check_s: float = Field(default=15.0, ge=0, description="how often a worker holding partitions asks the "
-                                      "broker whether it is still a member of its group (0 = never); out of a stable "
-                                      "group for 3 x session_timeout_s, it reports not ready and not live")
     fetch_min_bytes: int = Field(default=16384, ge=1, description="broker holds a fetch until this much data ... ")
     fetch_max_wait_ms: int = Field(default=15, ge=0, le=1000, description="... or this long: fewer, larger fetches "
                                    "at moderate rates (less CPU per event) for at most this much added latency")

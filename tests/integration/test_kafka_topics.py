@@ -61,26 +61,3 @@ def test_read_to_end_offsets_and_committed(stack, platform_settings, unique):
         assert read_to_end(p, f"{topic}.missing") == []
     finally:
         assert delete_topics(p, [topic, f"{topic}.missing", f"{topic}.never-created"]) == {}
-
-
-def test_group_membership_by_the_brokers_account(stack, platform_settings, unique, wait_until):
-    """A consumer that joined a group is a member by the broker's account; another member id is
-    not; a group without members gives no answer (None)."""
-    from recpilot.kafka import admin, group_membership
-
-    p = platform_settings
-    topic, group = f"test.kafka.groups.{unique}", f"test-group-{unique}"
-    create_topics(p, [topic], 2)
-    adm = admin(p)
-    c = consumer(p, group)
-    try:
-        c.subscribe([topic])
-        wait_until(lambda: c.poll(0.2) is None and c.assignment(), 30, "no assignment")
-        mid = c.memberid()
-        assert mid
-        wait_until(lambda: group_membership(adm, group, mid) is True, 30, "not a member")
-        assert group_membership(adm, group, mid + "-someone-else") is False
-    finally:
-        c.close()
-    wait_until(lambda: group_membership(adm, group, mid) is None, 30, "the empty group still answers")
-    delete_topics(p, [topic])
