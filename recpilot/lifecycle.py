@@ -74,6 +74,22 @@ def name_os_thread(name: str | None = None) -> None:
         pass
 
 
+def reexec() -> None:
+    """Replace this process with a fresh run of the same command line (same pid, arguments,
+    environment and working directory): a worker's way to restart itself when it finds itself
+    stuck in a way only a restart cures. Python's own descriptors are not inherited (PEP 446): the
+    new process binds its ports again."""
+    import os
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def _uvloop(choice: str):
     """uvloop's module when ``choice`` is "uvloop", or "auto" and it is installed; else None."""
     if choice not in ("auto", "uvloop", "asyncio"):

@@ -31,3 +31,18 @@ def grpc_target(addresses: str) -> tuple[str, list[tuple[str, str]]]:
             raise ValueError(f"{a!r} is not host:port")
         resolved.append(f"{socket.gethostbyname(host)}:{port}")
     return "ipv4:" + ",".join(resolved), [("grpc.lb_policy_name", "round_robin")]
+
+
+def reachable(addresses: str, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection opens to any of the comma-separated ``host:port`` addresses (a
+    Kafka bootstrap list, say): "something listens there", nothing more."""
+    for a in addresses.split(","):
+        host, sep, port = a.strip().rpartition(":")
+        if not sep or not port.isdigit():
+            continue
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return True
+        except OSError:
+            continue
+    return False

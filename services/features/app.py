@@ -20,7 +20,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from recpilot.lifecycle import use_event_loop
+from recpilot.lifecycle import reexec, use_event_loop
 from recpilot.metricevents import MetricPublisher, metric_event, summary
 from recpilot.pb import events_pb2
 from recpilot.settings import PlatformSettings
@@ -64,6 +64,24 @@ def broker_settings(platform: PlatformSettings) -> dict:
             username=platform.kafka_sasl_username, password=password.get_secret_value() if password else None,
             ssl_context=ctx, mechanism=platform.kafka_sasl_mechanism)
     return conf
+
+
+def await_chain(task: asyncio.Task) -> str:
+    """A waiting task's stack down its chain of awaits (``Task.get_stack`` stops at the task's own
+    coroutine), innermost last, as a traceback would print it."""
+    import traceback
+
+    frames, coro = [], task.get_coro()
+    while coro is not None and len(frames) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    if coro is not None:  # the awaitable at the bottom: a future, a lock's waiter ...
+        frames_text = "".join(traceback.format_list(traceback.StackSummary.extract(frames)))
+        return f"{frames_text}  awaiting {coro!r}"[:4000]
+    return "".join(traceback.format_list(traceback.StackSummary.extract(frames)))
 
 
 class FeaturePipeline:
@@ -115,13 +133,19 @@ class FeaturePipeline:
         self.behind: dict[str, dict[str, int]] = {}
         self.held: dict[str, dict[str, int]] = {}
         self._metrics: MetricPublisher | None = None
+        # the group-coordination watchdog (``_check_group``): when aiokafka last had a successful
+        # heartbeat or faust an assignment, counted only while the broker answers
+        self.group_ok_at = time.monotonic()
+        self.group_stalled = False
 
     # -- faust callbacks ---------------------------------------------------------------
     async def _on_assigned(self, _sender=None, assigned=None, **_kw) -> None:
         self.assigned = {tp for tp in (assigned or ()) if tp.topic == self.settings.input_topic}
         self.rebalanced = True
+        self.group_ok_at = time.monotonic()
         m.ASSIGNED.set(len(self.assigned))
         self._tune_fetcher()
+        self._watch_heartbeats()
         log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.assigned)})
 
     def _tune_fetcher(self) -> None:
@@ -143,6 +167,78 @@ class FeaturePipeline:
             fetcher._fetch_max_wait_ms = s.fetch_max_wait_ms
         except AttributeError as exc:
             log.warning("fetch tuning not applied", extra={"error": repr(exc)})
+
+    def _coordinator(self):
+        """aiokafka's group coordinator inside faust's consumer (None if faust/aiokafka moved it)."""
+        try:
+            return self.app.consumer._thread._ensure_consumer()._coordinator
+        except (AttributeError, AssertionError):
+            return None
+
+    def _watch_heartbeats(self) -> None:
+        """Stamp ``group_ok_at`` at every successful heartbeat of aiokafka's group coordinator (a
+        wrapper around its ``_do_heartbeat``, installed once; it runs in faust's consumer thread).
+        Local state only: no request of its own goes to the broker."""
+        coord = self._coordinator()
+        if coord is None or not hasattr(coord, "_do_heartbeat"):
+            log.warning("group coordination watchdog not installed: aiokafka's coordinator has no _do_heartbeat")
+            return
+        if getattr(coord, "_recpilot_watched", False):
+            return
+        beat = coord._do_heartbeat
+
+        async def watched_heartbeat():
+            ok = await beat()
+            if ok:
+                self.group_ok_at = time.monotonic()
+            return ok
+
+        coord._do_heartbeat = watched_heartbeat
+        coord._recpilot_watched = True
+
+    async def _check_group(self) -> None:
+        """Seen once under heavy load after a broker kill -9: one of two workers' group coordination
+        (aiokafka, inside faust) stalled without an error; the group gave its partitions to the other
+        worker while it kept reporting them and applied nothing. The sign: no successful heartbeat
+        and no assignment for ``group_stall_s`` while the broker answers (the clock restarts while
+        it does not). Such a worker logs where its coordination task waits and restarts itself
+        (``recpilot.lifecycle.reexec``): its partitions' events are applied exactly once by whoever holds them next,
+        since the offsets live in Redis with the features."""
+        s = self.settings
+        if not s.group_stall_s or not self.rebalanced or self.crash_reason is not None:
+            return
+        now = time.monotonic()
+        if now - self.group_ok_at < s.group_stall_s:
+            return
+        from recpilot.net import reachable
+
+        if not await asyncio.get_running_loop().run_in_executor(None, reachable, self.platform.kafka_bootstrap):
+            self.group_ok_at = now  # the broker is away: no heartbeat is expected
+            return
+        self.group_stalled = True
+        log.error("group coordination stalled: no successful heartbeat and no assignment while the broker answers; "
+                  "restarting this worker", extra={
+                      "group": s.app_id, "stalled_for_s": round(now - self.group_ok_at, 1),
+                      "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.assigned),
+                      "coordination": self._coordination_stacks()})
+        reexec()
+
+    def _coordination_stacks(self) -> dict:
+        """Where aiokafka's coordination and heartbeat tasks wait (a diagnosis for the log)."""
+        coord = self._coordinator()
+        out: dict = {}
+        if coord is None:
+            return out
+        out["coordinator_id"] = getattr(coord, "coordinator_id", None)
+        out["generation"] = getattr(coord, "generation", None)
+        out["member_id"] = getattr(coord, "member_id", None)
+        for name in ("_coordination_task", "_heartbeat_task"):
+            task = getattr(coord, name, None)
+            try:
+                out[name] = None if task is None else "done" if task.done() else await_chain(task)
+            except Exception as exc:  # another thread's task: a best-effort read
+                out[name] = repr(exc)
+        return out
 
     async def _on_revoked(self, _sender=None, revoked=None, **_kw) -> None:
         self.assigned -= set(revoked or ())
@@ -347,6 +443,7 @@ class FeaturePipeline:
         except Exception as exc:
             log.warning("lag update failed", extra={"error": repr(exc), "collapse": True})
         self.publish_metrics()
+        await self._check_group()
 
     async def _update_lag(self) -> None:
         if not self.assigned:
@@ -422,6 +519,8 @@ class FeaturePipeline:
         ahead = {**self.behind, **self.held}
         if ahead:
             details["offsets_ahead_of_topic"] = ahead
+        if self.rebalanced:
+            details["group_heartbeat_s_ago"] = round(time.monotonic() - self.group_ok_at, 1)
         ok = (redis_ok and self.rebalanced and bool(self.assigned) and self.crash_reason is None
               and failure is None and not ahead)
         return ok, details

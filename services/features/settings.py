@@ -32,6 +32,10 @@ class FeaturesSettings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=1, description="Kafka group session timeout: how soon a dead "
                                      "worker's partitions move to another (faust's default is 60 s)")
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    group_stall_s: float = Field(default=90.0, ge=0, description="a worker whose group coordination (aiokafka, "
+                                 "inside faust) has had no successful heartbeat and no assignment for this long while "
+                                 "the broker answers is stuck: it logs where and restarts itself (0 = never); longer "
+                                 "than a legitimate rebalance (faust's rebalance timeout, 60 s)")
     fetch_min_bytes: int = Field(default=16384, ge=1, description="broker holds a fetch until this much data ... ")
     fetch_max_wait_ms: int = Field(default=15, ge=0, le=1000, description="... or this long: fewer, larger fetches "
                                    "at moderate rates (less CPU per event) for at most this much added latency")

@@ -172,3 +172,40 @@ def test_two_workers_share_partitions_and_counts_stay_exact(platform_settings, p
             assert pipeline["client"].user(uid) == offline.user(uid)
     finally:
         second.stop()
+
+
+def test_a_stalled_worker_restarts_itself_and_counts_stay_exact(platform_settings, pipeline, unique, wait_until):
+    """The group-coordination watchdog's restart, on a real worker: with ``group_stall_s`` shorter
+    than the heartbeat interval every worker looks stalled a few seconds after each assignment, so
+    this one logs where aiokafka's coordination task waits and re-executes itself, again and again
+    (same pid, the same port bound again); every event is still applied exactly once."""
+    env = {**pipeline["env"], "RECPILOT_FEATURES_GROUP_STALL_S": "3", "RECPILOT_FEATURES_HEARTBEAT_INTERVAL_S": "8"}
+    worker = features_worker(env, pipeline["worker"].log_path.with_suffix(".stall.log")).start()
+    try:
+        sim = ShopSimulator(seed=17, n_users=50, n_items=120)
+        now = int(time.time() * 1000)
+        events = list(sim.events(6000, now - 3_600_000, step_ms=3_600_000 / 6000))
+        send(platform_settings, pipeline["topic"], events[:3000])
+        pid = worker.proc.pid
+
+        def stalls() -> list[dict]:
+            return [json.loads(ln) for ln in worker.log_path.read_text().splitlines()
+                    if "group coordination stalled" in ln]
+
+        wait_until(lambda: len(stalls()) >= 2, 90, "the worker did not restart itself twice")
+        send(platform_settings, pipeline["topic"], events[3000:])
+        wait_applied(pipeline["client"], len(events), worker, timeout=90)
+        assert worker.proc.pid == pid and worker.proc.poll() is None  # re-executed, not exited
+        first = stalls()[0]
+        assert first["level"] == "ERROR" and first["partitions"]
+        chain = first["coordination"]["_coordination_task"]  # where aiokafka's coordination waits, all the way down
+        assert "in _coordination_routine" in chain and "in __coordination_routine" in chain, chain
+        offline = fs.OfflineFeatureStore()
+        for ev in events:
+            offline.apply(event_to_dict(ev))
+        item_ids = sorted({e.item_id for e in events if e.item_id})
+        _, items = pipeline["client"].fetch("", item_ids, now)
+        for it in items:
+            assert it == offline.item(it["item_id"], now)
+    finally:
+        worker.stop()

@@ -395,3 +395,91 @@ def test_a_failed_chunk_is_retried_before_the_partitions_later_chunks_run():
     asyncio.run(w.run(job))  # the retry: the failed chunk first, then the later ones in order
     assert sorted(r.applied) == sorted([*range(CHUNK * 3), *range(10)]) and len(r.applied) == CHUNK * 3 + 10
     assert r.rounds == [2, 1, 1, 1]
+
+
+def test_the_group_watchdog_restarts_a_worker_whose_coordination_stalled_while_the_broker_answers(
+        tmp_path, monkeypatch):
+    """No successful heartbeat for ``group_stall_s`` while the broker answers -> the worker logs
+    where its coordination waits and re-executes itself; while the broker does not answer the clock
+    restarts (no heartbeat is expected then); a heartbeat stamps the clock through the wrapper
+    around aiokafka's ``_do_heartbeat``. (The re-exec itself, on a real worker: the integration
+    test test_features_pipeline.py::test_a_stalled_worker_restarts_itself_and_counts_stay_exact.)"""
+    import asyncio
+    import socket
+
+    from faust.types import TP
+
+    from recpilot.settings import PlatformSettings
+    from services.features import app as fapp
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    up = f"127.0.0.1:{listener.getsockname()[1]}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
+    platform = PlatformSettings(home=tmp_path, kafka_bootstrap_servers=down)
+    p = fapp.FeaturePipeline(FeaturesSettings(group_stall_s=30, event_loop="asyncio"), platform)
+    p.assigned, p.rebalanced = {TP("events.clean", 0)}, True
+
+    class Coordinator:
+        coordinator_id, generation, member_id = 1, 7, "m-1"
+        _coordination_task = _heartbeat_task = None
+
+        def __init__(self):
+            self.answers = []
+
+        async def _do_heartbeat(self):
+            return self.answers.pop(0)
+
+    coord = Coordinator()
+    monkeypatch.setattr(p, "_coordinator", lambda: coord)
+    restarts = []
+    monkeypatch.setattr(fapp, "reexec", lambda: restarts.append(p.group_ok_at))
+    clock = [1000.0]
+    monkeypatch.setattr(fapp.time, "monotonic", lambda: clock[0])
+    p.group_ok_at = clock[0]
+
+    p._watch_heartbeats()
+    p._watch_heartbeats()  # installed once
+    coord.answers += [True, False]
+    clock[0] += 20
+    assert asyncio.run(coord._do_heartbeat()) is True and p.group_ok_at == 1020.0
+    clock[0] += 20
+    assert asyncio.run(coord._do_heartbeat()) is False and p.group_ok_at == 1020.0
+    asyncio.run(p._check_group())  # 20 s without a heartbeat: within group_stall_s
+    assert not restarts
+    clock[0] += 20
+    asyncio.run(p._check_group())  # 40 s, but the broker does not answer: the clock restarts
+    assert not restarts and p.group_ok_at == 1060.0 and not p.group_stalled
+    p.platform = PlatformSettings(home=tmp_path, kafka_bootstrap_servers=f"{down},{up}")
+    clock[0] += 29
+    asyncio.run(p._check_group())
+    assert not restarts
+    clock[0] += 2
+    asyncio.run(p._check_group())  # 31 s without a heartbeat while the broker answers
+    assert restarts == [1060.0] and p.group_stalled
+    listener.close()
+
+
+def test_await_chain_follows_a_tasks_awaits_down_to_what_it_waits_for():
+    import asyncio
+
+    from services.features.app import await_chain
+
+    async def inner():
+        await asyncio.sleep(10)
+
+    async def outer():
+        await inner()
+
+    async def main():
+        task = asyncio.create_task(outer())
+        await asyncio.sleep(0.01)
+        text = await_chain(task)
+        task.cancel()
+        return text
+
+    text = asyncio.run(main())
+    assert text.index("in outer") < text.index("in inner") < text.index("in sleep") and "awaiting" in text
