@@ -11,38 +11,18 @@ import time
 
 import pytest
 
-from recpilot import featurespec as fs
-from recpilot.kafka import create_topics, delete_topics
-from recpilot.simulator import ShopSimulator, event_to_dict
+from recpilot.simulator import ShopSimulator
 from recpilot.stack.process import ServiceProcess
-from services.features.client import FeatureClient
-from tests.support.features import assert_matches_offline, delete_prefix, features_worker, send, wait_applied
+from tests.support.features import FeaturesTestbed, assert_matches_offline, offline_store, send, wait_applied
 
 N_EVENTS = 5_000
 
 
 @pytest.fixture
-def setup(stack, platform_settings, redis_client, unique, tmp_path):
-    topic, prefix = f"test.features.fault.{unique}", f"test:ff:{unique}:"
-    create_topics(platform_settings, [topic], 4)
-    base_env = {"RECPILOT_FEATURES_INPUT_TOPIC": topic, "RECPILOT_FEATURES_KEY_PREFIX": prefix,
-                "RECPILOT_FEATURES_METRICS_TOPIC": f"test.features.fault.metrics.{unique}",
-                "RECPILOT_FEATURES_DATADIR": str(tmp_path / "faust")}
-    log = platform_settings.home / "logs" / f"test-features-fault-{unique}.log"
-    workers: list[ServiceProcess] = []
-
-    def worker(group: str) -> ServiceProcess:
-        w = features_worker({**base_env, "RECPILOT_FEATURES_APP_ID": group}, log)
-        workers.append(w)
-        return w
-
-    client = FeatureClient(platform_settings.redis_url, prefix)
-    yield {"topic": topic, "prefix": prefix, "worker": worker, "client": client}
-    for w in workers:
-        w.stop()
-    client.close()
-    delete_prefix(redis_client, prefix)
-    delete_topics(platform_settings, [topic, base_env["RECPILOT_FEATURES_METRICS_TOPIC"]])
+def setup(stack, platform_settings, unique, tmp_path):
+    bed = FeaturesTestbed(platform_settings, "ff", unique, tmp_path)
+    yield bed
+    bed.close()
 
 
 def _metric(worker: ServiceProcess, outcome: str) -> float:
@@ -56,24 +36,21 @@ def test_a_new_consumer_group_rereads_everything_and_applies_nothing(platform_se
     sim = ShopSimulator(seed=99, n_users=80, n_items=200)
     now = int(time.time() * 1000)
     events = list(sim.events(N_EVENTS, now - 2 * 3_600_000, step_ms=2 * 3_600_000 / N_EVENTS))
-    client = setup["client"]
-    group = f"test-features-fault-{unique}"
-    first = setup["worker"](group).start().wait_ready()
-    send(platform_settings, setup["topic"], events)
+    client = setup.client
+    first = setup.worker().start().wait_ready()
+    send(platform_settings, setup.topic, events)
     wait_applied(client, N_EVENTS, first, timeout=90)
     # the counter follows the Redis write that made the events visible
     wait_until(lambda: _metric(first, "applied") >= N_EVENTS, 30, lambda: f"applied {_metric(first, 'applied')}", 0.2)
     assert _metric(first, "applied") == N_EVENTS
     first.stop()
-    offline = fs.OfflineFeatureStore()
-    for ev in events:
-        offline.apply(event_to_dict(ev))
+    offline = offline_store(events)
     assert_matches_offline(client, events, now)
     assert client.popular(10) == offline.top_popular(10)
     stored = client.offsets()
 
     # A new consumer group starts from the beginning of the topic: everything is re-read, nothing applied.
-    second = setup["worker"](f"{group}-replay").start().wait_ready(90)
+    second = setup.worker(RECPILOT_FEATURES_APP_ID=f"{setup.group}-replay").start().wait_ready(90)
     wait_until(lambda: (second.alive() or pytest.fail(second.log_tail())) and _metric(second, "replayed") >= N_EVENTS,
                60, lambda: f"replayed {_metric(second, 'replayed')} of {N_EVENTS}:\n{second.log_tail()}", 0.2)
     assert _metric(second, "replayed") == N_EVENTS

@@ -5,7 +5,6 @@ out (readiness says so), loses nothing and double-counts nothing. Uses a private
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 
 import pytest
@@ -15,8 +14,7 @@ from recpilot.net import free_port
 from recpilot.simulator import ShopSimulator
 from recpilot.stack.redis import redis_server_binary
 from services.features.client import FeatureClient
-from tests.support.features import (applied, assert_matches_offline, features_worker, send, wait_applied,
-                                    worker_env)
+from tests.support.features import PacedStream, assert_matches_offline, features_worker, wait_applied, worker_env
 from tests.support.redis import PrivateRedis
 
 N_EVENTS = 12_000
@@ -40,18 +38,9 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
         now = int(time.time() * 1000)
         events = list(sim.events(N_EVENTS, now - 3_600_000, step_ms=3_600_000 / N_EVENTS))
 
-        sent = []
-
-        def produce():  # a steady stream that keeps going across the outage
-            send(platform_settings, topic, events, paced=True)
-            sent.append(len(events))
-
-        th = threading.Thread(target=produce, daemon=True)
-        th.start()
-        t0 = time.monotonic()
-        while applied(client) < N_EVENTS // 4:
-            assert time.monotonic() - t0 < 60 and worker.alive(), worker.log_tail()
-            time.sleep(0.02)
+        stream = PacedStream(platform_settings, topic, events)  # keeps going across the outage
+        stream.start()
+        wait_applied(client, N_EVENTS // 4, worker, timeout=60)
         rds.kill9()
         code, body = wait_until(lambda: (r := worker.get("/readyz"))[0] == 503 and r, 30,
                                 lambda: "readyz never reported Redis down:\n" + worker.log_tail())
@@ -59,8 +48,7 @@ def test_redis_killed_and_restarted_mid_stream(stack, platform_settings, tmp_pat
         assert worker.alive()
         time.sleep(1.5)  # the outage goes on while events keep coming (the length of the fault, not a wait)
         rds.start()
-        th.join(60)
-        assert sent == [N_EVENTS]  # all delivered
+        stream.finish()
         wait_applied(client, N_EVENTS, worker, timeout=90)
         assert worker.alive()
 

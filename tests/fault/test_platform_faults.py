@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections import Counter, defaultdict
 
@@ -51,8 +52,9 @@ def ready_deadline() -> float:
 REPLICAS = {"features": 2}
 INGEST_BATCH = 50
 BACKLOG = 5_000  # events.raw records sent at once before features is killed
-# ... and before the broker is killed: more, so that on a quiet machine (ingest takes tens of
-# thousands of events/s) the kill still comes while ingest works through them
+# ... and before the broker is killed: more, sent while ingest is paused (SIGSTOP), so that the
+# backlog is there in full when it resumes (ingest takes tens of thousands of events/s: it kept pace
+# with the sender, and sometimes had read everything before the kill)
 BROKER_BACKLOG = 30_000
 WEIGHTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 4.0, "revenue": 0.01}  # every term shows in a reward
 ENV = {
@@ -145,7 +147,11 @@ def test_steady_load_through_kills_and_restarts_counts_everything_once(platform,
         prefetched records, a batch in flight) and comes back after its restart: ingest must not exit."""
         pid = p.stack.services_table.get("ingest").pid
         before = ingest_committed()
-        load.burst(BROKER_BACKLOG)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            load.burst(BROKER_BACKLOG)
+        finally:
+            os.kill(pid, signal.SIGCONT)
         wait_until(lambda: ingest_committed() >= before + 500, 60, "ingest did not start on the backlog", 0.1)
         at_kill = ingest_committed()
         p.restart_broker()

@@ -12,14 +12,12 @@ from collections import Counter
 
 import pytest
 
-from recpilot import featurespec as fs
-from recpilot.kafka import create_topics, delete_topics
-from recpilot.simulator import ShopSimulator, event_to_dict
+from recpilot.simulator import ShopSimulator
 from services.features import keys
 from services.features.client import AsyncFeatureClient, FeatureClient, connect
 from services.features.writer import FeatureWriter
-from tests.support.features import (assert_matches_offline, delete_prefix, features_worker, send, wait_applied,
-                                    wait_matches_offline, worker_env)
+from tests.support.features import (FeaturesTestbed, assert_matches_offline, delete_prefix, offline_store, send,
+                                    wait_applied, wait_matches_offline)
 
 SHARDS = 12
 HOUR = 3_600_000
@@ -82,9 +80,7 @@ def test_writer_and_reads_on_a_cluster_equal_offline_one_slot_per_call(redis_clu
     sim = ShopSimulator(seed=31, n_users=50, n_items=120)
     end = 1_800_000_000_000
     events = list(sim.events(4000, end - 26 * HOUR, step_ms=26 * HOUR / 4000))
-    offline = fs.OfflineFeatureStore()
-    for ev in events:
-        offline.apply(event_to_dict(ev))
+    offline = offline_store(events)
     batches = _partitioned(events)
     before = _evalsha_calls(redis_cluster)
     half = {s: evs[: len(evs) // 2] for s, evs in batches.items()}
@@ -142,51 +138,30 @@ def _slot(key: str) -> int:
 
 
 @pytest.fixture
-def cluster_pipeline(stack, platform_settings, redis_cluster, cluster_client, unique, tmp_path):
-    topic, mtopic = f"test.features.cluster.{unique}", f"test.features.cluster.metrics.{unique}"
-    prefix = f"test:fcp:{unique}:"
-    create_topics(platform_settings, [topic], 4)
-    create_topics(platform_settings, [mtopic], 1)
-    env = worker_env(topic, mtopic, f"test-features-cluster-{unique}", tmp_path / "faust", key_prefix=prefix,
-                     metrics_interval_s=1)
-    env.update({"RECPILOT_REDIS_URL": redis_cluster.url, "RECPILOT_REDIS_CLUSTER": "true",
-                "RECPILOT_REDIS_SHARDS": str(SHARDS)})
-    log = platform_settings.home / "logs" / f"test-features-cluster-{unique}.log"
-    client = FeatureClient(redis_cluster.url, prefix, shards=SHARDS, cluster=True)
-    workers = []
-
-    def worker(**extra):
-        w = features_worker({**env, **extra}, log)
-        workers.append(w)
-        return w
-
-    yield {"topic": topic, "prefix": prefix, "worker": worker, "client": client}
-    for w in workers:
-        w.stop()
-    client.close()
-    delete_prefix(cluster_client, prefix)
-    delete_topics(platform_settings, [topic, mtopic])
+def cluster_pipeline(stack, platform_settings, redis_cluster, unique, tmp_path):
+    bed = FeaturesTestbed(platform_settings, "fcp", unique, tmp_path, cluster_url=redis_cluster.url, shards=SHARDS,
+                  metrics_interval_s=1)
+    yield bed
+    bed.close()
 
 
 def test_worker_process_applies_a_stream_to_the_cluster_exactly(platform_settings, cluster_pipeline, wait_until):
     sim = ShopSimulator(seed=17, n_users=60, n_items=150)
     now = int(time.time() * 1000)
     events = list(sim.events(8000, now - 2 * HOUR, step_ms=2 * HOUR / 8000))
-    client = cluster_pipeline["client"]
-    worker = cluster_pipeline["worker"]().start().wait_ready()
-    send(platform_settings, cluster_pipeline["topic"], events)
+    client = cluster_pipeline.client
+    worker = cluster_pipeline.worker().start().wait_ready()
+    send(platform_settings, cluster_pipeline.topic, events)
     wait_applied(client, len(events), worker)
 
     wait_matches_offline(client, events, now)
-    offline = fs.OfflineFeatureStore()
-    for ev in events:
-        offline.apply(event_to_dict(ev))
+    offline = offline_store(events)
     assert client.popular(20) == offline.top_popular(20)
     code, text = worker.get("/metrics")
     assert code == 200 and f'recpilot_features_events_total{{outcome="applied"}} {float(len(events))}' in text
 
     # a worker configured with another number of shards refuses the store (its keys would be others)
-    wrong = cluster_pipeline["worker"](RECPILOT_FEATURES_APP_ID=f"wrong-{time.time_ns()}", RECPILOT_REDIS_SHARDS="3")
+    wrong = cluster_pipeline.worker(RECPILOT_FEATURES_APP_ID=f"wrong-{time.time_ns()}", RECPILOT_REDIS_SHARDS="3")
     wrong.start()
     wait_until(lambda: not wrong.alive(), 60, "the worker with another shard count to exit")
     assert "RECPILOT_REDIS_SHARDS=12" in wrong.log_tail()

@@ -17,44 +17,30 @@ import pytest
 from confluent_kafka import Consumer
 
 from recpilot import featurespec as fs
-from recpilot.kafka import create_topics, delete_topics
 from recpilot.pb import events_pb2
-from recpilot.simulator import ShopSimulator, event_to_dict
-from services.features.client import FeatureClient
-from tests.support.features import delete_prefix, features_worker, send, wait_applied, worker_env
+from recpilot.simulator import ShopSimulator
+from tests.support.features import FeaturesTestbed, assert_matches_offline, offline_store, send, wait_applied
 
 
 @pytest.fixture
-def pipeline(stack, platform_settings, redis_client, unique, tmp_path):
-    """A unique input topic, metrics topic, consumer group and key prefix, and a worker on them."""
-    topic, mtopic = f"test.features.{unique}", f"test.features.metrics.{unique}"
-    prefix = f"test:fp:{unique}:"
-    create_topics(platform_settings, [topic], 4)
-    create_topics(platform_settings, [mtopic], 1)
-    env = worker_env(topic, mtopic, f"test-features-{unique}", tmp_path / "faust", key_prefix=prefix,
-                     metrics_interval_s=1)
-    worker = features_worker(env, platform_settings.home / "logs" / f"test-features-{unique}.log")
-    client = FeatureClient(platform_settings.redis_url, prefix)
-    yield {"topic": topic, "metrics_topic": mtopic, "prefix": prefix, "worker": worker, "client": client,
-           "env": env}
-    worker.stop()
-    client.close()
-    delete_prefix(redis_client, prefix)
-    delete_topics(platform_settings, [topic, mtopic])
+def pipeline(stack, platform_settings, unique, tmp_path):
+    """A test's own topics, group and key prefix (tests/support/features.FeaturesTestbed), workers publishing
+    metrics every second."""
+    bed = FeaturesTestbed(platform_settings, "fp", unique, tmp_path, metrics_interval_s=1)
+    yield bed
+    bed.close()
 
 
 def test_stream_matches_offline_store_and_input_counts(platform_settings, pipeline, unique):
     sim = ShopSimulator(seed=13, n_users=60, n_items=150)
     now = int(time.time() * 1000)
     events = list(sim.events(10_000, now - 3 * 3_600_000, step_ms=3 * 3_600_000 / 10_000))
-    worker, client = pipeline["worker"], pipeline["client"]
-    worker.start().wait_ready()
-    send(platform_settings, pipeline["topic"], events)
+    client = pipeline.client
+    worker = pipeline.worker().start().wait_ready()
+    send(platform_settings, pipeline.topic, events)
     wait_applied(client, len(events), worker)
 
-    offline = fs.OfflineFeatureStore()
-    for ev in events:
-        offline.apply(event_to_dict(ev))
+    offline = offline_store(events)
     item_ids = sorted({e.item_id for e in events if e.item_id})
     for uid in sorted({e.user_id for e in events}):
         user, items = client.fetch(uid, item_ids, now)
@@ -82,7 +68,7 @@ def test_stream_matches_offline_store_and_input_counts(platform_settings, pipeli
 
 
 def test_cli_shows_item_counts_sent_with_plain_producer(platform_settings, pipeline, unique):
-    worker = pipeline["worker"].start().wait_ready()
+    worker = pipeline.worker().start().wait_ready()
     item = f"cli-item-{unique}"
     ts = int(time.time() * 1000)
     kinds = [events_pb2.VIEW] * 5 + [events_pb2.CLICK] * 2 + [events_pb2.ADD_TO_CART, events_pb2.PURCHASE]
@@ -92,10 +78,10 @@ def test_cli_shows_item_counts_sent_with_plain_producer(platform_settings, pipel
                                   event_type=et, item_id=item, price=19.5, timestamp_ms=ts + k)
         ev.context["category"] = "books"
         events.append(ev)
-    send(platform_settings, pipeline["topic"], events)
-    wait_applied(pipeline["client"], len(events), worker)
+    send(platform_settings, pipeline.topic, events)
+    wait_applied(pipeline.client, len(events), worker)
 
-    env = {**os.environ, **pipeline["env"]}
+    env = {**os.environ, **pipeline.env}
     out = subprocess.run([sys.executable, "-m", "recpilot.cli", "features", "item", item, "--json"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -112,14 +98,14 @@ def test_cli_shows_item_counts_sent_with_plain_producer(platform_settings, pipel
 
 
 def test_metric_events_published(platform_settings, pipeline, unique):
-    worker = pipeline["worker"].start().wait_ready()
+    worker = pipeline.worker().start().wait_ready()
     sim = ShopSimulator(seed=2, n_users=10, n_items=20)
     events = list(sim.events(500, int(time.time() * 1000) - 1000, 1))
-    send(platform_settings, pipeline["topic"], events)
-    wait_applied(pipeline["client"], len(events), worker)
+    send(platform_settings, pipeline.topic, events)
+    wait_applied(pipeline.client, len(events), worker)
     c = Consumer({"bootstrap.servers": platform_settings.kafka_bootstrap, "group.id": f"t-{unique}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([pipeline["metrics_topic"]])
+    c.subscribe([pipeline.metrics_topic])
     seen: dict[str, events_pb2.MetricEvent] = {}
     t0 = time.monotonic()
     try:
@@ -137,75 +123,54 @@ def test_metric_events_published(platform_settings, pipeline, unique):
     fresh = seen["freshness_ms"]
     assert fresh.summary.count > 0 and fresh.summary.min >= 0
     assert fresh.summary.quantiles["p50"] <= fresh.summary.quantiles["p99"] <= fresh.summary.max
-    assert seen["consumer_lag_messages"].labels["topic"] == pipeline["topic"]
+    assert seen["consumer_lag_messages"].labels["topic"] == pipeline.topic
 
 
 def test_two_workers_share_partitions_and_counts_stay_exact(platform_settings, pipeline, unique):
     """Scale-out: a second worker in the same group takes over half the partitions (a rebalance in
     the middle of the stream); every event is applied exactly once between them."""
-    first = pipeline["worker"].start().wait_ready()
+    first = pipeline.worker().start().wait_ready()
     sim = ShopSimulator(seed=31, n_users=60, n_items=100)
     now = int(time.time() * 1000)
     events = list(sim.events(8000, now - 3_600_000, step_ms=3_600_000 / 8000))
-    send(platform_settings, pipeline["topic"], events[:4000])
-    second = features_worker(pipeline["env"], first.log_path.with_suffix(".second.log")).start()
-    try:
-        second.wait_ready(60)
-        send(platform_settings, pipeline["topic"], events[4000:])
-        wait_applied(pipeline["client"], len(events), second)
-        t0 = time.monotonic()
-        while True:  # the first worker reports its new (smaller) assignment once the rebalance is done
-            parts = [json.loads(w.get("/readyz")[1]).get("partitions", []) for w in (first, second)]
-            if len(parts[0]) + len(parts[1]) == 4 or time.monotonic() - t0 > 30:
-                break
-            time.sleep(0.2)
-        assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
-        assert sorted(parts[0] + parts[1]) == [f"{pipeline['topic']}[{p}]" for p in range(4)]
-        offline = fs.OfflineFeatureStore()
-        for ev in events:
-            offline.apply(event_to_dict(ev))
-        item_ids = sorted({e.item_id for e in events if e.item_id})
-        _, items = pipeline["client"].fetch("", item_ids, now)
-        for it in items:
-            assert it == offline.item(it["item_id"], now)
-        for uid in sorted({e.user_id for e in events}):
-            assert pipeline["client"].user(uid) == offline.user(uid)
-    finally:
-        second.stop()
+    send(platform_settings, pipeline.topic, events[:4000])
+    second = pipeline.worker(first.log_path.with_suffix(".second.log")).start()
+    second.wait_ready(60)
+    send(platform_settings, pipeline.topic, events[4000:])
+    wait_applied(pipeline.client, len(events), second)
+    t0 = time.monotonic()
+    while True:  # the first worker reports its new (smaller) assignment once the rebalance is done
+        parts = [json.loads(w.get("/readyz")[1]).get("partitions", []) for w in (first, second)]
+        if len(parts[0]) + len(parts[1]) == 4 or time.monotonic() - t0 > 30:
+            break
+        time.sleep(0.2)
+    assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == [f"{pipeline.topic}[{p}]" for p in range(4)]
+    assert_matches_offline(pipeline.client, events, now)
 
 
 def test_a_stalled_worker_restarts_itself_and_counts_stay_exact(platform_settings, pipeline, unique, wait_until):
     """The group-coordination watchdog's restart, on a real worker: with ``group_stall_s`` shorter
     than the heartbeat interval every worker looks stalled a few seconds after each assignment, so
     this one logs where aiokafka's coordination task waits and re-executes itself, again and again
-    (same pid, the same port bound again); every event is still applied exactly once."""
-    env = {**pipeline["env"], "RECPILOT_FEATURES_GROUP_STALL_S": "3", "RECPILOT_FEATURES_HEARTBEAT_INTERVAL_S": "8"}
-    worker = features_worker(env, pipeline["worker"].log_path.with_suffix(".stall.log")).start()
-    try:
-        sim = ShopSimulator(seed=17, n_users=50, n_items=120)
-        now = int(time.time() * 1000)
-        events = list(sim.events(6000, now - 3_600_000, step_ms=3_600_000 / 6000))
-        send(platform_settings, pipeline["topic"], events[:3000])
-        pid = worker.proc.pid
+    (same pid); every event is still applied exactly once."""
+    worker = pipeline.worker(RECPILOT_FEATURES_GROUP_STALL_S="3", RECPILOT_FEATURES_HEARTBEAT_INTERVAL_S="8").start()
+    sim = ShopSimulator(seed=17, n_users=50, n_items=120)
+    now = int(time.time() * 1000)
+    events = list(sim.events(6000, now - 3_600_000, step_ms=3_600_000 / 6000))
+    send(platform_settings, pipeline.topic, events[:3000])
+    pid = worker.proc.pid
 
-        def stalls() -> list[dict]:
-            return [json.loads(ln) for ln in worker.log_path.read_text().splitlines()
-                    if "group coordination stalled" in ln]
+    def stalls() -> list[dict]:
+        return [json.loads(ln) for ln in worker.log_path.read_text().splitlines()
+                if "group coordination stalled" in ln]
 
-        wait_until(lambda: len(stalls()) >= 2, 90, "the worker did not restart itself twice")
-        send(platform_settings, pipeline["topic"], events[3000:])
-        wait_applied(pipeline["client"], len(events), worker, timeout=90)
-        assert worker.proc.pid == pid and worker.proc.poll() is None  # re-executed, not exited
-        first = stalls()[0]
-        assert first["level"] == "ERROR" and first["partitions"]
-        chain = first["coordination"]["_coordination_task"]  # where aiokafka's coordination waits, all the way down
-        assert "in _coordination_routine" in chain and "in __coordination_routine" in chain, chain
-        offline = fs.OfflineFeatureStore()
-        for ev in events:
-            offline.apply(event_to_dict(ev))
-        item_ids = sorted({e.item_id for e in events if e.item_id})
-        _, items = pipeline["client"].fetch("", item_ids, now)
-        for it in items:
-            assert it == offline.item(it["item_id"], now)
-    finally:
-        worker.stop()
+    wait_until(lambda: len(stalls()) >= 2, 90, "the worker did not restart itself twice")
+    send(platform_settings, pipeline.topic, events[3000:])
+    wait_applied(pipeline.client, len(events), worker, timeout=90)
+    assert worker.proc.pid == pid and worker.proc.poll() is None  # re-executed, not exited
+    first = stalls()[0]
+    assert first["level"] == "ERROR" and first["partitions"]
+    chain = first["coordination"]["_coordination_task"]  # where aiokafka's coordination waits, all the way down
+    assert "in _coordination_routine" in chain and "in __coordination_routine" in chain, chain
+    assert_matches_offline(pipeline.client, events, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,82 @@ def worker_env(topic: str, metrics_topic: str, group: str, datadir, **settings) 
            "RECPILOT_FEATURES_APP_ID": group, "RECPILOT_FEATURES_DATADIR": str(datadir)}
     env.update({f"RECPILOT_FEATURES_{k.upper()}": str(v) for k, v in settings.items()})
     return env
+
+
+class FeaturesTestbed:
+    """A test's own features set-up on the test stack: an input topic (``partitions``), a metrics
+    topic, a consumer group, a key prefix and a faust data dir, all named after ``name`` and
+    ``unique``. ``worker(**env)`` builds a worker on them (not started; ``env`` adds or overrides
+    variables; every worker is stopped by :meth:`close`), ``client`` reads what they write. On a
+    Redis Cluster (``cluster_url``) the workers and the client use ``shards`` shards."""
+
+    def __init__(self, platform, name: str, unique: str, tmp_path: Path, *, partitions: int = 4,
+                 cluster_url: str | None = None, shards: int = 1, **settings) -> None:
+        from recpilot.kafka import create_topics
+        from services.features.client import FeatureClient
+
+        self.platform, self.name = platform, name
+        self.topic, self.metrics_topic = f"test.features.{name}.{unique}", f"test.features.{name}.metrics.{unique}"
+        self.prefix, self.group = f"test:{name}:{unique}:", f"test-features-{name}-{unique}"
+        create_topics(platform, [self.topic], partitions)
+        create_topics(platform, [self.metrics_topic], 1)
+        self.env = worker_env(self.topic, self.metrics_topic, self.group, tmp_path / "faust", key_prefix=self.prefix,
+                              **settings)
+        self.redis_url, self.cluster = cluster_url or platform.redis_url, cluster_url is not None
+        if self.cluster:
+            self.env.update({"RECPILOT_REDIS_URL": cluster_url, "RECPILOT_REDIS_CLUSTER": "true",
+                             "RECPILOT_REDIS_SHARDS": str(shards)})
+        self.log = platform.home / "logs" / f"test-features-{name}-{unique}.log"
+        self.client = FeatureClient(self.redis_url, self.prefix, shards=shards, cluster=self.cluster)
+        self.workers: list[ServiceProcess] = []
+
+    def worker(self, log: Path | None = None, **env) -> ServiceProcess:
+        w = features_worker({**self.env, **env}, log or self.log)
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        from recpilot.kafka import delete_topics
+        from services.features.client import connect
+
+        for w in self.workers:
+            w.stop()
+        self.client.close()
+        raw = connect(self.redis_url, cluster=self.cluster)
+        try:
+            delete_prefix(raw, self.prefix)
+        finally:
+            raw.close()
+        delete_topics(self.platform, [self.topic, self.metrics_topic])
+
+
+class PacedStream(threading.Thread):
+    """``events`` sent with ``send(paced=True)`` on a thread of their own: a steady stream that keeps
+    going across a fault. :meth:`finish` waits for it and checks every event was delivered."""
+
+    def __init__(self, platform, topic: str, events) -> None:
+        super().__init__(daemon=True)
+        self.platform, self.topic, self.events = platform, topic, events
+        self.sent = 0
+
+    def run(self) -> None:
+        send(self.platform, self.topic, self.events, paced=True)
+        self.sent = len(self.events)
+
+    def finish(self, timeout: float = 60.0) -> None:
+        self.join(timeout)
+        assert self.sent == len(self.events), f"{self.sent} of {len(self.events)} events delivered"
+
+
+def offline_store(events):
+    """:class:`featurespec.OfflineFeatureStore` over ``events`` (simulator protobufs)."""
+    from recpilot import featurespec as fs
+    from recpilot.simulator import event_to_dict
+
+    offline = fs.OfflineFeatureStore()
+    for ev in events:
+        offline.apply(event_to_dict(ev))
+    return offline
 
 
 def delete_prefix(redis_client, prefix: str) -> None:
@@ -74,11 +151,8 @@ def assert_matches_offline(client, events, now_ms: int) -> None:
     from collections import Counter
 
     from recpilot import featurespec as fs
-    from recpilot.simulator import event_to_dict
 
-    offline = fs.OfflineFeatureStore()
-    for ev in events:
-        offline.apply(event_to_dict(ev))
+    offline = offline_store(events)
     expected = Counter((e.item_id, fs.COUNT_FIELD[fs.EVENT_NAMES[e.event_type]])
                        for e in events if fs.EVENT_NAMES.get(e.event_type) in fs.COUNT_FIELD)
     _, items = client.fetch("", sorted({e.item_id for e in events if e.item_id}), now_ms)
