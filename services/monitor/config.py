@@ -67,6 +67,7 @@ class DriftConfig(Common):
     wasserstein_sigma: float = 0.25
     reference: str = "serving"     # "serving": the version's first serving_windows windows; "training": model.json's
     serving_windows: int = 3
+    serving_ttl_s: float = 7 * 86400.0  # a version's serving reference is forgotten after this long without windows
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,8 @@ def _section(where: str, default, raw: dict):
             raise ConfigError(f"{where}.reference: one of {', '.join(DRIFT_REFERENCES)}, got {out.reference!r}")
         if out.serving_windows < 1:
             raise ConfigError(f"{where}.serving_windows: must be >= 1")
+        if out.serving_ttl_s < out.window_s:
+            raise ConfigError(f"{where}.serving_ttl_s: must be >= window_s")
     if isinstance(out, CusumConfig) and not 0.0 < out.min_effect < 1.0:
         raise ConfigError(f"{where}.min_effect: must be in (0, 1), got {out.min_effect}")
     return out

@@ -238,28 +238,49 @@ class HistogramDrift(Windowed):
                  reference: Callable[[tuple], dict | None], label: str) -> None:
         super().__init__(cfg.window_s, lateness_ms)
         self.name, self.cfg, self.reference, self.label = name, cfg, reference, label
-        self.serving: dict[tuple, list] = {}   # ref_key -> [counts, windows taken]
-        self.on_serving_reference: Callable[[], None] | None = None  # called when one is complete
+        self.serving: dict[tuple, list] = {}   # ref_key -> [counts, windows taken, end of its last window (ms)]
+        self.on_serving_reference: Callable[[], None] | None = None  # called when the complete ones change
 
     def serving_references(self) -> list[list]:
-        """The complete serving references: ``[model, version, what, counts]`` each."""
-        return [[*k, v[0].tolist()] for k, v in self.serving.items() if v[1] >= self.cfg.serving_windows]
+        """The complete serving references: ``[model, version, what, counts, last window end ms]`` each."""
+        return [[*k, v[0].tolist(), v[2]] for k, v in self.serving.items() if v[1] >= self.cfg.serving_windows]
 
     def load_serving_references(self, saved: list) -> None:
-        for model, version, what, counts in saved:
-            self.serving[(model, version, what)] = [np.asarray(counts, dtype=np.float64), self.cfg.serving_windows]
+        """``saved``: :meth:`serving_references`' rows (a row without the last window's end, from
+        before it was kept, counts as used at the next prune)."""
+        for model, version, what, counts, *last in saved:
+            self.serving[(model, version, what)] = [np.asarray(counts, dtype=np.float64), self.cfg.serving_windows,
+                                                    int(last[0]) if last and last[0] is not None else None]
 
-    def _serving_reference(self, ref_key, cur: np.ndarray, n: float) -> tuple[np.ndarray | None, int]:
+    def prune_serving(self, now_ms: int) -> int:
+        """Forget the serving references of versions without a window for ``serving_ttl_s`` (retired
+        versions; one that serves again builds a new one); how many were forgotten."""
+        horizon = now_ms - self.cfg.serving_ttl_s * 1000
+        for v in self.serving.values():
+            if v[2] is None:
+                v[2] = now_ms
+        old = [k for k, v in self.serving.items() if v[2] < horizon]
+        complete = any(self.serving[k][1] >= self.cfg.serving_windows for k in old)
+        for k in old:
+            del self.serving[k]
+        if complete and self.on_serving_reference is not None:
+            self.on_serving_reference()
+        return len(old)
+
+    def _serving_reference(self, ref_key, cur: np.ndarray, n: float,
+                           end_ms: int) -> tuple[np.ndarray | None, int]:
         """The serving reference of ``ref_key`` once complete (None while the current window is
         still one of the first ``serving_windows``: it is added to it), and how many it holds."""
         got = self.serving.get(ref_key)
         if got is not None and got[1] >= self.cfg.serving_windows:
+            got[2] = end_ms if got[2] is None else max(got[2], end_ms)
             return got[0], got[1]
         if n >= self.cfg.min_samples:
             if got is None or len(got[0]) != len(cur):
-                got = self.serving[ref_key] = [np.zeros(len(cur)), 0]
+                got = self.serving[ref_key] = [np.zeros(len(cur)), 0, end_ms]
             got[0] += cur
             got[1] += 1
+            got[2] = max(got[2], end_ms)
             if got[1] >= self.cfg.serving_windows and self.on_serving_reference is not None:
                 self.on_serving_reference()
         return None, got[1] if got is not None else 0
@@ -278,6 +299,8 @@ class HistogramDrift(Windowed):
             labels = labels_of(model=model, version=version, **{self.label: what})
             ref_key = (model, version, what if self.label == "feature" else "score")
             out.append(self._verdict(labels, ref_key, start + self.window_ms, acc[0], acc[1:]))
+        if self.cfg.reference == "serving":
+            self.prune_serving(now_ms)
         return out
 
     def _verdict(self, labels: Labels, ref_key, end_ms: int, bounds, parts: list) -> Verdict:
@@ -299,7 +322,7 @@ class HistogramDrift(Windowed):
             v.reason = f"the window's {nb} bucket bounds are not the reference's {len(rb)}"
             return v
         if cfg.reference == "serving":
-            served, taken = self._serving_reference(ref_key, cur, n)
+            served, taken = self._serving_reference(ref_key, cur, n, end_ms)
             if served is None:
                 v.reason = (f"the serving reference: {taken} of {cfg.serving_windows} windows with "
                             f">= {cfg.min_samples} samples")

@@ -298,3 +298,36 @@ def test_the_serving_reference_is_the_versions_first_windows_not_its_training_ro
     run_drift(first, np.random.default_rng(5), 2, shifted)
     keys = first.status()["detectors"]["FeatureDrift"]["keys"]
     assert all(k["last"]["breach"] is None and "serving reference: " in k["last"]["reason"] for k in keys)
+
+
+def test_a_retired_versions_serving_reference_is_forgotten_after_serving_ttl_s(reference, tmp_path):
+    """Version 1 serves 4 windows (its serving reference complete and saved), then version 2 alone:
+    ``serving_ttl_s`` (5 windows) after version 1's last window its reference is gone, from memory
+    and from the saved file; version 1 serving again builds a new one."""
+    saved = tmp_path / "serving_references.json"
+    eng = engine(reference, serving_path=saved, feature_drift={"serving_ttl_s": 300.0})
+    rng = np.random.default_rng(8)
+
+    def serve(version, windows, start):
+        for k in range(start * 12, (start + windows) * 12):
+            base = T0 + k * 5000
+            for f in ("f1", "f2"):
+                eng.observe_metric_bytes(feature_event(base + 100, "r0", f, rng.normal(0, 1, 600), version=version))
+            for now in range(base, base + 5000, 1000):
+                eng.tick(now)
+
+    def saved_versions():
+        return sorted({row[1] for row in json.loads(saved.read_text())["FeatureDrift"]})
+
+    serve("1", 4, 0)
+    assert saved_versions() == ["1"]
+    serve("2", 6, 4)   # version 1's last window ended at 4 min; at 9 min + lateness it is 5 min old
+    assert saved_versions() == ["2"] and {k[1] for k in eng.feature.serving} == {"2"}
+    serve("1", 3, 10)
+    # windows 10 and 11 closed: a new reference, 2 of its 3 windows (the old one had 3)
+    assert {k: v[1] for k, v in eng.feature.serving.items() if k[1] == "1"} == {("m", "1", "f1"): 2, ("m", "1", "f2"): 2}
+    # a file from before the last window's end was kept: its rows count as used at the next prune
+    eng2 = engine(reference, serving_path=saved, feature_drift={"serving_ttl_s": 300.0})
+    rows = json.loads(saved.read_text())["FeatureDrift"]
+    eng2.feature.load_serving_references([r[:4] for r in rows])
+    assert eng2.feature.prune_serving(T0) == 0 and eng2.feature.prune_serving(T0 + 300_001) == len(rows)
