@@ -1,8 +1,14 @@
-"""The features worker's Kafka consumer offsets are lost (a new consumer group: the app id changed,
-or the broker lost ``__consumer_offsets``): the worker re-reads the whole topic from the start, and
-every event is skipped as already applied by the offsets stored in Redis with the features; nothing
-changes. (A kill -9 mid-stream and a restart, with a replay of what the worker had written but not
-committed: tests/fault/test_platform_faults.py.)"""
+"""The two places that say how far the features worker got disagree, and the Redis one wins:
+
+- the Kafka consumer offsets are lost (a new consumer group: the app id changed, or the broker lost
+  ``__consumer_offsets``): the worker re-reads the whole topic from the start, and every event is
+  skipped as already applied by the offsets stored in Redis with the features; nothing changes;
+- Redis comes back with less than it acknowledged (a failover to a replica without the last writes,
+  a restore from an older copy) while the group's committed offsets are past those events: the
+  worker seeks back to the stored offsets and applies them again, once.
+
+(A kill -9 mid-stream and a restart, with a replay of what the worker had written but not committed:
+tests/fault/test_platform_faults.py.)"""
 
 from __future__ import annotations
 
@@ -58,3 +64,44 @@ def test_a_new_consumer_group_rereads_everything_and_applies_nothing(platform_se
     assert client.offsets() == stored
     assert_matches_offline(client, events, now)
     assert client.popular(10) == offline.top_popular(10)
+
+
+def test_redis_restored_from_an_older_copy_is_caught_up_from_the_stored_offsets(platform_settings, setup, redis_client,
+                                                                                 wait_until):
+    from recpilot.kafka import committed_offsets
+
+    sim = ShopSimulator(seed=98, n_users=80, n_items=200)
+    now = int(time.time() * 1000)
+    events = list(sim.events(N_EVENTS, now - 2 * 3_600_000, step_ms=2 * 3_600_000 / N_EVENTS))
+    half = N_EVENTS // 2
+    client = setup.client
+
+    def committed() -> int:
+        return sum(committed_offsets(platform_settings, setup.group, setup.topic, range(4)).values())
+
+    def run(batch) -> None:
+        worker = setup.worker().start().wait_ready()
+        before = committed()
+        send(platform_settings, setup.topic, batch)
+        wait_applied(client, before + len(batch), worker, timeout=90)
+        worker.stop()  # faust commits what it acked
+        assert committed() == before + len(batch)
+
+    run(events[:half])
+    copy = {k: (redis_client.dump(k), redis_client.pttl(k)) for k in redis_client.scan_iter(f"{setup.prefix}*")}
+    run(events[half:])
+    assert_matches_offline(client, events, now)
+
+    # Redis comes back as it was after the first half; the group's commit says everything was read
+    for k in redis_client.scan_iter(f"{setup.prefix}*"):
+        redis_client.delete(k)
+    for k, (dumped, ttl) in copy.items():
+        redis_client.restore(k, max(ttl, 0), dumped)
+    assert sum(v + 1 for v in client.offsets().values()) == half and committed() == N_EVENTS
+
+    worker = setup.worker().start().wait_ready()
+    wait_applied(client, N_EVENTS, worker, timeout=90)
+    assert_matches_offline(client, events, now)
+    assert _metric(worker, "applied") == N_EVENTS - half
+    warned = [ln for ln in worker.log_tail(200).splitlines() if "the feature store is behind" in ln]
+    assert warned and f'"events": {N_EVENTS - half}' in warned[0]
