@@ -27,7 +27,7 @@ from recpilot.settings import PlatformSettings
 from services.features import metrics as m
 from services.features.client import connect
 from services.features.settings import FeaturesSettings
-from services.features.writer import FeatureWriter, offsets_ahead, transient_error_kind
+from services.features.writer import FeatureWriter, StoreBehind, offsets_ahead, transient_error_kind
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +248,8 @@ class FeaturePipeline:
         worker while it kept reporting them and applied nothing. The sign: no successful heartbeat
         and no assignment for ``group_stall_s`` while the broker answers (the clock restarts while
         it does not). Such a worker logs where its coordination task waits and restarts itself
-        (``recpilot.lifecycle.reexec``): its partitions' events are applied exactly once by whoever holds them next,
-        since the offsets live in Redis with the features."""
+        (``recpilot.lifecycle.reexec``): its partitions' events are applied exactly once by whoever
+        holds them next, since the offsets live in Redis with the features."""
         s = self.settings
         if not s.group_stall_s or not self.rebalanced or self.crash_reason is not None:
             return
@@ -405,6 +405,14 @@ class FeaturePipeline:
             t0 = time.perf_counter()
             try:
                 await self.writer.run(job)
+            except StoreBehind as exc:
+                m.WRITE_ERRORS.inc()
+                log.error("the feature store lost acknowledged writes (Redis restarted from an older copy, or failed "
+                          "over to a replica without the last writes): restarting this worker, which reads those "
+                          "events again from the stored offsets", extra={
+                              "partition": exc.source, "field": exc.field, "stored_offset": exc.stored,
+                              "written_offset": exc.written})
+                reexec()
             except Exception as exc:
                 m.WRITE_ERRORS.inc()
                 kind = transient_error_kind(exc)
@@ -460,6 +468,7 @@ class FeaturePipeline:
             stored = await self._stored_offsets()
             reset = [src for src in self.held if stored.get(src, -1) < by_source[src][0][0]]
             if reset:
+                self.writer.forget(reset)
                 out.update(await self._write({src: by_source[src] for src in reset}))
                 self.held = {src: v for src, v in self.held.items() if src not in reset}
                 self._report_ahead()

@@ -16,6 +16,9 @@ session, co-visitation partials) of those whose user is. With several shards the
 skipped event, the one its journal kept), which the ``u`` calls take as the event's 10th field for
 the user's category affinity -- the one value the user side reads from the item side. Each side
 keeps its own offsets (``i|`` / ``u|`` fields), so either side's replay is skipped on its own.
+After the events (ARGV[HDR + 1]) comes the offset the calling writer stored in that field itself
+(-1: none yet); when Redis holds less, the store lost acknowledged writes and APPLY writes nothing and
+replies ``STALE <stored> <written>`` (the worker restarts and reads those events again).
 
 APPLY also bounds what idle users leave behind: the keys of every user it writes get the TTL of
 ARGV[7] (seconds of idle time; 0 = none) once per call, so a user's keys expire together after that
@@ -221,6 +224,10 @@ local function journaled(off)
 end
 
 local stored = tonumber(redis.call('HGET', offkey, offfield) or '-1')
+-- the offset the calling writer stored here itself (ARGV[HDR + 2], -1: none): less here means the
+-- store lost acknowledged writes; refuse, so that the writer reads those events again
+local written = tonumber(ARGV[HDR + 2] or '-1')
+if written > stored then return redis.error_reply('STALE ' .. fint(stored) .. ' ' .. fint(written)) end
 local maxoff = stored
 local applied = 0
 local firstoff = nil

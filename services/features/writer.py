@@ -108,6 +108,17 @@ class LayoutError(Exception):
     """The store was built with another number of shards than this worker's (not retried: exit 1)."""
 
 
+class StoreBehind(Exception):
+    """Redis holds a lower offset for a partition (and side, and shard) than this writer stored there
+    itself: the store lost acknowledged writes (restarted from an older copy, failed over to a replica
+    without the last writes). Nothing of the call was written. Not retried: the events between are
+    read again from Kafka (the worker restarts; the stored offsets decide where it starts)."""
+
+    def __init__(self, source: str, key: str, field: str, stored: int, written: int) -> None:
+        super().__init__(f"{key} {field}: the store holds offset {stored}, this worker had written {written}")
+        self.source, self.key, self.field, self.stored, self.written = source, key, field, stored, written
+
+
 class WriteJob:
     """The Lua calls of one batch and what they applied so far: :meth:`FeatureWriter.run` runs the calls
     that have not succeeded yet, so a retry after an error redoes only those.
@@ -117,7 +128,8 @@ class WriteJob:
 
     def __init__(self, sources: list[str]) -> None:
         self.applied: dict[str, int] = dict.fromkeys(sources, 0)
-        self.pending: list[tuple[str, str, list[str]]] = []  # (source, offsets key, APPLY arguments)
+        # (source, offsets key, the call's highest offset, APPLY arguments)
+        self.pending: list[tuple[str, str, int, list[str]]] = []
         self.phase = "b"
         self.batches: dict = {}
         self.categories: dict[str, dict[str, str]] = {s: {} for s in sources}  # per source: offset -> category
@@ -143,6 +155,15 @@ class FeatureWriter:
         self._apply = redis_client.register_script(scripts.APPLY)
         self._loaded = False
         self._layout_checked = False
+        # the highest offset this writer stored per (offsets key, field): every call passes it, and
+        # APPLY refuses (STALE) when Redis holds less -- the store lost acknowledged writes
+        self.written: dict[tuple[str, str], int] = {}
+
+    def forget(self, sources) -> None:
+        """Drop what this writer remembers having stored for ``sources`` (their stored offsets were
+        reset on purpose: ``recpilot features reset-offsets``)."""
+        sources = set(sources)
+        self.written = {g: o for g, o in self.written.items() if keys.offset_source(g[1])[1] not in sources}
 
     async def check_layout(self) -> None:
         """Record the number of shards in ``<prefix>layout`` (first writer), or refuse to write with another
@@ -167,7 +188,7 @@ class FeatureWriter:
             head = self.heads[0]
             for source, events in batches.items():
                 for part in chunks(events):
-                    job.pending.append((source, keys.offsets_key(head), self._args(head, source, part)))
+                    job.pending.append((source, keys.offsets_key(head), part[-1][0], self._args(head, source, part)))
             return job
         job.phase, job.batches = "i", batches
         for source, events in batches.items():
@@ -178,7 +199,7 @@ class FeatureWriter:
             for shard, evs in sorted(per_shard.items()):
                 head = self.heads[shard]
                 for part in chunks(evs):
-                    job.pending.append((source, keys.offsets_key(head), self._args(
+                    job.pending.append((source, keys.offsets_key(head), part[-1][0], self._args(
                         head, source, part, mode="i", offset_field=f"i|{source}", journal_floor=events[0][0])))
         return job
 
@@ -191,7 +212,7 @@ class FeatureWriter:
             for shard, evs in sorted(per_shard.items()):
                 head = self.heads[shard]
                 for part in chunks(evs):
-                    job.pending.append((source, keys.offsets_key(head), self._args(
+                    job.pending.append((source, keys.offsets_key(head), part[-1][0], self._args(
                         head, source, part, mode="u", offset_field=f"u|{source}",
                         categories=job.categories[source])))
 
@@ -222,7 +243,7 @@ class FeatureWriter:
         round, so a later chunk of a partition runs only after the earlier ones succeeded. Were they
         pipelined together, a failed first chunk beside a second that ran would leave the stored
         offset past the first chunk's events, and its retry would skip them as already applied."""
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import NoScriptError, ResponseError
 
         if job.pending and not self._layout_checked:
             await self.check_layout()
@@ -233,16 +254,23 @@ class FeatureWriter:
                 self._loaded = True
             now, later, groups = [], [], set()
             for call in job.pending:
-                group = (call[1], call[2][1])  # the offsets key and field the call stores its offset in
+                group = (call[1], call[3][1])  # the offsets key and field the call stores its offset in
                 (later if group in groups else now).append(call)
                 groups.add(group)
             async with self.redis.pipeline(transaction=False) as pipe:
-                for _, key, args in now:
+                for _, key, _, args in now:
                     # (execute_command: redis-py's cluster pipeline blocks its evalsha method, not the command)
-                    pipe.execute_command("EVALSHA", self._apply.sha, 1, key, *args)
+                    pipe.execute_command("EVALSHA", self._apply.sha, 1, key, *args,
+                                         str(self.written.get((key, args[1]), -1)))
                 results = await pipe.execute(raise_on_error=False)
             failed, error, noscript = [], None, None
             for call, r in zip(now, results):
+                if not isinstance(r, Exception):
+                    group = (call[1], call[3][1])
+                    self.written[group] = max(self.written.get(group, -1), call[2])
+                if isinstance(r, ResponseError) and str(r).startswith("STALE "):
+                    _, stored, expected = str(r).split()[:3]
+                    raise StoreBehind(call[0], call[1], call[3][1], int(stored), int(expected))
                 if isinstance(r, NoScriptError):
                     failed.append(call)
                     noscript = r

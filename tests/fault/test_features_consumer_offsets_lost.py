@@ -105,3 +105,35 @@ def test_redis_restored_from_an_older_copy_is_caught_up_from_the_stored_offsets(
     assert _metric(worker, "applied") == N_EVENTS - half
     warned = [ln for ln in worker.log_tail(200).splitlines() if "the feature store is behind" in ln]
     assert warned and f'"events": {N_EVENTS - half}' in warned[0]
+
+
+def test_redis_going_back_under_a_running_worker_is_caught_and_replayed(platform_settings, setup, redis_client,
+                                                                        wait_until):
+    """The same loss while the worker runs: its next write finds a lower offset than it stored itself
+    (APPLY refuses: STALE), it restarts itself (same pid), seeks back to the stored offsets and applies
+    the lost events and the new ones, each once."""
+    sim = ShopSimulator(seed=97, n_users=80, n_items=200)
+    now = int(time.time() * 1000)
+    events = list(sim.events(N_EVENTS, now - 2 * 3_600_000, step_ms=2 * 3_600_000 / N_EVENTS))
+    third = N_EVENTS // 3
+    client = setup.client
+    worker = setup.worker().start().wait_ready()
+    pid = worker.pid
+    send(platform_settings, setup.topic, events[:third])
+    wait_applied(client, third, worker, timeout=90)
+    copy = {k: (redis_client.dump(k), redis_client.pttl(k)) for k in redis_client.scan_iter(f"{setup.prefix}*")}
+    send(platform_settings, setup.topic, events[third:2 * third])
+    wait_applied(client, 2 * third, worker, timeout=90)
+    for k in redis_client.scan_iter(f"{setup.prefix}*"):
+        redis_client.delete(k)
+    for k, (dumped, ttl) in copy.items():
+        redis_client.restore(k, max(ttl, 0), dumped)
+
+    send(platform_settings, setup.topic, events[2 * third:])
+    wait_until(lambda: "lost acknowledged writes" in worker.log_tail(400), 60,
+               lambda: "the worker did not notice the loss:\n" + worker.log_tail())
+    wait_applied(client, N_EVENTS, worker, timeout=120)
+    assert worker.alive() and worker.pid == pid  # it re-executed itself
+    assert_matches_offline(client, events, now)
+    log = worker.log_tail(400)
+    assert "the feature store is behind the group's committed offsets" in log

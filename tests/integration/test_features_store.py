@@ -363,3 +363,46 @@ def test_sharded_crash_between_item_and_user_sides_replays_exactly(stack, url, p
         assert _apply(url, prefix, batches, shards=4) == {"t:0": 0, "t:1": 0}
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+def test_a_store_that_lost_acknowledged_writes_is_refused_not_written(stack, url, prefix, redis_client, shards):
+    """A writer passes every call the offset it stored there itself; when Redis holds less (it lost
+    acknowledged writes) APPLY writes nothing and the writer raises StoreBehind. A writer without
+    that memory (a restarted worker), or one told to forget a reset partition, writes as before."""
+    import redis.asyncio as aioredis
+
+    from services.features import keys
+    from services.features.writer import StoreBehind
+
+    sim = ShopSimulator(seed=4, n_users=20, n_items=30)
+    events = list(sim.events(60, 1_800_000_000_000 - HOUR, step_ms=HOUR / 60))
+    first, second = [(i, e) for i, e in enumerate(events[:30])], [(30 + i, e) for i, e in enumerate(events[30:])]
+    client = FeatureClient(url, prefix, shards=shards)
+
+    async def go():
+        r = aioredis.Redis.from_url(url)
+        try:
+            w = FeatureWriter(r, prefix, shards=shards)
+            assert (await w.apply({"t:0": first}))["t:0"] == 30
+            # Redis "loses" the last writes: every stored offset of the partition goes back to 9
+            for head in w.heads:
+                for field, _ in (await r.hgetall(keys.offsets_key(head))).items():
+                    await r.hset(keys.offsets_key(head), field, 9)
+            before = client.offsets()
+            with pytest.raises(StoreBehind) as err:
+                await w.apply({"t:0": second})
+            assert err.value.stored == 9 and err.value.written >= 10 and err.value.source == "t:0"
+            assert client.offsets() == before  # nothing of the refused call was written
+            w.forget(["t:0"])  # a reset on purpose: written again from the stored offsets
+            assert (await w.apply({"t:0": first[10:]}))["t:0"] == 20
+            fresh = FeatureWriter(r, prefix, shards=shards)  # a restarted worker: no memory, no refusal
+            assert (await fresh.apply({"t:0": second}))["t:0"] == 30
+        finally:
+            await r.aclose()
+
+    try:
+        asyncio.run(go())
+        assert client.offsets() == {"t:0": 59}
+    finally:
+        client.close()

@@ -357,7 +357,7 @@ class _OffsetRedis:
                 outer.rounds.append(len(self.calls))
                 out = []
                 for args in self.calls:
-                    key, field, evs = args[3], args[5], json.loads(args[-1])
+                    key, field, evs = args[3], args[5], json.loads(args[-2])  # the events, then the written offset
                     offs = [int(e[0]) for e in evs]
                     if offs[0] == outer.fail_first:
                         outer.fail_first = None
