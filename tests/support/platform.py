@@ -304,6 +304,8 @@ class _RecordingProbe:
         try:
             resp = self._stub.Recommend(req, timeout=self.timeout_s, wait_for_ready=True)
         except grpc.RpcError as exc:
+            # a call still in flight when the next step takes inference down counts as made with it down
+            down = down or self.load.inference_down
             self.load.calls.append(Call(t, phase, down, "error", exc.code().name, (exc.details() or "")[:300]))
             return None
         self.load.calls.append(Call(t, phase, down, "fallback" if resp.fallback else "model",
