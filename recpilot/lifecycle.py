@@ -74,6 +74,15 @@ def name_os_thread(name: str | None = None) -> None:
         pass
 
 
+def thread_stack(thread: threading.Thread | None) -> str:
+    """Where ``thread`` is now, as a traceback prints it (a diagnosis for a log line)."""
+    import sys
+    import traceback
+
+    frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
+    return "".join(traceback.format_stack(frame))[-4000:] if frame is not None else ""
+
+
 def reexec() -> None:
     """Replace this process with a fresh run of the same command line (same pid, arguments,
     environment and working directory): a worker's way to restart itself when it finds itself

@@ -13,7 +13,7 @@ import logging
 
 from recpilot import kafka as rkafka
 from recpilot.httpserver import HealthServer
-from recpilot.lifecycle import Lifecycle
+from recpilot.lifecycle import Lifecycle, reexec, thread_stack
 from recpilot.log import setup_logging
 from recpilot.metricevents import MetricPublisher, summary
 from recpilot.settings import load_service
@@ -43,6 +43,18 @@ def interval_events(pub: MetricPublisher, svc: RlFeedbackService) -> list:
     return evs
 
 
+def restart_stalled(svc: RlFeedbackService) -> None:
+    """The loop has been blocked for ``restart_after_stall_s`` (seen once after a broker kill -9 under
+    heavy load: a transaction left open, so read_committed readers of rewards saw nothing after it).
+    A thread blocked inside librdkafka cannot be stopped: log where it waits and re-execute the
+    process; the new one's init_transactions aborts the open transaction and it resumes from the
+    committed offsets and the changelog."""
+    log.error("rl_feedback loop stalled; restarting the process", extra={
+        "stalled_for_s": round(svc.stalled_for(), 1), "transactions": svc.transactions,
+        "stack": thread_stack(svc._thread)})
+    reexec()
+
+
 def main() -> int:
     platform, s = load_service("rl_feedback", RlFeedbackSettings)
     setup_logging("rl_feedback", platform.log_level)
@@ -62,10 +74,17 @@ def main() -> int:
         learner[0].start()
         life.add("learner", lambda: learner[0].stop())
     delay = 1.0
+
+    def stalled() -> bool:
+        return bool(s.restart_after_stall_s) and current[0].stalled_for() > s.restart_after_stall_s
+
     while True:
-        life.wait(check=lambda: current[0].running and (learner[0] is None or learner[0].running), on_stop=False)
+        life.wait(check=lambda: current[0].running and not stalled() and (learner[0] is None or learner[0].running),
+                  on_stop=False)
         if life.stopping.is_set():
             break
+        if stalled():
+            restart_stalled(current[0])
         if learner[0] is not None and not learner[0].running:
             # a failed learner restarts from its checkpoint (the joiner is not touched)
             log.error("policy learner failed; restarting from its checkpoint",

@@ -128,6 +128,7 @@ class RlFeedbackService(LoopThread):
             "enable.partition.eof": True, "partition.assignment.strategy": "range",
             "session.timeout.ms": s.session_timeout_ms, "queued.max.messages.kbytes": 64 * 1024,
             **({"group.instance.id": s.instance_id} if s.static_membership else {})})
+        self.last_poll = time.monotonic()  # the stall clock starts with the loop
         LoopThread.start(self)
         self.started = True
         log.info("rl_feedback started", extra={"impressions": s.impressions_topic, "events": s.events_topic,
@@ -138,6 +139,10 @@ class RlFeedbackService(LoopThread):
     def stop(self, timeout: float = 60.0) -> None:
         """Stop after the current step commits; close the consumer (leaves the group)."""
         LoopThread.stop(self, timeout)
+
+    def stalled_for(self) -> float:
+        """Seconds since the loop last polled (0 while it is not running)."""
+        return time.monotonic() - self.last_poll if self.running else 0.0
 
     def ready(self) -> tuple[bool, dict]:
         stalled = time.monotonic() - self.last_poll > self.s.stall_after_s

@@ -87,6 +87,10 @@ class RlFeedbackSettings(BaseSettings):
 
     metrics_interval_s: float = Field(default=5.0, gt=0)
     stall_after_s: float = Field(default=30.0, gt=0, description="/readyz fails when the loop did not poll for this long")
+    restart_after_stall_s: float = Field(default=240.0, ge=0, description="the process restarts itself when the loop "
+                                         "did not poll for this long (blocked inside a Kafka call: the restart's "
+                                         "init_transactions aborts what it left open); longer than a restore and "
+                                         "a commit can take (0 = never)")
 
     @property
     def txn_id(self) -> str:

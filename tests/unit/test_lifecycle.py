@@ -139,3 +139,53 @@ def test_the_asyncio_choice_is_the_stdlib_loop_even_under_uvloops_policy():
         loop.close()
     finally:
         asyncio.set_event_loop_policy(before)
+
+
+def test_reexec_replaces_the_process_with_the_same_command_line():
+    """``reexec`` keeps the pid, the arguments and the environment (here: a counter it carries)."""
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom recpilot.lifecycle import reexec\nn = int(os.environ.get('RUN', '0'))\n"
+            "print('run', n, os.getpid(), flush=True)\nif n < 2:\n    os.environ['RUN'] = str(n + 1)\n    reexec()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    runs = [ln.split() for ln in out.stdout.splitlines()]
+    assert [r[1] for r in runs] == ["0", "1", "2"] and len({r[2] for r in runs}) == 1
+
+
+def test_thread_stack_says_where_a_blocked_thread_waits(caplog):
+    """``thread_stack`` for a diagnosis; rl_feedback's stalled-loop restart logs it, then re-executes."""
+    import logging
+
+    from recpilot.lifecycle import thread_stack
+    from services.rl_feedback import __main__ as rl_main
+
+    release = threading.Event()
+
+    def blocked_in_a_kafka_call():
+        release.wait(30)
+
+    t = threading.Thread(target=blocked_in_a_kafka_call, daemon=True)
+    t.start()
+    try:
+        assert "blocked_in_a_kafka_call" in thread_stack(t)
+
+        class Stuck:
+            _thread, transactions = t, 7
+
+            def stalled_for(self):
+                return 250.0
+
+        restarted = []
+        rl_main.reexec, saved = (lambda: restarted.append(True)), rl_main.reexec
+        try:
+            with caplog.at_level(logging.ERROR):
+                rl_main.restart_stalled(Stuck())
+        finally:
+            rl_main.reexec = saved
+        rec = next(r for r in caplog.records if "loop stalled" in r.getMessage())
+        assert restarted == [True] and rec.stalled_for_s == 250.0 and "blocked_in_a_kafka_call" in rec.stack
+    finally:
+        release.set()
+    assert thread_stack(None) == ""
