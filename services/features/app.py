@@ -136,7 +136,6 @@ class FeaturePipeline:
         # the group-coordination watchdog (``_check_group``): when aiokafka last had a successful
         # heartbeat or faust an assignment, counted only while the broker answers
         self.group_ok_at = time.monotonic()
-        self.group_stalled = False
 
     # -- faust callbacks ---------------------------------------------------------------
     async def _on_assigned(self, _sender=None, assigned=None, **_kw) -> None:
@@ -261,7 +260,6 @@ class FeaturePipeline:
         if not await asyncio.get_running_loop().run_in_executor(None, reachable, self.platform.kafka_bootstrap):
             self.group_ok_at = now  # the broker is away: no heartbeat is expected
             return
-        self.group_stalled = True
         log.error("group coordination stalled: no successful heartbeat and no assignment while the broker answers; "
                   "restarting this worker", extra={
                       "group": s.app_id, "stalled_for_s": round(now - self.group_ok_at, 1),
