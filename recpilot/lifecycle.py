@@ -74,6 +74,24 @@ def name_os_thread(name: str | None = None) -> None:
         pass
 
 
+def await_chain(task: asyncio.Task) -> str:
+    """A waiting task's stack down its chain of awaits (``Task.get_stack`` stops at the task's own
+    coroutine), innermost last, as a traceback would print it."""
+    import traceback
+
+    frames, coro = [], task.get_coro()
+    while coro is not None and len(frames) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    if coro is not None:  # the awaitable at the bottom: a future, a lock's waiter ...
+        frames_text = "".join(traceback.format_list(traceback.StackSummary.extract(frames)))
+        return f"{frames_text}  awaiting {coro!r}"[:4000]
+    return "".join(traceback.format_list(traceback.StackSummary.extract(frames)))
+
+
 def thread_stack(thread: threading.Thread | None) -> str:
     """Where ``thread`` is now, as a traceback prints it (a diagnosis for a log line)."""
     import sys

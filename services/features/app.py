@@ -20,7 +20,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from recpilot.lifecycle import reexec, use_event_loop
+from recpilot.lifecycle import await_chain, reexec, use_event_loop
 from recpilot.metricevents import MetricPublisher, metric_event, summary
 from recpilot.pb import events_pb2
 from recpilot.settings import PlatformSettings
@@ -64,24 +64,6 @@ def broker_settings(platform: PlatformSettings) -> dict:
             username=platform.kafka_sasl_username, password=password.get_secret_value() if password else None,
             ssl_context=ctx, mechanism=platform.kafka_sasl_mechanism)
     return conf
-
-
-def await_chain(task: asyncio.Task) -> str:
-    """A waiting task's stack down its chain of awaits (``Task.get_stack`` stops at the task's own
-    coroutine), innermost last, as a traceback would print it."""
-    import traceback
-
-    frames, coro = [], task.get_coro()
-    while coro is not None and len(frames) < 40:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is None:
-            break
-        frames.append((frame, frame.f_lineno))
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    if coro is not None:  # the awaitable at the bottom: a future, a lock's waiter ...
-        frames_text = "".join(traceback.format_list(traceback.StackSummary.extract(frames)))
-        return f"{frames_text}  awaiting {coro!r}"[:4000]
-    return "".join(traceback.format_list(traceback.StackSummary.extract(frames)))
 
 
 class FeaturePipeline:

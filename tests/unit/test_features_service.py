@@ -461,25 +461,3 @@ def test_the_group_watchdog_restarts_a_worker_whose_coordination_stalled_while_t
     asyncio.run(p._check_group())  # 31 s without a heartbeat while the broker answers
     assert restarts == [1060.0]
     listener.close()
-
-
-def test_await_chain_follows_a_tasks_awaits_down_to_what_it_waits_for():
-    import asyncio
-
-    from services.features.app import await_chain
-
-    async def inner():
-        await asyncio.sleep(10)
-
-    async def outer():
-        await inner()
-
-    async def main():
-        task = asyncio.create_task(outer())
-        await asyncio.sleep(0.01)
-        text = await_chain(task)
-        task.cancel()
-        return text
-
-    text = asyncio.run(main())
-    assert text.index("in outer") < text.index("in inner") < text.index("in sleep") and "awaiting" in text

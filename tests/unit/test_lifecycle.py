@@ -189,3 +189,25 @@ def test_thread_stack_says_where_a_blocked_thread_waits(caplog):
     finally:
         release.set()
     assert thread_stack(None) == ""
+
+
+def test_await_chain_follows_a_tasks_awaits_down_to_what_it_waits_for():
+    import asyncio
+
+    from recpilot.lifecycle import await_chain
+
+    async def inner():
+        await asyncio.sleep(10)
+
+    async def outer():
+        await inner()
+
+    async def main():
+        task = asyncio.create_task(outer())
+        await asyncio.sleep(0.01)
+        text = await_chain(task)
+        task.cancel()
+        return text
+
+    text = asyncio.run(main())
+    assert text.index("in outer") < text.index("in inner") < text.index("in sleep") and "awaiting" in text
